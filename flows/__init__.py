@@ -1,0 +1,1 @@
+"""Prefect flows composing the tasks, the pipeline config, and the `rlhf` CLI."""

@@ -1,0 +1,65 @@
+"""Config classes shared by every stage: the strict base and the model config.
+
+Each stage's own config class lives next to its code (``rlhf_core/sft/config.py``,
+``data_checks/config.py``, ...); ``flows/config.py`` composes them into the
+pipeline config. All are pydantic with ``extra="forbid"``, so a misspelled key
+fails loudly instead of being ignored (lm-human-preferences shipped that bug).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+DEFAULT_BASE_MODEL = "smollm2-135m-instruct"
+
+
+class StrictModel(BaseModel):
+    """Base for every config: unknown keys are errors, assignments are validated."""
+
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class TinyModelConfig(StrictModel):
+    """A randomly initialised Llama-style model for tests and smoke runs."""
+
+    num_layers: int = Field(2, ge=1, description="Transformer blocks.")
+    hidden_size: int = Field(64, ge=8, description="Model width.")
+    num_heads: int = Field(4, ge=1, description="Attention heads (must divide hidden_size).")
+    intermediate_size: int = Field(128, ge=8, description="MLP width.")
+    max_position_embeddings: int = Field(512, ge=16, description="Context length.")
+    seed: int = Field(0, description="Seed of the random initialisation.")
+    tokenizer: str = Field(
+        DEFAULT_BASE_MODEL,
+        description="Where the tokenizer comes from (any model source, see ModelConfig.base).",
+    )
+
+
+class ModelConfig(StrictModel):
+    """Which base model every stage starts from, and how it is loaded."""
+
+    base: str = Field(
+        DEFAULT_BASE_MODEL,
+        description=(
+            f"'{DEFAULT_BASE_MODEL}' (the default, shipped on PyPI as a GGUF file), 'tiny' "
+            "(random model, see `tiny`), a hub id ('org/name'), a local HF directory, "
+            "or a path to a .gguf file."
+        ),
+    )
+    gguf_file: str | None = Field(
+        None, description="GGUF file name inside `base` when `base` is a directory or hub repo."
+    )
+    revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
+    trust_remote_code: bool = Field(
+        False, description="Run model code from the hub repo. Off unless you trust the source."
+    )
+    device: str = Field("auto", description="'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps'.")
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="'auto' = bfloat16 on CUDA, float32 otherwise."
+    )
+    cache_dir: Path | None = Field(
+        None, description="Where dequantized/converted models are cached (default: <workspace>/models)."
+    )
+    tiny: TinyModelConfig = Field(default_factory=TinyModelConfig)

@@ -1,0 +1,32 @@
+"""Errors a user can act on.
+
+Anything raised as a :class:`UserError` is printed by the CLI as one line
+(``error: <message>``) with a non-zero exit code, never as a bare traceback.
+The message names what is wrong and where (file, row, key, rule).
+"""
+
+from __future__ import annotations
+
+
+class UserError(Exception):
+    """A problem with the user's input (config, data, paths, checkpoints)."""
+
+    exit_code: int = 2
+
+
+class ConfigError(UserError):
+    """A config file is missing, malformed, or has an unknown key or wrong type."""
+
+
+class ModelLoadError(UserError):
+    """A model or tokenizer could not be located or loaded."""
+
+
+class DataError(UserError):
+    """A data file is missing, unreadable, or violates its contract."""
+
+
+class TrainingError(UserError):
+    """Training cannot start or had to stop (bad checkpoint, NaN loss, ...)."""
+
+    exit_code = 3

@@ -1,0 +1,1 @@
+"""Scalar reward model trained on preference pairs, and its agreement evaluation."""

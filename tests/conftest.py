@@ -1,0 +1,39 @@
+"""Shared fixtures. Models: tiny random ones built from the real SmolLM2 tokenizer.
+
+The tokenizer (and the real default model, for the slow tests) come from the repo's
+model cache `.rlhf/models`, which `make test` fills (`rlhf model fetch`) before pytest.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MODEL_CACHE = Path(os.environ.get("RLHF_TEST_MODEL_CACHE", REPO / ".rlhf" / "models"))
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+
+@pytest.fixture(scope="session")
+def model_cache() -> Path:
+    return MODEL_CACHE
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer(model_cache):
+    from rlhf_core.config import ModelConfig
+    from rlhf_core.models import load_tokenizer
+
+    return load_tokenizer(ModelConfig(base="tiny"), model_cache)
+
+
+@pytest.fixture()
+def tiny_model(tiny_tokenizer):
+    from rlhf_core.config import TinyModelConfig
+    from rlhf_core.models import build_tiny_model
+
+    return build_tiny_model(TinyModelConfig(), tiny_tokenizer)

@@ -1,0 +1,42 @@
+"""Import hygiene: rlhf_core stays pure, and the CLI's --help path stays light."""
+
+from __future__ import annotations
+
+import json
+import pkgutil
+import subprocess
+import sys
+
+import rlhf_core
+
+from .conftest import REPO
+
+HEAVY_ORCHESTRATION = ("prefect", "mlflow", "great_expectations", "pandera")
+
+
+def _modules_loaded_by(code: str) -> set[str]:
+    out = subprocess.run(
+        [sys.executable, "-c", code + "\nimport sys, json; print(json.dumps(sorted(sys.modules)))"],
+        capture_output=True, text=True, cwd=REPO, check=True,
+    )
+    return {m.split(".")[0] for m in json.loads(out.stdout.strip().splitlines()[-1])}
+
+
+def test_rlhf_core_never_imports_orchestration_or_tracking():
+    names = [m.name for m in pkgutil.walk_packages(rlhf_core.__path__, "rlhf_core.")]
+    assert "rlhf_core.models" in names  # the walk really found the package
+    loaded = _modules_loaded_by("\n".join(f"import {n}" for n in names))
+    assert not loaded & set(HEAVY_ORCHESTRATION), loaded & set(HEAVY_ORCHESTRATION)
+
+
+def test_cli_help_path_imports_no_heavy_library():
+    loaded = _modules_loaded_by("import flows.cli, flows.config")
+    heavy = {"torch", "transformers", *HEAVY_ORCHESTRATION}
+    assert not loaded & heavy, loaded & heavy
+
+
+def test_rlhf_help_lists_subcommands():
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "--help"], capture_output=True, text=True, cwd=REPO)
+    assert out.returncode == 0, out.stderr
+    for command in ("run", "config", "model", "data"):
+        assert command in out.stdout
