@@ -44,10 +44,16 @@ model: $(VENV)/.model
 run: $(VENV)/.model
 	$(BIN)/rlhf run --config $(CONFIG)
 
-check-data: $(VENV)/.installed
-	@if [ -f data/demo/demonstrations.jsonl ]; then \
-	  $(BIN)/rlhf data check data/demo/demonstrations.jsonl data/demo/preferences.jsonl data/demo/rl_prompts.jsonl; \
-	fi
+# The raw demo files carry deliberately planted defects (duplicates, refusals, out-of-distribution
+# prompts, malformed rows) for the data stage to catch; CI curates them, then holds the curated
+# output to every Great Expectations suite: a bad change to the data or to curation fails here.
+CI_DATA := .rlhf/ci-data
+check-data: $(VENV)/.model
+	rm -rf $(CI_DATA)
+	$(BIN)/rlhf data prepare --config demo --out $(CI_DATA)/curated
+	$(BIN)/rlhf data check $(CI_DATA)/curated/demonstrations.parquet $(CI_DATA)/curated/preferences.parquet \
+	  $(CI_DATA)/curated/rl_prompts.parquet $(CI_DATA)/curated/eval_prompts.parquet \
+	  --json $(CI_DATA)/check.json --docs-dir $(CI_DATA)/data-docs
 
 test: $(VENV)/.model
 	$(MAKE) --no-print-directory check-data

@@ -76,7 +76,7 @@ def run(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt =
     console.print(f"[bold green]pipeline finished[/] in {summary.wall_seconds:.1f} s")
     console.print(f"run directory: [bold]{summary.run_dir}[/]")
     for line in summary.lines:
-        console.print(f"  {line}")
+        console.print(f"  {line}", soft_wrap=True)
 
 
 @config_app.command("show")
@@ -146,12 +146,84 @@ def model_info(config: ConfigOpt = None, set_: SetOpt = None, workspace: Workspa
     )
 
 
+@data_app.command("check")
+def data_check(
+    paths: Annotated[list[Path], typer.Argument(help="Data files (JSONL, JSON, Parquet, CSV) or datasets sources.")],
+    kind: Annotated[
+        Optional[str],
+        typer.Option(help="prompts | demonstrations | preferences | rankings (default: inferred from the columns)."),
+    ] = None,
+    json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the machine-readable report here.")] = None,
+    docs_dir: Annotated[Optional[Path], typer.Option(help="Write Great Expectations Data Docs (HTML) here.")] = None,
+) -> None:
+    """Run the Great Expectations suites on data files.
+
+    Exit codes: 0 every expectation met; 1 some expectation failed (table printed);
+    2 an input is unusable (missing, empty, unreadable, unknown layout).
+    """
+    from data_checks.check import run_check
+
+    kinds = ("prompts", "demonstrations", "preferences", "rankings")
+    if kind is not None and kind not in kinds:
+        from rlhf_core.errors import DataError
+
+        raise DataError(f"--kind '{kind}': expected one of {', '.join(kinds)}")
+    raise typer.Exit(run_check(paths, kind=kind, json_out=json_out, docs_dir=docs_dir, console=_console()))
+
+
+@data_app.command("prepare")
+def data_prepare(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+    out: Annotated[Optional[Path], typer.Option(help="Output directory (default: a new run directory).")] = None,
+) -> None:
+    """Run the data stage alone: import, validate, scrub refusals, dedup, filter prompts; write the report."""
+    from data_checks.stage import run_data_stage
+    from tasks.artifacts import workspace_from
+
+    cfg = _load(config, set_, workspace)
+    out_dir = out or workspace_from(cfg.workspace).new_run(f"{cfg.name}-data").stage("data")
+    tokenizer = cfg.model if cfg.model.base != "tiny" else None
+    report = run_data_stage(cfg.data, out_dir, tokenizer=tokenizer, model_cache=cfg.model_cache)
+    console = _console()
+    console.print(
+        f"[green]data stage done[/] in {report.seconds:.1f} s: {report.rows_in} rows in, "
+        f"{report.rows_kept} kept, {report.rows_in - report.rows_kept} dropped (every one listed in dropped.jsonl)"
+    )
+    console.print(f"outputs and report: [bold]{out_dir}[/] (report.md, report.json, quarantine.jsonl)")
+
+
+@data_app.command("make-demo")
+def data_make_demo(
+    out: Annotated[Path, typer.Option(help="Output directory.")] = Path("data/demo"),
+    seed: int = 0,
+    n_prompts_per_topic: Annotated[int, typer.Option(min=1, help="Benign prompts with replies per topic.")] = 30,
+    n_rl_prompts_per_topic: Annotated[int, typer.Option(min=1)] = 27,
+    model: Annotated[Optional[str], typer.Option(help="Model source for the replies (default: the base model).")] = None,
+    cache_dir: Annotated[Path, typer.Option(help="Model cache.")] = Path(".rlhf/models"),
+) -> None:
+    """Regenerate the shipped demo data set (replies sampled from the base model; ~20 min on 2 cores)."""
+    from data_checks.demo import make_demo_data
+    from rlhf_core.config import ModelConfig
+
+    overrides: dict = {"n_rl_prompts_per_topic": n_rl_prompts_per_topic}
+    if model:
+        overrides["model"] = ModelConfig(base=model)
+    stats = make_demo_data(
+        out, seed=seed, n_prompts_per_topic=n_prompts_per_topic, cache_dir=cache_dir,
+        log=lambda line: _console().print(line), **overrides,
+    )
+    _console().print(f"[green]demo data written[/] to {out}: {stats.get('sizes', stats)}")
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into one line."""
     from rlhf_core.errors import UserError
 
     try:
-        app(standalone_mode=False)
+        # Outside standalone mode click returns the code of `typer.Exit(code)` instead of exiting.
+        code = app(standalone_mode=False)
     except UserError as exc:
         console = _console(stderr=True)
         for line in str(exc).splitlines() or [type(exc).__name__]:
@@ -171,6 +243,7 @@ def main() -> None:
         if isinstance(exc, click.exceptions.Abort):
             sys.exit(1)
         raise
+    sys.exit(code if isinstance(code, int) else 0)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,173 @@
+"""Data stage config: which files feed the pipeline and how they are curated."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from rlhf_core.config import StrictModel
+
+DEMO_DIR = Path("data/demo")
+
+# Boilerplate that marks a reply as a canned refusal rather than an answer (the
+# InstructGPT/HH "as an AI language model" family). Case-insensitive regexes.
+DEFAULT_REFUSAL_PATTERNS: list[str] = [
+    r"\bas an ai language model\b",
+    r"\bas a language model trained by\b",
+    r"\bas an ai(?: assistant)?,? i (?:do not|don't|cannot|can't)\b",
+    r"\bi'?m sorry,? but i (?:cannot|can't|am unable to|won't)\b",
+    r"\bi am sorry,? but i (?:cannot|can't|am unable to|won't)\b",
+    r"\bi (?:cannot|can't|can not) (?:help|assist) with\b",
+    r"\bi'?m (?:not able|unable) to (?:help|assist|provide)\b",
+    r"\bi (?:must|have to) (?:decline|refuse)\b",
+]
+
+# Templated or machine-made prompts (InstructGPT filtered "spammy" prompts); regexes.
+DEFAULT_SPAM_PATTERNS: list[str] = [
+    r"(.)\1{9,}",  # one character repeated 10+ times: "!!!!!!!!!!", "aaaaaaaaaa"
+    r"(?i)\blorem ipsum\b",
+    r"\{\{[^{}]*\}\}",  # unfilled template placeholder {{name}}
+    r"(?i)\[(?:insert|your|placeholder)[^\]]*\]",  # [INSERT TOPIC], [your name]
+    r"<(?:PLACEHOLDER|INSERT[^>]*)>",
+]
+
+Kind = Literal["prompts", "demonstrations", "preferences", "rankings"]
+StageKind = Literal["demonstrations", "preferences", "rl_prompts"]
+
+
+class RefusalConfig(StrictModel):
+    """Refusal and boilerplate scrubbing of SFT responses and preferred replies."""
+
+    enabled: bool = Field(True, description="Run refusal scrubbing at all.")
+    patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_REFUSAL_PATTERNS),
+        description="Case-insensitive regexes; a reply matching any of them is a refusal.",
+    )
+    drop_refusing_demonstrations: bool = Field(
+        True, description="Drop demonstrations whose response refuses a benign (harmful=False) prompt."
+    )
+    drop_refused_chosen: bool = Field(
+        True,
+        description="Drop preference pairs whose chosen reply refuses a benign prompt "
+        "(when False they are kept and only counted/flagged in the report).",
+    )
+
+    @field_validator("patterns")
+    @classmethod
+    def _compile(cls, patterns: list[str]) -> list[str]:
+        _check_regexes(patterns, "refusal.patterns")
+        return patterns
+
+
+class DedupConfig(StrictModel):
+    """Exact (normalized hash) and near-duplicate (MinHash + LSH) removal."""
+
+    exact: bool = Field(True, description="Drop rows whose normalized text repeats an earlier row.")
+    near: bool = Field(True, description="Drop near-duplicates (all but the first of each MinHash cluster).")
+    cross_split: bool = Field(
+        True, description="Drop eval prompts that near-duplicate any training prompt (contamination)."
+    )
+    shingle: Literal["word", "char"] = Field(
+        "word", description="MinHash shingles: word n-grams (fast) or character n-grams (scripts without spaces)."
+    )
+    shingle_size: int = Field(3, ge=1, description="Words (or characters) per MinHash shingle.")
+    num_perm: int = Field(128, ge=8, description="MinHash permutations.")
+    threshold: float = Field(0.8, gt=0.0, le=1.0, description="Estimated Jaccard similarity at which texts are near-duplicates.")
+    seed: int = Field(0, description="Seed of the MinHash permutations.")
+
+
+class PromptFilterConfig(StrictModel):
+    """Prompt-distribution filtering (InstructGPT appendix A: length, language, spam, per-user cap)."""
+
+    apply_to: list[StageKind] = Field(
+        default_factory=lambda: ["demonstrations", "preferences", "rl_prompts"],
+        description="Which inputs the length/language/spam/user-cap filters run on (coverage: rl_prompts only).",
+    )
+    min_tokens: int = Field(1, ge=0, description="Fewest prompt tokens kept.")
+    max_tokens: int = Field(512, ge=1, description="Most prompt tokens kept.")
+    languages: list[str] = Field(
+        default_factory=lambda: ["en"],
+        description="Allowed ISO 639-1 codes; empty list turns the language filter off.",
+    )
+    language_candidates: list[str] = Field(
+        default_factory=lambda: ["en", "de", "fr", "es", "it", "pt", "nl", "ru", "zh", "ja", "ko", "ar", "hi", "tr", "pl", "sv"],
+        description="Languages the detector chooses among (a small set is faster and surer on short prompts).",
+    )
+    language_min_confidence: float = Field(
+        0.5, ge=0.0, le=1.0,
+        description="Drop a prompt only when another language wins with at least this confidence (short prompts are ambiguous).",
+    )
+    spam_patterns: list[str] = Field(
+        default_factory=lambda: list(DEFAULT_SPAM_PATTERNS),
+        description="Regexes marking templated or machine-made prompts.",
+    )
+    max_repeated_word_share: float = Field(
+        0.5, gt=0.0, le=1.0,
+        description="A prompt of 8+ words in which one word makes up more than this share is spam.",
+    )
+    max_prompts_per_user: int | None = Field(
+        200, ge=1, description="Cap on prompts per user_id (InstructGPT: 200); None = no cap."
+    )
+    coverage_method: Literal["tfidf", "embedding", "off"] = Field(
+        "tfidf", description="How RL prompts are compared with preference prompts."
+    )
+    coverage_threshold: float | None = Field(
+        None, ge=-1.0, le=1.0,
+        description="An RL prompt is inside the preference support when its max cosine similarity "
+        "to the preference prompts is >= this. None = the method's default (tfidf 0.2, embedding 0.4).",
+    )
+    coverage_topics: int = Field(
+        12, ge=1, description="Clusters used as topics for coverage when preference prompts carry no `topic`."
+    )
+
+    @property
+    def effective_coverage_threshold(self) -> float:
+        # Defaults measured on paraphrase vs off-topic prompts (tests/data/stage): MiniLM puts
+        # paraphrases at 0.6-0.95 and unrelated prompts below 0.15; TF-IDF only sees shared words.
+        if self.coverage_threshold is not None:
+            return self.coverage_threshold
+        return {"tfidf": 0.2, "embedding": 0.4}.get(self.coverage_method, 0.0)
+
+    @field_validator("spam_patterns")
+    @classmethod
+    def _compile(cls, patterns: list[str]) -> list[str]:
+        _check_regexes(patterns, "prompt_filter.spam_patterns")
+        return patterns
+
+
+class DataConfig(StrictModel):
+    """Input files (relative paths resolve against the current directory) and curation settings."""
+
+    demonstrations: list[Path] = Field(
+        default_factory=lambda: [DEMO_DIR / "demonstrations.jsonl"],
+        description="SFT demonstrations (prompt + response, or chat messages).",
+    )
+    preferences: list[Path] = Field(
+        default_factory=lambda: [DEMO_DIR / "preferences.jsonl"],
+        description="Preference pairs or rankings (prompt, chosen, rejected, annotator labels).",
+    )
+    rl_prompts: list[Path] = Field(
+        default_factory=lambda: [DEMO_DIR / "rl_prompts.jsonl"],
+        description="Prompts for PPO and evaluation.",
+    )
+    dataset_split: str = Field(
+        "train", description="Split read from `datasets.load_dataset` sources (hub ids, dataset dirs)."
+    )
+    max_text_chars: int = Field(
+        20_000, ge=1, description="Longest prompt/reply accepted by validation; longer rows are quarantined."
+    )
+    refusal: RefusalConfig = Field(default_factory=RefusalConfig)
+    dedup: DedupConfig = Field(default_factory=DedupConfig)
+    prompt_filter: PromptFilterConfig = Field(default_factory=PromptFilterConfig)
+
+
+def _check_regexes(patterns: list[str], where: str) -> None:
+    import re
+
+    for pattern in patterns:
+        try:
+            re.compile(pattern)
+        except re.error as exc:
+            raise ValueError(f"{where}: invalid regex {pattern!r}: {exc}") from exc

@@ -1,0 +1,444 @@
+"""From canonical rows to padded tensors: tokenisation, label masking, length bucketing, collation.
+
+SFT rows (``demonstrations``: id, prompt, response, messages|None) become token ids plus labels
+that are ``-100`` everywhere except on the tokens the model must learn to write: the response,
+or every assistant turn of a multi-turn ``messages`` conversation (completion-only loss).
+Preference rows (``preferences``: id, prompt, chosen, rejected, margin|None) become two token
+sequences, prompt+chosen and prompt+rejected, that go through the reward model in ONE forward
+pass (``collate_pairs`` stacks ``[chosen; rejected]`` along the batch).
+
+Finding assistant spans in a chat-templated conversation: templates rarely mark them (no
+``{% generation %}`` blocks in most), so each assistant turn ``i`` is located by rendering
+prefixes of the conversation through the template: the turn starts where
+``render(messages[:i], add_generation_prompt=True)`` ends and stops where
+``render(messages[:i+1])`` ends. Each prefix's token ids must be a prefix of the full
+conversation's ids; a template that rewrites earlier turns fails loudly (``DataError``) instead
+of silently mislabelling. With SmolLM2's ChatML template the labelled span is the content plus
+``<|im_end|>\\n``, so the model learns to stop.
+
+Rows longer than ``max_length`` are an error naming the row and its lengths unless truncation
+is on; truncation cuts the oldest tokens (prompt / earlier turns) from the left and never the
+final response.
+
+Batches are length-bucketed (megabatch trick, as in HF's ``LengthGroupedSampler``): per epoch,
+a seeded shuffle, then windows of ``window`` step-batches sorted by length, chunked, and the
+step-batch order shuffled again. Everything is a function of ``(seed, epoch)``, so a resumed
+run rebuilds the exact order from its checkpointed position.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, Literal
+
+import numpy as np
+
+from rlhf_core.errors import ConfigError, DataError
+
+if TYPE_CHECKING:  # pragma: no cover - typing only
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+IGNORE_INDEX = -100
+Format = Literal["chat", "plain"]
+_ROLES = ("system", "user", "assistant")
+
+
+@dataclass(frozen=True)
+class SFTExample:
+    """One tokenised demonstration. ``labels[t]`` is the token to predict at ``t`` or -100."""
+
+    row_id: str
+    input_ids: list[int]  # (T,)
+    labels: list[int]  # (T,)  == input_ids on trained tokens, IGNORE_INDEX elsewhere
+    truncated: int = 0  # tokens cut from the left
+
+    @property
+    def n_targets(self) -> int:
+        """Tokens that contribute to the loss (position 0 is never a target: causal shift)."""
+        return sum(1 for label in self.labels[1:] if label != IGNORE_INDEX)
+
+
+@dataclass(frozen=True)
+class PairExample:
+    """One tokenised preference pair: prompt+chosen and prompt+rejected."""
+
+    row_id: str
+    chosen_ids: list[int]  # (Tc,)
+    rejected_ids: list[int]  # (Tr,)
+    margin: float | None = None
+    truncated: int = 0
+
+    @property
+    def length(self) -> int:
+        return max(len(self.chosen_ids), len(self.rejected_ids))
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def rows_to_records(rows: Any, what: str) -> list[dict[str, Any]]:
+    """Accept ``list[dict]`` or a pandas DataFrame (no pandas import here); empty -> DataError."""
+    if rows is None:
+        raise DataError(f"{what}: no data given")
+    if hasattr(rows, "to_dict") and hasattr(rows, "columns"):
+        records = rows.to_dict("records")
+    else:
+        records = [dict(r) for r in rows]
+    if not records:
+        raise DataError(f"{what}: dataset is empty (0 rows); nothing to train on")
+    return records
+
+
+def _missing(value: Any) -> bool:
+    # pandas turns None into NaN in float columns
+    return value is None or (isinstance(value, float) and math.isnan(value))
+
+
+def _row_id(row: Mapping[str, Any], index: int) -> str:
+    value = row.get("id")
+    return f"#{index}" if _missing(value) else str(value)
+
+
+def _text(row: Mapping[str, Any], column: str, where: str) -> str:
+    value = row.get(column)
+    if _missing(value) or not isinstance(value, str):
+        raise DataError(f"{where}: column '{column}' must be a string, got {type(value).__name__}")
+    if not value.strip():
+        raise DataError(f"{where}: column '{column}' is empty")
+    return value
+
+
+# --------------------------------------------------------------------------- formatting
+
+
+def resolve_format(tokenizer: PreTrainedTokenizerBase, fmt: str) -> Format:
+    """'auto' -> 'chat' when the tokenizer has a chat template, else 'plain'."""
+    has_template = bool(getattr(tokenizer, "chat_template", None))
+    if fmt == "auto":
+        return "chat" if has_template else "plain"
+    if fmt == "chat" and not has_template:
+        raise ConfigError("prompt_format: 'chat' requested but the tokenizer has no chat template (use 'plain')")
+    if fmt not in ("chat", "plain"):
+        raise ConfigError(f"prompt_format: unknown format '{fmt}' (use auto, chat or plain)")
+    return fmt  # type: ignore[return-value]
+
+
+def render_chat_ids(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
+) -> list[int]:
+    """Token ids of ``messages`` rendered through the chat template (special tokens are in the text)."""
+    text = tokenizer.apply_chat_template(
+        [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+    )
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
+
+
+def _eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
+    if tokenizer.eos_token_id is None:
+        raise ConfigError("tokenizer has no EOS token; the 'plain' prompt format needs one")
+    return int(tokenizer.eos_token_id)
+
+
+def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, fmt: Format) -> list[int]:
+    """What the policy is conditioned on: the user turn plus the assistant header (chat), or the prompt."""
+    if fmt == "chat":
+        return render_chat_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
+    return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+
+
+def prompt_response_ids(
+    tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, fmt: Format, where: str = "row"
+) -> tuple[list[int], list[int]]:
+    """``(prompt_ids, response_ids)`` whose concatenation is the full formatted exchange.
+
+    The same split that SFT trains on, the reward model scores and PPO samples from.
+    """
+    p_ids = prompt_ids(tokenizer, prompt, fmt)
+    if fmt == "plain":
+        return p_ids, list(tokenizer(response, add_special_tokens=False)["input_ids"]) + [_eos_id(tokenizer)]
+    full = render_chat_ids(
+        tokenizer,
+        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+        add_generation_prompt=False,
+    )
+    if full[: len(p_ids)] != p_ids:
+        raise DataError(f"{where}: chat template is not prefix-stable (prompt tokens change when the response is added)")
+    return p_ids, full[len(p_ids) :]
+
+
+def _normalise_messages(messages: Any, where: str) -> list[dict[str, str]]:
+    if not isinstance(messages, (list, tuple)) or not messages:
+        raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
+    out = []
+    for k, message in enumerate(messages):
+        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
+            raise DataError(f"{where}: messages[{k}] must have 'role' and 'content'")
+        role, content = message["role"], message["content"]
+        if role not in _ROLES:
+            raise DataError(f"{where}: messages[{k}].role '{role}' is not one of {', '.join(_ROLES)}")
+        if not isinstance(content, str):
+            raise DataError(f"{where}: messages[{k}].content must be a string")
+        out.append({"role": role, "content": content})
+    if not any(m["role"] == "assistant" for m in out):
+        raise DataError(f"{where}: 'messages' has no assistant turn; nothing to train on")
+    return out
+
+
+def chat_ids_and_labels(
+    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]], where: str = "row"
+) -> tuple[list[int], list[int], int]:
+    """Token ids of a conversation, labels on assistant turns only, and where the last turn starts.
+
+    Returns ``(input_ids (T,), labels (T,), last_turn_start)``. See the module docstring for how
+    assistant spans are found (prefix-by-prefix rendering).
+    """
+    full = render_chat_ids(tokenizer, messages, add_generation_prompt=False)
+    labels = [IGNORE_INDEX] * len(full)
+    last_start = 0
+    for i, message in enumerate(messages):
+        if message["role"] != "assistant":
+            continue
+        head = render_chat_ids(tokenizer, messages[:i], add_generation_prompt=True)
+        upto = render_chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        if full[: len(head)] != head or full[: len(upto)] != upto or len(upto) <= len(head):
+            raise DataError(
+                f"{where}: chat template is not prefix-stable at messages[{i}]; cannot locate the assistant turn"
+            )
+        labels[len(head) : len(upto)] = full[len(head) : len(upto)]
+        last_start = len(head)
+    return full, labels, last_start
+
+
+def _fit_length(
+    ids: list[int], protected_from: int, *, max_length: int, truncate: bool, where: str, what: str
+) -> int:
+    """How many tokens to cut from the left so ``ids`` fits; tokens from ``protected_from`` on are kept."""
+    if len(ids) <= max_length:
+        return 0
+    kept = len(ids) - protected_from
+    if not truncate:
+        raise DataError(
+            f"{where}: {what} has {len(ids)} tokens (prompt/context {protected_from} + response {kept}), "
+            f"over max_length {max_length}; raise optim.max_length or set optim.truncate_prompt=true"
+        )
+    if kept > max_length:
+        raise DataError(
+            f"{where}: {what} response alone has {kept} tokens, over max_length {max_length} "
+            "(truncation only cuts the prompt); raise optim.max_length or drop the row"
+        )
+    return len(ids) - max_length
+
+
+# --------------------------------------------------------------------------- SFT
+
+
+def tokenize_sft_row(
+    row: Mapping[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    fmt: Format,
+    max_length: int,
+    truncate: bool = False,
+    index: int = 0,
+    source: str = "train",
+) -> SFTExample:
+    """One demonstration -> :class:`SFTExample` (chat ``messages`` win over prompt/response)."""
+    row_id = _row_id(row, index)
+    where = f"{source}: row {row_id}"
+    messages = row.get("messages")
+    if isinstance(messages, np.ndarray):  # parquet round-trips lists as arrays
+        messages = messages.tolist()
+    # an empty list means "no conversation", as None does
+    has_messages = not _missing(messages) and not (isinstance(messages, (list, tuple)) and len(messages) == 0)
+    if has_messages:
+        if fmt != "chat":
+            raise DataError(f"{where}: row has chat 'messages' but the prompt format is '{fmt}' (use chat/auto)")
+        ids, labels, last_start = chat_ids_and_labels(tokenizer, _normalise_messages(messages, where), where)
+    else:
+        p_ids, r_ids = prompt_response_ids(
+            tokenizer, _text(row, "prompt", where), _text(row, "response", where), fmt, where
+        )
+        ids, labels, last_start = p_ids + r_ids, [IGNORE_INDEX] * len(p_ids) + r_ids, len(p_ids)
+    cut = _fit_length(ids, last_start, max_length=max_length, truncate=truncate, where=where, what="sequence")
+    if cut:
+        ids, labels = ids[cut:], labels[cut:]
+    return SFTExample(row_id=row_id, input_ids=ids, labels=labels, truncated=cut)
+
+
+def tokenize_sft_rows(
+    rows: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    fmt: Format,
+    max_length: int,
+    truncate: bool = False,
+    source: str = "train",
+) -> list[SFTExample]:
+    """All demonstrations of a dataset; empty data or a row with nothing to learn -> DataError."""
+    records = rows_to_records(rows, source)
+    examples = [
+        tokenize_sft_row(r, tokenizer, fmt=fmt, max_length=max_length, truncate=truncate, index=i, source=source)
+        for i, r in enumerate(records)
+    ]
+    for ex in examples:
+        if ex.n_targets == 0:
+            raise DataError(f"{source}: row {ex.row_id}: no response tokens left to train on")
+    return examples
+
+
+# --------------------------------------------------------------------------- preferences
+
+
+def tokenize_preference_row(
+    row: Mapping[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    fmt: Format,
+    max_length: int,
+    truncate: bool = False,
+    use_margin: bool = False,
+    index: int = 0,
+    source: str = "train",
+) -> PairExample:
+    """One preference row -> :class:`PairExample` (prompt+chosen, prompt+rejected)."""
+    row_id = _row_id(row, index)
+    where = f"{source}: row {row_id}"
+    prompt = _text(row, "prompt", where)
+    p_ids, c_ids = prompt_response_ids(tokenizer, prompt, _text(row, "chosen", where), fmt, where)
+    _, r_ids = prompt_response_ids(tokenizer, prompt, _text(row, "rejected", where), fmt, where)
+    longest = p_ids + (c_ids if len(c_ids) >= len(r_ids) else r_ids)
+    cut = _fit_length(longest, len(p_ids), max_length=max_length, truncate=truncate, where=where, what="prompt+chosen/rejected")
+    p_ids = p_ids[cut:]
+    margin = None
+    if use_margin:
+        raw = row.get("margin")
+        margin = 0.0 if _missing(raw) else float(raw)
+    return PairExample(row_id=row_id, chosen_ids=p_ids + c_ids, rejected_ids=p_ids + r_ids, margin=margin, truncated=cut)
+
+
+def tokenize_preference_rows(
+    rows: Any,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    fmt: Format,
+    max_length: int,
+    truncate: bool = False,
+    use_margin: bool = False,
+    source: str = "train",
+) -> list[PairExample]:
+    """All pairs; pairs with chosen == rejected carry no signal and are dropped (all of them -> DataError)."""
+    records = rows_to_records(rows, source)
+    pairs = [
+        tokenize_preference_row(
+            r, tokenizer, fmt=fmt, max_length=max_length, truncate=truncate, use_margin=use_margin, index=i, source=source
+        )
+        for i, r in enumerate(records)
+    ]
+    kept = [p for p in pairs if p.chosen_ids != p.rejected_ids]
+    if not kept:
+        raise DataError(
+            f"{source}: all {len(pairs)} preference pairs have chosen == rejected; a reward model cannot learn from them"
+        )
+    if len(kept) < len(pairs):
+        dropped = [p.row_id for p in pairs if p.chosen_ids == p.rejected_ids]
+        warnings.warn(
+            f"{source}: dropped {len(dropped)} pair(s) with chosen == rejected (first: {dropped[0]})",
+            stacklevel=2,
+        )
+    return kept
+
+
+# --------------------------------------------------------------------------- batching
+
+
+class LengthBucketedBatches:
+    """Deterministic length-bucketed batch order: a function of ``(seed, epoch)`` only.
+
+    ``lengths`` (N,) are per-example token counts. Each epoch: seeded permutation, split into
+    windows of ``batch_size * window`` examples, each window sorted by length (longest first)
+    and chunked into batches of ``batch_size``, then the batch order is shuffled so long
+    batches are not always first. Incomplete last batch kept (losses normalise by content).
+    """
+
+    def __init__(self, lengths: Sequence[int], batch_size: int, *, window: int = 32, seed: int = 0) -> None:
+        if batch_size < 1 or window < 1:
+            raise ConfigError(f"batch_size ({batch_size}) and window ({window}) must be >= 1")
+        self.lengths = np.asarray(lengths, dtype=np.int64)
+        self.batch_size = batch_size
+        self.window = window
+        self.seed = seed
+
+    def __len__(self) -> int:
+        """Batches per epoch."""
+        return math.ceil(len(self.lengths) / self.batch_size)
+
+    def epoch(self, epoch: int) -> list[list[int]]:
+        rng = np.random.default_rng([self.seed, epoch])
+        order = rng.permutation(len(self.lengths))
+        span = self.batch_size * self.window
+        batches: list[list[int]] = []
+        for start in range(0, len(order), span):
+            chunk = order[start : start + span]
+            # stable sort so ties keep the seeded order (deterministic across platforms)
+            chunk = chunk[np.argsort(-self.lengths[chunk], kind="stable")]
+            batches.extend(chunk[i : i + self.batch_size].tolist() for i in range(0, len(chunk), self.batch_size))
+        return [batches[i] for i in rng.permutation(len(batches))]
+
+
+def split_micro_batches(indices: Sequence[int], micro_batch_size: int) -> list[list[int]]:
+    """Consecutive slices (similar lengths, since step batches are length-sorted)."""
+    return [list(indices[i : i + micro_batch_size]) for i in range(0, len(indices), micro_batch_size)]
+
+
+def _pad(seqs: Iterable[Sequence[int]], value: int, length: int) -> list[list[int]]:
+    return [list(s) + [value] * (length - len(s)) for s in seqs]
+
+
+def _padded_length(longest: int, multiple: int | None) -> int:
+    if multiple and longest % multiple:
+        return longest + multiple - longest % multiple
+    return longest
+
+
+def collate_sft(
+    examples: Sequence[SFTExample], pad_token_id: int, *, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """Right-padded ``input_ids`` (B, T), ``attention_mask`` (B, T), ``labels`` (B, T) (-100 on padding)."""
+    import torch
+
+    length = _padded_length(max(len(e.input_ids) for e in examples), pad_to_multiple_of)
+    return {
+        "input_ids": torch.tensor(_pad((e.input_ids for e in examples), pad_token_id, length), dtype=torch.long),
+        "attention_mask": torch.tensor(_pad(([1] * len(e.input_ids) for e in examples), 0, length), dtype=torch.long),
+        "labels": torch.tensor(_pad((e.labels for e in examples), IGNORE_INDEX, length), dtype=torch.long),
+    }
+
+
+def collate_pairs(
+    pairs: Sequence[PairExample], pad_token_id: int, *, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """``[chosen; rejected]`` stacked for one forward pass.
+
+    ``input_ids`` / ``attention_mask`` (2B, T): rows ``0..B-1`` are prompt+chosen, rows
+    ``B..2B-1`` the matching prompt+rejected; right padding. ``margin`` (B,) when every pair has one.
+    """
+    import torch
+
+    seqs = [p.chosen_ids for p in pairs] + [p.rejected_ids for p in pairs]
+    length = _padded_length(max(len(s) for s in seqs), pad_to_multiple_of)
+    batch = {
+        "input_ids": torch.tensor(_pad(seqs, pad_token_id, length), dtype=torch.long),
+        "attention_mask": torch.tensor(_pad(([1] * len(s) for s in seqs), 0, length), dtype=torch.long),
+    }
+    if all(p.margin is not None for p in pairs):
+        batch["margin"] = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
+    return batch
+
+
+def count_target_tokens(labels: torch.Tensor) -> int:
+    """Targets after the causal shift: ``labels[:, 1:] != -100`` (matches ``losses.sft_loss_sum``)."""
+    return int((labels[:, 1:] != IGNORE_INDEX).sum())

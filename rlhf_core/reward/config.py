@@ -1,0 +1,45 @@
+"""Reward-model stage config."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field, field_validator
+
+from rlhf_core.config import StrictModel
+from rlhf_core.train_config import OptimConfig, PromptFormat
+
+# This stage's optimizer defaults; a partial `optim:` section in YAML keeps the ones it does not set.
+_REWARD_OPTIM_DEFAULTS: dict[str, Any] = {"learning_rate": 1e-5, "max_steps": 50}
+
+
+class RewardConfig(StrictModel):
+    """Bradley-Terry reward model on preference pairs, initialised from the SFT model."""
+
+    enabled: bool = Field(True, description="Run this stage.")
+    optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(**_REWARD_OPTIM_DEFAULTS),
+        description="Optimizer, schedule, batching (batch_size counts pairs), checkpointing and LoRA settings.",
+    )
+    prompt_format: PromptFormat = Field(
+        "auto",
+        description="How prompt + response are rendered before scoring (see SFTConfig.prompt_format); must match SFT and PPO.",
+    )
+    use_margin: bool = Field(
+        False,
+        description=(
+            "Subtract each pair's 'margin' column inside the Bradley-Terry sigmoid (Llama 2); "
+            "rows without a margin use 0."
+        ),
+    )
+    center_coef: float = Field(
+        0.0,
+        ge=0.0,
+        description="Weight of the reward-centering penalty mean((r_c + r_r)^2) (Eisenstein et al. 2023); 0 = off.",
+    )
+    eval_batch_size: int = Field(16, ge=1, description="Pairs per forward pass when evaluating.")
+
+    @field_validator("optim", mode="before")
+    @classmethod
+    def _stage_optim_defaults(cls, value: Any) -> Any:
+        return {**_REWARD_OPTIM_DEFAULTS, **value} if isinstance(value, dict) else value

@@ -1,0 +1,353 @@
+"""A scalar reward model on any causal LM backbone.
+
+The backbone is a transformers ``*ForSequenceClassification`` model with one label (the
+trunk plus a linear ``score`` head): that gives HF-format save/load for free, and peft
+knows it (``task_type="SEQ_CLS"``). Its own ``forward`` is *not* used, because it finds the
+last token through ``pad_token_id`` and SmolLM2's pad token *is* its EOS token, so a
+completion ending in EOS would be read one token early. Here the reward is read from the
+hidden state of the last position where ``attention_mask`` is 1, which is right for left
+and right padding alike, and the head runs on B vectors instead of B x T.
+
+Checkpoints carry a small ``rlhf_stage.json`` marker (``{"stage": "reward", ...}``) so a
+directory from another stage is refused with one clear line instead of loading garbage.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf_core.errors import ModelLoadError
+
+STAGE_MARKER = "rlhf_stage.json"
+REWARD_STAGE = "reward"
+_FORMAT_VERSION = 1
+
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+# ----------------------------------------------------------------------------- stage markers
+def write_stage_marker(directory: str | Path, stage: str, **extra: Any) -> Path:
+    """Write ``rlhf_stage.json`` naming which pipeline stage produced ``directory``."""
+    path = Path(directory) / STAGE_MARKER
+    path.write_text(json.dumps({"stage": stage, **extra}, indent=2, sort_keys=True) + "\n")
+    return path
+
+
+def read_stage_marker(directory: str | Path) -> dict[str, Any] | None:
+    """The stage marker of ``directory``, or None when it has none. Corrupt markers raise ModelLoadError."""
+    path = Path(directory) / STAGE_MARKER
+    if not path.is_file():
+        return None
+    try:
+        marker = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise ModelLoadError(f"{path}: unreadable stage marker ({type(exc).__name__}: {exc})") from exc
+    if not isinstance(marker, dict) or not isinstance(marker.get("stage"), str):
+        raise ModelLoadError(f"{path}: stage marker must be a JSON object with a string 'stage'")
+    return marker
+
+
+# ----------------------------------------------------------------------------- helpers
+def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
+    if dtype is None or isinstance(dtype, torch.dtype):
+        return dtype
+    if dtype not in _DTYPES:
+        raise ValueError(f"unknown dtype '{dtype}' (use one of {sorted(_DTYPES)})")
+    return _DTYPES[dtype]
+
+
+def _unwrap_peft(module: torch.nn.Module) -> torch.nn.Module:
+    """A peft ``PeftModel`` around the backbone -> the transformers model it wraps.
+
+    LoRA layers are injected into that model in place, so calling its trunk and head
+    directly still runs the adapters.
+    """
+    get_base = getattr(module, "get_base_model", None)
+    return get_base() if callable(get_base) else module
+
+
+def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
+    """Index of the last position with ``attention_mask == 1`` in each row: (B, T) -> (B,).
+
+    Works for left padding (index T-1), right padding (index length-1) and any mix.
+    """
+    T = attention_mask.shape[-1]
+    return (T - 1) - attention_mask.ne(0).flip(-1).int().argmax(-1)
+
+
+def init_reward_head(head: torch.nn.Linear, *, seed: int = 0) -> None:
+    """Small-normal init, std = 1/sqrt(hidden + 1) (lm-human-preferences' reward head), bias 0.
+
+    The initial rewards are then O(1) and nearly independent of the backbone's scale. The
+    draw uses its own generator on CPU, so it is deterministic by ``seed`` on any device and
+    leaves the global RNG alone.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    std = 1.0 / math.sqrt(head.in_features + 1)
+    with torch.no_grad():
+        weight = torch.randn(head.weight.shape, generator=gen, dtype=torch.float32) * std
+        head.weight.copy_(weight.to(head.weight.dtype))
+        if head.bias is not None:
+            head.bias.zero_()
+
+
+# ----------------------------------------------------------------------------- the model
+class RewardModel(torch.nn.Module):
+    """Scalar reward r(x, y) from a causal LM trunk and a linear head.
+
+    ``backbone`` is a one-label ``*ForSequenceClassification`` model (or a peft model around
+    one). For LoRA, wrap it in place::
+
+        rm.backbone = peft.get_peft_model(rm.backbone, peft.LoraConfig(task_type="SEQ_CLS", ...))
+
+    (``task_type="SEQ_CLS"`` keeps the ``score`` head trainable and saved). Merge before
+    :meth:`save_pretrained` with :meth:`merge_lora`.
+    """
+
+    def __init__(self, backbone: torch.nn.Module) -> None:
+        super().__init__()
+        inner = _unwrap_peft(backbone)
+        if not hasattr(inner, "base_model_prefix") or not isinstance(getattr(inner, "score", None), torch.nn.Linear):
+            raise TypeError(
+                f"RewardModel needs a transformers *ForSequenceClassification model with a linear "
+                f"'score' head, got {type(inner).__name__} (use RewardModel.from_model for a causal LM)"
+            )
+        if inner.score.out_features != 1:
+            raise ValueError(f"reward head must have one output, got num_labels={inner.score.out_features}")
+        self.backbone = backbone
+
+    # -- parts ------------------------------------------------------------------------
+    @property
+    def transformers_model(self) -> torch.nn.Module:
+        """The ``*ForSequenceClassification`` model (under any peft wrapper)."""
+        return _unwrap_peft(self.backbone)
+
+    @property
+    def trunk(self) -> torch.nn.Module:
+        model = self.transformers_model
+        return getattr(model, model.base_model_prefix)
+
+    @property
+    def head(self) -> torch.nn.Module:
+        return self.transformers_model.score
+
+    @property
+    def config(self) -> Any:
+        return self.transformers_model.config
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.parameters()).device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return next(self.parameters()).dtype
+
+    def set_pad_token_id(self, pad_token_id: int | None) -> None:
+        """Record the tokenizer's pad id in the config (saved with the model; pooling never uses it)."""
+        if pad_token_id is not None:
+            self.config.pad_token_id = pad_token_id
+
+    def gradient_checkpointing_enable(self, gradient_checkpointing_kwargs: dict | None = None, **kwargs: Any) -> None:
+        """Pass-through to transformers' activation (gradient) checkpointing: recompute layers in backward.
+
+        transformers >= 5.2x names it ``activation_checkpointing_enable`` (extra options such as
+        ``every_n_layers`` go through ``kwargs``); older versions only have the old name.
+        """
+        model = self.transformers_model
+        if hasattr(model, "activation_checkpointing_enable"):
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
+        else:  # pragma: no cover - older transformers
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=gradient_checkpointing_kwargs, **kwargs)
+
+    def gradient_checkpointing_disable(self) -> None:
+        model = self.transformers_model
+        if hasattr(model, "activation_checkpointing_disable"):
+            model.activation_checkpointing_disable()
+        else:  # pragma: no cover - older transformers
+            model.gradient_checkpointing_disable()
+
+    @property
+    def is_gradient_checkpointing(self) -> bool:
+        model = self.transformers_model
+        if hasattr(type(model), "is_activation_checkpointing"):
+            return bool(model.is_activation_checkpointing)
+        return bool(getattr(model, "is_gradient_checkpointing", False))  # pragma: no cover - older transformers
+
+    def merge_lora(self) -> None:
+        """Fold LoRA adapters into the weights and drop the peft wrapper (no-op without one)."""
+        if self.backbone is not self.transformers_model:
+            self.backbone = self.backbone.merge_and_unload()
+
+    # -- forward ----------------------------------------------------------------------
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids: (B, T) int; attention_mask: (B, T) 1 for real tokens -> rewards (B,).
+
+        Position ids are counted over real tokens only, so a left-padded sequence sees the
+        same positions as unpadded (exact for absolute embeddings, not just for RoPE).
+        """
+        if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+            raise ValueError(
+                f"RewardModel: input_ids {tuple(input_ids.shape)} and attention_mask "
+                f"{tuple(attention_mask.shape)} must both be (B, T)"
+            )
+        lengths = attention_mask.ne(0).sum(-1)  # (B,)
+        if bool((lengths == 0).any()):
+            raise ValueError("RewardModel: a row of attention_mask is all zeros (empty sequence)")
+        position_ids = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)  # (B, T)
+        out = self.trunk(
+            input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=False
+        )
+        hidden = out.last_hidden_state  # (B, T, H)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        pooled = hidden[rows, last_token_index(attention_mask).to(hidden.device)]  # (B, H)
+        return self.head(pooled).squeeze(-1)  # (B,)
+
+    # -- construction -----------------------------------------------------------------
+    @classmethod
+    def from_model(cls, model: torch.nn.Module, *, pad_token_id: int | None = None, seed: int = 0) -> RewardModel:
+        """Wrap an in-memory model.
+
+        A ``*ForSequenceClassification`` model with one label is used as is (its head kept);
+        a causal LM (e.g. ``build_tiny_model``) gets the same trunk weights in a fresh
+        sequence-classification model with a newly initialised head.
+        """
+        if isinstance(getattr(_unwrap_peft(model), "score", None), torch.nn.Linear):
+            rm = cls(model)
+        else:
+            rm = cls(_seqcls_from_causal_lm(model, seed=seed))
+        rm.set_pad_token_id(pad_token_id)
+        return rm
+
+    @classmethod
+    def from_causal_lm_dir(
+        cls,
+        path: str | Path,
+        *,
+        dtype: torch.dtype | str | None = torch.float32,
+        device: torch.device | str = "cpu",
+        trust_remote_code: bool = False,
+        pad_token_id: int | None = None,
+        seed: int = 0,
+    ) -> RewardModel:
+        """A fresh reward model initialised from a base/SFT causal LM directory (HF format).
+
+        The trunk weights come from ``path``; the head is new (see :func:`init_reward_head`).
+        A directory that already holds a reward model is refused: use :meth:`from_pretrained`.
+        """
+        from transformers import AutoModelForSequenceClassification
+
+        directory = _check_dir(path)
+        marker = read_stage_marker(directory)
+        if marker is not None and marker["stage"] == REWARD_STAGE:
+            raise ModelLoadError(
+                f"{directory} is a reward model checkpoint (rlhf_stage.json stage='reward'); "
+                "load it with RewardModel.from_pretrained, or point at an SFT/base model"
+            )
+        try:
+            backbone = AutoModelForSequenceClassification.from_pretrained(
+                str(directory),
+                num_labels=1,
+                dtype=_resolve_dtype(dtype),
+                use_safetensors=True,
+                trust_remote_code=trust_remote_code,
+            )
+        except Exception as exc:  # transformers raises many types for a bad directory
+            raise ModelLoadError(f"cannot load a reward model backbone from {directory}: {type(exc).__name__}: {exc}") from exc
+        init_reward_head(backbone.score, seed=seed)
+        rm = cls(backbone)
+        rm.set_pad_token_id(pad_token_id)
+        return rm.to(torch.device(device))
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        path: str | Path,
+        *,
+        dtype: torch.dtype | str | None = torch.float32,
+        device: torch.device | str = "cpu",
+        trust_remote_code: bool = False,
+    ) -> RewardModel:
+        """Reload a reward model written by :meth:`save_pretrained`.
+
+        Raises ModelLoadError naming the directory when it is missing, has no stage marker,
+        or was written by another stage (an SFT or PPO checkpoint, say).
+        """
+        from transformers import AutoModelForSequenceClassification
+
+        directory = _check_dir(path)
+        marker = read_stage_marker(directory)
+        if marker is None:
+            raise ModelLoadError(
+                f"{directory} is not a reward model checkpoint: no {STAGE_MARKER} "
+                f"(expected stage '{REWARD_STAGE}')"
+            )
+        if marker["stage"] != REWARD_STAGE:
+            raise ModelLoadError(
+                f"{directory} holds a '{marker['stage']}' checkpoint, not a reward model "
+                f"({STAGE_MARKER} stage='{marker['stage']}', expected '{REWARD_STAGE}')"
+            )
+        try:
+            backbone = AutoModelForSequenceClassification.from_pretrained(
+                str(directory), dtype=_resolve_dtype(dtype), use_safetensors=True, trust_remote_code=trust_remote_code
+            )
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load reward model from {directory}: {type(exc).__name__}: {exc}") from exc
+        return cls(backbone).to(torch.device(device))
+
+    def save_pretrained(self, path: str | Path, *, tokenizer: Any | None = None, **marker_extra: Any) -> Path:
+        """Write HF format (config.json + model.safetensors), the tokenizer if given, and the marker.
+
+        ``marker_extra`` lands in ``rlhf_stage.json`` (e.g. ``step=...``, ``base=...``).
+        """
+        if self.backbone is not self.transformers_model:
+            raise ValueError("RewardModel.save_pretrained: LoRA adapters are still separate; call merge_lora() first")
+        directory = Path(path)
+        directory.mkdir(parents=True, exist_ok=True)
+        model = self.transformers_model
+        model.save_pretrained(str(directory))
+        if tokenizer is not None:
+            tokenizer.save_pretrained(str(directory))
+        write_stage_marker(
+            directory,
+            REWARD_STAGE,
+            format_version=_FORMAT_VERSION,
+            architecture=type(model).__name__,
+            pooling="last attention_mask token",
+            **marker_extra,
+        )
+        return directory
+
+
+def _check_dir(path: str | Path) -> Path:
+    directory = Path(path)
+    if not directory.is_dir():
+        raise ModelLoadError(f"model directory not found: {directory}")
+    return directory
+
+
+def _seqcls_from_causal_lm(causal_lm: torch.nn.Module, *, seed: int) -> torch.nn.Module:
+    """Same trunk weights, one-label sequence-classification model, fresh small-normal head."""
+    from transformers import AutoModelForSequenceClassification
+
+    causal_lm = _unwrap_peft(causal_lm)
+    config = getattr(causal_lm, "config", None)
+    prefix = getattr(causal_lm, "base_model_prefix", None)
+    if config is None or not prefix or not hasattr(causal_lm, prefix):
+        raise TypeError(f"RewardModel.from_model: {type(causal_lm).__name__} is not a transformers model")
+    config = copy.deepcopy(config)
+    config.num_labels = 1
+    param = next(causal_lm.parameters())
+    try:
+        seqcls = AutoModelForSequenceClassification.from_config(config, dtype=param.dtype)
+    except ValueError as exc:
+        raise TypeError(f"RewardModel.from_model: no sequence-classification variant of {type(causal_lm).__name__}: {exc}") from exc
+    getattr(seqcls, seqcls.base_model_prefix).load_state_dict(getattr(causal_lm, prefix).state_dict(), strict=True)
+    init_reward_head(seqcls.score, seed=seed)
+    return seqcls.to(param.device)

@@ -1,0 +1,220 @@
+"""Reward-model training loop: Bradley-Terry loss on preference pairs.
+
+Each micro-batch of B pairs is ONE forward pass over 2B sequences (``[chosen; rejected]``,
+see ``rlhf_core.batching.collate_pairs``). Gradient accumulation normalises by the step's
+total pairs. The final model goes to ``output_dir/model`` via ``RewardModel.save_pretrained``
+(HF format + ``rlhf_stage.json`` = ``{"stage": "reward"}``); with LoRA the adapters are
+merged first.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+
+from rlhf_core.batching import (
+    PairExample,
+    collate_pairs,
+    resolve_format,
+    rows_to_records,
+    tokenize_preference_row,
+    tokenize_preference_rows,
+)
+from rlhf_core.losses import bradley_terry_loss
+from rlhf_core.reward.config import RewardConfig
+from rlhf_core.reward.model import REWARD_STAGE, RewardModel
+from rlhf_core.tracking import NullTracker, Tracker
+from rlhf_core.training import (
+    TrainResult,
+    apply_lora,
+    config_params,
+    count_trainable,
+    dataset_fingerprint,
+    eval_batches,
+    replace_dir,
+    run_training_loop,
+    set_seed,
+)
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+
+@dataclass
+class RewardResult(TrainResult):
+    """``TrainResult`` of the reward stage; ``pairs_per_second`` beside tokens/s."""
+
+    pairs_per_second: float = 0.0
+
+
+def pair_step_loss(center_coef: float):
+    """The loss function for :func:`rlhf_core.training.run_training_loop`, for a given centering weight."""
+
+    def loss_fn(rm: torch.nn.Module, batch: dict[str, torch.Tensor], step_pairs: int) -> tuple[torch.Tensor, dict[str, float]]:
+        rewards = rm(batch["input_ids"], batch["attention_mask"])  # (2B,)
+        n = rewards.shape[0] // 2
+        loss, stats = bradley_terry_loss(
+            rewards[:n], rewards[n:], margin=batch.get("margin"), center_coef=center_coef
+        )
+        weight = n / step_pairs  # per-pair means -> this micro-batch's share of the step mean
+        return loss * weight, {key: value * weight for key, value in stats.items()}
+
+    return loss_fn
+
+
+def _evaluator(rm: torch.nn.Module, pairs: list[PairExample], pad_id: int, batch_size: int, center_coef: float):
+    device = next(rm.parameters()).device
+    order = eval_batches([p.length for p in pairs], batch_size)
+    loss_fn = pair_step_loss(center_coef)
+
+    def evaluate() -> dict[str, float]:
+        sums: dict[str, float] = {}
+        for indices in order:
+            batch = collate_pairs([pairs[i] for i in indices], pad_id)
+            _, stats = loss_fn(rm, {k: v.to(device) for k, v in batch.items()}, len(pairs))
+            for key, value in stats.items():
+                sums[key] = sums.get(key, 0.0) + value
+        return {key.replace("rm/", "rm/eval_", 1): value for key, value in sums.items()} | {
+            "rm/eval_pairs": float(len(pairs))
+        }
+
+    return evaluate
+
+
+def train_reward_model(
+    cfg: RewardConfig,
+    reward_model: RewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    train_pairs: Any,
+    *,
+    output_dir: Path,
+    tracker: Tracker | None = None,
+    eval_pairs: Any | None = None,
+    resume: bool | str | Path = True,
+    seed: int = 0,
+    progress: bool = True,
+) -> RewardResult:
+    """Train ``reward_model`` (in place) on preference rows (``id, prompt, chosen, rejected, margin``).
+
+    Logs ``rm/loss``, ``rm/accuracy``, ``rm/margin``, ``rm/chosen_reward``, ``rm/rejected_reward``
+    per step (and ``rm/eval_*`` on ``eval_pairs``). Empty data or all pairs with
+    chosen == rejected -> DataError before training; pairs with chosen == rejected among
+    others are dropped with a warning. ``resume`` as in :func:`rlhf_core.sft.train.train_sft`.
+    """
+    tracker = tracker or NullTracker()
+    output_dir = Path(output_dir)
+    optim = cfg.optim
+    fmt = resolve_format(tokenizer, cfg.prompt_format)
+    tok_kwargs = {"fmt": fmt, "max_length": optim.max_length, "truncate": optim.truncate_prompt, "use_margin": cfg.use_margin}
+    pairs = tokenize_preference_rows(train_pairs, tokenizer, source="reward train data", **tok_kwargs)
+    eval_examples = (
+        tokenize_preference_rows(eval_pairs, tokenizer, source="reward eval data", **tok_kwargs)
+        if eval_pairs is not None
+        else None
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    reward_model.set_pad_token_id(pad_id)
+
+    set_seed(seed)
+    if optim.lora.enabled:
+        # SEQ_CLS keeps the score head trainable (peft modules_to_save); adapters are merged at the end
+        reward_model.backbone = apply_lora(reward_model.backbone, optim.lora, task_type="SEQ_CLS")
+    trainable, total = count_trainable(reward_model)
+    tracker.log_params(
+        {**config_params(cfg, "reward"), "reward.seed": seed, "reward.pairs": len(pairs),
+         "reward.prompt_format_resolved": fmt, "reward.trainable_parameters": trainable, "reward.parameters": total}
+    )
+
+    outcome = run_training_loop(
+        stage=REWARD_STAGE,
+        model=reward_model,
+        optim=optim,
+        lengths=[p.length for p in pairs],
+        collate=lambda idx: collate_pairs([pairs[i] for i in idx], pad_id),
+        units_of=lambda batch: batch["input_ids"].shape[0] // 2,
+        loss_fn=pair_step_loss(cfg.center_coef),
+        output_dir=output_dir,
+        tracker=tracker,
+        evaluate=_evaluator(reward_model, eval_examples, pad_id, cfg.eval_batch_size, cfg.center_coef)
+        if eval_examples
+        else None,
+        resume=resume,
+        seed=seed,
+        fingerprint={
+            "data": dataset_fingerprint([p.chosen_ids + [-1] + p.rejected_ids for p in pairs]),
+            "format": fmt,
+            "lora": optim.lora.model_dump(),
+            "use_margin": cfg.use_margin,
+        },
+        progress=progress,
+        unit_name="pairs",
+    )
+
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if optim.lora.enabled:
+        reward_model.merge_lora()
+    tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=output_dir))
+    reward_model.save_pretrained(tmp, tokenizer=tokenizer, step=outcome.steps, lora_merged=optim.lora.enabled)
+    model_dir = replace_dir(tmp, output_dir / "model")
+    tracker.log_artifact(model_dir)
+    wall = outcome.wall_seconds
+    return RewardResult(
+        stage=REWARD_STAGE,
+        model_dir=model_dir,
+        steps=outcome.steps,
+        resumed_from_step=outcome.resumed_from_step,
+        metrics={**outcome.last_metrics, **outcome.eval_metrics},
+        history=outcome.history,
+        wall_seconds=wall,
+        tokens_per_second=outcome.tokens / wall if wall > 0 else 0.0,
+        pairs_per_second=outcome.units / wall if wall > 0 else 0.0,
+        examples=len(pairs),
+        checkpoint_dir=outcome.checkpoint,
+        trainable_parameters=trainable,
+        extra={"prompt_format": fmt, "truncated_rows": sum(1 for p in pairs if p.truncated)},
+    )
+
+
+def score_pairs(
+    reward_model: RewardModel,
+    tokenizer: PreTrainedTokenizerBase,
+    pairs: Any,
+    *,
+    max_length: int,
+    prompt_format: str = "auto",
+    truncate: bool = False,
+    batch_size: int = 16,
+) -> tuple[list[float], list[float]]:
+    """Rewards of every row's chosen and rejected response, in row order (for agreement evaluation).
+
+    pairs: ``list[dict]`` or DataFrame with ``prompt, chosen, rejected``. Unlike training, no
+    row is dropped (pairs with chosen == rejected score equal). Formatting must match
+    training: pass the stage's ``prompt_format`` / ``truncate_prompt``.
+    Returns ``(chosen_rewards (n,), rejected_rewards (n,))`` as float lists.
+    """
+    fmt = resolve_format(tokenizer, prompt_format)
+    records = rows_to_records(pairs, "scored pairs")
+    examples = [
+        tokenize_preference_row(r, tokenizer, fmt=fmt, max_length=max_length, truncate=truncate, index=i, source="scored pairs")
+        for i, r in enumerate(records)
+    ]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    device = next(reward_model.parameters()).device
+    chosen, rejected = [0.0] * len(examples), [0.0] * len(examples)
+    was_training = reward_model.training
+    reward_model.eval()
+    try:
+        with torch.no_grad():
+            for indices in eval_batches([e.length for e in examples], batch_size):
+                batch = collate_pairs([examples[i] for i in indices], pad_id)
+                rewards = reward_model(batch["input_ids"].to(device), batch["attention_mask"].to(device))  # (2B,)
+                rewards = rewards.float().cpu().tolist()
+                for j, i in enumerate(indices):
+                    chosen[i], rejected[i] = rewards[j], rewards[len(indices) + j]
+    finally:
+        reward_model.train(was_training)
+    return chosen, rejected

@@ -1,0 +1,449 @@
+"""The loop machinery SFT and reward modelling share.
+
+One optimizer step = one length-bucketed *step batch* of ``batch_size * grad_accum_steps``
+examples, split into ``grad_accum_steps`` micro-batches. Before any forward pass the step's
+total normaliser (target tokens for SFT, pairs for the reward model) is counted, and every
+micro-batch contributes ``its_sum / step_total`` to the gradient, so k micro-batches give
+exactly the gradient of one k-times-larger batch (not a mean of per-micro-batch means).
+
+Then: global-norm clipping, AdamW, linear warmup + cosine decay (``LambdaLR``), metrics to the
+tracker, a checkpoint every ``checkpoint_every`` steps and at the end. A NaN/inf loss or
+gradient norm stops the run *before* the update with a TrainingError naming the step.
+
+Exact resume: data order is a pure function of ``(seed, epoch)`` (see
+:class:`rlhf_core.batching.LengthBucketedBatches`); a checkpoint stores weights, optimizer,
+scheduler, RNG states and the data position, so a resumed run replays the same micro-batches
+with the same state. On CPU with a fixed seed the final weights are bitwise identical to an
+uninterrupted run's (tested); CUDA kernels are not bitwise deterministic by default.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import random
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from rlhf_core.batching import LengthBucketedBatches, split_micro_batches
+from rlhf_core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from rlhf_core.errors import ConfigError, TrainingError
+from rlhf_core.tracking import NullTracker, Tracker
+from rlhf_core.train_config import LoraConfig, OptimConfig
+
+Batch = dict[str, torch.Tensor]
+# (model, micro_batch, step_total) -> (loss contribution to backprop, additive stats).
+# The step's loss is the SUM of the contributions; stats are summed the same way, so each
+# stage scales its per-micro-batch means by (micro_units / step_total).
+LossFn = Callable[[torch.nn.Module, Batch, int], tuple[torch.Tensor, dict[str, float]]]
+
+
+def set_seed(seed: int) -> None:
+    """Seed python, numpy and torch (CPU and all CUDA devices)."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+# --------------------------------------------------------------------------- optimizer / schedule
+
+
+def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.AdamW:
+    """AdamW over trainable parameters; no weight decay on vectors (biases, norms), as in GPT-2/nanoGPT."""
+    decay, no_decay = [], []
+    for _, p in model.named_parameters():
+        if p.requires_grad:
+            (decay if p.dim() >= 2 else no_decay).append(p)
+    if not decay and not no_decay:
+        raise ConfigError("no trainable parameters: the model is entirely frozen")
+    groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    return torch.optim.AdamW(
+        [g for g in groups if g["params"]],
+        lr=optim.learning_rate,
+        betas=(optim.adam_beta1, optim.adam_beta2),
+        eps=optim.adam_eps,
+    )
+
+
+def lr_factor(step: int, *, warmup_steps: int, max_steps: int, min_lr_ratio: float = 0.0) -> float:
+    """Multiplier of the peak LR for optimizer step ``step`` (0-based).
+
+    Linear warmup ``(step+1)/warmup`` (the first step already moves), then cosine from 1 down
+    to ``min_lr_ratio`` over the remaining steps.
+    """
+    if step < warmup_steps:
+        return (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, max_steps - warmup_steps)
+    cosine = 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress)))
+    return min_lr_ratio + (1.0 - min_lr_ratio) * cosine
+
+
+def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> torch.optim.lr_scheduler.LambdaLR:
+    warmup, total, floor = optim.warmup_steps, optim.max_steps, optim.min_lr_ratio
+
+    def factor(step: int) -> float:  # a plain function: LambdaLR.state_dict skips it
+        return lr_factor(step, warmup_steps=warmup, max_steps=total, min_lr_ratio=floor)
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+# --------------------------------------------------------------------------- LoRA
+
+
+def apply_lora(model: torch.nn.Module, lora: LoraConfig, *, task_type: str) -> torch.nn.Module:
+    """Wrap ``model`` with peft LoRA adapters (``task_type`` 'CAUSAL_LM' or 'SEQ_CLS'); only they train.
+
+    peft injects the adapter layers into ``model`` in place and freezes the base weights.
+    """
+    import peft
+
+    config = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        task_type=task_type,
+        bias="none",
+    )
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as exc:
+        raise ConfigError(f"optim.lora.target_modules {lora.target_modules}: {exc}".splitlines()[0]) from exc
+
+
+def count_trainable(model: torch.nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- results
+
+
+@dataclass
+class TrainResult:
+    """What a training stage returns (plain data: safe to hand to a Prefect task)."""
+
+    stage: str
+    model_dir: Path
+    steps: int
+    resumed_from_step: int
+    metrics: dict[str, float]  # last step's training metrics + final evaluation
+    history: list[dict[str, float]]  # one dict per optimizer step (includes "step")
+    wall_seconds: float  # this process only (a resumed run counts its own part)
+    tokens_per_second: float  # non-pad tokens through forward+backward, this process
+    examples: int
+    checkpoint_dir: Path | None = None
+    trainable_parameters: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class LoopOutcome:
+    steps: int
+    resumed_from_step: int
+    history: list[dict[str, float]]
+    last_metrics: dict[str, float]
+    eval_metrics: dict[str, float]
+    wall_seconds: float
+    tokens: int
+    units: int
+    checkpoint: Path | None
+
+
+# --------------------------------------------------------------------------- the loop
+
+
+def dataset_fingerprint(items: Sequence[Sequence[int]]) -> str:
+    """sha256 over the tokenised dataset: a resumed run must see the same data."""
+    digest = hashlib.sha256()
+    for ids in items:
+        digest.update(np.asarray(ids, dtype=np.int64).tobytes())
+        digest.update(b"|")
+    return digest.hexdigest()[:16]
+
+
+def autocast_dtype(optim: OptimConfig, model: torch.nn.Module) -> torch.dtype | None:
+    """The autocast dtype for ``optim.mixed_precision`` (None = run in the weights' dtype)."""
+    param = next(model.parameters())
+    if optim.mixed_precision == "no":
+        return None
+    if optim.mixed_precision == "bf16":
+        return torch.bfloat16
+    if param.device.type == "cuda" and param.dtype == torch.float32 and torch.cuda.is_bf16_supported():
+        return torch.bfloat16
+    return None
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    import contextlib
+
+    return torch.autocast(device.type, dtype=dtype) if dtype is not None else contextlib.nullcontext()
+
+
+def check_output_dir(output_dir: Path, stage: str) -> None:
+    """Refuse an output directory whose final model belongs to another stage (it would be overwritten)."""
+    marker = Path(output_dir) / "model" / "rlhf_stage.json"
+    if marker.is_file():
+        try:
+            found = json.loads(marker.read_text()).get("stage")
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+            found = None
+        if found != stage:
+            raise TrainingError(
+                f"output directory {output_dir} holds a '{found}' model ({marker}), not '{stage}'; "
+                "use a separate output directory per stage"
+            )
+
+
+def _to_device(batch: Batch, device: torch.device) -> Batch:
+    return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
+
+
+def _resolve_resume(resume: bool | str | Path, root: Path, stage: str) -> Path | None:
+    if resume is False:
+        if root.exists():  # starting over: stale checkpoints would be picked up by a later resume
+            for path in list_checkpoints(root):  # never delete another stage's work
+                try:
+                    other = json.loads((path / "manifest.json").read_text()).get("stage")
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                    continue
+                if other != stage:
+                    raise TrainingError(
+                        f"{root} holds checkpoints of stage '{other}', not '{stage}'; "
+                        "use a separate output directory per stage"
+                    )
+            shutil.rmtree(root)
+        return None
+    if resume is True:
+        return latest_checkpoint(root)
+    path = Path(resume)
+    if not path.exists():
+        raise TrainingError(f"cannot resume {stage}: checkpoint {path} does not exist")
+    if not (path / "manifest.json").exists() and (found := latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)):
+        return found  # an output_dir or checkpoints/ dir was given: take its newest checkpoint
+    return path
+
+
+def run_training_loop(
+    *,
+    stage: str,
+    model: torch.nn.Module,
+    optim: OptimConfig,
+    lengths: Sequence[int],
+    collate: Callable[[list[int]], Batch],
+    units_of: Callable[[Batch], int],
+    loss_fn: LossFn,
+    output_dir: Path,
+    tracker: Tracker | None = None,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    resume: bool | str | Path = True,
+    seed: int = 0,
+    fingerprint: dict[str, Any] | None = None,
+    progress: bool = True,
+    unit_name: str = "tokens",
+) -> LoopOutcome:
+    """Train ``model`` in place for ``optim.max_steps`` optimizer steps; see the module docstring.
+
+    ``lengths`` (N,) are example lengths for bucketing; ``collate(indices)`` builds a CPU
+    micro-batch; ``units_of(batch)`` counts its normaliser units (tokens or pairs);
+    ``loss_fn(model, batch, step_units)`` returns its loss contribution and additive stats.
+    Call :func:`set_seed` and any LoRA wrapping *before* this (they define the start state).
+    """
+    tracker = tracker or NullTracker()
+    output_dir = Path(output_dir)
+    check_output_dir(output_dir, stage)
+    root = output_dir / "checkpoints"
+    device = next(model.parameters()).device
+    amp = autocast_dtype(optim, model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = build_optimizer(model, optim)
+    scheduler = build_scheduler(optimizer, optim)
+    step_size = optim.batch_size * optim.grad_accum_steps
+    sampler = LengthBucketedBatches(lengths, step_size, window=optim.length_bucket_window, seed=seed)
+    run_fp = {
+        "stage": stage,
+        "seed": seed,
+        "batch_size": optim.batch_size,
+        "grad_accum_steps": optim.grad_accum_steps,
+        "length_bucket_window": optim.length_bucket_window,
+        "examples": len(lengths),
+        **(fingerprint or {}),
+    }
+
+    state: dict[str, Any] = {"epoch": 0, "batch_index": 0, "sampler_seed": seed, "history": [], "fingerprint": run_fp}
+    start_step = 0
+    last_ckpt = _resolve_resume(resume, root, stage)
+    if last_ckpt is not None:
+
+        def same_run(saved: dict[str, Any]) -> None:
+            before = saved.get("fingerprint", {})
+            differs = {k: (before.get(k), v) for k, v in run_fp.items() if before.get(k) != v}
+            if differs:
+                detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differs.items())
+                raise TrainingError(
+                    f"cannot resume {stage} from {last_ckpt}: the run changed ({detail}); "
+                    "pass resume=False (or a fresh output_dir) to start over"
+                )
+
+        state = load_checkpoint(
+            last_ckpt, stage=stage, model=model, optimizer=optimizer, scheduler=scheduler, check_state=same_run
+        )
+        start_step = int(state["step"])
+    history: list[dict[str, float]] = list(state["history"])
+    epoch, batch_index = int(state["epoch"]), int(state["batch_index"])
+    order = sampler.epoch(epoch)
+
+    def trainer_state() -> dict[str, Any]:
+        return {"epoch": epoch, "batch_index": batch_index, "sampler_seed": seed, "history": history, "fingerprint": run_fp}
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=optim.max_steps, initial=start_step, desc=stage, unit="step", dynamic_ncols=True)
+
+    model.train()
+    tokens_total = units_total = 0
+    last_metrics: dict[str, float] = history[-1] if history else {}
+    eval_metrics: dict[str, float] = {}
+    saved_at = start_step if last_ckpt is not None else -1
+    started = time.perf_counter()
+    try:
+        for step in range(start_step, optim.max_steps):
+            number = step + 1  # 1-based: what users and trackers see
+            if batch_index >= len(order):
+                epoch, batch_index = epoch + 1, 0
+                order = sampler.epoch(epoch)
+            indices = order[batch_index]
+            batch_index += 1
+            t0 = time.perf_counter()
+            micro = [collate(chunk) for chunk in split_micro_batches(indices, optim.batch_size)]
+            step_units = sum(units_of(b) for b in micro)
+            if step_units == 0:
+                raise TrainingError(f"{stage}: step {number} has no {unit_name} to train on (all labels masked)")
+            optimizer.zero_grad(set_to_none=True)
+            stats: dict[str, float] = {}
+            step_tokens = 0
+            for k, batch in enumerate(micro):
+                step_tokens += int(batch["attention_mask"].sum())
+                with _autocast(device, amp):
+                    loss, micro_stats = loss_fn(model, _to_device(batch, device), step_units)
+                value = float(loss.detach())
+                if not math.isfinite(value):
+                    raise TrainingError(
+                        f"{stage}: loss is {value} at step {number} (micro-batch {k + 1}/{len(micro)}); stopped "
+                        f"before the update, last checkpoint: {last_ckpt or 'none'}; lower optim.learning_rate or check the data"
+                    )
+                loss.backward()
+                for key, v in micro_stats.items():
+                    stats[key] = stats.get(key, 0.0) + v
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm))
+            if not math.isfinite(grad_norm):
+                raise TrainingError(
+                    f"{stage}: gradient norm is {grad_norm} at step {number}; stopped before the update, "
+                    f"last checkpoint: {last_ckpt or 'none'}; lower optim.learning_rate or check the data"
+                )
+            lr = optimizer.param_groups[0]["lr"]
+            optimizer.step()
+            scheduler.step()
+            seconds = time.perf_counter() - t0
+            tokens_total += step_tokens
+            units_total += step_units
+            metrics = {
+                **stats,
+                "train/lr": lr,
+                "train/grad_norm": grad_norm,
+                "train/epoch": epoch + batch_index / len(order),
+                "train/step_seconds": seconds,
+                "train/tokens_per_second": step_tokens / seconds if seconds > 0 else 0.0,
+                f"train/{unit_name}": float(step_units),
+            }
+            if evaluate is not None and optim.eval_every and number % optim.eval_every == 0 and number < optim.max_steps:
+                eval_metrics = _run_eval(model, evaluate, device, amp)
+                metrics.update(eval_metrics)
+            history.append({"step": float(number), **metrics})
+            last_metrics = metrics
+            if number % optim.log_every == 0 or number == optim.max_steps:
+                tracker.log_metrics(metrics, step=number)
+            if bar is not None:
+                loss_key = next((k for k in stats if k.endswith("/loss")), None)
+                if loss_key:
+                    bar.set_postfix({loss_key: f"{stats[loss_key]:.4f}"}, refresh=False)
+                bar.update(1)
+            if optim.checkpoint_every and number % optim.checkpoint_every == 0 and number < optim.max_steps:
+                last_ckpt = save_checkpoint(
+                    root, stage=stage, step=number, model=model, optimizer=optimizer, scheduler=scheduler,
+                    trainer_state=trainer_state(), keep=optim.keep_checkpoints,
+                )
+                saved_at = number
+    finally:
+        if bar is not None:
+            bar.close()
+    wall = time.perf_counter() - started
+    final_step = max(start_step, optim.max_steps)
+    if saved_at != final_step:
+        last_ckpt = save_checkpoint(
+            root, stage=stage, step=final_step, model=model, optimizer=optimizer, scheduler=scheduler,
+            trainer_state=trainer_state(), keep=optim.keep_checkpoints,
+        )
+    if evaluate is not None:
+        eval_metrics = _run_eval(model, evaluate, device, amp)
+        tracker.log_metrics(eval_metrics, step=final_step)
+    return LoopOutcome(
+        steps=final_step,
+        resumed_from_step=start_step,
+        history=history,
+        last_metrics={k: v for k, v in last_metrics.items() if k != "step"},
+        eval_metrics=eval_metrics,
+        wall_seconds=wall,
+        tokens=tokens_total,
+        units=units_total,
+        checkpoint=last_ckpt,
+    )
+
+
+def _run_eval(
+    model: torch.nn.Module, evaluate: Callable[[], dict[str, float]], device: torch.device, amp: torch.dtype | None
+) -> dict[str, float]:
+    # eval mode + no_grad consume no RNG, so evaluating mid-run does not perturb exact resume
+    model.eval()
+    try:
+        with torch.no_grad(), _autocast(device, amp):
+            return evaluate()
+    finally:
+        model.train()
+
+
+def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Evaluation order: sorted by length (least padding), no shuffling needed."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return split_micro_batches(order, batch_size)
+
+
+def replace_dir(tmp: Path, final: Path) -> Path:
+    """Move a fully written ``tmp`` directory to ``final`` (replacing it) with renames only."""
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{time.time_ns()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    return final
+
+
+def config_params(cfg: Any, prefix: str) -> dict[str, Any]:
+    """A pydantic config as flat ``prefix.key -> value`` for ``tracker.log_params``."""
+    from rlhf_core.tracking import flatten_params
+
+    return flatten_params({prefix: json.loads(cfg.model_dump_json())})

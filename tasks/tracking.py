@@ -1,0 +1,113 @@
+"""MLflow tracking for the pipeline: one parent run per pipeline run, a nested run per stage.
+
+Training loops in rlhf_core take a ``Tracker`` (``log_metrics``/``log_params``/
+``log_artifact``); :class:`MlflowTracker` is the MLflow implementation, bound to one
+MLflow run id so it works from any thread (Prefect tasks may run in worker threads,
+where MLflow's "active run" stack is not visible).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from rlhf_core.tracking import flatten_params
+
+# Keep MLflow quiet and local: no telemetry, no progress bars in logs.
+os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+class MlflowTracker:
+    """Logs to one MLflow run through the client API (thread-safe, batched)."""
+
+    def __init__(self, run_id: str, tracking_uri: str | None = None) -> None:
+        from mlflow.tracking import MlflowClient
+
+        self.run_id = run_id
+        self.client = MlflowClient(tracking_uri=tracking_uri)
+
+    def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
+        """All metrics of one step in one batched call; NaN/inf are skipped (MLflow rejects some)."""
+        import time
+
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [
+            Metric(key, float(value), now, int(step))
+            for key, value in metrics.items()
+            if value is not None and math.isfinite(float(value))
+        ]
+        for i in range(0, len(batch), 1000):  # MLflow's per-request metric limit
+            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+
+    def log_params(self, params: Mapping[str, Any]) -> None:
+        from mlflow.entities import Param
+
+        flat = flatten_params(params)
+        batch = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)[:6000]) for k, v in flat.items()]
+        for i in range(0, len(batch), 100):  # MLflow's per-request param limit
+            self.client.log_batch(self.run_id, params=batch[i : i + 100])
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        path = Path(path)
+        if path.is_dir():
+            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+        else:
+            self.client.log_artifact(self.run_id, str(path), artifact_path)
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        for key, value in tags.items():
+            self.client.set_tag(self.run_id, key, str(value))
+
+
+def configure(tracking_uri: str, artifact_root: Path, experiment: str) -> str:
+    """Point MLflow at the store and make sure the experiment exists; return its id."""
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    existing = mlflow.get_experiment_by_name(experiment)
+    if existing is not None:
+        return existing.experiment_id
+    artifact_root.mkdir(parents=True, exist_ok=True)
+    return mlflow.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri())
+
+
+@contextmanager
+def stage_run(parent_run_id: str, experiment_id: str, stage: str, tags: Mapping[str, str] | None = None) -> Iterator[MlflowTracker]:
+    """A nested MLflow run for one stage; marked FAILED if the stage raises."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    run = client.create_run(
+        experiment_id,
+        run_name=stage,
+        tags={"mlflow.parentRunId": parent_run_id, "rlhf.stage": stage, **(tags or {})},
+    )
+    tracker = MlflowTracker(run.info.run_id)
+    try:
+        yield tracker
+    except BaseException:
+        client.set_terminated(run.info.run_id, status="FAILED")
+        raise
+    client.set_terminated(run.info.run_id, status="FINISHED")
+
+
+class ParentRun(MlflowTracker):
+    """The pipeline's top-level MLflow run; stages nest under it."""
+
+    def end(self, status: str = "FINISHED") -> None:
+        self.client.set_terminated(self.run_id, status=status)
+
+
+def start_parent_run(experiment_id: str, run_name: str, tags: Mapping[str, str] | None = None) -> ParentRun:
+    from mlflow.tracking import MlflowClient
+
+    run = MlflowClient().create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
+    return ParentRun(run.info.run_id)

@@ -1,0 +1,128 @@
+"""Checkpoints: round trip, atomic layout, corruption / wrong stage / missing dir refused (rlhf_core.checkpoint)."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pytest
+import torch
+
+from rlhf_core.checkpoint import (
+    MANIFEST,
+    WEIGHTS,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+    verify_checkpoint,
+)
+from rlhf_core.errors import TrainingError
+from rlhf_core.train_config import OptimConfig
+from rlhf_core.training import build_optimizer, build_scheduler
+
+
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = torch.nn.Linear(4, 3)
+        self.b = torch.nn.Linear(3, 1)
+        self.frozen = torch.nn.Linear(2, 2)
+        self.frozen.requires_grad_(False)
+
+
+def _trained(seed: int = 0):
+    torch.manual_seed(seed)
+    net = _Net()
+    optim_cfg = OptimConfig(learning_rate=1e-2, warmup_steps=2, max_steps=10, weight_decay=0.1)
+    opt = build_optimizer(net, optim_cfg)
+    sched = build_scheduler(opt, optim_cfg)
+    for _ in range(3):
+        opt.zero_grad()
+        net.b(net.a(torch.randn(5, 4))).pow(2).mean().backward()
+        opt.step()
+        sched.step()
+    return net, opt, sched, optim_cfg
+
+
+def _save(tmp_path, net, opt, sched, stage="sft", step=3, keep=2):
+    return save_checkpoint(
+        tmp_path / "checkpoints", stage=stage, step=step, model=net, optimizer=opt, scheduler=sched,
+        trainer_state={"epoch": 1, "batch_index": 2, "sampler_seed": 0, "history": [], "fingerprint": {}}, keep=keep,
+    )
+
+
+def test_round_trip_restores_weights_optimizer_scheduler_rng_and_position(tmp_path):
+    net, opt, sched, optim_cfg = _trained()
+    random.seed(11)
+    np.random.seed(12)
+    torch.manual_seed(13)
+    path = _save(tmp_path, net, opt, sched)
+    expected_draws = (random.random(), float(np.random.rand()), torch.rand(3))
+    manifest = json.loads((path / MANIFEST).read_text())
+    assert manifest["stage"] == "sft" and manifest["step"] == 3
+    assert set(manifest["files"]) >= {WEIGHTS, "optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"}
+
+    torch.manual_seed(99)
+    fresh = _Net()
+    fresh.frozen.load_state_dict(net.frozen.state_dict())  # the caller supplies the same frozen start
+    opt2 = build_optimizer(fresh, optim_cfg)
+    sched2 = build_scheduler(opt2, optim_cfg)
+    state = load_checkpoint(path, stage="sft", model=fresh, optimizer=opt2, scheduler=sched2)
+
+    assert (state["step"], state["epoch"], state["batch_index"]) == (3, 1, 2)
+    for (name, p), q in zip(net.named_parameters(), fresh.parameters(), strict=True):
+        assert torch.equal(p, q), name
+    for s1, s2 in zip(opt.state.values(), opt2.state.values(), strict=True):
+        assert torch.equal(s1["exp_avg_sq"], s2["exp_avg_sq"]) and torch.equal(s1["step"], s2["step"])
+    assert sched2.last_epoch == sched.last_epoch and opt2.param_groups[0]["lr"] == opt.param_groups[0]["lr"]
+    assert random.random() == expected_draws[0]
+    assert float(np.random.rand()) == expected_draws[1]
+    assert torch.equal(torch.rand(3), expected_draws[2])
+
+
+def test_only_trainable_parameters_are_stored_and_old_checkpoints_pruned(tmp_path):
+    from safetensors.torch import load_file
+
+    net, opt, sched, _ = _trained()
+    for step in (1, 2, 3):
+        _save(tmp_path, net, opt, sched, step=step, keep=2)
+    (tmp_path / "checkpoints" / ".tmp-step-000009-abc").mkdir()  # a crashed writer's leftover
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-000002", "step-000003"]
+    keys = set(load_file(str(tmp_path / "checkpoints" / "step-000003" / WEIGHTS)))
+    assert keys == {"a.weight", "a.bias", "b.weight", "b.bias"}
+
+
+def test_corrupt_checkpoint_is_refused_naming_the_file(tmp_path):
+    net, opt, sched, _ = _trained()
+    path = _save(tmp_path, net, opt, sched)
+    weights = path / WEIGHTS
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 0xFF
+    weights.write_bytes(bytes(data))
+    with pytest.raises(TrainingError, match=rf"{weights}.*corrupt \(sha256"):
+        verify_checkpoint(path, stage="sft")
+    (path / MANIFEST).write_text("{not json")
+    with pytest.raises(TrainingError, match=rf"{path / MANIFEST} is corrupt"):
+        verify_checkpoint(path, stage="sft")
+
+
+def test_other_stage_missing_dir_and_non_checkpoint_are_refused(tmp_path):
+    net, opt, sched, _ = _trained()
+    path = _save(tmp_path, net, opt, sched, stage="sft")
+    with pytest.raises(TrainingError, match=rf"checkpoint {path} was written by stage 'sft', not 'reward'"):
+        verify_checkpoint(path, stage="reward")
+    with pytest.raises(TrainingError, match=r"does not exist"):
+        verify_checkpoint(tmp_path / "nope", stage="sft")
+    (tmp_path / "plain").mkdir()
+    with pytest.raises(TrainingError, match=r"is not a training checkpoint \(no manifest.json\)"):
+        verify_checkpoint(tmp_path / "plain", stage="sft")
+
+
+def test_weights_of_a_different_model_are_refused(tmp_path):
+    net, opt, sched, optim_cfg = _trained()
+    path = _save(tmp_path, net, opt, sched)
+    other = torch.nn.Sequential(torch.nn.Linear(4, 3))
+    opt2 = build_optimizer(other, optim_cfg)
+    with pytest.raises(TrainingError, match=r"holds weights of a different model or LoRA setting"):
+        load_checkpoint(path, stage="sft", model=other, optimizer=opt2, scheduler=build_scheduler(opt2, optim_cfg))

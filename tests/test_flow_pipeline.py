@@ -1,0 +1,79 @@
+"""The `rlhf-pipeline` flow on the smoke preset under Prefect's test harness.
+
+Real Prefect engine (a temporary API), real MLflow sqlite store, real tiny transformers
+models: asserts the stage outputs on disk and what MLflow recorded.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from flows.config import load_config
+
+from .conftest import MODEL_CACHE, REPO
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    workspace = tmp_path_factory.mktemp("ws")
+    os.environ.setdefault("PREFECT_HOME", str(workspace / "prefect"))
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.stages import rlhf_pipeline
+
+    cfg = load_config("smoke", [f"workspace={workspace}", f"model.cache_dir={MODEL_CACHE}"])
+    cwd = os.getcwd()
+    os.chdir(REPO)  # the preset's data paths are relative to the repo
+    try:
+        with prefect_test_harness(server_startup_timeout=120):
+            result = rlhf_pipeline(cfg)
+    finally:
+        os.chdir(cwd)
+    return cfg, result
+
+
+def test_stage_outputs_are_on_disk(smoke_run):
+    cfg, result = smoke_run
+    run_dir = result["run_dir"]
+    assert os.path.isfile(os.path.join(run_dir, "config.yaml"))
+    report = json.loads(open(result["outputs"]["data"]).read())
+    assert report["balanced"] and report["rows_in"] == report["rows_kept"] + sum(
+        sum(t["dropped"].values()) for t in report["totals"].values()
+    )
+    for stage in ("sft", "reward"):
+        model_dir = result["outputs"][stage]
+        assert os.path.isfile(os.path.join(model_dir, "model.safetensors")), stage
+    agreement = json.loads(open(result["outputs"]["reward agreement"]).read())
+    assert 0.0 <= agreement["agreement_majority"]["value"] <= 1.0
+
+
+def test_mlflow_has_parent_and_nested_stage_runs(smoke_run):
+    from mlflow.tracking import MlflowClient
+
+    cfg, result = smoke_run
+    client = MlflowClient(tracking_uri=result["tracking_uri"])
+    parent = client.get_run(result["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["prefect.flow_run_id"]
+    assert parent.data.params["model.base"] == "tiny"
+    assert parent.data.metrics["pipeline/wall_seconds"] > 0
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    by_stage = {r.data.tags["rlhf.stage"]: r for r in children}
+    assert {"data", "sft", "reward"} <= set(by_stage)
+    assert all(r.info.status == "FINISHED" for r in children)
+    data = by_stage["data"].data.metrics
+    assert data["data/rows_in"] == data["data/rows_kept"] + data["data/rows_dropped"]
+    assert 0 <= data["data/rl_prompt_coverage"] <= 1
+    assert "sft/loss" in by_stage["sft"].data.metrics
+    rm = by_stage["reward"].data.metrics
+    for name in ("rm/loss", "rm/agreement_majority", "rm/agreement_gold", "rm/agreement_ceiling"):
+        assert name in rm, name
+    history = client.get_metric_history(by_stage["sft"].info.run_id, "sft/loss")
+    assert len(history) >= 2  # per step, not only a final value
+    artifacts = {a.path for a in client.list_artifacts(by_stage["reward"].info.run_id)}
+    assert {"agreement.json", "reliability.png"} <= artifacts
