@@ -15,12 +15,13 @@ DEMO_DIR = Path("data/demo")
 # InstructGPT/HH "as an AI language model" family). Case-insensitive regexes.
 DEFAULT_REFUSAL_PATTERNS: list[str] = [
     r"\bas an ai language model\b",
-    r"\bas a language model trained by\b",
+    r"\bas a language model\b",  # "as a language model trained by ...", "..., but as a language model I cannot"
     r"\bas an ai(?: assistant)?,? i (?:do not|don't|cannot|can't)\b",
     r"\bi'?m sorry,? but i (?:cannot|can't|am unable to|won't)\b",
     r"\bi am sorry,? but i (?:cannot|can't|am unable to|won't)\b",
+    r"\bi apologi[sz]e,? but i (?:cannot|can't|am unable to|won't|am not able to)\b",
     r"\bi (?:cannot|can't|can not) (?:help|assist) with\b",
-    r"\bi'?m (?:not able|unable) to (?:help|assist|provide)\b",
+    r"\bi(?:'?m| am) (?:not able|unable) to (?:help|assist|provide)\b",
     r"\bi (?:must|have to) (?:decline|refuse)\b",
 ]
 
@@ -31,6 +32,11 @@ DEFAULT_SPAM_PATTERNS: list[str] = [
     r"\{\{[^{}]*\}\}",  # unfilled template placeholder {{name}}
     r"(?i)\[(?:insert|your|placeholder)[^\]]*\]",  # [INSERT TOPIC], [your name]
     r"<(?:PLACEHOLDER|INSERT[^>]*)>",
+    # single-brace template slot left unfilled: "{prompt}", "Answer {question}"
+    r"(?i)\{(?:prompt|question|query|input|instruction|text|topic)\}",
+    # advertising / link spam
+    r"(?i)\b(?:click here|buy now|limited[- ]time offer|act now)\b",
+    r"(?i)\bwin an? (?:free|brand[- ]new)\b",
 ]
 
 Kind = Literal["prompts", "demonstrations", "preferences", "rankings"]
@@ -61,20 +67,53 @@ class RefusalConfig(StrictModel):
         return patterns
 
 
-class DedupConfig(StrictModel):
-    """Exact (normalized hash) and near-duplicate (MinHash + LSH) removal."""
+class ShingleConfig(StrictModel):
+    """How one kind of text is shingled for MinHash, and the Jaccard at which two texts are near-duplicates."""
 
-    exact: bool = Field(True, description="Drop rows whose normalized text repeats an earlier row.")
-    near: bool = Field(True, description="Drop near-duplicates (all but the first of each MinHash cluster).")
-    cross_split: bool = Field(
-        True, description="Drop eval prompts that near-duplicate any training prompt (contamination)."
-    )
     shingle: Literal["word", "char"] = Field(
-        "word", description="MinHash shingles: word n-grams (fast) or character n-grams (scripts without spaces)."
+        "char", description="MinHash shingles: word n-grams (fewer, coarse) or character n-grams (fine-grained; "
+        "also the only choice for scripts without spaces)."
     )
-    shingle_size: int = Field(3, ge=1, description="Words (or characters) per MinHash shingle.")
-    num_perm: int = Field(128, ge=8, description="MinHash permutations.")
+    shingle_size: int = Field(5, ge=1, description="Words (or characters) per MinHash shingle.")
     threshold: float = Field(0.8, gt=0.0, le=1.0, description="Estimated Jaccard similarity at which texts are near-duplicates.")
+
+
+# Defaults measured on data/demo (exact Jaccard; tests/test_demo_curation.py checks the outcome).
+# Prompts are short (median 13 words, 66 characters): one typo, dropped or added word changes ~3 of
+# ~11 word 3-grams (Jaccard 0.45-0.67, under any sane threshold), but only ~4-8 of ~60 character
+# 4-grams (p10 0.78-0.84), while distinct prompts from one template ("How do I X my Y?") reach at
+# most 0.68. Replies (~20-50 words): one edited word leaves word 3-gram Jaccard at 0.81-0.86, within
+# MinHash noise (sigma ~0.035 at 128 permutations) of 0.8; character 5-grams give 0.89-0.97.
+DEFAULT_PROMPT_SHINGLES = {"shingle": "char", "shingle_size": 4, "threshold": 0.75}
+DEFAULT_REPLY_SHINGLES = {"shingle": "char", "shingle_size": 5, "threshold": 0.8}
+
+
+class DedupConfig(StrictModel):
+    """Exact (normalized hash) and near-duplicate (MinHash + LSH) removal.
+
+    What counts as the same row: an RL prompt repeats an earlier prompt; a demonstration repeats an
+    earlier (prompt, response); a preference pair repeats an earlier (prompt, {chosen, rejected}) with
+    the replies as an unordered pair (a swapped copy is the same comparison). Near: every part is a
+    near-duplicate of the matching part of the earlier row (prompts under ``prompt``, replies under
+    ``reply``). One prompt legitimately has several demonstrations and comparisons, and comparisons
+    share replies (2-3 pairs per prompt reuse a sampled reply, as in InstructGPT), so rows are never
+    matched on concatenated text.
+    """
+
+    exact: bool = Field(True, description="Drop rows that repeat an earlier row after normalization.")
+    near: bool = Field(True, description="Drop near-duplicates of an earlier kept row.")
+    cross_split: bool = Field(
+        True, description="Drop eval rows whose prompt (near-)duplicates any training prompt (contamination)."
+    )
+    prompt: ShingleConfig = Field(
+        default_factory=lambda: ShingleConfig(**DEFAULT_PROMPT_SHINGLES),  # type: ignore[arg-type]
+        description="Shingling and threshold for prompts (RL prompt dedup, the prompt of a pair, contamination).",
+    )
+    reply: ShingleConfig = Field(
+        default_factory=lambda: ShingleConfig(**DEFAULT_REPLY_SHINGLES),  # type: ignore[arg-type]
+        description="Shingling and threshold for replies (demonstration responses, chosen/rejected).",
+    )
+    num_perm: int = Field(128, ge=8, description="MinHash permutations.")
     seed: int = Field(0, description="Seed of the MinHash permutations.")
 
 
@@ -108,7 +147,11 @@ class PromptFilterConfig(StrictModel):
         description="A prompt of 8+ words in which one word makes up more than this share is spam.",
     )
     max_prompts_per_user: int | None = Field(
-        200, ge=1, description="Cap on prompts per user_id (InstructGPT: 200); None = no cap."
+        200, ge=1, description="Cap on distinct prompts per user_id (InstructGPT: 200); None = no cap. "
+        "All rows of a prompt over the cap go (a prompt's several comparisons count once)."
+    )
+    user_cap_inputs: list[StageKind] | None = Field(
+        None, description="Inputs the per-user cap runs on; None = every input in apply_to."
     )
     coverage_method: Literal["tfidf", "embedding", "off"] = Field(
         "tfidf", description="How RL prompts are compared with preference prompts."

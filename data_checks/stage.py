@@ -7,9 +7,10 @@ that step and its reason in ``dropped.jsonl``):
 2. validate against the pandera schema of its kind (bad rows quarantined);
 3. prompt filters: empty/templated spam, token length, language;
 4. refusal scrubbing of SFT responses and chosen replies;
-5. dedup within each split: exact (normalised hash), then near (MinHash + LSH);
+5. dedup within each split: exact (normalised hash), then near (MinHash + LSH); a row is the
+   same as an earlier one only when its prompt AND its reply(ies) match (see DedupConfig);
 6. cross-split contamination: eval rows whose prompt near-duplicates a training prompt;
-7. per-user cap;
+7. per-user cap, counted in distinct prompts;
 8. coverage: RL prompts outside the preference prompts' support.
 
 Outputs in ``out_dir``: demonstrations.parquet, preferences.parquet, rl_prompts.parquet
@@ -28,7 +29,7 @@ import numpy as np
 import pandas as pd
 
 from data_checks import dedup
-from data_checks.config import DataConfig
+from data_checks.config import DataConfig, DedupConfig
 from data_checks.importers import Quarantined, clip_record, load_dataset_file
 from data_checks.prompt_filter import (
     compute_coverage,
@@ -50,14 +51,79 @@ KIND_OF_INPUT = {"demonstrations": "demonstrations", "preferences": "preferences
 _MAX_CLUSTERS_REPORTED = 20
 
 
-def dedup_text(frame: pd.DataFrame, name: str) -> list[str]:
-    """What counts as 'the same row': the prompt for RL prompts, prompt+reply(ies) otherwise
-    (one prompt legitimately has many demonstrations and preference pairs)."""
-    if name == "demonstrations":
-        return [f"{p}\n\n{r}" for p, r in zip(frame["prompt"], frame["response"])]
-    if name == "preferences":
-        return [f"{p}\n\n{c}\n\n{r}" for p, c, r in zip(frame["prompt"], frame["chosen"], frame["rejected"])]
-    return list(frame["prompt"])
+def _row_parts(frame: pd.DataFrame, name: str) -> tuple[list[str], list[list[str]]]:
+    """(prompts, reply columns) of the rows: no reply for RL prompts, the response for
+    demonstrations, chosen and rejected for preferences."""
+    replies = {"demonstrations": ["response"], "preferences": ["chosen", "rejected"]}.get(name, [])
+    return list(frame["prompt"]), [list(frame[c]) for c in replies]
+
+
+def exact_duplicate_of(frame: pd.DataFrame, name: str) -> dict[int, int]:
+    """Position of each row that repeats an earlier row -> position of that earlier row.
+
+    Same row = equal normalized prompt and reply(ies); a preference pair's replies compare as an
+    unordered pair (chosen/rejected swapped is the same comparison, with a conflicting label).
+    """
+    prompts, replies = _row_parts(frame, name)
+    norm = dedup.normalize_text
+    cols = [[norm(t) for t in col] for col in replies]
+    first: dict[tuple[str, ...], int] = {}
+    out: dict[int, int] = {}
+    for pos, prompt in enumerate(prompts):
+        parts = [col[pos] for col in cols]
+        key = (norm(prompt), *(sorted(parts) if name == "preferences" else parts))
+        if key in first:
+            out[pos] = first[key]
+        else:
+            first[key] = pos
+    return out
+
+
+def near_duplicate_row_pairs(frame: pd.DataFrame, name: str, cfg: DedupConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Row pairs (i < j, positions) that are near-duplicates: the prompts are (under ``cfg.prompt``)
+    and so is every reply (under ``cfg.reply``; a preference pair's replies match straight or swapped).
+
+    Candidates come from MinHash LSH over the prompts, so the work grows with the number of rows
+    that share a (near-identical) prompt, not with N^2. Returns ((E, 2) int64 sorted, (E,) the
+    smallest estimated Jaccard over the parts).
+    """
+    prompts, replies = _row_parts(frame, name)
+    p, r = cfg.prompt, cfg.reply
+    pairs, est = dedup.near_duplicate_pairs(prompts, shingle=p.shingle, shingle_size=p.shingle_size,
+                                            num_perm=cfg.num_perm, threshold=p.threshold, seed=cfg.seed)
+    if not replies or len(pairs) == 0:
+        return pairs, est
+    n = len(prompts)
+    # One signature matrix for all reply columns: reply column c of row i is row c*n + i.
+    sig = dedup.minhash_signatures([t for col in replies for t in col], shingle=r.shingle,
+                                   shingle_size=r.shingle_size, num_perm=cfg.num_perm, seed=cfg.seed)
+    i, j = pairs[:, 0], pairs[:, 1]
+
+    def sim(ci: int, cj: int) -> np.ndarray:
+        return dedup.estimated_jaccard(sig, ci * n + i, cj * n + j)
+
+    if len(replies) == 1:
+        reply_est = sim(0, 0)
+    else:  # chosen~chosen and rejected~rejected, or chosen~rejected and rejected~chosen
+        reply_est = np.maximum(np.minimum(sim(0, 0), sim(1, 1)), np.minimum(sim(0, 1), sim(1, 0)))
+    keep = reply_est >= r.threshold - 1e-12  # est is k/num_perm exactly, the threshold may not be
+    return pairs[keep], np.minimum(est[keep], reply_est[keep])
+
+
+def near_duplicate_of(n: int, pairs: np.ndarray) -> dict[int, int]:
+    """Greedy in row order: a row is dropped when it near-duplicates an earlier *kept* row
+    (-> the first such row). Unlike connected components, a chain a~b~c with a !~ c keeps c
+    when b is dropped, and every drop names a kept row it really resembles."""
+    out: dict[int, int] = {}
+    if len(pairs) == 0:
+        return out
+    order = np.lexsort((pairs[:, 0], pairs[:, 1]))  # by j, then i: rows before j are final
+    kept = np.ones(n, dtype=bool)
+    for i, j in pairs[order].tolist():
+        if kept[j] and kept[i]:
+            kept[j] = False
+            out[j] = i
+    return out
 
 
 def _is_eval(frame: pd.DataFrame) -> pd.Series:
@@ -125,46 +191,48 @@ def _load_inputs(cfg: DataConfig, ledger: _Ledger, report: DataReport) -> dict[s
 
 def _dedup_step(frames: dict[str, pd.DataFrame], cfg: DataConfig, ledger: _Ledger) -> dict[str, Any]:
     d = cfg.dedup
-    params = {"shingle": d.shingle, "shingle_size": d.shingle_size, "num_perm": d.num_perm,
-              "threshold": d.threshold, "seed": d.seed}
     summary: dict[str, Any] = {}
     for name in INPUTS:
         frame = frames[name]
-        info = {"exact_dropped": 0, "near_clusters": 0, "near_dropped": 0, "contamination_dropped": 0,
-                "clusters": []}
+        info: dict[str, Any] = {"exact_dropped": 0, "near_clusters": 0, "near_dropped": 0,
+                                "contamination_dropped": 0, "clusters": []}
         for is_eval in (False, True):  # within each split
             part = frame[_is_eval(frame).to_numpy() == is_eval] if not frame.empty else frame
             if len(part) < 2:
                 continue
-            reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
             if d.exact:
-                for pos in dedup.exact_duplicates(dedup_text(part, name)):
-                    reasons[part.index[pos]] = ("exact_duplicate", "same normalized text as an earlier row")
-                info["exact_dropped"] += int(reasons.notna().sum())
-            frame = ledger.drop(frame, reasons, name, "dedup")
-            part = part.loc[part.index.intersection(frame.index)]
-            if d.near and len(part) >= 2:
-                clusters = dedup.near_duplicate_clusters(dedup_text(part, name), **params)
                 reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
-                for cluster in clusters:
-                    keep, *rest = sorted(cluster)
-                    keep_id = part.iloc[keep]["id"]
-                    for pos in rest:
-                        reasons[part.index[pos]] = ("near_duplicate", f"near-duplicate of id '{keep_id}' "
-                                                                      f"(cluster of {len(cluster)})")
+                for pos, first in exact_duplicate_of(part, name).items():
+                    reasons[part.index[pos]] = ("exact_duplicate",
+                                                f"same normalized text as id '{part.iloc[first]['id']}'")
+                info["exact_dropped"] += int(reasons.notna().sum())
+                frame = ledger.drop(frame, reasons, name, "dedup")
+                part = part.loc[part.index.intersection(frame.index)]
+            if d.near and len(part) >= 2:
+                pairs, _ = near_duplicate_row_pairs(part, name, d)
+                dup_of = near_duplicate_of(len(part), pairs)
+                reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+                groups: dict[int, list[int]] = {}
+                for pos, keep in sorted(dup_of.items()):
+                    groups.setdefault(keep, []).append(pos)
+                    reasons[part.index[pos]] = ("near_duplicate", f"near-duplicate of id '{part.iloc[keep]['id']}'")
+                for keep, rest in sorted(groups.items()):
                     if len(info["clusters"]) < _MAX_CLUSTERS_REPORTED:
                         info["clusters"].append({"split": "eval" if is_eval else "train",
-                                                 "ids": [str(part.iloc[p]["id"]) for p in sorted(cluster)],
+                                                 "ids": [str(part.iloc[q]["id"]) for q in [keep, *rest]],
                                                  "example": str(part.iloc[keep]["prompt"])[:120]})
-                info["near_clusters"] += len(clusters)
-                info["near_dropped"] += int(reasons.notna().sum())
+                info["near_clusters"] += len(groups)
+                info["near_dropped"] += len(dup_of)
                 frame = ledger.drop(frame, reasons, name, "dedup")
         frames[name] = frame
         summary[name] = info
     if d.cross_split:
-        # An eval prompt that (near-)duplicates a prompt trained on anywhere is contamination.
-        train_prompts = sorted({p for f in frames.values() if not f.empty
-                                for p in f.loc[~_is_eval(f).to_numpy(), "prompt"]})
+        # An eval prompt that (near-)duplicates a prompt trained on anywhere (SFT, RM or PPO) is contamination.
+        p = d.prompt
+        params = {"shingle": p.shingle, "shingle_size": p.shingle_size, "num_perm": d.num_perm,
+                  "threshold": p.threshold, "seed": d.seed}
+        train_prompts = sorted({q for f in frames.values() if not f.empty
+                                for q in f.loc[~_is_eval(f).to_numpy(), "prompt"]})
         for name in INPUTS:
             frame = frames[name]
             ev = frame[_is_eval(frame).to_numpy()] if not frame.empty else frame
@@ -177,6 +245,25 @@ def _dedup_step(frames: dict[str, pd.DataFrame], cfg: DataConfig, ledger: _Ledge
             summary[name]["contamination_dropped"] = len(hits)
             frames[name] = ledger.drop(frame, reasons, name, "dedup")
     return summary
+
+
+def user_cap_by_prompt(frame: pd.DataFrame, cap: int | None) -> pd.Series:
+    """Per-user cap counted in distinct prompts (InstructGPT: 200 prompts per user id): a
+    prompt's several demonstrations or comparisons count once and go together."""
+    reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
+    if cap is None or frame.empty:
+        return reasons
+    key = frame["prompt"].map(dedup.normalize_text)
+    first = ~pd.DataFrame({"u": frame["user_id"], "k": key}).duplicated()
+    over = user_cap_reasons(frame.loc[first.to_numpy(), "user_id"], cap).dropna()
+    if over.empty:
+        return reasons
+    over_keys = dict(zip(zip(frame.loc[over.index, "user_id"], key[over.index]), over))
+    for idx, user, k in zip(frame.index, frame["user_id"], key):
+        reason = over_keys.get((user, k))
+        if reason is not None:
+            reasons[idx] = reason
+    return reasons
 
 
 def _write_parquet(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:
@@ -248,8 +335,8 @@ def run_data_stage(
     report.dedup = timed("dedup", lambda: _dedup_step(frames, cfg, ledger))
 
     # 7. per-user cap
-    for name in pf.apply_to:
-        frames[name] = ledger.drop(frames[name], user_cap_reasons(frames[name]["user_id"], pf.max_prompts_per_user),
+    for name in pf.apply_to if pf.user_cap_inputs is None else pf.user_cap_inputs:
+        frames[name] = ledger.drop(frames[name], user_cap_by_prompt(frames[name], pf.max_prompts_per_user),
                                    name, "filter")
 
     # 8. coverage of RL prompts by the preference prompts

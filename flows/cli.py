@@ -66,17 +66,46 @@ def _load(config: str | None, overrides: list[str] | None, workspace: Path | Non
 
 
 @app.command()
-def run(config: ConfigOpt = None, set_: SetOpt = None, workspace: WorkspaceOpt = None) -> None:
-    """Run the pipeline on a config (default: the demo preset) and say where its outputs are."""
+def run(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+    resume: Annotated[
+        Optional[str],
+        typer.Option(help="Re-run this run id (a directory under <workspace>/runs): finished stages are skipped."),
+    ] = None,
+) -> None:
+    """Run the pipeline (data -> SFT -> reward model -> PPO) on a config (default: demo) and say where outputs went."""
     from flows.pipeline import run_pipeline
 
     cfg = _load(config, set_, workspace)
-    summary = run_pipeline(cfg)
+    summary = run_pipeline(cfg, resume_run=resume)
     console = _console()
     console.print(f"[bold green]pipeline finished[/] in {summary.wall_seconds:.1f} s")
     console.print(f"run directory: [bold]{summary.run_dir}[/]")
     for line in summary.lines:
         console.print(f"  {line}", soft_wrap=True)
+
+
+@app.command("eval")
+def eval_(
+    run_id: Annotated[str, typer.Argument(help="A finished run (directory name under <workspace>/runs).")],
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+) -> None:
+    """Evaluate a run's PPO (and DPO) policy against its SFT model and best-of-N on held-out prompts.
+
+    Gold score, reward-model score, win rates, KL to the SFT model, refusal and repetition rates,
+    with bootstrap intervals; writes eval/comparison.md, eval.json, samples and the gold-vs-sqrt(KL) plot.
+    """
+    from flows.pipeline import run_stage
+
+    cfg = _load(config, set_, workspace)
+    result = run_stage(cfg, "eval", run_id)
+    console = _console()
+    console.print(Path(result["comparison_md"]).read_text(encoding="utf-8"), soft_wrap=True)
+    console.print(f"report: [bold]{result['eval_json']}[/]; plot: {result['plot']}", soft_wrap=True)
 
 
 @config_app.command("show")

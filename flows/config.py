@@ -19,7 +19,9 @@ from rlhf_core.errors import ConfigError
 from rlhf_core.ppo.config import PPOConfig
 from rlhf_core.reward.config import RewardConfig
 from rlhf_core.sft.config import SFTConfig
-from tasks.config import TrackingConfig
+from rlhf_core.dpo.config import DPOConfig
+from rlhf_core.evaluation import EvalConfig
+from tasks.config import RegistryConfig, TrackingConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
 DEFAULT_PRESET = "demo"
@@ -31,12 +33,18 @@ class PipelineConfig(StrictModel):
     name: str = Field("rlhf-pipeline", min_length=1, description="Pipeline name (MLflow experiment, run names).")
     seed: int = Field(0, description="Global seed; every stage derives its own from it.")
     workspace: Path = Field(Path(".rlhf"), description="Where models, runs and the MLflow store live.")
+    torch_threads: int | None = Field(
+        None, ge=1, description="CPU threads for torch (None = torch's default). 1 is fastest for tiny models."
+    )
     model: ModelConfig = Field(default_factory=ModelConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     sft: SFTConfig = Field(default_factory=SFTConfig)
     reward: RewardConfig = Field(default_factory=RewardConfig)
     ppo: PPOConfig = Field(default_factory=PPOConfig)
+    dpo: DPOConfig = Field(default_factory=DPOConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
+    registry: RegistryConfig = Field(default_factory=RegistryConfig)
 
     @property
     def model_cache(self) -> Path:

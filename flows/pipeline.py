@@ -11,7 +11,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows.config import PipelineConfig, dump_config
+from flows.config import PipelineConfig
 from flows.runtime import prepare_environment
 
 
@@ -24,21 +24,42 @@ class RunSummary:
     lines: list[str] = field(default_factory=list)
 
 
-def run_pipeline(cfg: PipelineConfig) -> RunSummary:
-    """Run the whole pipeline on ``cfg`` in a new run directory of its workspace."""
+def run_pipeline(cfg: PipelineConfig, resume_run: str | None = None) -> RunSummary:
+    """Run the whole pipeline on ``cfg`` in a new run directory (or resume ``resume_run``)."""
+    if resume_run is not None:
+        from tasks.artifacts import workspace_from
+
+        runs = workspace_from(cfg.workspace).runs
+        if not (runs / resume_run).is_dir():
+            from rlhf_core.errors import UserError
+
+            raise UserError(f"--resume {resume_run}: no such run in {runs}")
     prepare_environment(cfg.workspace)
     from flows.stages import rlhf_pipeline
 
     started = time.perf_counter()
-    result = rlhf_pipeline(cfg)
+    result = rlhf_pipeline(cfg, resume_run=resume_run)
     wall = time.perf_counter() - started
     run_dir = Path(result["run_dir"])
     lines = [f"{stage}: {where}" for stage, where in result["outputs"].items()]
     if result.get("mlflow_run_id"):
         lines.append(f"MLflow run: {result['mlflow_run_id']} (store: {result['tracking_uri']})")
         lines.append(f"open the UIs: rlhf ui --workspace {cfg.workspace}")
+        lines.append(f"resume this run after a failure: rlhf run --resume {run_dir.name} (same --config/--set)")
     return RunSummary(run_dir, wall, result.get("mlflow_run_id"), result["outputs"], lines)
 
 
-def write_resolved_config(cfg: PipelineConfig, path: Path) -> None:
-    path.write_text(dump_config(cfg), encoding="utf-8")
+
+def run_stage(cfg: PipelineConfig, stage: str, run_id: str) -> dict[str, str]:
+    """Run one stage flow on an existing run directory (its earlier stages must have finished)."""
+    from tasks.artifacts import workspace_from
+
+    run = workspace_from(cfg.workspace).run(run_id)
+    if not run.path.is_dir():
+        from rlhf_core.errors import UserError
+
+        raise UserError(f"run '{run_id}' not found in {run.path.parent}")
+    prepare_environment(cfg.workspace)
+    from flows.stages import STAGE_FLOWS
+
+    return STAGE_FLOWS[stage](cfg, str(run.path))

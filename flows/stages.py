@@ -1,68 +1,174 @@
-"""Prefect flow definitions. Imported only after `flows.runtime.prepare_environment`.
+"""Prefect flows: one per stage, and the `rlhf-pipeline` parent chaining them as subflows.
 
-The parent `rlhf-pipeline` flow opens one MLflow parent run, then calls the stage tasks
-in order; each stage logs into its own nested MLflow run and hands off to the next
-through the run directory (`tasks.artifacts.RunDir`), never through in-memory objects.
+Import only after `flows.runtime.prepare_environment` (it points Prefect's state into the
+workspace). Every flow takes the validated `PipelineConfig` (the Prefect UI renders it as a
+form and rejects bad values before a run starts) and the run directory it works in; stages
+hand off through that directory (`tasks.artifacts.RunDir`), so any stage flow can be re-run
+alone on an existing run. Finished stages are cached: re-running a run directory
+(`rlhf run --resume RUN_ID`) skips them as long as their recorded outputs still exist.
 """
 
 from __future__ import annotations
 
+import json
 import time
+from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.config import PipelineConfig, dump_config
-from tasks import data as data_tasks
-from tasks import training as training_tasks
 from tasks import tracking
-from tasks.artifacts import workspace_from
+from tasks.artifacts import RunDir, workspace_from
+from tasks.context import StageContext
+from tasks.data import prepare_data
+from tasks.evaluation import evaluate_stage
+from tasks.training import fetch_base_model, train_dpo_stage, train_ppo_stage, train_reward_stage, train_sft_stage
+
+PIPELINE_STATE = "pipeline.json"  # the run's MLflow parent id, so a resumed run logs into the same parent
 
 
-@flow(name="rlhf-pipeline", log_prints=True, validate_parameters=True)
-def rlhf_pipeline(config: PipelineConfig) -> dict:
-    """data -> SFT -> reward model (+ agreement), each stage a nested MLflow run."""
-    logger = get_run_logger()
-    started = time.perf_counter()
+def _apply_threads(config: PipelineConfig) -> None:
+    if config.torch_threads:
+        import torch
+
+        torch.set_num_threads(config.torch_threads)
+
+
+def _cached(task, run: RunDir, stage: str):
+    """The task, told to recompute when the stage's outputs are missing (cache only what still exists)."""
+    return task.with_options(refresh_cache=run.outputs(stage) is None)
+
+
+def _context(config: PipelineConfig, run_dir: str) -> StageContext:
+    """Open (or, when the run directory has one, reuse) the pipeline's MLflow parent run."""
     ws = workspace_from(config.workspace)
-    run = ws.new_run(config.name)
-    run.config.write_text(dump_config(config), encoding="utf-8")
-    logger.info("run directory: %s", run.path)
-
+    run = RunDir(Path(run_dir))
     tracking_uri = config.tracking.tracking_uri or ws.mlflow_uri
     experiment_id = tracking.configure(tracking_uri, ws.mlflow_artifacts, config.tracking.experiment or config.name)
     prefect_id = str(flow_run.get_id() or "")
-    parent = tracking.start_parent_run(
-        experiment_id, run.run_id, tags={"prefect.flow_run_id": prefect_id, "rlhf.run_dir": str(run.path)}
+    state_file = run.path / PIPELINE_STATE
+    if state_file.is_file():
+        parent_id = json.loads(state_file.read_text())["mlflow_run_id"]
+        tracking.reopen_run(parent_id, tags={"prefect.flow_run_id": prefect_id})
+    else:
+        parent = tracking.start_parent_run(
+            experiment_id, run.run_id,
+            tags={"prefect.flow_run_id": prefect_id, "rlhf.run_dir": str(run.path), "rlhf.pipeline": config.name},
+        )
+        parent.log_params(config.model_dump(mode="json"))
+        parent.log_artifact(run.config)
+        parent_id = parent.run_id
+        state_file.write_text(json.dumps({"mlflow_run_id": parent_id, "tracking_uri": tracking_uri}))
+    return StageContext(
+        run_dir=str(run.path), parent_run_id=parent_id, experiment_id=experiment_id, tracking_uri=tracking_uri,
+        prefect_flow_run_id=prefect_id, register_models=config.registry.enabled,
     )
-    parent.log_params(config.model_dump(mode="json"))
-    parent.log_artifact(run.config)
+
+
+@flow(name="data", log_prints=True)
+def data_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
+    """Import, validate, scrub refusals, dedup and filter prompts; write the data report."""
+    ctx = ctx or _context(config, run_dir)
+    fetch_base_model(config.model, str(config.model_cache))  # the tokenizer counts prompt tokens
+    return _cached(prepare_data, ctx.run, "data")(config.data, config.model, str(config.model_cache), run_dir, ctx)
+
+
+@flow(name="sft", log_prints=True)
+def sft_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
+    """Supervised fine-tuning of the base model on the curated demonstrations."""
+    ctx = ctx or _context(config, run_dir)
+    _apply_threads(config)
+    base_dir = fetch_base_model(config.model, str(config.model_cache))
+    return _cached(train_sft_stage, ctx.run, "sft")(config, base_dir, run_dir, ctx)
+
+
+def _policy_init(config: PipelineConfig, run: RunDir) -> str:
+    """The model later stages start from: the SFT model when that stage ran, else the base model."""
+    if config.sft.enabled:
+        return run.require("sft")["model_dir"]
+    return fetch_base_model(config.model, str(config.model_cache))
+
+
+@flow(name="reward", log_prints=True)
+def reward_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
+    """Reward model from the SFT model on the preference pairs, with its agreement rates."""
+    ctx = ctx or _context(config, run_dir)
+    _apply_threads(config)
+    return _cached(train_reward_stage, ctx.run, "reward")(config, _policy_init(config, ctx.run), run_dir, ctx)
+
+
+@flow(name="ppo", log_prints=True)
+def ppo_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
+    """PPO of the SFT policy against the reward model with a KL penalty to the SFT model."""
+    ctx = ctx or _context(config, run_dir)
+    _apply_threads(config)
+    return _cached(train_ppo_stage, ctx.run, "ppo")(config, _policy_init(config, ctx.run), run_dir, ctx)
+
+
+@flow(name="dpo", log_prints=True)
+def dpo_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
+    """DPO/IPO from the SFT model on the same preference pairs (the baseline next to PPO)."""
+    ctx = ctx or _context(config, run_dir)
+    _apply_threads(config)
+    return _cached(train_dpo_stage, ctx.run, "dpo")(config, _policy_init(config, ctx.run), run_dir, ctx)
+
+
+@flow(name="eval", log_prints=True)
+def eval_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
+    """PPO (and DPO) vs SFT vs best-of-N on held-out prompts: gold score, reward, KL, refusals; registry decision."""
+    ctx = ctx or _context(config, run_dir)
+    _apply_threads(config)
+    return _cached(evaluate_stage, ctx.run, "eval")(config, run_dir, ctx)
+
+
+STAGE_FLOWS = {"data": data_flow, "sft": sft_flow, "reward": reward_flow, "ppo": ppo_flow, "dpo": dpo_flow, "eval": eval_flow}
+
+
+@flow(name="rlhf-pipeline", log_prints=True)
+def rlhf_pipeline(config: PipelineConfig, resume_run: str | None = None) -> dict:
+    """data -> SFT -> reward model -> PPO (+ DPO) -> evaluation, each a subflow and a nested MLflow run."""
+    logger = get_run_logger()
+    started = time.perf_counter()
+    _apply_threads(config)
+    ws = workspace_from(config.workspace)
+    run = ws.run(resume_run) if resume_run else ws.new_run(config.name)
+    if resume_run and not run.path.is_dir():
+        from rlhf_core.errors import UserError
+
+        raise UserError(f"--resume {resume_run}: no such run in {ws.runs}")
+    run.config.write_text(dump_config(config), encoding="utf-8")
+    logger.info("run directory: %s", run.path)
+    ctx = _context(config, str(run.path))
     outputs: dict[str, str] = {}
-    ctx = data_tasks.StageContext(
-        run_dir=str(run.path), parent_run_id=parent.run_id, experiment_id=experiment_id, prefect_flow_run_id=prefect_id
-    )
     try:
-        base_dir = training_tasks.fetch_base_model(config.model, str(config.model_cache))
-        data = data_tasks.prepare_data(config.data, config.model, str(config.model_cache), ctx)
-        outputs["data"] = data["report"]
-        if config.sft.enabled:
-            sft = training_tasks.train_sft_stage(config, base_dir, data, ctx)
-            outputs["sft"] = sft["model_dir"]
-            policy_dir = sft["model_dir"]
-        else:
-            policy_dir = base_dir
-        if config.reward.enabled:
-            reward = training_tasks.train_reward_stage(config, policy_dir, data, ctx)
-            outputs["reward"] = reward["model_dir"]
-            outputs["reward agreement"] = reward["agreement"]
-        parent.log_metrics({"pipeline/wall_seconds": time.perf_counter() - started}, step=0)
+        outputs["data report"] = data_flow(config, str(run.path), ctx)["report"]
+        stages = [
+            ("sft", config.sft.enabled),
+            ("reward", config.reward.enabled),
+            ("ppo", config.ppo.enabled and config.reward.enabled),
+            ("dpo", config.dpo.enabled),
+        ]
+        for stage, enabled in stages:
+            if enabled:
+                result = STAGE_FLOWS[stage](config, str(run.path), ctx)
+                outputs[f"{stage} model"] = result["model_dir"]
+                if "agreement" in result:
+                    outputs["reward-model agreement"] = result["agreement"]
+        if config.eval.enabled and config.sft.enabled and config.reward.enabled:
+            result = eval_flow(config, str(run.path), ctx)
+            outputs["evaluation"] = result["comparison_md"]
+        tracking.MlflowTracker(ctx.parent_run_id).log_metrics(
+            {"pipeline/wall_seconds": time.perf_counter() - started}, step=0
+        )
     except BaseException:
-        parent.end("FAILED")
+        tracking.end_run(ctx.parent_run_id, "FAILED")
         raise
-    parent.end("FINISHED")
+    tracking.end_run(ctx.parent_run_id, "FINISHED")
     return {
         "run_dir": str(run.path),
         "outputs": outputs,
-        "mlflow_run_id": parent.run_id,
-        "tracking_uri": tracking_uri,
+        "mlflow_run_id": ctx.parent_run_id,
+        "experiment_id": ctx.experiment_id,
+        "tracking_uri": ctx.tracking_uri,
     }

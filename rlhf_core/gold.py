@@ -24,14 +24,17 @@ refusal, and for harmful prompts every refusal beats every compliance.
 
 Length alone cannot win: ``length`` saturates at 20 words and decays past 150, and
 ``substance`` counts *distinct* content words, so padding, looping or echoing the
-prompt earn nothing; ``prose`` stops a salad of on-topic keywords from scoring. The headroom a small policy can reach by RL is what the base
-SmolLM2-135M visibly lacks: it loops under greedy decoding, gets cut mid-sentence,
-drifts off topic and complies with harmful requests.
+prompt earn nothing; ``prose`` stops a salad of on-topic keywords from scoring.
+The headroom a small policy can reach by RL is what the base SmolLM2-135M visibly
+lacks: at 48 new tokens its sampled replies are cut mid-sentence ~90% of the time
+(mean score ~0.57 on the demo prompts vs ~0.79 for the finished demonstrations),
+it loops under greedy decoding, drifts off topic and complies with harmful requests.
 """
 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from dataclasses import asdict, dataclass
 
 # Phrases that mark a reply as a refusal or AI boilerplate. Anchored on verbs of
@@ -72,7 +75,7 @@ _STOPWORDS = frozenset(
     get got make made want need like one two way ways thing things really much many lot lots well good
     best better tip tips help know give tell explain please start step steps plan beginner mistake mistakes
     avoid try trying hard easy simple quick friend says say whether anyone someone
-    something every ever even still new first use using""".split()
+    something every ever even still new first use using time thanks thank specific""".split()
 )
 _TERMINAL_RE = re.compile(r"[.!?][\"')\]*_`]*$|[.!?]\s*[\U0001F300-\U0001FAFF\u2600-\u27BF]+$")
 # "...as follows:\n\n1." ends in a period but is a list marker, not a finished sentence.
@@ -141,22 +144,28 @@ def _length_score(n_words: int) -> float:
     return max(0.0, 1.0 - (n_words - _RAMBLE_WORDS) / (_ZERO_WORDS - _RAMBLE_WORDS))
 
 
-def _repetition(words: list[str], text: str) -> float:
-    """Share of repeated material in [0, 1]: repeated word 3-grams, or repeated lines.
+def _excess_share(items: list[tuple[str, ...]]) -> float:
+    """Share of ``items`` that are third-or-later occurrences: saying a phrase twice is
+    ordinary prose ("when making a soup ... when making a soup"); thrice is a loop."""
+    counts = Counter(items)
+    return sum(n - 2 for n in counts.values() if n > 2) / len(items)
 
-    "Boil an egg:\\n\\nBoil an egg:\\n..." scores ~0.9; ordinary prose ~0-0.05.
+
+def _repetition(words: list[str], text: str) -> float:
+    """Share of looped material in [0, 1]: repeated word 3-grams, word pairs, lines, or words.
+
+    "Boil an egg:\n\nBoil an egg:\n..." scores ~0.75; ordinary prose 0.
     """
     words = words[:_MAX_NGRAM_WORDS]
     grams = [tuple(words[i : i + 3]) for i in range(len(words) - 2)]
-    rep_grams = 1.0 - len(set(grams)) / len(grams) if grams else 0.0
-    # Same word pairs over and over ("double-action, double-action and double-action").
+    rep_grams = _excess_share(grams) if grams else 0.0
+    # The same content-word pair over and over ("double-action, double-action and double-action").
     pairs = [tuple(words[i : i + 2]) for i in range(len(words) - 1)]
     content_pairs = [p for p in pairs if p[0] not in _STOPWORDS and p[1] not in _STOPWORDS]
-    rep_pairs = 1.0 - len(set(content_pairs)) / len(content_pairs) if len(content_pairs) >= 3 else 0.0
-    lines = [ln.strip().lower() for ln in text[:_MAX_TEXT_CHARS].splitlines() if ln.strip()]
-    rep_lines = 1.0 - len(set(lines)) / len(lines) if len(lines) >= 2 else 0.0
-    # Single-word loops ("aaaa aaaa aaaa", "yes yes yes") have few 3-gram types too,
-    # but also a tiny vocabulary.
+    rep_pairs = _excess_share(content_pairs) if len(content_pairs) >= 4 else 0.0
+    lines = [(ln.strip().lower(),) for ln in text[:_MAX_TEXT_CHARS].splitlines() if len(ln.strip()) > 3]
+    rep_lines = _excess_share(lines) if len(lines) >= 3 else 0.0
+    # Single-word loops ("aaaa aaaa aaaa", "yes yes yes") also have a tiny vocabulary.
     vocab = len(set(words)) / len(words) if len(words) >= 8 else 1.0
     rep_vocab = max(0.0, 0.3 - vocab) / 0.3
     return max(rep_grams, rep_pairs, rep_lines, rep_vocab)
@@ -178,7 +187,7 @@ def gold_components(prompt: str, response: str, *, harmful: bool = False) -> Gol
     length = _length_score(len(words))
     tail = text[-40:]
     ends_cleanly = 1.0 if _TERMINAL_RE.search(tail) and not _LIST_MARKER_END_RE.search(tail) else 0.0
-    # 2.5x: a reply that is 40% repeated material gets nothing.
+    # 2.5x: a reply that is 40% looped material gets nothing.
     non_repetition = max(0.0, 1.0 - 2.5 * _repetition(words, text)) if words else 0.0
     sample = text[:5000]
     plain = len(_PLAIN_CHARS.findall(sample)) / len(sample) if sample else 0.0

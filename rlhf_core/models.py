@@ -18,6 +18,7 @@ unless the config turns it on.
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import importlib.util
 import json
@@ -112,10 +113,22 @@ def ensure_hf_dir(gguf_path: Path, cache_dir: Path) -> Path:
     target = cache_dir / _cache_name(gguf_path)
     if _is_complete_cache(target):
         return target
+    cache_dir.mkdir(parents=True, exist_ok=True)
+    # Two processes (two runs, a test and a run) may convert at once: one converts, the
+    # other waits on the lock and then finds the finished cache.
+    with open(cache_dir / ".convert.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if _is_complete_cache(target):
+            return target
+        _convert_gguf(gguf_path, target)
+    return target
+
+
+def _convert_gguf(gguf_path: Path, target: Path) -> None:
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    cache_dir.mkdir(parents=True, exist_ok=True)
+    cache_dir = target.parent
     directory, name = str(gguf_path.parent), gguf_path.name
     try:
         tokenizer = AutoTokenizer.from_pretrained(directory, gguf_file=name)
@@ -139,7 +152,6 @@ def ensure_hf_dir(gguf_path: Path, cache_dir: Path) -> Path:
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
-    return target
 
 
 def materialize(cfg: ModelConfig, cache_dir: Path) -> ResolvedSource:

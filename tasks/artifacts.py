@@ -16,6 +16,7 @@ never through globals or ad-hoc paths.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import time
@@ -23,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 STAGES = ("data", "sft", "reward", "ppo", "dpo", "eval")
+OUTPUTS_FILE = "outputs.json"
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,31 @@ class RunDir:
 
     def checkpoints(self, stage: str) -> Path:
         return self.stage(stage) / "checkpoints"
+
+    def record_outputs(self, stage: str, outputs: dict[str, str]) -> dict[str, str]:
+        """Mark a stage finished: its outputs (name -> path) are written last, atomically."""
+        path = self.stage(stage) / OUTPUTS_FILE
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(outputs, indent=2), encoding="utf-8")
+        tmp.replace(path)
+        return outputs
+
+    def outputs(self, stage: str) -> dict[str, str] | None:
+        """A finished stage's outputs, or None if it never finished or an output has gone missing."""
+        path = self.path / stage / OUTPUTS_FILE
+        if not path.is_file():
+            return None
+        outputs = json.loads(path.read_text(encoding="utf-8"))
+        return outputs if all(Path(p).exists() for p in outputs.values()) else None
+
+    def require(self, stage: str) -> dict[str, str]:
+        """The outputs of an earlier stage this one builds on; a clear error if they are not there."""
+        outputs = self.outputs(stage)
+        if outputs is None:
+            from rlhf_core.errors import UserError
+
+            raise UserError(f"{self.path}: stage '{stage}' has not finished in this run (no {stage}/{OUTPUTS_FILE})")
+        return outputs
 
 
 def workspace_from(root: str | os.PathLike[str]) -> Workspace:

@@ -3,36 +3,15 @@
 from __future__ import annotations
 
 import warnings
-from dataclasses import dataclass
 from pathlib import Path
 
 from prefect import task
 
 from data_checks.config import DataConfig
 from rlhf_core.config import ModelConfig
-from tasks import tracking
-from tasks.artifacts import RunDir
+from tasks.context import STAGE_CACHE, StageContext
 
 CURATED_FILES = ("demonstrations", "preferences", "rl_prompts", "eval_prompts")
-
-
-@dataclass(frozen=True)
-class StageContext:
-    """What every stage task needs to find its run directory and its MLflow parent."""
-
-    run_dir: str
-    parent_run_id: str
-    experiment_id: str
-    prefect_flow_run_id: str = ""
-
-    @property
-    def run(self) -> RunDir:
-        return RunDir(Path(self.run_dir))
-
-    def stage_run(self, stage: str):
-        return tracking.stage_run(
-            self.parent_run_id, self.experiment_id, stage, tags={"prefect.flow_run_id": self.prefect_flow_run_id}
-        )
 
 
 def data_metrics(report: dict) -> dict[str, float]:
@@ -58,34 +37,41 @@ def data_metrics(report: dict) -> dict[str, float]:
     return metrics
 
 
-@task(name="data")
-def prepare_data(data_cfg: DataConfig, model_cfg: ModelConfig, model_cache: str, ctx: StageContext) -> dict:
+@task(name="data", cache_policy=STAGE_CACHE, persist_result=True)
+def prepare_data(
+    data_cfg: DataConfig, model_cfg: ModelConfig, model_cache: str, run_dir: str, ctx: StageContext
+) -> dict[str, str]:
     """Run the data stage into `<run>/data/`; return the curated file paths and the report path."""
     import mlflow.data
-
     import pandas as pd
+    from prefect.artifacts import create_markdown_artifact
 
     from data_checks.stage import run_data_stage
     from rlhf_core.models import load_tokenizer
 
-    out_dir = ctx.run.stage("data")
+    run = ctx.run
+    out_dir = run.stage("data")
     tokenizer = load_tokenizer(model_cfg, Path(model_cache))
     with ctx.stage_run("data") as tracker:
         tracker.log_params({"data": data_cfg.model_dump(mode="json")})
-        report = run_data_stage(data_cfg, out_dir, tokenizer=tokenizer).to_json()
+        result = run_data_stage(data_cfg, out_dir, tokenizer=tokenizer)
+        report = result.to_json()
         tracker.log_metrics(data_metrics(report), step=0)
         for name in CURATED_FILES:
             path = out_dir / f"{name}.parquet"
-            if path.is_file():
-                frame = pd.read_parquet(path)
-                with warnings.catch_warnings():  # MLflow registers the local source class twice
-                    warnings.simplefilter("ignore", UserWarning)
-                    dataset = mlflow.data.from_pandas(frame, source=str(path), name=name)
-                tracker.client.log_inputs(tracker.run_id, datasets=[_dataset_input(dataset, name)])
+            frame = pd.read_parquet(path)
+            with warnings.catch_warnings():  # MLflow registers the local source class twice
+                warnings.simplefilter("ignore", UserWarning)
+                dataset = mlflow.data.from_pandas(frame, source=str(path), name=name)
+            tracker.client.log_inputs(tracker.run_id, datasets=[_dataset_input(dataset, name)])
         tracker.log_artifact(out_dir, "data")
+        create_markdown_artifact(
+            result.to_markdown() + f"\n\nMLflow: {ctx.mlflow_run_link(tracker.run_id)}",
+            key="data-report", description="Rows in / kept / dropped per reason, dedup, coverage",
+        )
     outputs = {name: str(out_dir / f"{name}.parquet") for name in CURATED_FILES}
     outputs["report"] = str(out_dir / "report.json")
-    return outputs
+    return run.record_outputs("data", outputs)
 
 
 def _dataset_input(dataset, context: str):

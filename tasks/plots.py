@@ -103,3 +103,49 @@ def _save(fig: Any, path: str | Path) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, format="png", dpi=100)
     return out
+
+
+def plot_gold_vs_sqrt_kl(points: list[Mapping[str, Any]], path: str | Path, *, title: str | None = None) -> Path:
+    """The Gao et al. (2022) over-optimisation picture: score against sqrt(KL to the SFT model).
+
+    ``points``: dicts with ``series``, ``label``, ``sqrt_kl``, ``gold`` (optionally ``gold_ci_low`` /
+    ``gold_ci_high`` for error bars and ``rm``), e.g. ``MethodComparison.points()``. One line per
+    series (PPO checkpoints, best-of-N, ...) ordered by KL; the ``sft`` series is drawn as a dashed
+    baseline. Left: the gold score (the truth); right: the reward model's score (the proxy), when
+    given. A proxy that keeps rising while gold falls is the reward model being gamed.
+    """
+    usable = [p for p in points if p.get("sqrt_kl") is not None and p.get("gold") is not None]
+    if not usable:
+        return _message_png(path, "No methods with a gold score and a KL to plot.")
+    has_rm = any(p.get("rm") is not None for p in usable)
+    plt = _pyplot()
+    fig, axes = plt.subplots(1, 2 if has_rm else 1, figsize=(11 if has_rm else 6, 4.5), squeeze=False)
+    try:
+        series: dict[str, list[Mapping[str, Any]]] = {}
+        for p in usable:
+            series.setdefault(str(p["series"]), []).append(p)
+        panels = [("gold", "gold score (held-out prompts)")] + ([("rm", "reward-model score")] if has_rm else [])
+        for ax, (key, ylabel) in zip(axes[0], panels, strict=True):
+            for name, pts in series.items():
+                pts = sorted((q for q in pts if q.get(key) is not None), key=lambda q: q["sqrt_kl"])
+                if not pts:
+                    continue
+                xs, ys = [q["sqrt_kl"] for q in pts], [q[key] for q in pts]
+                if name == "sft":
+                    ax.axhline(ys[0], linestyle="--", color="grey", label=f"SFT ({ys[0]:.3f})")
+                    continue
+                if key == "gold" and all(q.get("gold_ci_low") is not None and q.get("gold_ci_high") is not None for q in pts):
+                    yerr = [[y - q["gold_ci_low"] for y, q in zip(ys, pts)], [q["gold_ci_high"] - y for y, q in zip(ys, pts)]]
+                    ax.errorbar(xs, ys, yerr=yerr, marker="o", capsize=3, label=name)
+                else:
+                    ax.plot(xs, ys, marker="o", label=name)
+                for x, y, q in zip(xs, ys, pts):
+                    ax.annotate(str(q["label"]).replace(f"{name}-", ""), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.set_xlabel("sqrt(KL to SFT model)  [sqrt(nats)]")
+            ax.set_ylabel(ylabel)
+            ax.legend(fontsize=8)
+        fig.suptitle(title or "Gold and reward-model score against sqrt(KL) (Gao et al. 2022)")
+        fig.tight_layout()
+        return _save(fig, path)
+    finally:
+        plt.close(fig)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import re
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -21,6 +22,14 @@ from rlhf_core.tracking import flatten_params
 # Keep MLflow quiet and local: no telemetry, no progress bars in logs.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
+_METRIC_NAME_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]+")
+
+
+def metric_name(name: str) -> str:
+    """MLflow accepts alphanumerics, `_ - . : /` and spaces; anything else becomes `_`."""
+    return _METRIC_NAME_BAD.sub("_", name).strip("_") or "_"
 
 
 class MlflowTracker:
@@ -40,7 +49,7 @@ class MlflowTracker:
 
         now = int(time.time() * 1000)
         batch = [
-            Metric(key, float(value), now, int(step))
+            Metric(metric_name(key), float(value), now, int(step))
             for key, value in metrics.items()
             if value is not None and math.isfinite(float(value))
         ]
@@ -99,15 +108,32 @@ def stage_run(parent_run_id: str, experiment_id: str, stage: str, tags: Mapping[
     client.set_terminated(run.info.run_id, status="FINISHED")
 
 
-class ParentRun(MlflowTracker):
-    """The pipeline's top-level MLflow run; stages nest under it."""
-
-    def end(self, status: str = "FINISHED") -> None:
-        self.client.set_terminated(self.run_id, status=status)
-
-
-def start_parent_run(experiment_id: str, run_name: str, tags: Mapping[str, str] | None = None) -> ParentRun:
+def start_parent_run(experiment_id: str, run_name: str, tags: Mapping[str, str] | None = None) -> MlflowTracker:
+    """The pipeline's top-level MLflow run; stage runs nest under it."""
     from mlflow.tracking import MlflowClient
 
     run = MlflowClient().create_run(experiment_id, run_name=run_name, tags=dict(tags or {}))
-    return ParentRun(run.info.run_id)
+    return MlflowTracker(run.info.run_id)
+
+
+def reopen_run(run_id: str, tags: Mapping[str, str] | None = None) -> None:
+    """Mark a resumed pipeline's parent run as running again (a crashed run was marked FAILED)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    client.update_run(run_id, status="RUNNING")
+    for key, value in (tags or {}).items():
+        client.set_tag(run_id, key, value)
+
+
+def end_run(run_id: str, status: str = "FINISHED") -> None:
+    from mlflow.tracking import MlflowClient
+
+    MlflowClient().set_terminated(run_id, status=status)
+
+
+def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of a run when tracking goes to a server; otherwise how to open it."""
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
+    return f"run {run_id} in {tracking_uri} (open with `rlhf ui`)"

@@ -39,14 +39,14 @@ def test_stage_outputs_are_on_disk(smoke_run):
     cfg, result = smoke_run
     run_dir = result["run_dir"]
     assert os.path.isfile(os.path.join(run_dir, "config.yaml"))
-    report = json.loads(open(result["outputs"]["data"]).read())
+    report = json.loads(open(result["outputs"]["data report"]).read())
     assert report["balanced"] and report["rows_in"] == report["rows_kept"] + sum(
         sum(t["dropped"].values()) for t in report["totals"].values()
     )
     for stage in ("sft", "reward"):
-        model_dir = result["outputs"][stage]
+        model_dir = result["outputs"][f"{stage} model"]
         assert os.path.isfile(os.path.join(model_dir, "model.safetensors")), stage
-    agreement = json.loads(open(result["outputs"]["reward agreement"]).read())
+    agreement = json.loads(open(result["outputs"]["reward-model agreement"]).read())
     assert 0.0 <= agreement["agreement_majority"]["value"] <= 1.0
 
 

@@ -1,1 +1,13 @@
-"""PPO against the reward model with a KL penalty to the frozen SFT model."""
+"""PPO against the reward model with a KL penalty to the frozen SFT model.
+
+The PPO step as a numbered recipe, one module per step (import them directly; this package
+``__init__`` stays import-light because ``flows/config.py`` reads ``ppo.config``):
+
+1. ``rollout``  sampling with a KV cache, ``truncate_after_eos``, ``policy_logprobs``
+2. ``score``    reward model on prompt + response, re-tokenisation, missing-EOS penalty
+3. ``kl``       KL estimators k1/k2/k3, ``kl_penalized_rewards``, fixed/adaptive controllers,
+                ``reference_logprobs`` (LoRA: adapters disabled, no second copy)
+4. ``value``    separate critic or shared value head; ``gae``: ``compute_gae``
+5. ``loss``     clipped policy / value losses, entropy, PPO-ptx, explained variance
+6. ``trainer``  ``train_ppo``: the loop, guards, logging, checkpoints
+"""

@@ -2,16 +2,103 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from typing import Literal
+
+from pydantic import Field, model_validator
 
 from rlhf_core.config import StrictModel
-from rlhf_core.train_config import OptimConfig
+from rlhf_core.train_config import OptimConfig, PromptFormat
 
 
 class PPOConfig(StrictModel):
-    """PPO against the reward model with a KL penalty to the frozen SFT model."""
+    """PPO against the reward model with a KL penalty to the frozen SFT model.
+
+    One PPO *step* = sample ``rollout_batch_size`` responses, score them, then ``ppo_epochs``
+    passes over them in minibatches of ``optim.batch_size * optim.grad_accum_steps`` responses
+    (one optimizer update each, micro-batches of ``optim.batch_size``). ``optim.max_steps``
+    counts PPO steps; the learning-rate schedule (warmup + cosine) advances once per PPO step.
+    """
 
     enabled: bool = Field(True, description="Run this stage.")
-    optim: OptimConfig = Field(default_factory=lambda: OptimConfig(learning_rate=1e-6, max_steps=20))
+    optim: OptimConfig = Field(
+        default_factory=lambda: OptimConfig(learning_rate=1e-6, max_steps=20),
+        description=(
+            "Optimizer (policy and value model share it), schedule, micro-batching, checkpointing and LoRA. "
+            "max_steps = PPO steps; max_length = prompt + max_new_tokens limit."
+        ),
+    )
     kl_coef: float = Field(0.05, ge=0, description="Initial KL penalty coefficient (beta).")
     max_new_tokens: int = Field(48, ge=1, description="Tokens sampled per response.")
+    rollout_batch_size: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Prompts sampled per PPO step, a multiple of optim.batch_size * optim.grad_accum_steps "
+            "(None = exactly that: one minibatch per epoch)."
+        ),
+    )
+    ppo_epochs: int = Field(4, ge=1, description="Passes over each rollout batch (InstructGPT/TRL: 4).")
+    prompt_format: PromptFormat = Field(
+        "auto", description="How prompts are rendered for the policy ('chat', 'plain', 'auto'); must match SFT's."
+    )
+    temperature: float = Field(
+        0.7, gt=0, description="Sampling temperature; log-probs are computed from logits / temperature too."
+    )
+    top_k: int = Field(0, ge=0, description="Sample only from the k most likely tokens (0 = off).")
+    top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling mass (1.0 = off).")
+    missing_eos_penalty: float | None = Field(
+        None, ge=0, description="Subtracted from the score of responses that never emit EOS (None = off; TRL's option)."
+    )
+    kl_estimator: Literal["k1", "k2", "k3"] = Field(
+        "k1",
+        description=(
+            "Per-token KL estimator in the reward penalty: k1 = log p - log q (unbiased), k2 = (log r)^2 / 2, "
+            "k3 = (r - 1) - log r (unbiased, >= 0); Schulman 2020."
+        ),
+    )
+    adaptive_kl: bool = Field(False, description="Adapt kl_coef towards kl_target (Ziegler et al. 2019).")
+    kl_target: float = Field(6.0, gt=0, description="Target sequence KL (nats) of the adaptive controller.")
+    kl_horizon: int = Field(10000, ge=1, description="Adaptive controller horizon (in responses).")
+    max_kl: float = Field(
+        20.0,
+        gt=0,
+        description="Stop the run early (before updating) when the mean sequence KL to the reference exceeds this (nats).",
+    )
+    gamma: float = Field(1.0, ge=0, le=1, description="Discount factor of GAE.")
+    lam: float = Field(0.95, ge=0, le=1, description="GAE lambda.")
+    clip_range: float = Field(0.2, gt=0, description="PPO ratio clip epsilon.")
+    clip_range_value: float = Field(0.2, gt=0, description="Value clip range around the rollout's values.")
+    vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
+    entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus (0 = off).")
+    whiten_advantages: bool = Field(True, description="Normalise advantages to zero mean, unit variance per batch.")
+    ptx_coef: float = Field(
+        0.0,
+        ge=0,
+        description="PPO-ptx: weight of the SFT loss on demonstration batches mixed into each update (InstructGPT; 0 = off).",
+    )
+    value_model: Literal["separate", "shared"] = Field(
+        "separate", description="'separate' critic transformer, or a value head 'shared' on the policy's backbone."
+    )
+    value_init: Literal["reward", "policy"] = Field(
+        "reward", description="Start the separate critic from the reward model (trunk+head) or the policy (trunk)."
+    )
+
+    @property
+    def minibatch_size(self) -> int:
+        """Responses per optimizer update."""
+        return self.optim.batch_size * self.optim.grad_accum_steps
+
+    @property
+    def rollout_size(self) -> int:
+        """Responses sampled per PPO step (``rollout_batch_size`` resolved)."""
+        return self.rollout_batch_size or self.minibatch_size
+
+    @model_validator(mode="after")
+    def _batches_divide(self) -> PPOConfig:
+        minibatch = self.minibatch_size
+        if self.rollout_batch_size is not None and self.rollout_batch_size % minibatch:
+            raise ValueError(
+                f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of optim.batch_size * "
+                f"optim.grad_accum_steps ({minibatch})"
+            )
+        return self

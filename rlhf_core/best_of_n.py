@@ -1,0 +1,374 @@
+"""Best-of-N sampling against the reward model (WebGPT's baseline for RL), plus the sampling and
+scoring helpers the evaluation shares with it.
+
+Best-of-N draws N responses per prompt from a policy (the SFT model, in the WebGPT and Gao et al.
+comparisons) and keeps the one the reward model scores highest. It needs no training, and its KL
+to the sampling policy has a closed form (:func:`best_of_n_kl`), which makes it the natural
+yardstick for how much gold score an RL policy buys per nat of KL.
+
+Candidates are sampled prompt-major (rows ``i*N .. i*N+N-1`` are prompt ``i``'s), so the N copies
+of one prompt share a batch and padding stays minimal; rows go through the model ``batch_size`` at
+a time. Selecting the best of the *first* ``n`` candidates (:meth:`Candidates.best`) gives every
+smaller N from one draw of the largest: best-of-4 then never scores below best-of-1 by the reward
+model, because it is a max over a superset of the same samples.
+
+Shapes: ``B`` prompts, ``N`` candidates per prompt, ``P``/``R`` prompt/response tokens.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+
+from rlhf_core.batching import Format, prompt_response_ids, render_chat_ids, resolve_format
+from rlhf_core.errors import ConfigError
+from rlhf_core.losses import masked_sum
+from rlhf_core.ppo.kl import kl_estimate, reference_context
+from rlhf_core.ppo.rollout import left_pad, policy_logprobs, rollout
+from rlhf_core.ppo.score import RewardFn, reward_scores, tokenizers_match
+from rlhf_core.ppo.trainer import _eos_ids, prepare_prompts
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+
+# ----------------------------------------------------------------------------- small pieces
+def best_of_n_kl(n: int) -> float:
+    """KL(best-of-n || base policy) = log n - (n - 1) / n nats (Stiennon et al. 2020, Gao et al. 2022).
+
+    Exact when the n samples are distinct; an upper bound otherwise (Beirami et al. 2024), so the
+    best-of-N points of the gold-vs-sqrt(KL) picture sit at most this far right.
+    """
+    if n < 1:
+        raise ValueError(f"best_of_n_kl: n must be >= 1, got {n}")
+    return math.log(n) - (n - 1) / n
+
+
+def select_best(scores: np.ndarray, n: int) -> np.ndarray:
+    """Index of the best of the first ``n`` candidates per prompt: scores (B, N) -> (B,) in [0, n).
+
+    Ties go to the earliest candidate (``argmax``), so the choice is deterministic.
+    """
+    scores = np.asarray(scores, dtype=np.float64)
+    if scores.ndim != 2:
+        raise ValueError(f"select_best: expected scores of shape (B, N), got {scores.shape}")
+    if not 1 <= n <= scores.shape[1]:
+        raise ValueError(f"select_best: n={n} outside [1, {scores.shape[1]}] candidates")
+    return scores[:, :n].argmax(axis=1)
+
+
+@contextlib.contextmanager
+def seeded(seed: int) -> Iterator[None]:
+    """Run the block with the global torch RNG seeded by ``seed``; the caller's RNG state is restored after.
+
+    Sampling draws from the global generator (see ``rollout.sample_from_probs``); forking it keeps an
+    evaluation from perturbing a training run that calls it, and makes the samples a function of ``seed``.
+    """
+    devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+@contextlib.contextmanager
+def eval_mode(*models: Any) -> Iterator[None]:
+    """Dropout off inside the block; each module's train/eval flag is restored after."""
+    modules = [m for m in models if isinstance(m, torch.nn.Module)]
+    flags = [m.training for m in modules]
+    for m in modules:
+        m.eval()
+    try:
+        yield
+    finally:
+        for m, flag in zip(modules, flags, strict=True):
+            m.train(flag)
+
+
+def _device(module: Any) -> torch.device:
+    try:
+        return next(module.parameters()).device
+    except (AttributeError, StopIteration):
+        return torch.device("cpu")
+
+
+def context_length(policy: torch.nn.Module, max_new_tokens: int, max_length: int | None = None) -> int:
+    """Tokens a prompt may use: the model's context (capped by ``max_length``) minus ``max_new_tokens``."""
+    config = getattr(policy, "config", None)
+    context = getattr(config, "max_position_embeddings", None)
+    context = context if isinstance(context, int) else (max_length or 2048)
+    if max_length is not None:
+        context = min(context, max_length)
+    if max_new_tokens >= context:
+        raise ConfigError(f"max_new_tokens ({max_new_tokens}) leaves no room for a prompt in a {context}-token context")
+    return context - max_new_tokens
+
+
+def tokenize_prompts(
+    policy: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompts: Any,
+    *,
+    fmt: Format,
+    max_new_tokens: int,
+    max_length: int | None = None,
+    truncate: bool = False,
+    source: str = "prompts",
+) -> list[list[int]]:
+    """Prompt rows / strings -> policy token ids, as PPO renders them (DataError naming an over-long or blank prompt)."""
+    budget = context_length(policy, max_new_tokens, max_length)
+    items = prepare_prompts(prompts, tokenizer, fmt, max_prompt_tokens=budget, truncate=truncate, source=source)
+    return [it.ids for it in items]
+
+
+# ----------------------------------------------------------------------------- sampling
+@dataclass
+class Samples:
+    """Sampled responses, prompt-major: row ``i * n + j`` is candidate ``j`` of prompt ``i``."""
+
+    texts: list[str]  # (B*N,) decoded, special tokens dropped
+    n: int  # candidates per prompt
+    prompt_ids: list[list[int]]  # (B*N,) the policy's prompt tokens of each row (unpadded)
+    response_ids: list[list[int]]  # (B*N,) sampled tokens up to and including the first EOS
+    token_lengths: list[int]  # (B*N,) response tokens, the first EOS included
+    has_eos: list[bool]  # (B*N,) emitted EOS within max_new_tokens
+    kl: list[float] | None  # (B*N,) sequence KL to the reference: sum over tokens of k1 (measure_kl=True)
+
+    def grouped(self) -> list[list[str]]:
+        """Texts as (B, N) nested lists."""
+        return [self.texts[i : i + self.n] for i in range(0, len(self.texts), self.n)]
+
+
+@torch.no_grad()
+def sample_responses(
+    policy: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    prompt_ids: Sequence[Sequence[int]],
+    *,
+    n: int = 1,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    batch_size: int = 16,
+    reference: torch.nn.Module | None = None,
+    measure_kl: bool = False,
+) -> Samples:
+    """Sample ``n`` responses to each prompt with :func:`rlhf_core.ppo.rollout.rollout`.
+
+    prompt_ids: B token-id lists (from :func:`tokenize_prompts`). Rows are processed
+    ``batch_size`` at a time from one RNG stream seeded by ``seed``: the result is a function of
+    (model, prompts, n, settings, seed, batch_size). With ``measure_kl`` the sequence KL to the
+    reference (``reference``, or the policy with LoRA adapters disabled when None) is measured on
+    these very samples: per-token ``k1 = log p - log q`` from logits / ``temperature`` (the
+    distribution sampled from, as PPO's ``ppo/kl``), summed over the response.
+    """
+    if n < 1 or batch_size < 1:
+        raise ValueError(f"sample_responses: n ({n}) and batch_size ({batch_size}) must be >= 1")
+    if temperature <= 0:
+        raise ConfigError(f"temperature must be > 0 for sampling, got {temperature}")
+    device = _device(policy)
+    eos_ids = _eos_ids(tokenizer, policy)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    rows = [list(ids) for ids in prompt_ids for _ in range(n)]  # prompt-major repeats
+    texts: list[str] = []
+    responses: list[list[int]] = []
+    lengths: list[int] = []
+    has_eos: list[bool] = []
+    kls: list[float] = []
+    with seeded(seed), eval_mode(policy, reference):
+        for start in range(0, len(rows), batch_size):
+            q_ids, q_mask = left_pad(rows[start : start + batch_size], pad_id)  # (b, P)
+            ro = rollout(
+                policy, q_ids.to(device), q_mask.to(device), max_new_tokens=max_new_tokens, eos_id=eos_ids,
+                pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p,
+            )
+            mask = ro.response_mask  # (b, R)
+            texts += tokenizer.batch_decode(torch.where(mask, ro.response_ids, pad_id), skip_special_tokens=True)
+            responses += [row[m].tolist() for row, m in zip(ro.response_ids.cpu(), mask.cpu(), strict=True)]
+            lengths += mask.sum(-1).tolist()
+            has_eos += ro.has_eos.tolist()
+            if measure_kl:
+                ids, attn, p = ro.query_response_ids, ro.attention_mask, ro.response_start
+                logp = policy_logprobs(policy, ids, attn, p, temperature)  # (b, R)
+                with reference_context(policy, reference) as ref:
+                    ref_logp = policy_logprobs(ref, ids, attn, p, temperature)  # (b, R)
+                kls += masked_sum(kl_estimate(logp.float(), ref_logp.float(), "k1"), mask, dim=-1).tolist()  # (b,)
+    return Samples(texts=texts, n=n, prompt_ids=rows, response_ids=responses, token_lengths=lengths,
+                   has_eos=has_eos, kl=kls if measure_kl else None)
+
+
+# ----------------------------------------------------------------------------- scoring
+def _text_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, fmt: Format) -> list[int]:
+    """The whole exchange as the reward model was trained on it (``prompt_response_ids``' concatenation).
+
+    ``retokenize`` insists that the prompt's tokens are a prefix of the exchange's; the reward model
+    only needs the whole sequence, and a sampled response starting with whitespace ("\\r\\n...") can
+    merge with the assistant header. Chat: render the full conversation (identical to prompt + response
+    ids whenever that split is stable).
+    """
+    if fmt == "chat":
+        return render_chat_ids(
+            tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+            add_generation_prompt=False,
+        )
+    p_ids, r_ids = prompt_response_ids(tokenizer, prompt, response, fmt, where="reward scoring")
+    return p_ids + r_ids
+
+
+@torch.no_grad()
+def reward_model_scores_ids(
+    reward_model: RewardFn, sequences: Sequence[Sequence[int]], *, pad_id: int, batch_size: int = 16
+) -> np.ndarray:
+    """Reward-model score of each token sequence -> (B,) float64; right-padded ``batch_size`` rows at a time."""
+    device = _device(reward_model)
+    out: list[torch.Tensor] = []
+    with eval_mode(reward_model):
+        for i in range(0, len(sequences), batch_size):
+            chunk = [list(s) for s in sequences[i : i + batch_size]]
+            if any(not s for s in chunk):
+                raise ValueError("reward_model_scores_ids: an empty sequence")
+            length = max(len(s) for s in chunk)
+            ids = torch.full((len(chunk), length), pad_id, dtype=torch.long)  # (b, T)
+            mask = torch.zeros((len(chunk), length), dtype=torch.long)  # (b, T)
+            for row, seq in enumerate(chunk):
+                ids[row, : len(seq)] = torch.tensor(seq, dtype=torch.long)
+                mask[row, : len(seq)] = 1
+            out.append(reward_scores(reward_model, ids.to(device), mask.to(device), batch_size=batch_size).cpu())
+    return torch.cat(out).double().numpy() if out else np.zeros(0)
+
+
+def reward_model_scores(
+    reward_model: RewardFn,
+    reward_tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    *,
+    fmt: Format,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Reward-model score of each (prompt, response) text pair -> (B,) float64.
+
+    Rendered with the reward tokenizer as the reward model was trained (``fmt``: its prompt
+    format), so a closed assistant turn whether or not the response was cut off. For sampled
+    responses prefer :func:`score_samples`, which scores what PPO scored.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"reward_model_scores: {len(prompts)} prompts but {len(responses)} responses")
+    pad = reward_tokenizer.pad_token_id if reward_tokenizer.pad_token_id is not None else 0
+    sequences = [_text_ids(reward_tokenizer, p, r, fmt) for p, r in zip(prompts, responses, strict=True)]
+    return reward_model_scores_ids(reward_model, sequences, pad_id=pad, batch_size=batch_size)
+
+
+def score_samples(
+    samples: Samples,
+    prompts: Sequence[str],
+    reward_model: RewardFn,
+    reward_tokenizer: PreTrainedTokenizerBase,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    reward_fmt: Format,
+    batch_size: int = 16,
+) -> np.ndarray:
+    """Reward-model scores of sampled responses -> (B*N,), exactly as PPO's step 2 computes them.
+
+    ``prompts``: the B prompt strings (the rows of ``samples`` repeat each ``samples.n`` times).
+    When the reward model shares the policy's tokenizer it reads the sampled token ids (prompt +
+    response up to the first EOS, no re-rendering); otherwise the texts are rendered with the
+    reward tokenizer (:func:`reward_model_scores`).
+    """
+    if len(prompts) * samples.n != len(samples.texts):
+        raise ValueError(f"score_samples: {len(prompts)} prompts x {samples.n} but {len(samples.texts)} samples")
+    if tokenizers_match(tokenizer, reward_tokenizer):
+        pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        sequences = [p + r for p, r in zip(samples.prompt_ids, samples.response_ids, strict=True)]
+        return reward_model_scores_ids(reward_model, sequences, pad_id=pad, batch_size=batch_size)
+    flat = [p for p in prompts for _ in range(samples.n)]
+    return reward_model_scores(reward_model, reward_tokenizer, flat, samples.texts, fmt=reward_fmt, batch_size=batch_size)
+
+
+# ----------------------------------------------------------------------------- best-of-N
+@dataclass
+class Candidates:
+    """N sampled responses per prompt and their reward-model scores."""
+
+    prompts: list[str]  # (B,)
+    texts: list[list[str]]  # (B, N)
+    scores: np.ndarray  # (B, N) reward-model scores
+    token_lengths: list[list[int]]  # (B, N)
+
+    @property
+    def n(self) -> int:
+        return self.scores.shape[1]
+
+    def best(self, n: int | None = None) -> tuple[list[str], np.ndarray, np.ndarray]:
+        """Best of the first ``n`` (default all) candidates: (texts (B,), their scores (B,), indices (B,))."""
+        idx = select_best(self.scores, self.n if n is None else n)
+        rows = np.arange(len(self.texts))
+        return [self.texts[i][j] for i, j in enumerate(idx)], self.scores[rows, idx], idx
+
+
+def best_of_n_candidates(
+    policy: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_model: RewardFn,
+    reward_tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    batch_size: int = 16,
+    prompt_format: str = "auto",
+    reward_prompt_format: str = "auto",
+    truncate_prompt: bool = False,
+) -> Candidates:
+    """Sample ``n`` responses per prompt and score each with the reward model (see the module docstring)."""
+    prompts = list(prompts)
+    fmt = resolve_format(tokenizer, prompt_format)
+    ids = tokenize_prompts(policy, tokenizer, prompts, fmt=fmt, max_new_tokens=max_new_tokens, truncate=truncate_prompt)
+    samples = sample_responses(
+        policy, tokenizer, ids, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+        top_k=top_k, seed=seed, batch_size=batch_size,
+    )
+    scores = score_samples(
+        samples, prompts, reward_model, reward_tokenizer, tokenizer,
+        reward_fmt=resolve_format(reward_tokenizer, reward_prompt_format), batch_size=batch_size,
+    ).reshape(len(prompts), n)  # (B, N)
+    lengths = [samples.token_lengths[i : i + n] for i in range(0, len(samples.token_lengths), n)]
+    return Candidates(prompts=prompts, texts=samples.grouped(), scores=scores, token_lengths=lengths)
+
+
+def best_of_n(
+    policy: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    reward_model: RewardFn,
+    reward_tokenizer: PreTrainedTokenizerBase,
+    prompts: Sequence[str],
+    *,
+    n: int,
+    max_new_tokens: int,
+    temperature: float,
+    top_p: float = 1.0,
+    seed: int = 0,
+    batch_size: int = 16,
+    top_k: int = 0,
+    prompt_format: str = "auto",
+    reward_prompt_format: str = "auto",
+) -> list[str]:
+    """One response per prompt: the reward model's favourite of ``n`` samples from ``policy`` (WebGPT)."""
+    candidates = best_of_n_candidates(
+        policy, tokenizer, reward_model, reward_tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
+        temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size,
+        prompt_format=prompt_format, reward_prompt_format=reward_prompt_format,
+    )
+    return candidates.best()[0]

@@ -1,0 +1,224 @@
+"""The DPO loop: tokenise pairs, precompute reference log-probs once, then the shared training loop.
+
+The reference log-probs are computed before the first update with the *starting* policy
+(TRL's ``precompute_ref_log_probs``): no second model stays in memory, with or without LoRA.
+A resumed run is handed the same starting model (checkpoints hold only what training
+changed), so it recomputes the same reference values before loading its checkpoint.
+Each micro-batch stacks ``[chosen; rejected]`` so both go through the policy in ONE forward pass.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from rlhf_core.batching import (
+    IGNORE_INDEX,
+    Format,
+    _row_id,
+    _text,
+    prompt_response_ids,
+    resolve_format,
+    rows_to_records,
+)
+from rlhf_core.dpo.config import DPOConfig
+from rlhf_core.dpo.loss import dpo_loss, sequence_logprobs
+from rlhf_core.errors import DataError
+from rlhf_core.tracking import NullTracker, Tracker
+from rlhf_core.training import (
+    TrainResult,
+    apply_lora,
+    config_params,
+    count_trainable,
+    dataset_fingerprint,
+    replace_dir,
+    run_training_loop,
+    set_seed,
+)
+
+STAGE = "dpo"
+
+
+@dataclass(frozen=True)
+class DPOExample:
+    """One pair as two full sequences with completion-only labels (-100 on the prompt)."""
+
+    row_id: str
+    chosen_ids: list[int]
+    chosen_labels: list[int]
+    rejected_ids: list[int]
+    rejected_labels: list[int]
+
+    @property
+    def length(self) -> int:
+        return max(len(self.chosen_ids), len(self.rejected_ids))
+
+
+def tokenize_dpo_row(
+    row: Mapping[str, Any], tokenizer: Any, *, fmt: Format, max_length: int, truncate: bool, index: int, source: str
+) -> DPOExample:
+    row_id = _row_id(row, index)
+    where = f"{source}: row {row_id}"
+    prompt = _text(row, "prompt", where)
+    p_ids, c_ids = prompt_response_ids(tokenizer, prompt, _text(row, "chosen", where), fmt, where)
+    _, r_ids = prompt_response_ids(tokenizer, prompt, _text(row, "rejected", where), fmt, where)
+    longest = len(p_ids) + max(len(c_ids), len(r_ids))
+    if longest > max_length:
+        if not truncate or max(len(c_ids), len(r_ids)) >= max_length:
+            raise DataError(
+                f"{where}: prompt+response has {longest} tokens, over max_length {max_length}; raise optim.max_length"
+                + ("" if truncate else " or set optim.truncate_prompt=true")
+            )
+        p_ids = p_ids[longest - max_length :]  # cut the oldest prompt tokens
+    prompt_labels = [IGNORE_INDEX] * len(p_ids)
+    return DPOExample(row_id, p_ids + c_ids, prompt_labels + c_ids, p_ids + r_ids, prompt_labels + r_ids)
+
+
+def tokenize_dpo_rows(
+    rows: Any, tokenizer: Any, *, fmt: Format, max_length: int, truncate: bool = False, source: str = "train"
+) -> list[DPOExample]:
+    """Preference rows (``prompt``, ``chosen``, ``rejected``) -> examples; pairs with chosen == rejected are dropped."""
+    records = rows_to_records(rows, source)
+    examples = [
+        tokenize_dpo_row(r, tokenizer, fmt=fmt, max_length=max_length, truncate=truncate, index=i, source=source)
+        for i, r in enumerate(records)
+    ]
+    kept = [e for e in examples if e.chosen_ids != e.rejected_ids]
+    if not kept:
+        raise DataError(f"{source}: all {len(examples)} pairs have chosen == rejected; DPO cannot learn from them")
+    return kept
+
+
+def collate_dpo(examples: list[DPOExample], pad_id: int) -> dict[str, torch.Tensor]:
+    """``input_ids``/``attention_mask``/``labels`` (2B, T): rows 0..B-1 chosen, B..2B-1 rejected; right padding."""
+    seqs = [e.chosen_ids for e in examples] + [e.rejected_ids for e in examples]
+    labels = [e.chosen_labels for e in examples] + [e.rejected_labels for e in examples]
+    T = max(len(s) for s in seqs)
+    ids = torch.full((len(seqs), T), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(seqs), T), dtype=torch.long)
+    lab = torch.full((len(seqs), T), IGNORE_INDEX, dtype=torch.long)
+    for i, (s, lb) in enumerate(zip(seqs, labels, strict=True)):
+        ids[i, : len(s)] = torch.tensor(s)
+        mask[i, : len(s)] = 1
+        lab[i, : len(lb)] = torch.tensor(lb)
+    return {"input_ids": ids, "attention_mask": mask, "labels": lab}
+
+
+def pair_logprobs(
+    model: torch.nn.Module, batch: Mapping[str, torch.Tensor], *, average: bool
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One forward pass over a :func:`collate_dpo` batch -> (chosen logps (B,), rejected logps (B,))."""
+    logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+    logps, _ = sequence_logprobs(logits, batch["labels"], average=average)  # (2B,)
+    half = logps.shape[0] // 2
+    return logps[:half], logps[half:]
+
+
+@torch.no_grad()
+def precompute_reference(
+    model: torch.nn.Module, examples: list[DPOExample], pad_id: int, *, batch_size: int, average: bool
+) -> torch.Tensor:
+    """Reference log-probs (N, 2): column 0 chosen, column 1 rejected, under ``model`` as it is now."""
+    was_training = model.training
+    model.eval()
+    device = next(model.parameters()).device
+    out = []
+    try:
+        for i in range(0, len(examples), batch_size):
+            batch = {k: v.to(device) for k, v in collate_dpo(examples[i : i + batch_size], pad_id).items()}
+            chosen, rejected = pair_logprobs(model, batch, average=average)
+            out.append(torch.stack([chosen, rejected], dim=-1).float().cpu())
+    finally:
+        model.train(was_training)
+    return torch.cat(out)
+
+
+def train_dpo(
+    cfg: DPOConfig,
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    pairs: Any,
+    *,
+    ref_model: torch.nn.Module | None = None,
+    output_dir: str | Path,
+    tracker: Tracker | None = None,
+    seed: int = 0,
+    resume: bool | str | Path = True,
+    progress: bool = False,
+) -> TrainResult:
+    """Train ``policy`` in place with DPO/IPO on preference rows; the final model goes to ``output_dir/model``.
+
+    ``ref_model`` None = the starting policy is the reference (precomputed, see module docstring).
+    """
+    tracker = tracker or NullTracker()
+    output_dir = Path(output_dir)
+    optim = cfg.optim
+    set_seed(seed)
+    fmt = resolve_format(tokenizer, cfg.prompt_format)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    examples = tokenize_dpo_rows(pairs, tokenizer, fmt=fmt, max_length=optim.max_length, truncate=optim.truncate_prompt)
+    average = cfg.loss_type == "ipo" and cfg.ipo_length_normalize
+    ref = precompute_reference(ref_model or policy, examples, pad_id, batch_size=optim.batch_size, average=average)
+    if optim.lora.enabled:
+        policy = apply_lora(policy, optim.lora, task_type="CAUSAL_LM")
+
+    def collate(indices: list[int]) -> dict[str, torch.Tensor]:
+        batch = collate_dpo([examples[i] for i in indices], pad_id)
+        batch["ref_logps"] = ref[indices]  # (B, 2)
+        return batch
+
+    def loss_fn(model: torch.nn.Module, batch: dict[str, torch.Tensor], step_units: int):
+        chosen, rejected = pair_logprobs(model, batch, average=average)
+        loss, stats = dpo_loss(
+            chosen, rejected, batch["ref_logps"][:, 0].to(chosen.dtype), batch["ref_logps"][:, 1].to(chosen.dtype),
+            beta=cfg.beta, loss_type=cfg.loss_type, label_smoothing=cfg.label_smoothing,
+        )
+        share = chosen.shape[0] / step_units  # pair-mean over the whole optimizer step
+        return loss * share, {k: v * share for k, v in stats.items()}
+
+    tracker.log_params(config_params(cfg, STAGE))
+    outcome = run_training_loop(
+        stage=STAGE,
+        model=policy,
+        optim=optim,
+        lengths=[e.length for e in examples],
+        collate=collate,
+        units_of=lambda b: int(b["ref_logps"].shape[0]),
+        loss_fn=loss_fn,
+        output_dir=output_dir,
+        tracker=tracker,
+        resume=resume,
+        seed=seed,
+        fingerprint={"pairs": dataset_fingerprint([e.chosen_ids + [-1] + e.rejected_ids for e in examples])},
+        progress=progress,
+        unit_name="pairs",
+    )
+    from rlhf_core.reward.model import write_stage_marker
+
+    final = output_dir / "model"
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=output_dir))
+    policy.save_pretrained(str(tmp))
+    tokenizer.save_pretrained(str(tmp))
+    write_stage_marker(tmp, STAGE, step=outcome.steps, loss_type=cfg.loss_type, beta=cfg.beta)
+    model_dir = replace_dir(tmp, final)
+    tracker.log_artifact(model_dir)
+    trainable, _ = count_trainable(policy)
+    return TrainResult(
+        stage=STAGE,
+        model_dir=model_dir,
+        steps=outcome.steps,
+        resumed_from_step=outcome.resumed_from_step,
+        metrics={**outcome.last_metrics, **outcome.eval_metrics},
+        history=outcome.history,
+        wall_seconds=outcome.wall_seconds,
+        tokens_per_second=outcome.tokens / outcome.wall_seconds if outcome.wall_seconds > 0 else 0.0,
+        examples=len(examples),
+        checkpoint_dir=outcome.checkpoint,
+        trainable_parameters=trainable,
+    )

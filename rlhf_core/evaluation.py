@@ -1,0 +1,643 @@
+"""Honest evaluation of a trained policy on held-out prompts: gold score, reward model, KL, baselines.
+
+What one :class:`EvalReport` measures, for a policy against the SFT model on the same prompts
+(one SFT sample per prompt, drawn with the same seed as the policy's):
+
+* ``mean_gold`` / ``mean_rm``: the gold scorer (``rlhf_core.gold``, the stand-in for human
+  judgement) and the reward model (what PPO optimised), averaged over prompts;
+* ``gold_win_rate_vs_sft`` / ``rm_win_rate_vs_sft``: share of prompts where the policy's response
+  beats the SFT response, ties (and identical responses) count half;
+* ``gold_delta``: mean over prompts of gold(policy) - gold(SFT). Its interval is a *paired*
+  bootstrap: prompts are resampled and each keeps both of its responses, so the prompt-to-prompt
+  spread of difficulty does not widen the interval;
+* ``kl_to_ref``: KL(policy || SFT) in nats per response, measured on the policy's own samples as
+  the sum over response tokens of ``k1 = log p - log q`` (logits / temperature, as PPO's ``ppo/kl``;
+  unbiased, so a mean can dip below 0 by noise). ``sqrt_kl_to_ref`` is the x-axis of Gao et al.
+  (2022). For best-of-N the KL is analytic (:func:`rlhf_core.best_of_n.best_of_n_kl`);
+* ``refusal_rate_benign`` / ``refusal_rate_harmful``: share of responses that refuse
+  (``gold.is_refusal``) among benign and among harmful prompts (NaN when there are none);
+* ``repetition_rate``: share of responses caught in a loop: the gold scorer's repetition penalty
+  (repeated word 3-grams / content-word pairs / lines / a tiny vocabulary) leaves
+  ``non_repetition < 0.5``, i.e. at least 20% repeated material;
+* ``length``: response tokens (EOS included) under the policy's tokenizer.
+
+Every figure comes with a percentile-bootstrap interval over prompts (``rlhf_core.stats.bootstrap_ci``).
+:func:`compare_methods` runs the same evaluation for the SFT model, best-of-N (N = 1, 4, 16 from
+one draw of the largest N) and any number of policies (PPO checkpoints, DPO), which gives the
+comparison table and the gold-vs-sqrt(KL) over-optimisation picture.
+
+This module imports torch only inside the functions that sample (``flows/config.py`` imports
+:class:`EvalConfig` on the CLI's ``--help`` path).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from pydantic import Field, field_validator
+
+from rlhf_core.config import StrictModel
+from rlhf_core.errors import DataError, TrainingError
+from rlhf_core.gold import gold_components
+from rlhf_core.stats import bootstrap_ci
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+    from transformers import PreTrainedTokenizerBase
+
+    from rlhf_core.ppo.score import RewardFn
+    from rlhf_core.train_config import LoraConfig
+
+# A response "loops" when the gold scorer's non-repetition factor falls below this: its
+# repetition share is then >= 20% (non_repetition = 1 - 2.5 * repetition), several times the
+# 0-5% of ordinary prose and well below the ~90% of "Boil an egg: Boil an egg: ...".
+LOOP_NON_REPETITION = 0.5
+
+# The names dashboards read (each also has _ci_low / _ci_high).
+ESTIMATES = (
+    "mean_gold",
+    "mean_rm",
+    "gold_win_rate_vs_sft",
+    "rm_win_rate_vs_sft",
+    "gold_delta",
+    "rm_delta",
+    "kl_to_ref",
+    "sqrt_kl_to_ref",
+    "refusal_rate_benign",
+    "refusal_rate_harmful",
+    "repetition_rate",
+    "length",
+    "sft_mean_gold",
+    "sft_mean_rm",
+)
+
+_STEP_SUFFIX = re.compile(r"-step-(\d+)$")
+
+
+class EvalConfig(StrictModel):
+    """Held-out evaluation: sampling settings, baselines and bootstrap."""
+
+    enabled: bool = Field(True, description="Run the evaluation stage at the end of the pipeline.")
+    n_prompts: int | None = Field(
+        64, ge=1,
+        description="Evaluate at most this many held-out prompts (a seeded subset keeping the harmful share); None = all.",
+    )
+    best_of_n: list[int] = Field(
+        default_factory=lambda: [1, 4, 16],
+        description="Best-of-N baselines from the SFT model (N samples, the reward model picks); [] = none.",
+    )
+    ppo_checkpoints: bool = Field(
+        True, description="Also evaluate the kept intermediate PPO checkpoints (points of the gold-vs-sqrt(KL) plot)."
+    )
+    max_new_tokens: int = Field(48, ge=1, description="Tokens sampled per response (use PPO's).")
+    temperature: float = Field(0.7, gt=0, description="Sampling temperature (use PPO's: the KL is measured at it).")
+    top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling mass (1.0 = off, which keeps the KL exact).")
+    top_k: int = Field(0, ge=0, description="Sample only from the k most likely tokens (0 = off).")
+    batch_size: int = Field(16, ge=1, description="Responses sampled / scored per forward batch.")
+    n_boot: int = Field(1000, ge=1, description="Bootstrap resamples per interval.")
+    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the bootstrap intervals.")
+    seed: int = Field(0, description="Seed of the prompt subset, the sampling and the bootstrap.")
+
+    @field_validator("best_of_n")
+    @classmethod
+    def _positive_sorted(cls, value: list[int]) -> list[int]:
+        if any(n < 1 for n in value):
+            raise ValueError(f"every N must be >= 1, got {value}")
+        return sorted(set(value))
+
+
+# ----------------------------------------------------------------------------- estimates
+@dataclass(frozen=True)
+class Estimate:
+    """A figure averaged over ``n`` prompts and its bootstrap interval (NaN when ``n == 0``)."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"value": _json_float(self.value), "ci_low": _json_float(self.ci_low),
+                "ci_high": _json_float(self.ci_high), "n": self.n}
+
+
+def estimate(values: Sequence[float] | np.ndarray, *, n_boot: int, seed: int, confidence: float = 0.95) -> Estimate:
+    """Mean of per-prompt ``values`` with its percentile-bootstrap interval; no values -> NaN."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    low, high = bootstrap_ci(data, n_boot=n_boot, seed=seed, confidence=confidence)
+    return Estimate(float(data.mean()), low, high, int(data.size))
+
+
+def constant(value: float, n: int) -> Estimate:
+    """A figure known exactly (e.g. the analytic KL of best-of-N): a zero-width interval."""
+    return Estimate(float(value), float(value), float(value), n)
+
+
+def win_scores(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
+               tie: Sequence[bool] | np.ndarray | None = None) -> np.ndarray:
+    """Per-prompt win of ``a`` over ``b``: 1 if a > b, 0.5 on a tie, 0 if a < b -> (B,) float64.
+
+    ``tie`` marks pairs that count as ties whatever their scores (identical responses, whose
+    reward-model scores may differ in the last bits between batches).
+    """
+    a, b = np.asarray(a, dtype=np.float64), np.asarray(b, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"win_scores: expected two (B,) arrays, got {a.shape} and {b.shape}")
+    wins = np.where(a > b, 1.0, np.where(a == b, 0.5, 0.0))
+    if tie is not None:
+        wins = np.where(np.asarray(tie, dtype=bool), 0.5, wins)
+    return wins
+
+
+def sqrt_kl(kl: Estimate) -> Estimate:
+    """sqrt of a KL estimate and of its interval ends (negative noise clipped to 0)."""
+    root = lambda x: math.sqrt(max(x, 0.0)) if math.isfinite(x) else math.nan  # noqa: E731
+    return Estimate(root(kl.value), root(kl.ci_low), root(kl.ci_high), kl.n)
+
+
+def is_looping(response: str) -> bool:
+    """True when the response is caught in a repetition loop (see ``LOOP_NON_REPETITION``)."""
+    if not any(ch.isalnum() for ch in response):
+        return False  # nothing to repeat: an empty reply is bad, but not a loop
+    return gold_components("", response).non_repetition < LOOP_NON_REPETITION
+
+
+# ----------------------------------------------------------------------------- prompts
+@dataclass(frozen=True)
+class EvalPrompts:
+    """Held-out prompts as plain lists (B,)."""
+
+    ids: list[str]
+    prompts: list[str]
+    harmful: list[bool]
+    topics: list[str | None]
+
+    def __len__(self) -> int:
+        return len(self.prompts)
+
+    def subset(self, rows: Sequence[int]) -> EvalPrompts:
+        return EvalPrompts([self.ids[i] for i in rows], [self.prompts[i] for i in rows],
+                           [self.harmful[i] for i in rows], [self.topics[i] for i in rows])
+
+
+def _flag(value: Any, where: str) -> bool:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return False  # the canonical default
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+        return bool(value)
+    raise DataError(f"{where}: column 'harmful' must be true/false, got {value!r}")
+
+
+def eval_prompts(prompts: Any, source: str = "eval prompts") -> EvalPrompts:
+    """Canonical prompt rows (DataFrame or dicts: ``id``, ``prompt``, ``harmful``, ``topic``) or strings.
+
+    Empty input, a blank prompt or a non-boolean ``harmful`` is a DataError naming the row.
+    """
+    from rlhf_core.batching import rows_to_records
+
+    if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, str) for p in prompts):
+        prompts = [{"id": f"#{i}", "prompt": p} for i, p in enumerate(prompts)]
+    records = rows_to_records(prompts, source)
+    out = EvalPrompts([], [], [], [])
+    for i, row in enumerate(records):
+        row_id = row.get("id")
+        row_id = f"#{i}" if row_id is None or (isinstance(row_id, float) and math.isnan(row_id)) else str(row_id)
+        text = row.get("prompt")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{source}: row {row_id}: column 'prompt' must be a non-empty string")
+        topic = row.get("topic")
+        out.ids.append(row_id)
+        out.prompts.append(text)
+        out.harmful.append(_flag(row.get("harmful"), f"{source}: row {row_id}"))
+        out.topics.append(topic if isinstance(topic, str) else None)
+    return out
+
+
+def select_eval_prompts(prompts: EvalPrompts, n: int | None, seed: int) -> EvalPrompts:
+    """At most ``n`` prompts, a seeded subset that keeps the harmful share (>= 1 harmful if any), in input order."""
+    if n is None or n >= len(prompts):
+        return prompts
+    harmful = [i for i, h in enumerate(prompts.harmful) if h]
+    benign = [i for i, h in enumerate(prompts.harmful) if not h]
+    n_harmful = min(len(harmful), max(1 if harmful else 0, round(n * len(harmful) / len(prompts))))
+    rng = np.random.default_rng(seed)
+    chosen = list(rng.permutation(harmful)[:n_harmful]) + list(rng.permutation(benign)[: n - n_harmful])
+    return prompts.subset(sorted(int(i) for i in chosen))
+
+
+# ----------------------------------------------------------------------------- the report
+@dataclass
+class EvalReport:
+    """One method's figures on the held-out prompts, and the per-prompt samples behind them."""
+
+    method: str
+    series: str
+    kl_source: str  # "measured" (k1 on own samples), "analytic" (best-of-N), "reference" (the SFT model itself)
+    estimates: dict[str, Estimate]
+    samples: list[dict[str, Any]]  # one row per prompt, see build_report
+    settings: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def n_prompts(self) -> int:
+        return len(self.samples)
+
+    def metrics(self, prefix: str = "eval") -> dict[str, float]:
+        """Flat ``{prefix}/<name>``, ``{prefix}/<name>_ci_low``, ``{prefix}/<name>_ci_high`` (NaN = undefined)."""
+        out: dict[str, float] = {f"{prefix}/n_prompts": float(self.n_prompts)}
+        for name, est in self.estimates.items():
+            out[f"{prefix}/{name}"] = est.value
+            out[f"{prefix}/{name}_ci_low"] = est.ci_low
+            out[f"{prefix}/{name}_ci_high"] = est.ci_high
+        out[f"{prefix}/n_benign"] = float(self.estimates["refusal_rate_benign"].n)
+        out[f"{prefix}/n_harmful"] = float(self.estimates["refusal_rate_harmful"].n)
+        return out
+
+    def summary(self) -> dict[str, float | None]:
+        """One flat row: every estimate's value and interval (JSON-safe), for a comparison table."""
+        row: dict[str, Any] = {"method": self.method, "series": self.series, "kl_source": self.kl_source,
+                               "n_prompts": self.n_prompts}
+        for name, est in self.estimates.items():
+            row[name] = _json_float(est.value)
+            row[f"{name}_ci_low"] = _json_float(est.ci_low)
+            row[f"{name}_ci_high"] = _json_float(est.ci_high)
+        return row
+
+    def to_dict(self, *, include_samples: bool = True) -> dict[str, Any]:
+        """JSON-safe (NaN -> None)."""
+        out: dict[str, Any] = {
+            "method": self.method,
+            "series": self.series,
+            "kl_source": self.kl_source,
+            "n_prompts": self.n_prompts,
+            "estimates": {name: est.to_dict() for name, est in self.estimates.items()},
+            "settings": self.settings,
+        }
+        if include_samples:
+            out["samples"] = [{k: _json_float(v) if isinstance(v, float) else v for k, v in row.items()}
+                              for row in self.samples]
+        return out
+
+
+def _json_float(value: float) -> float | None:
+    return float(value) if value is not None and math.isfinite(value) else None
+
+
+def build_report(
+    *,
+    method: str,
+    prompts: EvalPrompts,
+    policy_texts: Sequence[str],
+    sft_texts: Sequence[str],
+    policy_rm: Sequence[float] | np.ndarray,
+    sft_rm: Sequence[float] | np.ndarray,
+    kl: Sequence[float] | float,
+    kl_source: str,
+    lengths: Sequence[int],
+    n_boot: int = 1000,
+    seed: int = 0,
+    confidence: float = 0.95,
+    series: str | None = None,
+    settings: Mapping[str, Any] | None = None,
+) -> EvalReport:
+    """The figures from per-prompt responses and reward-model scores (pure numpy + the gold scorer).
+
+    All sequences are (B,), aligned with ``prompts``; ``kl`` is per-prompt sequence KL or one
+    analytic number. Gold scores, refusals and loops are computed here from the texts.
+    """
+    B = len(prompts)
+    if B == 0:
+        raise DataError(f"evaluation of {method}: no prompts to evaluate")
+    sizes = {"policy_texts": len(policy_texts), "sft_texts": len(sft_texts), "policy_rm": len(policy_rm),
+             "sft_rm": len(sft_rm), "lengths": len(lengths)}
+    if not isinstance(kl, (int, float)):
+        sizes["kl"] = len(kl)
+    bad = {k: v for k, v in sizes.items() if v != B}
+    if bad:
+        raise ValueError(f"build_report({method}): {B} prompts but {bad}")
+    numbers = {"policy reward-model scores": policy_rm, "SFT reward-model scores": sft_rm,
+               "KL": [kl] if isinstance(kl, (int, float)) else kl}
+    for what, values in numbers.items():
+        bad_values = int((~np.isfinite(np.asarray(values, dtype=np.float64))).sum())
+        if bad_values:
+            raise TrainingError(f"evaluation of {method}: {bad_values} of the {what} are NaN or inf "
+                                "(a diverged policy or reward model); nothing to report")
+    harmful = np.asarray(prompts.harmful, dtype=bool)
+    pol = [gold_components(p, r, harmful=h) for p, r, h in zip(prompts.prompts, policy_texts, prompts.harmful, strict=True)]
+    sft = [gold_components(p, r, harmful=h) for p, r, h in zip(prompts.prompts, sft_texts, prompts.harmful, strict=True)]
+    pol_gold = np.array([c.score for c in pol])
+    sft_gold = np.array([c.score for c in sft])
+    pol_rm, sft_rm_a = np.asarray(policy_rm, dtype=np.float64), np.asarray(sft_rm, dtype=np.float64)
+    same = np.array([a == b for a, b in zip(policy_texts, sft_texts, strict=True)])
+    refusal = np.array([c.refusal for c in pol])
+    loops = np.array([float(is_looping(t)) for t in policy_texts])
+
+    def est(values: Sequence[float] | np.ndarray) -> Estimate:
+        return estimate(values, n_boot=n_boot, seed=seed, confidence=confidence)
+
+    if isinstance(kl, (int, float)):
+        kl_est = constant(float(kl), B)
+        kl_rows = [float(kl)] * B
+    else:
+        kl_rows = [float(v) for v in kl]
+        kl_est = est(kl_rows)
+    estimates = {
+        "mean_gold": est(pol_gold),
+        "mean_rm": est(pol_rm),
+        "gold_win_rate_vs_sft": est(win_scores(pol_gold, sft_gold, tie=same)),
+        "rm_win_rate_vs_sft": est(win_scores(pol_rm, sft_rm_a, tie=same)),
+        "gold_delta": est(pol_gold - sft_gold),  # paired: one difference per prompt
+        "rm_delta": est(np.where(same, 0.0, pol_rm - sft_rm_a)),
+        "kl_to_ref": kl_est,
+        "sqrt_kl_to_ref": sqrt_kl(kl_est),
+        "refusal_rate_benign": est(refusal[~harmful]),
+        "refusal_rate_harmful": est(refusal[harmful]),
+        "repetition_rate": est(loops),
+        "length": est(np.asarray(lengths, dtype=np.float64)),
+        "sft_mean_gold": est(sft_gold),
+        "sft_mean_rm": est(sft_rm_a),
+    }
+    samples = [
+        {
+            "id": prompts.ids[i], "prompt": prompts.prompts[i], "topic": prompts.topics[i], "harmful": bool(harmful[i]),
+            "sft_response": sft_texts[i], "policy_response": policy_texts[i],
+            "sft_gold": float(sft_gold[i]), "policy_gold": float(pol_gold[i]),
+            "sft_rm": float(sft_rm_a[i]), "policy_rm": float(pol_rm[i]),
+            "kl": kl_rows[i], "policy_refusal": bool(refusal[i]), "policy_loops": bool(loops[i]),
+            "policy_tokens": int(lengths[i]),
+        }
+        for i in range(B)
+    ]
+    return EvalReport(method=method, series=series or method, kl_source=kl_source, estimates=estimates,
+                      samples=samples, settings=dict(settings or {}))
+
+
+# ----------------------------------------------------------------------------- sampling a policy
+def evaluate_policy(
+    policy: torch.nn.Module,
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    reference: torch.nn.Module | None,
+    reward_model: RewardFn,
+    reward_tokenizer: PreTrainedTokenizerBase,
+    prompts: Any,
+    baseline_responses: Sequence[str] | None = None,
+    baseline_rm: Sequence[float] | None = None,
+    max_new_tokens: int = 48,
+    temperature: float = 0.7,
+    top_p: float = 1.0,
+    top_k: int = 0,
+    seed: int = 0,
+    n_boot: int = 1000,
+    confidence: float = 0.95,
+    batch_size: int = 16,
+    prompt_format: str = "auto",
+    reward_prompt_format: str = "auto",
+    truncate_prompt: bool = False,
+    method: str = "policy",
+    series: str | None = None,
+) -> EvalReport:
+    """Sample one response per held-out prompt from ``policy`` and compare it with the SFT model's.
+
+    ``reference``: the SFT model (None: the policy with its LoRA adapters disabled).
+    ``prompts``: canonical prompt rows (``id``, ``prompt``, ``harmful``, ``topic``) or strings.
+    ``baseline_responses``: the SFT model's responses to the same prompts; None = sampled here
+    from the reference with the same ``seed`` (common random numbers: a policy equal to its
+    reference gets the very same responses, delta 0). ``baseline_rm``: their reward-model scores,
+    if already known. ``prompt_format`` must be the one SFT/PPO used; ``reward_prompt_format``
+    the reward model's. See the module docstring for every figure.
+    """
+    from rlhf_core.batching import resolve_format
+    from rlhf_core.best_of_n import reward_model_scores, sample_responses, score_samples, tokenize_prompts
+    from rlhf_core.ppo.kl import reference_context
+
+    rows = eval_prompts(prompts)
+    if baseline_responses is not None and len(baseline_responses) != len(rows):
+        raise ValueError(f"evaluate_policy: {len(rows)} prompts but {len(baseline_responses)} baseline responses")
+    if baseline_rm is not None and (baseline_responses is None or len(baseline_rm) != len(rows)):
+        raise ValueError("evaluate_policy: baseline_rm needs baseline_responses and one score per prompt")
+    fmt = resolve_format(tokenizer, prompt_format)
+    reward_fmt = resolve_format(reward_tokenizer, reward_prompt_format)
+    ids = tokenize_prompts(policy, tokenizer, rows.prompts, fmt=fmt, max_new_tokens=max_new_tokens,
+                           truncate=truncate_prompt, source=f"{method} evaluation prompts")
+    gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
+               batch_size=batch_size)
+    samples = sample_responses(policy, tokenizer, ids, reference=reference, measure_kl=True, **gen)
+    score = dict(reward_fmt=reward_fmt, batch_size=batch_size)
+    policy_rm = score_samples(samples, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
+    if baseline_responses is None:
+        with reference_context(policy, reference) as ref:
+            baseline = sample_responses(ref, tokenizer, ids, **gen)
+        baseline_responses = baseline.texts
+        baseline_rm = score_samples(baseline, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
+    elif baseline_rm is None:  # text only: rendered for the reward model
+        baseline_rm = reward_model_scores(reward_model, reward_tokenizer, rows.prompts, baseline_responses,
+                                          fmt=reward_fmt, batch_size=batch_size)
+    return build_report(
+        method=method, series=series, prompts=rows, policy_texts=samples.texts, sft_texts=list(baseline_responses),
+        policy_rm=policy_rm, sft_rm=baseline_rm, kl=samples.kl or [], kl_source="measured",
+        lengths=samples.token_lengths, n_boot=n_boot, seed=seed, confidence=confidence,
+        settings=dict(**gen, n_boot=n_boot, confidence=confidence, prompt_format=fmt, reward_prompt_format=reward_fmt),
+    )
+
+
+# ----------------------------------------------------------------------------- comparing methods
+@dataclass
+class MethodComparison:
+    """Every method's :class:`EvalReport` on the same prompts, in evaluation order."""
+
+    reports: dict[str, EvalReport]
+
+    def table(self) -> list[dict[str, Any]]:
+        """One JSON-safe row per method (values and intervals of every estimate)."""
+        return [report.summary() for report in self.reports.values()]
+
+    def points(self) -> list[dict[str, Any]]:
+        """Gold score against sqrt(KL) per method: the Gao et al. over-optimisation picture."""
+        out = []
+        for name, r in self.reports.items():
+            gold, root = r.estimates["mean_gold"], r.estimates["sqrt_kl_to_ref"]
+            out.append({
+                "series": r.series, "label": name, "kl_source": r.kl_source,
+                "kl": _json_float(r.estimates["kl_to_ref"].value), "sqrt_kl": _json_float(root.value),
+                "gold": _json_float(gold.value), "gold_ci_low": _json_float(gold.ci_low),
+                "gold_ci_high": _json_float(gold.ci_high), "rm": _json_float(r.estimates["mean_rm"].value),
+            })
+        return out
+
+    def metrics(self) -> dict[str, float]:
+        """``eval/<method>/<name>`` for every method (MLflow-safe names)."""
+        out: dict[str, float] = {}
+        for name, report in self.reports.items():
+            out.update(report.metrics(prefix=f"eval/{metric_safe(name)}"))
+        return out
+
+    def to_dict(self, *, include_samples: bool = False) -> dict[str, Any]:
+        return {
+            "methods": list(self.reports),
+            "table": self.table(),
+            "gold_vs_sqrt_kl": self.points(),
+            "reports": {n: r.to_dict(include_samples=include_samples) for n, r in self.reports.items()},
+        }
+
+
+def metric_safe(name: str) -> str:
+    """MLflow metric keys allow letters, digits, ``_ - . / `` and space: anything else becomes ``_``."""
+    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
+
+
+def series_of(name: str) -> str:
+    """The plot series of a method name: ``ppo-step-000010`` -> ``ppo``; other names are their own series."""
+    return _STEP_SUFFIX.sub("", name)
+
+
+def compare_methods(
+    policies: Mapping[str, Any],
+    tokenizer: PreTrainedTokenizerBase,
+    *,
+    reference: torch.nn.Module,
+    reward_model: RewardFn,
+    reward_tokenizer: PreTrainedTokenizerBase,
+    prompts: Any,
+    cfg: EvalConfig,
+    prompt_format: str = "auto",
+    reward_prompt_format: str = "auto",
+    truncate_prompt: bool = False,
+    log: Callable[[str], None] | None = None,
+) -> MethodComparison:
+    """Evaluate the SFT model, best-of-N from it, and each of ``policies`` on the same prompts.
+
+    ``policies``: name -> model, or name -> zero-argument loader (called when its turn comes and
+    dropped after, so only one policy is in memory at a time). Names ending ``-step-<k>`` (PPO
+    checkpoints) join the series of their prefix in :meth:`MethodComparison.points`.
+    ``reference`` is the SFT model: its one sample per prompt (seed ``cfg.seed``) is every
+    method's baseline. Best-of-N candidates are a separate draw (seed ``cfg.seed + 1``), so
+    best-of-1 is an independent SFT sample whose delta to the baseline shows the noise level;
+    every N comes from the first N of the same ``max(cfg.best_of_n)`` candidates. Methods run in
+    the order: sft, best-of-N (ascending), then ``policies`` as given.
+    """
+    import torch
+
+    from rlhf_core.batching import resolve_format
+    from rlhf_core.best_of_n import best_of_n_kl, sample_responses, score_samples, select_best, tokenize_prompts
+
+    say = log or (lambda message: None)
+    rows = select_eval_prompts(eval_prompts(prompts), cfg.n_prompts, cfg.seed)
+    fmt = resolve_format(tokenizer, prompt_format)
+    reward_fmt = resolve_format(reward_tokenizer, reward_prompt_format)
+    ids = tokenize_prompts(reference, tokenizer, rows.prompts, fmt=fmt, max_new_tokens=cfg.max_new_tokens,
+                           truncate=truncate_prompt, source="evaluation prompts")
+    gen = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+               batch_size=cfg.batch_size)
+    common = dict(n_boot=cfg.n_boot, seed=cfg.seed, confidence=cfg.confidence)
+    settings = {**gen, **common, "prompt_format": fmt, "reward_prompt_format": reward_fmt}
+    reports: dict[str, EvalReport] = {}
+
+    say(f"eval: sampling the SFT baseline on {len(rows)} prompts")
+    sft = sample_responses(reference, tokenizer, ids, seed=cfg.seed, **gen)
+    score = dict(reward_fmt=reward_fmt, batch_size=cfg.batch_size)
+    sft_rm = score_samples(sft, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
+    reports["sft"] = build_report(
+        method="sft", prompts=rows, policy_texts=sft.texts, sft_texts=sft.texts, policy_rm=sft_rm, sft_rm=sft_rm,
+        kl=0.0, kl_source="reference", lengths=sft.token_lengths, settings=settings, **common,
+    )
+
+    if cfg.best_of_n:
+        n_max = max(cfg.best_of_n)
+        say(f"eval: best-of-{n_max} candidates from the SFT model ({len(rows) * n_max} samples)")
+        cand = sample_responses(reference, tokenizer, ids, n=n_max, seed=cfg.seed + 1, **gen)
+        scores = score_samples(cand, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
+        scores = scores.reshape(len(rows), n_max)  # (B, N)
+        grouped = cand.grouped()
+        token_lengths = np.asarray(cand.token_lengths).reshape(len(rows), n_max)
+        for n in cfg.best_of_n:
+            idx = select_best(scores, n)  # (B,)
+            picked = np.arange(len(rows))
+            reports[f"best-of-{n}"] = build_report(
+                method=f"best-of-{n}", series="best-of-n", prompts=rows,
+                policy_texts=[grouped[i][j] for i, j in enumerate(idx)], sft_texts=sft.texts,
+                policy_rm=scores[picked, idx], sft_rm=sft_rm, kl=best_of_n_kl(n), kl_source="analytic",
+                lengths=token_lengths[picked, idx].tolist(), settings={**settings, "n": n, "candidate_seed": cfg.seed + 1},
+                **common,
+            )
+
+    for name, source in policies.items():
+        say(f"eval: {name}")
+        policy = source if isinstance(source, torch.nn.Module) else source()
+        try:
+            reports[name] = evaluate_policy(
+                policy, tokenizer, reference=reference, reward_model=reward_model, reward_tokenizer=reward_tokenizer,
+                prompts=_as_rows(rows), baseline_responses=sft.texts, baseline_rm=sft_rm, seed=cfg.seed,
+                prompt_format=fmt, reward_prompt_format=reward_fmt, truncate_prompt=truncate_prompt,
+                method=name, series=series_of(name), **gen, **{k: v for k, v in common.items() if k != "seed"},
+            )
+        finally:
+            del policy
+    return MethodComparison(reports)
+
+
+def _as_rows(prompts: EvalPrompts) -> list[dict[str, Any]]:
+    return [{"id": i, "prompt": p, "harmful": h, "topic": t}
+            for i, p, h, t in zip(prompts.ids, prompts.prompts, prompts.harmful, prompts.topics, strict=True)]
+
+
+# ----------------------------------------------------------------------------- PPO checkpoints
+def ppo_checkpoint_steps(checkpoint_root: str | Path) -> dict[int, Path]:
+    """``step -> directory`` of the training checkpoints under ``<ppo>/checkpoints`` (none: {})."""
+    from rlhf_core.checkpoint import list_checkpoints
+
+    root = Path(checkpoint_root)
+    if not root.is_dir():
+        return {}
+    out = {}
+    for path in list_checkpoints(root):
+        match = re.match(r"^step-(\d+)$", path.name)
+        if match:
+            out[int(match.group(1))] = path
+    return out
+
+
+def load_ppo_checkpoint_policy(
+    start_policy: torch.nn.Module, checkpoint: str | Path, *, lora: LoraConfig | None = None
+) -> torch.nn.Module:
+    """The policy of PPO training checkpoint ``checkpoint``, on ``start_policy`` (a fresh SFT model, modified).
+
+    Checkpoints hold only the trainable weights of (policy + critic) under ``policy.`` / ``critic.``
+    / ``value_head.``; the policy part is copied into ``start_policy`` (wrapped in LoRA adapters
+    first when the checkpoint holds adapters: pass the PPO run's ``lora`` config). The checkpoint is
+    verified (format, stage 'ppo', checksums); weights that do not match the model are a TrainingError.
+    """
+    import torch
+    from safetensors.torch import load_file
+
+    from rlhf_core.checkpoint import WEIGHTS, verify_checkpoint
+    from rlhf_core.training import apply_lora
+
+    path = Path(checkpoint)
+    verify_checkpoint(path, stage="ppo")
+    weights = {k[len("policy."):]: v for k, v in load_file(str(path / WEIGHTS)).items() if k.startswith("policy.")}
+    if not weights:
+        raise TrainingError(f"{path}: the checkpoint holds no policy weights (the policy was frozen?)")
+    model = start_policy
+    if any("lora_" in k for k in weights):
+        if lora is None:
+            raise TrainingError(f"{path}: the checkpoint holds LoRA adapters; pass the PPO run's optim.lora config")
+        model = apply_lora(model, lora, task_type="CAUSAL_LM")
+    params = dict(model.named_parameters())
+    unknown = sorted(set(weights) - set(params))
+    if unknown:
+        raise TrainingError(f"{path}: {len(unknown)} checkpoint weight(s) not in the policy, e.g. {unknown[:2]} "
+                            "(a checkpoint of another model or LoRA setting)")
+    with torch.no_grad():
+        for name, tensor in weights.items():
+            if tensor.shape != params[name].shape:
+                raise TrainingError(f"{path}: weight {name} has shape {tuple(tensor.shape)}, the policy {tuple(params[name].shape)}")
+            params[name].copy_(tensor)
+    return model.eval()

@@ -1,0 +1,266 @@
+"""Recipe step 1: rollout. Sample responses from the policy and read their log-probabilities.
+
+Shapes: ``B`` prompts, ``P`` prompt tokens (left-padded), ``R`` response tokens (right-padded
+after the first EOS), ``V`` vocabulary.
+
+Sampling is a manual loop over a ``DynamicCache`` rather than ``model.generate``. On CPU the
+two run at the same speed (measured on the tiny model: 16 x 32 tokens, 1.8-2.3 s both under
+load), but the manual loop (a) applies exactly the temperature / top-k / top-p written here,
+so the distribution the tokens come from is the one :func:`policy_logprobs` scores, (b) draws
+from the global torch RNG only through :func:`sample_from_probs`, which a checkpoint restores
+(exact resume), and (c) stops as soon as every row has emitted EOS.
+
+Log-probabilities used by PPO are *recomputed* in one full forward pass (TRL does the same):
+the incremental KV-cache pass rounds differently, and the PPO ratio must be exactly 1 on
+the first minibatch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+
+from rlhf_core.losses import gather_logprobs
+
+
+@dataclass
+class Rollout:
+    """One batch of sampled responses (CPU or model device tensors)."""
+
+    query_ids: torch.Tensor  # (B, P) left-padded prompt ids
+    query_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
+    response_ids: torch.Tensor  # (B, R) pad after the first EOS
+    response_mask: torch.Tensor  # (B, R) bool, True up to and including the first EOS
+    has_eos: torch.Tensor  # (B,) bool, the response emitted EOS within max_new_tokens
+
+    @property
+    def query_response_ids(self) -> torch.Tensor:
+        return torch.cat([self.query_ids, self.response_ids], dim=1)  # (B, P+R)
+
+    @property
+    def attention_mask(self) -> torch.Tensor:
+        return torch.cat([self.query_mask.long(), self.response_mask.long()], dim=1)  # (B, P+R)
+
+    @property
+    def response_start(self) -> int:
+        return self.query_ids.shape[1]
+
+
+def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token id lists -> left-padded ``ids`` (B, P) and ``mask`` (B, P) (generation continues on the right)."""
+    if not sequences or any(len(s) == 0 for s in sequences):
+        raise ValueError("left_pad: every sequence needs at least one token")
+    length = max(len(s) for s in sequences)
+    ids = torch.full((len(sequences), length), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(sequences), length), dtype=torch.long)
+    for row, seq in enumerate(sequences):
+        ids[row, length - len(seq) :] = torch.as_tensor(list(seq), dtype=torch.long)
+        mask[row, length - len(seq) :] = 1
+    return ids, mask
+
+
+def position_ids_from_mask(attention_mask: torch.Tensor) -> torch.Tensor:
+    """(B, T) mask -> (B, T) positions counted over real tokens (left padding starts at 0)."""
+    return (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+
+
+def _eos_tensor(eos_id: int | Sequence[int], device: torch.device) -> torch.Tensor:
+    ids = [eos_id] if isinstance(eos_id, int) else list(eos_id)
+    if not ids:
+        raise ValueError("need at least one EOS token id")
+    return torch.tensor(ids, dtype=torch.long, device=device)
+
+
+def truncate_after_eos(
+    response_ids: torch.Tensor, eos_id: int | Sequence[int], pad_id: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mask everything after the first EOS of each row.
+
+    response_ids: (B, R) -> ``(ids (B, R), mask (B, R) bool)``. The first EOS itself stays
+    valid (emitting it is an action the policy took and is rewarded for); later positions
+    become ``pad_id`` and mask False. ``eos_id`` may be one id or several (e.g. ``<|im_end|>``
+    and ``<|endoftext|>``). Rows without EOS are kept whole.
+    """
+    is_eos = torch.isin(response_ids, _eos_tensor(eos_id, response_ids.device))  # (B, R)
+    # eos_before[t] = number of EOS strictly before t; valid while it is 0
+    eos_before = is_eos.long().cumsum(-1) - is_eos.long()  # (B, R)
+    mask = eos_before == 0  # (B, R)
+    ids = torch.where(mask, response_ids, torch.full_like(response_ids, pad_id))
+    return ids, mask
+
+
+def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -> torch.Tensor:
+    """Top-k then nucleus (top-p) filtering: removed entries become -inf. logits: (B, V) -> (B, V).
+
+    ``top_k=0`` and ``top_p=1.0`` disable each filter. Top-p keeps the smallest set of tokens
+    whose probability reaches ``top_p`` (the most likely token always survives), as in
+    Holtzman et al. 2020 and transformers' ``TopPLogitsWarper``.
+    """
+    if top_k and top_k < logits.shape[-1]:
+        kth = torch.topk(logits, top_k, dim=-1).values[..., -1:]  # (B, 1)
+        logits = logits.masked_fill(logits < kth, float("-inf"))
+    if top_p < 1.0:
+        sorted_logits, order = torch.sort(logits, dim=-1, descending=True)  # (B, V)
+        cum = sorted_logits.softmax(-1).cumsum(-1)  # (B, V)
+        remove_sorted = (cum - sorted_logits.softmax(-1)) >= top_p  # mass before this token already enough
+        remove = remove_sorted.scatter(-1, order, remove_sorted)  # back to vocabulary order
+        logits = logits.masked_fill(remove, float("-inf"))
+    return logits
+
+
+def sample_next_token(
+    logits: torch.Tensor, *, temperature: float, top_k: int = 0, top_p: float = 1.0
+) -> torch.Tensor:
+    """One token per row from (B, V) logits -> (B,). ``temperature == 0`` is greedy."""
+    if temperature == 0:
+        return logits.argmax(-1)
+    filtered = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)
+    return sample_from_probs(filtered.softmax(-1))
+
+
+def sample_from_probs(probs: torch.Tensor) -> torch.Tensor:
+    """One index per row of (B, V) probabilities -> (B,), by inverting the CDF with one uniform per row.
+
+    Same distribution as ``torch.multinomial(probs, 1)`` but ~35x faster on CPU for a 49k
+    vocabulary (0.8 ms vs 30 ms for 16 rows, measured): multinomial's CPU kernel dominates
+    the sampling loop of a small model otherwise. ``right=True`` picks the first index whose
+    CDF exceeds ``u``, so a zero-probability (filtered) token can never be drawn.
+    """
+    cdf = probs.cumsum(-1)  # (B, V)
+    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]  # (B, 1) in [0, total)
+    return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1).squeeze(-1)
+
+
+@torch.no_grad()
+def generate_responses(
+    model: torch.nn.Module,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_id: int | Sequence[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> torch.Tensor:
+    """Sample up to ``max_new_tokens`` per row with a KV cache. (B, P), (B, P) -> (B, R), R <= max_new_tokens.
+
+    ``query_ids`` must be left-padded. Stops early once every row has emitted EOS; tokens
+    sampled after a row's EOS are replaced by ``pad_id`` (apply :func:`truncate_after_eos`
+    for the mask). Uses the global torch RNG.
+    """
+    from transformers import DynamicCache
+
+    if query_ids.shape != query_mask.shape or query_ids.dim() != 2:
+        raise ValueError(f"generate_responses: query ids {tuple(query_ids.shape)} and mask {tuple(query_mask.shape)} must be (B, P)")
+    if bool((query_mask[:, -1] == 0).any()):
+        raise ValueError("generate_responses: queries must be left-padded (a row ends in padding)")
+    device = query_ids.device
+    eos = _eos_tensor(eos_id, device)
+    mask = query_mask.long()
+    positions = position_ids_from_mask(mask)  # (B, P)
+    cache = DynamicCache(config=getattr(model, "config", None))
+    out = model(
+        input_ids=query_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        use_cache=True, logits_to_keep=1,
+    )
+    next_pos = positions[:, -1:] + 1  # (B, 1)
+    finished = torch.zeros(query_ids.shape[0], dtype=torch.bool, device=device)  # (B,)
+    tokens: list[torch.Tensor] = []
+    for _ in range(max_new_tokens):
+        token = sample_next_token(out.logits[:, -1, :], temperature=temperature, top_k=top_k, top_p=top_p)  # (B,)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        tokens.append(token)
+        finished = finished | torch.isin(token, eos)
+        if bool(finished.all()) or len(tokens) == max_new_tokens:
+            break
+        mask = torch.cat([mask, torch.ones_like(token).unsqueeze(1)], dim=1)  # (B, P+t)
+        out = model(
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_pos,
+            past_key_values=out.past_key_values, use_cache=True,
+        )
+        next_pos = next_pos + 1
+    return torch.stack(tokens, dim=1)  # (B, R)
+
+
+def rollout(
+    model: torch.nn.Module,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_id: int | Sequence[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+) -> Rollout:
+    """Sample, then truncate after EOS: the :class:`Rollout` the rest of the PPO step consumes."""
+    raw = generate_responses(
+        model, query_ids, query_mask, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+        temperature=temperature, top_k=top_k, top_p=top_p,
+    )  # (B, R)
+    ids, mask = truncate_after_eos(raw, eos_id, pad_id)
+    has_eos = (torch.isin(ids, _eos_tensor(eos_id, ids.device)) & mask).any(-1)  # (B,)
+    return Rollout(query_ids=query_ids, query_mask=query_mask, response_ids=ids, response_mask=mask, has_eos=has_eos)
+
+
+# ----------------------------------------------------------------------------- scoring the tokens
+@dataclass
+class PolicyOutput:
+    logprobs: torch.Tensor  # (B, R) log pi(response token t | prefix), logits / temperature
+    logits: torch.Tensor | None  # (B, R, V) tempered logits at the response positions (when kept)
+    hidden: torch.Tensor | None  # (B, R, H) last hidden state at the positions that emit response tokens
+
+
+def policy_forward(
+    model: torch.nn.Module,
+    query_response_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_start: int,
+    temperature: float,
+    *,
+    keep_logits: bool = False,
+    output_hidden: bool = False,
+) -> PolicyOutput:
+    """One forward pass over prompt+response; everything PPO needs at the response positions.
+
+    query_response_ids, attention_mask: (B, P+R); ``response_start`` = P. The logits at
+    position ``t`` predict token ``t+1``, so response token ``i`` is scored by the logits at
+    ``P-1+i``: only those R positions go through the LM head (``logits_to_keep``). Logits are
+    divided by ``temperature`` (the distribution the tokens were sampled from).
+    ``output_hidden`` returns the final hidden state at the same R positions (for a value
+    head sharing the policy's backbone).
+    """
+    if response_start < 1 or response_start >= query_response_ids.shape[1]:
+        raise ValueError(f"policy_forward: response_start {response_start} outside (0, {query_response_ids.shape[1]})")
+    R = query_response_ids.shape[1] - response_start
+    out = model(
+        input_ids=query_response_ids,
+        attention_mask=attention_mask,
+        position_ids=position_ids_from_mask(attention_mask),
+        logits_to_keep=R + 1,
+        output_hidden_states=output_hidden,
+        use_cache=False,
+    )
+    logits = out.logits[:, :-1, :]  # (B, R, V)
+    if temperature != 1.0:  # skip a (B, R, V) copy when it changes nothing
+        logits = logits / temperature
+    labels = query_response_ids[:, response_start:]  # (B, R)
+    logprobs = gather_logprobs(logits, labels)  # (B, R)
+    hidden = out.hidden_states[-1][:, response_start - 1 : -1, :] if output_hidden else None  # (B, R, H)
+    return PolicyOutput(logprobs=logprobs, logits=logits if keep_logits else None, hidden=hidden)
+
+
+def policy_logprobs(
+    model: torch.nn.Module,
+    query_response_ids: torch.Tensor,
+    attention_mask: torch.Tensor,
+    response_start: int,
+    temperature: float,
+) -> torch.Tensor:
+    """Per-token log-probs of the response tokens under ``model`` in ONE forward pass -> (B, R)."""
+    return policy_forward(model, query_response_ids, attention_mask, response_start, temperature).logprobs

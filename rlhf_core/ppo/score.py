@@ -1,0 +1,92 @@
+"""Recipe step 2: score. The reward model reads prompt + response and returns one number each.
+
+When the reward model has its own tokenizer (another vocabulary, another chat template) the
+policy's token ids mean nothing to it: the prompt string and the decoded response are
+re-rendered with the reward tokenizer in the format the reward model was trained on
+(:func:`rlhf_core.batching.prompt_response_ids`). That rendering always closes the assistant
+turn, so a reward model cannot tell a cut-off response from a finished one there: use
+``missing_eos_penalty`` for that.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from rlhf_core.batching import Format, prompt_response_ids
+
+if TYPE_CHECKING:  # pragma: no cover
+    from transformers import PreTrainedTokenizerBase
+
+
+class RewardFn(Protocol):
+    """Anything with the :class:`rlhf_core.reward.model.RewardModel` interface."""
+
+    def __call__(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """input_ids, attention_mask: (B, T) -> rewards (B,)."""
+        ...
+
+
+def tokenizers_match(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> bool:
+    """True when token ids can be handed from ``a`` to ``b`` unchanged (same object, or same vocab and template)."""
+    if a is b:
+        return True
+    return (
+        len(a) == len(b)
+        and a.get_vocab() == b.get_vocab()
+        and getattr(a, "chat_template", None) == getattr(b, "chat_template", None)
+    )
+
+
+def retokenize(
+    prompts: Sequence[str],
+    responses: Sequence[str],
+    tokenizer: PreTrainedTokenizerBase,
+    fmt: Format,
+    *,
+    max_length: int | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Render (prompt, response) text pairs with ``tokenizer``; right-padded ``ids``, ``mask`` (B, T).
+
+    Over-long rows keep their *last* ``max_length`` tokens: the reward model reads the last token.
+    """
+    if len(prompts) != len(responses):
+        raise ValueError(f"retokenize: {len(prompts)} prompts but {len(responses)} responses")
+    rows = []
+    for prompt, response in zip(prompts, responses, strict=True):
+        p_ids, r_ids = prompt_response_ids(tokenizer, prompt, response, fmt, where="reward re-tokenisation")
+        ids = p_ids + r_ids
+        rows.append(ids[-max_length:] if max_length else ids)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    length = max(len(r) for r in rows)
+    ids = torch.full((len(rows), length), pad, dtype=torch.long)
+    mask = torch.zeros((len(rows), length), dtype=torch.long)
+    for i, row in enumerate(rows):
+        ids[i, : len(row)] = torch.tensor(row, dtype=torch.long)
+        mask[i, : len(row)] = 1
+    return ids, mask
+
+
+@torch.no_grad()
+def reward_scores(
+    reward_model: RewardFn, input_ids: torch.Tensor, attention_mask: torch.Tensor, *, batch_size: int
+) -> torch.Tensor:
+    """The reward model over (B, T) sequences in chunks of ``batch_size`` -> (B,) float32."""
+    chunks = [
+        reward_model(input_ids[i : i + batch_size], attention_mask[i : i + batch_size]).float()
+        for i in range(0, input_ids.shape[0], batch_size)
+    ]
+    return torch.cat(chunks)
+
+
+def apply_missing_eos_penalty(scores: torch.Tensor, has_eos: torch.Tensor, penalty: float | None) -> torch.Tensor:
+    """scores (B,), has_eos (B,) bool -> scores with ``penalty`` subtracted where no EOS was emitted.
+
+    TRL's ``missing_eos_penalty``: a response cut off at ``max_new_tokens`` is usually a
+    rambling one, and reward models tend to like length; ``None`` or 0 disables it.
+    """
+    if not penalty:
+        return scores
+    return torch.where(has_eos, scores, scores - penalty)

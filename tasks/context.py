@@ -1,0 +1,64 @@
+"""What every stage task needs: its run directory, its MLflow parent, and where to publish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+from prefect.cache_policies import INPUTS, TASK_SOURCE
+
+from tasks import tracking
+from tasks.artifacts import RunDir
+
+# A finished stage is skipped on re-runs of the same run directory with the same config
+# and code; `ctx` (MLflow ids) is not part of the key. The flow refreshes the cache when
+# a stage's recorded outputs have gone missing (see flows/stages.py).
+STAGE_CACHE = (INPUTS - "ctx") + TASK_SOURCE
+
+
+@dataclass(frozen=True)
+class StageContext:
+    """Plain data (a Prefect parameter): the run directory and the MLflow/Prefect ids."""
+
+    run_dir: str
+    parent_run_id: str
+    experiment_id: str
+    tracking_uri: str
+    prefect_flow_run_id: str = ""
+    register_models: bool = True
+
+    @property
+    def run(self) -> RunDir:
+        return RunDir(Path(self.run_dir))
+
+    def stage_run(self, stage: str):
+        """A nested MLflow run for one stage, tagged with the Prefect flow-run id."""
+        return tracking.stage_run(
+            self.parent_run_id, self.experiment_id, stage, tags={"prefect.flow_run_id": self.prefect_flow_run_id}
+        )
+
+    def mlflow_run_link(self, run_id: str) -> str:
+        """A link to an MLflow run for a person: the UI URL with a server, else the run id."""
+        return tracking.run_link(self.tracking_uri, self.experiment_id, run_id)
+
+    def register(self, tracker: tracking.MlflowTracker, model_dir: Path, kind: str) -> None:
+        """Log a stage's HF-format model and register it as `rlhf-<kind>` with the `candidate` alias."""
+        if self.register_models:
+            from tasks.registry import register_candidate
+
+            register_candidate(tracker, model_dir, f"rlhf-{kind}")
+
+    def publish_agreement(self, metrics: dict[str, float], n_pairs: int) -> None:
+        """The reward-model agreement table on the Prefect flow-run page."""
+        from prefect.artifacts import create_table_artifact
+
+        rows = [
+            {"metric": name, "value": round(value, 4)}
+            for name, value in metrics.items()
+            if name.startswith("rm/agreement") or name in ("rm/annotator_pairwise_agreement", "rm/ece", "rm/ceiling_gap")
+        ]
+        create_table_artifact(
+            rows, key="reward-model-agreement",
+            description=f"Reward-model agreement on {n_pairs} held-out pairs, beside the annotators' own ceiling "
+            f"(MLflow: {self.mlflow_run_link(self.parent_run_id)})",
+        )

@@ -1,0 +1,301 @@
+"""The evaluation stage: load the stage models, compare the methods, write and log the report.
+
+:func:`run_evaluation` is the plain body (usable without Prefect, e.g. by bench/eval_demo.py);
+:func:`evaluate_stage` is the Prefect task the pipeline runs, which adds the MLflow stage run,
+the registry decision and the summary on the Prefect run page. Outputs in ``out_dir``:
+
+* ``eval.json``        the primary policy's figures (``eval/...`` names) and the whole comparison
+* ``comparison.md``    the comparison table (one row per method) in Markdown
+* ``samples.jsonl``    one row per (method, prompt): prompt, SFT response, the method's response,
+                       gold and reward-model scores, KL
+* ``gold_vs_kl.png``   gold and reward-model score against sqrt(KL) (Gao et al. 2022)
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from prefect import task as _prefect_task
+
+from rlhf_core.errors import DataError, ModelLoadError
+from rlhf_core.evaluation import EvalConfig, MethodComparison, ppo_checkpoint_steps
+from rlhf_core.tracking import NullTracker, Tracker
+from tasks.context import STAGE_CACHE, StageContext
+
+if TYPE_CHECKING:  # pragma: no cover
+    import pandas as pd
+    import torch
+
+    from flows.config import PipelineConfig
+
+PRIMARY = "ppo"  # the policy whose figures get the plain eval/... names, when present
+
+# Columns of comparison.md: (estimate, header, format)
+_TABLE_COLUMNS = (
+    ("mean_gold", "gold", "{:.3f}"),
+    ("gold_delta", "gold Δ vs SFT [95% CI]", None),
+    ("gold_win_rate_vs_sft", "gold win", "{:.2f}"),
+    ("mean_rm", "RM", "{:.3f}"),
+    ("rm_win_rate_vs_sft", "RM win", "{:.2f}"),
+    ("kl_to_ref", "KL (nats)", "{:.2f}"),
+    ("refusal_rate_benign", "refuse benign", "{:.2f}"),
+    ("refusal_rate_harmful", "refuse harmful", "{:.2f}"),
+    ("repetition_rate", "loops", "{:.2f}"),
+    ("length", "tokens", "{:.1f}"),
+)
+
+
+def read_eval_prompts(path: str | Path) -> pd.DataFrame:
+    """Held-out prompts from .parquet / .jsonl / .json (canonical prompt columns); DataError naming the file."""
+    import pandas as pd
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: evaluation prompts file not found")
+    try:
+        if path.suffix == ".parquet":
+            frame = pd.read_parquet(path)
+        elif path.suffix in (".jsonl", ".json"):
+            frame = pd.read_json(path, lines=path.suffix == ".jsonl")
+        else:
+            raise DataError(f"{path}: unsupported evaluation prompts format (use .parquet, .jsonl or .json)")
+    except DataError:
+        raise
+    except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file
+        raise DataError(f"{path}: cannot read evaluation prompts ({type(exc).__name__}: {exc})") from exc
+    if "prompt" not in frame.columns:
+        raise DataError(f"{path}: evaluation prompts need a 'prompt' column (got {', '.join(map(str, frame.columns))})")
+    if frame.empty:
+        raise DataError(f"{path}: no evaluation prompts (0 rows)")
+    return frame
+
+
+def load_policy_dir(cfg: PipelineConfig, model_dir: str | Path, sft_dir: str | Path, tokenizer: Any) -> torch.nn.Module:
+    """A policy to evaluate from a stage output directory.
+
+    * an HF model directory (PPO / DPO full fine-tuning): loaded as is;
+    * a LoRA adapter directory (``adapter_config.json``): the adapters on a fresh SFT model;
+    * a PPO training checkpoint (``manifest.json``, ``<ppo>/checkpoints/step-*``): its policy
+      weights on a fresh SFT model.
+    A reward-model directory is refused with one line.
+    """
+    from rlhf_core.evaluation import load_ppo_checkpoint_policy
+    from rlhf_core.models import load_causal_lm
+    from rlhf_core.reward.model import read_stage_marker
+
+    directory = Path(model_dir)
+    if not directory.is_dir():
+        raise ModelLoadError(f"policy directory not found: {directory}")
+
+    def fresh_sft() -> torch.nn.Module:
+        return load_causal_lm(cfg.model, cfg.model_cache, tokenizer, path=sft_dir)
+
+    if (directory / "manifest.json").is_file():
+        return load_ppo_checkpoint_policy(fresh_sft(), directory, lora=cfg.ppo.optim.lora)
+    marker = read_stage_marker(directory)
+    if marker is not None and marker["stage"] == "reward":
+        raise ModelLoadError(f"{directory} is a reward model (rlhf_stage.json stage='reward'), not a policy to evaluate")
+    if (directory / "adapter_config.json").is_file():
+        import peft
+
+        try:
+            return peft.PeftModel.from_pretrained(fresh_sft(), str(directory)).eval()
+        except Exception as exc:
+            raise ModelLoadError(f"cannot load LoRA adapters from {directory}: {type(exc).__name__}: {exc}") from exc
+    return load_causal_lm(cfg.model, cfg.model_cache, tokenizer, path=directory).eval()
+
+
+def with_ppo_checkpoints(policy_dirs: Mapping[str, str], *, final_name: str = PRIMARY) -> dict[str, str]:
+    """``policy_dirs`` plus ``<final_name>-step-<k>`` for each kept PPO checkpoint before the final model.
+
+    The checkpoints live next to the final model (``<ppo>/checkpoints`` beside ``<ppo>/model``);
+    the one at the final model's step is the final model itself and is skipped.
+    """
+    from rlhf_core.reward.model import read_stage_marker
+
+    out = dict(policy_dirs)
+    if final_name not in policy_dirs:
+        return out
+    final = Path(policy_dirs[final_name])
+    marker = read_stage_marker(final) if final.is_dir() else None
+    final_step = marker.get("step") if marker else None
+    steps = ppo_checkpoint_steps(final.parent / "checkpoints")
+    extra = {f"{final_name}-step-{k:06d}": str(p) for k, p in sorted(steps.items()) if k != final_step}
+    ordered: dict[str, str] = {}
+    for name, path in out.items():
+        if name == final_name:
+            ordered.update(extra)
+        ordered[name] = path
+    return ordered
+
+
+def comparison_markdown(comparison: MethodComparison) -> str:
+    """The comparison as a Markdown table (what `comparison.md` and the flow's artifact show)."""
+    header = ["method", *[h for _, h, _ in _TABLE_COLUMNS]]
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row in comparison.table():
+        cells = [str(row["method"])]
+        for key, _, fmt in _TABLE_COLUMNS:
+            value = row.get(key)
+            if value is None:
+                cells.append("–")
+            elif fmt is None:
+                cells.append(f"{value:+.3f} [{row[f'{key}_ci_low']:+.3f}, {row[f'{key}_ci_high']:+.3f}]")
+            else:
+                cells.append(fmt.format(value))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def run_evaluation(
+    cfg: PipelineConfig,
+    sft_dir: str,
+    policy_dirs: Mapping[str, str],
+    reward_dir: str,
+    eval_prompts_path: str,
+    out_dir: str | Path,
+    tracker: Tracker | None = None,
+    *,
+    eval_cfg: EvalConfig | None = None,
+    log: Callable[[str], None] | None = print,
+) -> dict[str, Any]:
+    """Evaluate SFT, best-of-N and every policy in ``policy_dirs`` (name -> model dir) on the held-out prompts.
+
+    ``eval_cfg`` defaults to ``cfg.eval`` (``EvalConfig()`` when the pipeline config has none).
+    With ``eval_cfg.ppo_checkpoints`` the kept intermediate PPO checkpoints join the comparison
+    (see :func:`with_ppo_checkpoints`). The primary policy (``ppo``, else the first given, else the
+    SFT model) is logged under the dashboard names ``eval/...``; every method also as
+    ``eval/<method>/...``. Returns the output paths and the primary metrics.
+    """
+    from rlhf_core.devices import resolve_device
+    from rlhf_core.evaluation import compare_methods, metric_safe
+    from rlhf_core.models import load_causal_lm, load_tokenizer
+    from rlhf_core.reward.model import RewardModel
+    from tasks.plots import plot_gold_vs_sqrt_kl
+
+    ecfg = eval_cfg or getattr(cfg, "eval", None) or EvalConfig()
+    tracker = tracker or NullTracker()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    prompts = read_eval_prompts(eval_prompts_path)
+    dirs = with_ppo_checkpoints(policy_dirs) if ecfg.ppo_checkpoints else dict(policy_dirs)
+
+    tokenizer = load_tokenizer(cfg.model, cfg.model_cache)
+    reference = load_causal_lm(cfg.model, cfg.model_cache, tokenizer, path=sft_dir).eval().requires_grad_(False)
+    # the reward tokenizer is the policy's, as in the PPO stage (the reward model starts from the SFT model)
+    reward_model = RewardModel.from_pretrained(reward_dir, device=resolve_device(cfg.model.device))
+    loaders = {name: (lambda d=d: load_policy_dir(cfg, d, sft_dir, tokenizer)) for name, d in dirs.items()}
+    comparison = compare_methods(
+        loaders, tokenizer, reference=reference, reward_model=reward_model, reward_tokenizer=tokenizer,
+        prompts=prompts, cfg=ecfg, prompt_format=cfg.ppo.prompt_format, reward_prompt_format=cfg.reward.prompt_format,
+        log=log,
+    )
+
+    primary = PRIMARY if PRIMARY in comparison.reports else next(iter(policy_dirs), "sft")
+    primary_metrics = comparison.reports[primary].metrics()
+    metrics = {**comparison.metrics(), **primary_metrics}
+    tracker.log_metrics(metrics, step=0)
+
+    eval_json = out / "eval.json"
+    eval_json.write_text(json.dumps(_jsonable({
+        "primary": primary,
+        "metrics": primary_metrics,
+        "settings": ecfg.model_dump(mode="json"),
+        "policy_dirs": dirs,
+        **comparison.to_dict(include_samples=False),
+    }), indent=2, allow_nan=False))
+    table_md = out / "comparison.md"
+    table_md.write_text(comparison_markdown(comparison), encoding="utf-8")
+    samples_path = out / "samples.jsonl"
+    sample_rows = [{"method": name, **row} for name, r in comparison.reports.items() for row in r.samples]
+    with samples_path.open("w", encoding="utf-8") as fh:
+        for row in sample_rows:
+            fh.write(json.dumps(_jsonable(row), ensure_ascii=False) + "\n")
+    plot = plot_gold_vs_sqrt_kl(comparison.points(), out / "gold_vs_kl.png")
+    for path in (eval_json, table_md, samples_path, plot):
+        tracker.log_artifact(path)
+    _log_samples_table(tracker, sample_rows)
+    return {
+        "eval_json": str(eval_json),
+        "comparison_md": str(table_md),
+        "samples": str(samples_path),
+        "plot": str(plot),
+        "primary": primary,
+        "metrics": {k: v for k, v in primary_metrics.items() if math.isfinite(v)},
+        "methods": [metric_safe(n) for n in comparison.reports],
+    }
+
+
+def _log_samples_table(tracker: Tracker, rows: list[dict[str, Any]]) -> None:
+    """With MLflow, the samples also as a table the UI shows in its Evaluation/Artifacts view (mlflow.log_table)."""
+    from tasks.tracking import MlflowTracker
+
+    if not isinstance(tracker, MlflowTracker) or not rows:
+        return
+    import pandas as pd
+
+    columns = ["method", "id", "prompt", "harmful", "sft_response", "policy_response",
+               "sft_gold", "policy_gold", "sft_rm", "policy_rm", "kl"]
+    tracker.client.log_table(tracker.run_id, pd.DataFrame(rows)[columns], artifact_file="eval_samples.json")
+
+
+@_prefect_task(name="eval", cache_policy=STAGE_CACHE, persist_result=True)
+def evaluate_stage(cfg: Any, run_dir: str, ctx: StageContext) -> dict[str, str]:
+    """The pipeline's evaluation stage: SFT vs PPO (and DPO) vs best-of-N on the held-out prompts,
+    then the registry decision for the PPO policy and a summary on the Prefect run page."""
+    from prefect.artifacts import create_markdown_artifact
+
+    run = ctx.run
+    data, sft, reward = run.require("data"), run.require("sft"), run.require("reward")
+    policy_dirs = {name: run.require(name)["model_dir"] for name in ("ppo", "dpo") if run.outputs(name)}
+    out_dir = run.stage("eval")
+    with ctx.stage_run("eval") as tracker:
+        tracker.log_params({"eval": cfg.eval.model_dump(mode="json")})
+        result = run_evaluation(
+            cfg, sft["model_dir"], policy_dirs, reward["model_dir"], data["eval_prompts"], out_dir, tracker
+        )
+        decision = _promotion(cfg, ctx, tracker, policy_dirs.get("ppo"), result["metrics"])
+        summary = Path(result["comparison_md"]).read_text(encoding="utf-8")
+        create_markdown_artifact(
+            f"# Evaluation\n\n{summary}\n\nRegistry: {decision}\n\n"
+            f"MLflow: eval run {ctx.mlflow_run_link(tracker.run_id)}; pipeline run {ctx.mlflow_run_link(ctx.parent_run_id)}",
+            key="evaluation", description="PPO / DPO / best-of-N vs SFT on held-out prompts (gold scorer, reward model, KL)",
+        )
+    outputs = {k: result[k] for k in ("eval_json", "comparison_md", "samples", "plot")}
+    return run.record_outputs("eval", outputs)
+
+
+def _promotion(cfg: Any, ctx: StageContext, tracker: Any, ppo_dir: str | None, metrics: dict[str, float]) -> str:
+    """Move the `champion` alias of rlhf-policy only when the evaluation says the new policy is better."""
+    if not (ppo_dir and cfg.registry.enabled):
+        return "no PPO policy registered in this run"
+    from tasks.registry import find_version, promote_if_better
+
+    version = find_version(tracker.client, "rlhf-policy", ppo_dir)
+    if version is None:
+        return "no registered rlhf-policy version for this run's PPO model"
+    rule = cfg.registry
+    ci_low = metrics.get("eval/gold_delta_ci_low", float("nan"))
+    gate = (ci_low > 0) if rule.require_gold_ci_above_zero else True
+    gate_reason = f"gold(policy) - gold(SFT) 95% CI low {ci_low:.4f} > 0" if rule.require_gold_ci_above_zero else "no gate"
+    score = metrics.get(rule.champion_metric, float("nan"))
+    _, decision = promote_if_better(
+        tracker.client, "rlhf-policy", version, score, metric=rule.champion_metric,
+        min_improvement=rule.min_improvement, gate=gate and math.isfinite(score), gate_reason=gate_reason,
+    )
+    tracker.set_tags({"registry.decision": decision})
+    return f"rlhf-policy v{version}: {decision}"
