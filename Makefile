@@ -19,6 +19,7 @@ help:
 	@echo "make run    - run the pipeline on the demo preset (CONFIG=smoke|demo|path.yaml)"
 	@echo "make test   - data-quality checks on the shipped data + pytest"
 	@echo "make model  - fetch and cache the default base model"
+	@echo "make ui     - start the Prefect and MLflow servers/UIs on the workspace"
 	@echo "make lock   - regenerate constraints.txt from the current venv"
 
 $(BIN)/python:
@@ -48,6 +49,10 @@ run: $(VENV)/.model
 # prompts, malformed rows) for the data stage to catch; CI curates them, then holds the curated
 # output to every Great Expectations suite: a bad change to the data or to curation fails here.
 CI_DATA := .rlhf/ci-data
+# The Prefect UI (127.0.0.1:4200) and the MLflow UI (127.0.0.1:5000) on the workspace's stores; Ctrl-C stops both.
+ui: $(VENV)/.installed
+	$(BIN)/rlhf ui
+
 check-data: $(VENV)/.model
 	rm -rf $(CI_DATA)
 	$(BIN)/rlhf data prepare --config demo --out $(CI_DATA)/curated
@@ -56,6 +61,7 @@ check-data: $(VENV)/.model
 	  --json $(CI_DATA)/check.json --docs-dir $(CI_DATA)/data-docs
 
 test: $(VENV)/.model
+	bash infra/ensure-test-deps.sh
 	$(MAKE) --no-print-directory check-data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

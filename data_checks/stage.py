@@ -90,7 +90,8 @@ def near_duplicate_row_pairs(frame: pd.DataFrame, name: str, cfg: DedupConfig) -
     prompts, replies = _row_parts(frame, name)
     p, r = cfg.prompt, cfg.reply
     pairs, est = dedup.near_duplicate_pairs(prompts, shingle=p.shingle, shingle_size=p.shingle_size,
-                                            num_perm=cfg.num_perm, threshold=p.threshold, seed=cfg.seed)
+                                            num_perm=cfg.num_perm, threshold=p.threshold, seed=cfg.seed,
+                                            lsh_weights=cfg.lsh_weights)
     if not replies or len(pairs) == 0:
         return pairs, est
     n = len(prompts)
@@ -230,7 +231,7 @@ def _dedup_step(frames: dict[str, pd.DataFrame], cfg: DataConfig, ledger: _Ledge
         # An eval prompt that (near-)duplicates a prompt trained on anywhere (SFT, RM or PPO) is contamination.
         p = d.prompt
         params = {"shingle": p.shingle, "shingle_size": p.shingle_size, "num_perm": d.num_perm,
-                  "threshold": p.threshold, "seed": d.seed}
+                  "threshold": p.threshold, "seed": d.seed, "lsh_weights": d.lsh_weights}
         train_prompts = sorted({q for f in frames.values() if not f.empty
                                 for q in f.loc[~_is_eval(f).to_numpy(), "prompt"]})
         for name in INPUTS:

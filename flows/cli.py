@@ -14,6 +14,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from flows.cli_servers import register as _register_server_commands
+
 app = typer.Typer(
     name="rlhf",
     help=(
@@ -31,6 +33,7 @@ data_app = typer.Typer(help="Data contracts and curation: check files, build the
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
+_register_server_commands(app)  # rlhf ui, rlhf deploy
 
 ConfigOpt = Annotated[
     Optional[str],

@@ -35,6 +35,7 @@ def run_pipeline(cfg: PipelineConfig, resume_run: str | None = None) -> RunSumma
 
             raise UserError(f"--resume {resume_run}: no such run in {runs}")
     prepare_environment(cfg.workspace)
+    _preflight(cfg)
     from flows.stages import rlhf_pipeline
 
     started = time.perf_counter()
@@ -50,6 +51,15 @@ def run_pipeline(cfg: PipelineConfig, resume_run: str | None = None) -> RunSumma
 
 
 
+def _preflight(cfg: PipelineConfig) -> None:
+    """Fail before any training when a configured MLflow or Prefect server is unreachable (names the URL)."""
+    import os
+
+    from flows.servers import preflight
+
+    preflight(cfg.tracking.tracking_uri, os.environ.get("PREFECT_API_URL"))
+
+
 def run_stage(cfg: PipelineConfig, stage: str, run_id: str) -> dict[str, str]:
     """Run one stage flow on an existing run directory (its earlier stages must have finished)."""
     from tasks.artifacts import workspace_from
@@ -60,6 +70,7 @@ def run_stage(cfg: PipelineConfig, stage: str, run_id: str) -> dict[str, str]:
 
         raise UserError(f"run '{run_id}' not found in {run.path.parent}")
     prepare_environment(cfg.workspace)
+    _preflight(cfg)
     from flows.stages import STAGE_FLOWS
 
     return STAGE_FLOWS[stage](cfg, str(run.path))

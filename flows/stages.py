@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.config import PipelineConfig, dump_config
+from flows.servers import preflight
 from tasks import tracking
 from tasks.artifacts import RunDir, workspace_from
 from tasks.context import StageContext
@@ -130,6 +131,7 @@ def rlhf_pipeline(config: PipelineConfig, resume_run: str | None = None) -> dict
     """data -> SFT -> reward model -> PPO (+ DPO) -> evaluation, each a subflow and a nested MLflow run."""
     logger = get_run_logger()
     started = time.perf_counter()
+    preflight(config.tracking.tracking_uri)  # runs started by a worker come straight here
     _apply_threads(config)
     ws = workspace_from(config.workspace)
     run = ws.run(resume_run) if resume_run else ws.new_run(config.name)

@@ -85,7 +85,11 @@ def configure(tracking_uri: str, artifact_root: Path, experiment: str) -> str:
     if existing is not None:
         return existing.experiment_id
     artifact_root.mkdir(parents=True, exist_ok=True)
-    return mlflow.create_experiment(experiment, artifact_location=artifact_root.resolve().as_uri())
+    # Without the kind tag MLflow 3 opens a new experiment in its GenAI "Evaluations" view.
+    return mlflow.create_experiment(
+        experiment, artifact_location=artifact_root.resolve().as_uri(),
+        tags={"mlflow.experimentKind": "custom_model_development"},
+    )
 
 
 @contextmanager

@@ -18,6 +18,14 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+def pytest_configure(config):
+    # The suite's models are tiny: on 2 cores one thread is several times faster than torch's
+    # default (threads spin against each other on small matmuls). RLHF_TEST_TORCH_THREADS overrides.
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("RLHF_TEST_TORCH_THREADS", "1")))
+
+
 @pytest.fixture(scope="session")
 def model_cache() -> Path:
     return MODEL_CACHE

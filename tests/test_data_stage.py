@@ -153,3 +153,122 @@ def test_tokenizer_callable_sets_the_length_unit(tmp_path):
     report = run_data_stage(_cfg(prompt_filter={"max_tokens": 40, "coverage_method": "off", "languages": []}),
                             tmp_path, tokenizer=len)
     assert report.totals()["rl_prompts"]["dropped"]["filter:too_long"] > 5
+
+
+# ---- what counts as a duplicate (DedupConfig semantics)
+
+_A = ("Start with a light stretch, then walk briskly for ten minutes, and add one minute of easy "
+      "running every few days until you can run for twenty minutes without stopping.")
+_B = ("Buy good shoes first and run every single day as far as you can, because pushing through the "
+      "pain is the only way a beginner ever gets any faster at all.")
+_C = ("Join a local running club, since a group keeps you motivated and the coaches there will show "
+      "you how to warm up and pace yourself on your first few runs.")
+
+
+def _prefs(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
+    return pd.DataFrame(rows, columns=["id", "prompt", "chosen", "rejected"])
+
+
+def test_preference_duplicate_needs_the_prompt_and_both_replies():
+    from data_checks.config import DedupConfig
+    from data_checks.stage import exact_duplicate_of, near_duplicate_of, near_duplicate_row_pairs
+
+    p = "How should a complete beginner start running?"
+    frame = _prefs([
+        ("a", p, _A, _B),
+        ("shares-prompt-and-chosen", p, _A, _C),  # a distinct comparison reusing a sampled reply
+        ("shares-prompt-and-rejected", p, _C, _B),
+        ("swapped", p, _B, _A),  # the same comparison, labels flipped
+        ("near", p.replace("complete", "compelte"), _A.replace("briskly", "quickly"), _B + " Really."),
+        ("other-prompt", "How do I bake bread?", _A, _B),
+    ])
+    assert exact_duplicate_of(frame, "preferences") == {3: 0}
+    rest = frame.drop(index=3).reset_index(drop=True)
+    pairs, est = near_duplicate_row_pairs(rest, "preferences", DedupConfig())
+    assert pairs.tolist() == [[0, 3]] and est[0] >= DedupConfig().reply.threshold
+    assert near_duplicate_of(len(rest), pairs) == {3: 0}
+
+
+def test_demonstration_duplicate_needs_prompt_and_response():
+    from data_checks.config import DedupConfig
+    from data_checks.stage import near_duplicate_row_pairs
+
+    p = "How should a complete beginner start running?"
+    frame = pd.DataFrame([("a", p, _A), ("other-reply", p, _C), ("near", p, _A.replace("ten", "fifteen")),
+                          ("other-prompt", "How do I start swimming laps?", _A)], columns=["id", "prompt", "response"])
+    pairs, _ = near_duplicate_row_pairs(frame, "demonstrations", DedupConfig())
+    assert pairs.tolist() == [[0, 2]]
+
+
+def test_short_prompt_edits_are_near_duplicates_but_template_siblings_are_not():
+    """One typo, added or dropped word in a ~10-word prompt: char 4-grams link it, word 3-grams miss it."""
+    from data_checks.config import DedupConfig, ShingleConfig
+    from data_checks.stage import near_duplicate_row_pairs
+
+    base = "How often should I water a cactus that lives on a sunny windowsill?"
+    edits = [base.replace("water", "wtaer"), base.replace("a sunny", "a very sunny"),
+             base.replace(" that lives", ""), "Hi, " + base]
+    siblings = [base.replace("cactus", "fern"), base.replace("cactus", "basil plant").replace("sunny", "cold")]
+    for other, expect in [(e, True) for e in edits] + [(s, False) for s in siblings]:
+        frame = pd.DataFrame({"id": ["x", "y"], "prompt": [base, other]})
+        found = len(near_duplicate_row_pairs(frame, "rl_prompts", DedupConfig())[0]) == 1
+        assert found is expect, other
+    coarse = DedupConfig(prompt=ShingleConfig(shingle="word", shingle_size=3, threshold=0.75))
+    frame = pd.DataFrame({"id": ["x", "y"], "prompt": [base, edits[0]]})
+    assert len(near_duplicate_row_pairs(frame, "rl_prompts", coarse)[0]) == 0
+
+
+def test_greedy_near_duplicates_keep_a_chain_end():
+    """a~b and b~c but not a~c: b goes (duplicate of a); c stays, since the only row it resembles went."""
+    import numpy as np
+
+    from data_checks.stage import near_duplicate_of
+
+    assert near_duplicate_of(3, np.array([[0, 1], [1, 2]])) == {1: 0}
+    assert near_duplicate_of(3, np.array([[0, 2], [1, 2], [0, 1]])) == {1: 0, 2: 0}
+
+
+def test_lsh_recall_weight_finds_pairs_just_above_the_threshold():
+    """Candidates are verified, so weighting missed pairs more only adds verification work."""
+    import random
+
+    from data_checks import dedup
+
+    rng = random.Random(0)
+    vocab = [f"w{i}" for i in range(5000)]
+    texts = []
+    for _ in range(300):  # pairs of 60 distinct words sharing 55: word 1-gram Jaccard 55/65 = 0.846
+        words = rng.sample(vocab, 65)
+        texts += [" ".join(words[:60]), " ".join(words[:55] + words[60:])]
+    kw = dict(shingle="word", shingle_size=1, threshold=0.8, num_perm=128)
+
+    def recall(weights):
+        pairs, _ = dedup.near_duplicate_pairs(texts, lsh_weights=weights, **kw)
+        return sum(j == i + 1 and i % 2 == 0 for i, j in pairs.tolist()) / 300
+
+    low, high = recall((0.5, 0.5)), recall((0.1, 0.9))
+    assert high >= 0.8 and high >= low + 0.15, (low, high)
+
+
+def test_user_cap_counts_distinct_prompts():
+    from data_checks.stage import user_cap_by_prompt
+
+    frame = pd.DataFrame({
+        "prompt": ["p1", "p1", "P1!", "p2", "p2", "p3", "p3", "q1"],  # "P1!" normalizes to "p1"
+        "user_id": ["u", "u", "u", "u", "u", "u", "u", "v"],
+    })
+    reasons = user_cap_by_prompt(frame, 2)
+    assert reasons.map(lambda r: r is not None).tolist() == [False] * 5 + [True, True, False]
+    assert reasons[5][0] == "user_cap"
+    assert user_cap_by_prompt(frame, None).isna().all()
+
+
+def test_user_cap_inputs_and_duplicate_reasons(tmp_path):
+    report = run_data_stage(_cfg(prompt_filter={"max_tokens": 40, "max_prompts_per_user": 3,
+                                                "user_cap_inputs": ["rl_prompts"]}), tmp_path)
+    totals = report.totals()
+    assert "filter:user_cap" in totals["rl_prompts"]["dropped"]
+    assert "filter:user_cap" not in totals["demonstrations"]["dropped"]  # u1 has 6 demonstrations
+    dropped = {d["id"]: d for d in map(json.loads, (tmp_path / "dropped.jsonl").read_text().splitlines())}
+    assert "id 'pref-1'" in dropped["pref-dup-1"]["reason"]  # a duplicate names the row it repeats
+    assert "id 'rl-near-1'" in dropped["rl-near-2"]["reason"]

@@ -2,15 +2,22 @@
 
 The reference log-probs are computed before the first update with the *starting* policy
 (TRL's ``precompute_ref_log_probs``): no second model stays in memory, with or without LoRA.
+Only the pairs the loop will visit in ``optim.max_steps`` steps are computed: the shared loop's
+data order is a pure function of ``(lengths, step size, window, seed)``
+(:class:`rlhf_core.batching.LengthBucketedBatches`), so :func:`visited_examples` replays it up
+front (a short smoke run over a large dataset otherwise spends most of its time here).
+They go through the model in ascending index order, ``batch_size`` at a time, as a full
+precompute would (tested bitwise equal on CPU).
 A resumed run is handed the same starting model (checkpoints hold only what training
-changed), so it recomputes the same reference values before loading its checkpoint.
+changed), so it recomputes the same reference values, for the same steps ``[0, max_steps)``,
+before loading its checkpoint.
 Each micro-batch stacks ``[chosen; rejected]`` so both go through the policy in ONE forward pass.
 """
 
 from __future__ import annotations
 
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +27,7 @@ import torch
 from rlhf_core.batching import (
     IGNORE_INDEX,
     Format,
+    LengthBucketedBatches,
     _row_id,
     _text,
     prompt_response_ids,
@@ -28,8 +36,9 @@ from rlhf_core.batching import (
 )
 from rlhf_core.dpo.config import DPOConfig
 from rlhf_core.dpo.loss import dpo_loss, sequence_logprobs
-from rlhf_core.errors import DataError
+from rlhf_core.errors import DataError, TrainingError
 from rlhf_core.tracking import NullTracker, Tracker
+from rlhf_core.train_config import OptimConfig
 from rlhf_core.training import (
     TrainResult,
     apply_lora,
@@ -119,23 +128,51 @@ def pair_logprobs(
     return logps[:half], logps[half:]
 
 
+def visited_examples(lengths: Sequence[int], optim: OptimConfig, *, seed: int) -> list[int]:
+    """Sorted indices of the examples :func:`rlhf_core.training.run_training_loop` uses in steps ``[0, max_steps)``.
+
+    Replays the loop's schedule: step ``s`` takes step-batch ``s % n`` of epoch ``s // n`` from a
+    ``LengthBucketedBatches(lengths, batch_size * grad_accum_steps, window, seed)``, where
+    ``n`` = batches per epoch. Once the steps cover an epoch every example is visited.
+    """
+    sampler = LengthBucketedBatches(
+        lengths, optim.batch_size * optim.grad_accum_steps, window=optim.length_bucket_window, seed=seed
+    )
+    per_epoch = len(sampler)
+    if optim.max_steps >= per_epoch:
+        return list(range(len(lengths)))
+    return sorted({i for batch in sampler.epoch(0)[: optim.max_steps] for i in batch})
+
+
 @torch.no_grad()
 def precompute_reference(
-    model: torch.nn.Module, examples: list[DPOExample], pad_id: int, *, batch_size: int, average: bool
+    model: torch.nn.Module,
+    examples: list[DPOExample],
+    pad_id: int,
+    *,
+    batch_size: int,
+    average: bool,
+    indices: Sequence[int] | None = None,
 ) -> torch.Tensor:
-    """Reference log-probs (N, 2): column 0 chosen, column 1 rejected, under ``model`` as it is now."""
+    """Reference log-probs (N, 2): column 0 chosen, column 1 rejected, under ``model`` as it is now.
+
+    ``indices`` (ascending) limits the work to those examples; the other rows are NaN.
+    Batches are ``batch_size`` consecutive entries of ``indices`` (all examples when None).
+    """
+    todo = list(range(len(examples))) if indices is None else list(indices)
+    out = torch.full((len(examples), 2), float("nan"), dtype=torch.float32)
     was_training = model.training
     model.eval()
     device = next(model.parameters()).device
-    out = []
     try:
-        for i in range(0, len(examples), batch_size):
-            batch = {k: v.to(device) for k, v in collate_dpo(examples[i : i + batch_size], pad_id).items()}
+        for i in range(0, len(todo), batch_size):
+            rows = todo[i : i + batch_size]
+            batch = {k: v.to(device) for k, v in collate_dpo([examples[j] for j in rows], pad_id).items()}
             chosen, rejected = pair_logprobs(model, batch, average=average)
-            out.append(torch.stack([chosen, rejected], dim=-1).float().cpu())
+            out[rows] = torch.stack([chosen, rejected], dim=-1).float().cpu()
     finally:
         model.train(was_training)
-    return torch.cat(out)
+    return out
 
 
 def train_dpo(
@@ -163,11 +200,23 @@ def train_dpo(
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     examples = tokenize_dpo_rows(pairs, tokenizer, fmt=fmt, max_length=optim.max_length, truncate=optim.truncate_prompt)
     average = cfg.loss_type == "ipo" and cfg.ipo_length_normalize
-    ref = precompute_reference(ref_model or policy, examples, pad_id, batch_size=optim.batch_size, average=average)
+    lengths = [e.length for e in examples]
+    visited = visited_examples(lengths, optim, seed=seed)
+    ref = precompute_reference(
+        ref_model or policy, examples, pad_id, batch_size=optim.batch_size, average=average, indices=visited
+    )
+    computed = torch.zeros(len(examples), dtype=torch.bool)
+    computed[visited] = True
     if optim.lora.enabled:
         policy = apply_lora(policy, optim.lora, task_type="CAUSAL_LM")
 
     def collate(indices: list[int]) -> dict[str, torch.Tensor]:
+        if not bool(computed[indices].all()):  # visited_examples no longer matches the loop's schedule
+            missing = [examples[i].row_id for i in indices if not computed[i]]
+            raise TrainingError(
+                f"{STAGE}: no reference log-probs for pairs {missing[:3]}: the training loop's data order "
+                "differs from rlhf_core.dpo.trainer.visited_examples (a bug, please report it)"
+            )
         batch = collate_dpo([examples[i] for i in indices], pad_id)
         batch["ref_logps"] = ref[indices]  # (B, 2)
         return batch
@@ -186,7 +235,7 @@ def train_dpo(
         stage=STAGE,
         model=policy,
         optim=optim,
-        lengths=[e.length for e in examples],
+        lengths=lengths,
         collate=collate,
         units_of=lambda b: int(b["ref_logps"].shape[0]),
         loss_fn=loss_fn,

@@ -1,0 +1,235 @@
+"""`rlhf ui` and `rlhf deploy`: the servers and the deployments, from the command line.
+
+``register(app)`` adds both commands to the main `rlhf` app (flows/cli.py). Only
+typer is imported at module level: prefect and mlflow load inside the commands so
+``rlhf --help`` stays fast. ``python -m flows.cli_servers ...`` runs the two commands
+on their own (the end-to-end test uses it).
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+def _console(stderr: bool = False):
+    from rich.console import Console
+
+    return Console(stderr=stderr, highlight=False)
+
+
+class _Terminated(Exception):
+    """SIGTERM turned into an exception so `finally` blocks stop the servers."""
+
+
+def _raise_terminated(signum, frame):  # noqa: ARG001 - signal handler signature
+    raise _Terminated()
+
+
+def _install_stop_signals() -> dict:
+    """Ctrl-C and SIGTERM both stop the command cleanly; return the previous handlers.
+
+    SIGINT is set explicitly: a parent shell that started us in the background may have
+    left it ignored, and then Ctrl-C / `kill -INT` would do nothing.
+    """
+    return {
+        signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_terminated),
+        signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler),
+    }
+
+
+def _restore_signals(previous: dict) -> None:
+    for sig, handler in previous.items():
+        signal.signal(sig, handler)
+
+
+def _follow(path: Path, position: int) -> int:
+    """Echo what was appended to ``path`` since ``position``; return the new position."""
+    try:
+        with open(path, "rb") as fh:
+            fh.seek(position)
+            chunk = fh.read()
+    except OSError:
+        return position
+    if chunk:
+        sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+        sys.stdout.flush()
+    return position + len(chunk)
+
+
+def _block(procs, follow: Path | None = None) -> None:
+    """Wait until Ctrl-C / SIGTERM; raise ServerError (with its log tail) if a process dies."""
+    from flows.servers import ServerError
+
+    position = 0
+    while True:
+        for proc in procs:
+            if not proc.running():
+                raise ServerError(
+                    f"the {proc.name} ({proc.url}) stopped unexpectedly with code {proc.process.returncode}; "
+                    f"last lines of {proc.log_path}:\n{proc.log_tail()}"
+                )
+        if follow is not None:
+            position = _follow(follow, position)
+        time.sleep(0.5)
+
+
+def register(app: typer.Typer) -> None:
+    """Add the `ui` and `deploy` commands to ``app``."""
+
+    @app.command("ui")
+    def ui(
+        workspace: Annotated[
+            Path, typer.Option("--workspace", "-w", help="Workspace whose Prefect and MLflow stores to serve.")
+        ] = Path(".rlhf"),
+        prefect_port: Annotated[int, typer.Option(min=1, max=65535, help="Prefect server port.")] = 4200,
+        mlflow_port: Annotated[int, typer.Option(min=1, max=65535, help="MLflow server port.")] = 5000,
+        host: Annotated[
+            str,
+            typer.Option(help="Interface to listen on. Anything but loopback exposes unauthenticated UIs: see infra/README.md."),
+        ] = "127.0.0.1",
+        mlflow_allowed_hosts: Annotated[
+            Optional[str], typer.Option(help="MLflow --allowed-hosts (Host headers accepted) when not on loopback.")
+        ] = None,
+        timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for both servers to be healthy.")] = 180.0,
+    ) -> None:
+        """Start the Prefect server and the MLflow tracking server; stop both on Ctrl-C."""
+        from flows.servers import start_servers
+
+        console = _console()
+        if host not in LOOPBACK:
+            _console(stderr=True).print(
+                f"[yellow]warning:[/] listening on {host}: neither UI has authentication; "
+                "put a reverse proxy with auth in front (infra/README.md)"
+            )
+        console.print(f"starting the Prefect and MLflow servers for workspace [bold]{workspace.resolve()}[/] ...")
+        previous = _install_stop_signals()
+        try:
+            servers = start_servers(
+                workspace, prefect_port=prefect_port, mlflow_port=mlflow_port, host=host,
+                timeout=timeout, allowed_hosts=mlflow_allowed_hosts,
+            )  # fmt: skip
+        except (KeyboardInterrupt, _Terminated):  # start_servers already stopped what it started
+            _restore_signals(previous)
+            console.print("[yellow]interrupted while starting; stopped[/]")
+            return
+        try:
+            took = ", ".join(f"{name} {sec:.0f} s" for name, sec in servers.startup_seconds.items())
+            console.print(f"[green]both servers are healthy[/] ({took})")
+            console.print(f"  Prefect UI:  [bold]{servers.prefect_url}[/]")
+            console.print(f"  MLflow UI:   [bold]{servers.mlflow_url}[/]")
+            console.print("to use them from another shell:")
+            console.print(f"  export PREFECT_API_URL={servers.prefect_api_url}")
+            console.print(f"  rlhf deploy --workspace {workspace} --tracking-uri {servers.mlflow_url}")
+            console.print(f"  rlhf run --set tracking.tracking_uri={servers.mlflow_url}")
+            console.print(f"logs: {servers.prefect.log_path.parent}   (Ctrl-C to stop)")
+            _block([servers.prefect, servers.mlflow])
+        except (KeyboardInterrupt, _Terminated):
+            pass
+        finally:
+            console.print("stopping the servers ...")
+            servers.stop()
+            _restore_signals(previous)
+        console.print("[green]stopped[/]")
+
+    @app.command("deploy")
+    def deploy(
+        config: Annotated[
+            Optional[str],
+            typer.Option("--config", "-c", help="YAML config or preset name (smoke, demo, hh-rlhf): the deployments' default parameters."),
+        ] = None,
+        set_: Annotated[
+            Optional[list[str]], typer.Option("--set", "-s", help="Override a config key (repeatable).")
+        ] = None,
+        workspace: Annotated[
+            Optional[Path], typer.Option("--workspace", "-w", help="Workspace the scheduled runs write to (default: the config's).")
+        ] = None,
+        cron: Annotated[str, typer.Option(help="Default schedule, cron syntax in UTC ('' for none).")] = "0 3 * * *",
+        paused: Annotated[
+            bool, typer.Option("--paused/--active", help="Register the schedule paused (turn it on in the UI) or active.")
+        ] = True,
+        pool: Annotated[str, typer.Option(help="Prefect process work pool (created if missing).")] = "rlhf-process",
+        name: Annotated[Optional[str], typer.Option(help="Deployment name (default: the config's name).")] = None,
+        prefect_api_url: Annotated[
+            Optional[str], typer.Option(help="Prefect API (default: $PREFECT_API_URL or http://127.0.0.1:4200/api).")
+        ] = None,
+        tracking_uri: Annotated[
+            Optional[str], typer.Option(help="MLflow tracking URI for the runs, e.g. http://127.0.0.1:5000 (default: the config's).")
+        ] = None,
+        worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Start a worker and run until Ctrl-C.")] = True,
+    ) -> None:
+        """Register a deployment per flow (with a cron schedule) and start a worker for them."""
+        from flows.config import load_config
+        from flows.servers import preflight
+
+        from flows.deploy import absolutize_paths, check_cron, deploy_flows
+        from flows.servers import start_worker
+
+        cfg = load_config(config, set_ or [])
+        if workspace is not None:
+            cfg.workspace = workspace
+        # Absolute: the worker runs flows from the repository directory, not from here.
+        absolutize_paths(cfg, Path.cwd())
+        if tracking_uri:
+            cfg.tracking.tracking_uri = tracking_uri
+        api = prefect_api_url or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api"
+        if cron:
+            check_cron(cron)
+        preflight(cfg.tracking.tracking_uri, api)
+
+        console = _console()
+        deployed = deploy_flows(cfg, api, pool=pool, cron=cron or None, paused=paused, deployment_name=name)
+        state = "no schedule" if not cron else f"schedule '{cron}' (UTC), {'paused' if paused else 'active'}"
+        for d in deployed:
+            console.print(f"[green]deployed[/] {d.full_name} on pool '{pool}': {state}")
+            console.print(f"  {d.url}")
+        console.print(f"runs write to workspace {cfg.workspace}; tracking: {cfg.tracking.tracking_uri or 'the workspace sqlite store'}")
+        if not worker:
+            console.print(f"start a worker with: PREFECT_API_URL={api} prefect worker start --pool {pool}")
+            return
+        previous = _install_stop_signals()
+        proc = start_worker(pool, api, cfg.workspace)
+        console.print(f"worker started on pool '{pool}' (log: {proc.log_path}); Ctrl-C to stop")
+        try:
+            _block([proc], follow=proc.log_path)
+        except (KeyboardInterrupt, _Terminated):
+            pass
+        finally:
+            proc.stop()
+            _restore_signals(previous)
+        console.print("[green]worker stopped[/]")
+
+
+def main() -> None:
+    """`python -m flows.cli_servers`: the two commands alone, with the CLI's error handling."""
+    from rlhf_core.errors import UserError
+
+    app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
+    register(app)
+    try:
+        app(standalone_mode=False)
+    except UserError as exc:
+        for line in str(exc).splitlines() or [type(exc).__name__]:
+            _console(stderr=True).print(f"[bold red]error:[/] {line}", soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except Exception as exc:
+        import click
+
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, (click.exceptions.Exit, click.exceptions.Abort)):
+            sys.exit(getattr(exc, "exit_code", 1))
+        raise
+
+
+if __name__ == "__main__":
+    main()

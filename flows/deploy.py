@@ -1,0 +1,206 @@
+"""Register the pipeline's flows as Prefect deployments on a process work pool.
+
+Only deployments can be triggered and scheduled from the Prefect UI. Each flow defined
+in :data:`FLOW_MODULES` becomes one deployment named after the config
+(``rlhf-pipeline/rlhf-demo``), with:
+
+- the config as its default parameters (the UI shows them as a form and validates
+  edits against the pydantic schema before a run is created),
+- a cron schedule (UTC), paused by default so nothing runs until a user turns it on,
+- code pulled from this repository directory (``flow.from_source(<repo>, entrypoint)``):
+  a process worker on the same machine runs it with the same virtualenv.
+
+The list of flows is discovered, not hard-coded: every Prefect flow object defined in a
+module of :data:`FLOW_MODULES` is deployed, so new stage flows need no change here.
+Prefect is imported inside the functions (the CLI's ``--help`` path imports this module).
+"""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from flows.config import PipelineConfig
+from flows.servers import ServerError, check_reachable
+
+REPO_DIR = Path(__file__).resolve().parent.parent
+# Modules whose flows are deployed (import path, file path relative to the repo).
+FLOW_MODULES: tuple[tuple[str, str], ...] = (("flows.stages", "flows/stages.py"),)
+DEFAULT_POOL = "rlhf-process"
+DEFAULT_CRON = "0 3 * * *"  # 03:00 UTC daily: off-hours for a shared machine
+# What every flow run started by a worker should have, whatever the worker's shell had.
+RUN_ENV = {
+    "DO_NOT_TRACK": "1",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "GX_ANALYTICS_ENABLED": "false",
+    "TOKENIZERS_PARALLELISM": "false",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+}
+
+
+@dataclass(frozen=True)
+class FlowEntry:
+    """One deployable flow: its Prefect name and ``file.py:function`` entrypoint."""
+
+    flow_name: str
+    module: str
+    attr: str
+    entrypoint: str
+    parameters: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class DeployedFlow:
+    flow_name: str
+    deployment_name: str
+    deployment_id: str
+    url: str | None
+
+    @property
+    def full_name(self) -> str:
+        return f"{self.flow_name}/{self.deployment_name}"
+
+
+def discover_flows(modules: Sequence[tuple[str, str]] = FLOW_MODULES) -> list[FlowEntry]:
+    """Every Prefect flow object defined (not merely imported) in ``modules``."""
+    from prefect import Flow
+
+    entries = []
+    for module_name, rel_path in modules:
+        module = importlib.import_module(module_name)
+        for attr, obj in vars(module).items():
+            if isinstance(obj, Flow) and getattr(obj.fn, "__module__", None) == module_name:
+                params = tuple(inspect.signature(obj.fn).parameters)
+                entries.append(FlowEntry(obj.name, module_name, attr, f"{rel_path}:{attr}", params))
+    return entries
+
+
+def default_parameters(entry: FlowEntry, cfg: PipelineConfig) -> dict[str, Any]:
+    """The deployment's default parameters, filled from the pipeline config.
+
+    A parameter annotated ``PipelineConfig`` gets the whole config; one annotated with a
+    stage config type (``SFTConfig``, ...) gets that section; others keep the flow's default.
+    """
+    fn = getattr(importlib.import_module(entry.module), entry.attr).fn
+    hints = inspect.get_annotations(fn, eval_str=True)
+    sections = {type(getattr(cfg, name)): name for name in PipelineConfig.model_fields if hasattr(getattr(cfg, name), "model_dump")}
+    params: dict[str, Any] = {}
+    for name in entry.parameters:
+        hint = hints.get(name)
+        if hint is PipelineConfig:
+            params[name] = cfg.model_dump(mode="json")
+        elif hint in sections:
+            params[name] = getattr(cfg, sections[hint]).model_dump(mode="json")
+    return params
+
+
+def absolutize_paths(model: BaseModel, base: Path) -> None:
+    """Make every relative ``Path`` field (nested, or in a list) absolute against ``base``, in place.
+
+    A deployment's runs start in the worker's working directory, not where the user typed
+    `rlhf deploy`; resolving here keeps "data/demo/x.jsonl" meaning what the user meant.
+    """
+    for name in type(model).model_fields:
+        value = getattr(model, name)
+        if isinstance(value, BaseModel):
+            absolutize_paths(value, base)
+        elif isinstance(value, Path) and not value.is_absolute():
+            setattr(model, name, (base / value.expanduser()).resolve())
+        elif isinstance(value, list) and any(isinstance(v, Path) for v in value):
+            setattr(model, name, [(base / v.expanduser()).resolve() if isinstance(v, Path) and not v.is_absolute() else v for v in value])
+
+
+def _api_settings(prefect_api_url: str):
+    """Point this process's Prefect client at the server, whatever was imported before."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    return temporary_settings(updates={PREFECT_API_URL: prefect_api_url})
+
+
+def ensure_work_pool(name: str, prefect_api_url: str) -> bool:
+    """Create a process work pool called ``name`` unless it exists; True if created."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.actions import WorkPoolCreate
+    from prefect.exceptions import ObjectNotFound
+    from prefect.workers.process import ProcessWorker
+
+    with _api_settings(prefect_api_url), get_client(sync_client=True) as client:
+        try:
+            pool = client.read_work_pool(name)
+        except ObjectNotFound:
+            client.create_work_pool(
+                WorkPoolCreate(
+                    name=name,
+                    type="process",
+                    description="rlhf-pipeline: flow runs as local processes (created by `rlhf deploy`).",
+                    base_job_template=ProcessWorker.get_default_base_job_template(),
+                )
+            )
+            return True
+    if pool.type != "process":
+        raise ServerError(
+            f"work pool '{name}' at {prefect_api_url} has type '{pool.type}', not 'process'; "
+            "pass --pool with another name"
+        )
+    return False
+
+
+def deploy_flows(
+    cfg: PipelineConfig,
+    prefect_api_url: str,
+    *,
+    pool: str = DEFAULT_POOL,
+    cron: str | None = DEFAULT_CRON,
+    paused: bool = True,
+    deployment_name: str | None = None,
+    source_dir: Path = REPO_DIR,
+    env: Mapping[str, str] | None = None,
+    modules: Sequence[tuple[str, str]] = FLOW_MODULES,
+) -> list[DeployedFlow]:
+    """Create or update one deployment per discovered flow; return what was registered.
+
+    ``cfg.workspace`` should be absolute: the worker runs flows from ``source_dir``.
+    """
+    if cron is not None:
+        check_cron(cron)
+    check_reachable(prefect_api_url, name="Prefect API", kind="prefect")
+    ensure_work_pool(pool, prefect_api_url)
+    from prefect import Flow
+
+    name = deployment_name or cfg.name
+    deployed = []
+    with _api_settings(prefect_api_url):
+        for entry in discover_flows(modules):
+            remote: Flow = Flow.from_source(source=str(source_dir), entrypoint=entry.entrypoint)
+            deployment_id = remote.deploy(
+                name=name,
+                work_pool_name=pool,
+                cron=cron,
+                paused=paused,
+                parameters=default_parameters(entry, cfg),
+                job_variables={"env": {**RUN_ENV, **(env or {})}},
+                description=(remote.description or "").strip().splitlines()[0] if remote.description else None,
+                tags=["rlhf", cfg.name],
+                print_next_steps=False,
+                ignore_warnings=True,  # the "try .serve" hint: a worker is what lets the UI schedule runs
+            )
+            ui = prefect_api_url.removesuffix("/api")
+            deployed.append(DeployedFlow(entry.flow_name, name, str(deployment_id), f"{ui}/deployments/deployment/{deployment_id}"))
+    if not deployed:
+        raise ServerError(f"no Prefect flows found in {', '.join(p for _, p in modules)}: nothing to deploy")
+    return deployed
+
+
+def check_cron(cron: str) -> None:
+    from prefect.client.schemas.schedules import CronSchedule
+
+    try:
+        CronSchedule(cron=cron)
+    except ValueError as exc:
+        raise ServerError(f"--cron {cron!r} is not a valid cron expression (e.g. '0 3 * * *' = 03:00 daily)") from exc

@@ -1,0 +1,273 @@
+"""End to end, as a user lives with the product: real servers, a real worker, a real browser.
+
+1. `rlhf ui` starts the Prefect server and the MLflow server (free ports, a tmp workspace).
+2. `rlhf deploy --config smoke` registers the deployments (paused daily schedule) on a
+   process work pool and runs a worker.
+3. The smoke pipeline is triggered through the Prefect REST API exactly as the UI's
+   "Run > Quick run" does, and runs on the worker, tracking into the MLflow server.
+4. Headless Chromium opens the Prefect flow-run page and the MLflow run pages and checks
+   what a person would see there; screenshots go to $RLHF_E2E_SCREENSHOTS
+   (default <repo>/.rlhf/e2e-screenshots, not committed).
+
+The commands run as ``python -m flows.cli_servers ui|deploy`` (the same functions that
+`rlhf ui` / `rlhf deploy` call). Needs chromium + chromium-driver (infra/ensure-test-deps.sh).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from flows.servers import free_port
+from tests.conftest import MODEL_CACHE, REPO
+from tests.e2e.api import MlflowAPI, PrefectAPI, metrics_of, tags_of
+from tests.e2e.browser import chromium, click_link_to, click_text, links_to, row_text, screenshot, scroll_to_text, wait_for_texts
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
+
+SCREENSHOTS = Path(os.environ.get("RLHF_E2E_SCREENSHOTS", REPO / ".rlhf" / "e2e-screenshots"))
+POOL = "rlhf-e2e"
+CRON = "0 3 * * *"
+SERVER_TIMEOUT = 300.0  # two servers starting together on 2 shared cores: ~30-50 s measured
+RUN_TIMEOUT = 1200.0  # the smoke pipeline plus a cold Python process for the flow run
+STAGES = ("data", "sft", "reward")  # nested MLflow runs the smoke preset must produce
+
+
+class Command:
+    """A CLI command running in the background, its output in a file, stopped with Ctrl-C."""
+
+    def __init__(self, args: list[str], log: Path) -> None:
+        self.log = log
+        self._fh = open(log, "wb")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "flows.cli_servers", *args],
+            stdout=self._fh,
+            stderr=subprocess.STDOUT,
+            cwd=REPO,
+            start_new_session=True,
+        )
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")
+
+    def wait_for_output(self, text: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while text not in self.output():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"command exited with {self.proc.returncode} before printing {text!r}:\n{self.output()}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"command did not print {text!r} within {timeout:.0f} s:\n{self.output()}")
+            time.sleep(0.5)
+
+    def interrupt(self, timeout: float = 60.0) -> int:
+        """Ctrl-C, as a user stops it; return the exit code."""
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+            try:
+                self.proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+        self._fh.close()
+        return self.proc.returncode
+
+
+def _pids_in_session(sid: int) -> list[int]:
+    import psutil
+
+    found = []
+    for proc in psutil.process_iter(["pid", "status"]):
+        try:
+            if os.getsid(proc.pid) == sid and proc.info["status"] != psutil.STATUS_ZOMBIE:
+                found.append(proc.pid)
+        except (ProcessLookupError, PermissionError):
+            continue
+    return found
+
+
+@pytest.fixture(scope="module")
+def stack(tmp_path_factory):
+    """Both servers via `ui`, the deployments + a worker via `deploy`; everything stopped after."""
+    ws = tmp_path_factory.mktemp("e2e-workspace")
+    prefect_port, mlflow_port = free_port(), free_port()
+    prefect_url, mlflow_url = f"http://127.0.0.1:{prefect_port}", f"http://127.0.0.1:{mlflow_port}"
+    started = time.monotonic()
+    ui = Command(
+        ["ui", "--workspace", str(ws), "--prefect-port", str(prefect_port), "--mlflow-port", str(mlflow_port),
+         "--timeout", str(SERVER_TIMEOUT)],
+        ws / "ui.out",
+    )  # fmt: skip
+    deploy = None
+    try:
+        ui.wait_for_output("both servers are healthy", SERVER_TIMEOUT + 30)
+        server_seconds = time.monotonic() - started
+        deploy = Command(
+            ["deploy", "--config", "smoke", "--workspace", str(ws), "--set", f"model.cache_dir={MODEL_CACHE}",
+             "--prefect-api-url", f"{prefect_url}/api", "--tracking-uri", mlflow_url, "--pool", POOL,
+             "--cron", CRON, "--paused"],
+            ws / "deploy.out",
+        )  # fmt: skip
+        deploy.wait_for_output("worker started", 180)
+        prefect = PrefectAPI(f"{prefect_url}/api")
+        deadline = time.monotonic() + 120
+        while not prefect.online_workers(POOL):
+            assert time.monotonic() < deadline, f"no worker came online in pool {POOL}:\n{deploy.output()}"
+            time.sleep(1)
+        yield {
+            "ws": ws, "prefect_url": prefect_url, "mlflow_url": mlflow_url, "prefect": prefect,
+            "mlflow": MlflowAPI(mlflow_url), "deploy": deploy, "ui": ui, "server_seconds": server_seconds,
+        }  # fmt: skip
+    finally:
+        sessions = [c.proc.pid for c in (deploy, ui) if c is not None]
+        children = {sid: _pids_in_session(sid) for sid in sessions}
+        worker_rc = deploy.interrupt() if deploy else 0
+        ui_rc = ui.interrupt()
+        time.sleep(1)
+        import psutil
+
+        # The servers and the worker each run in their own session: check every pid we saw.
+        leftover = [p for pids in children.values() for p in pids if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE]
+        assert ui_rc == 0 and "stopped" in ui.output(), f"`ui` did not stop cleanly ({ui_rc}):\n{ui.output()}"
+        assert worker_rc == 0, f"`deploy` did not stop cleanly ({worker_rc}):\n{deploy.output() if deploy else ''}"
+        assert not leftover, f"processes left running after Ctrl-C: {leftover}"
+
+
+@pytest.fixture(scope="module")
+def deployment(stack):
+    return stack["prefect"].deployment("rlhf-pipeline", "rlhf-smoke")
+
+
+@pytest.fixture(scope="module")
+def flow_run(stack, deployment):
+    """Trigger the smoke pipeline like the UI's Quick run; wait until it ends (any final state)."""
+    prefect: PrefectAPI = stack["prefect"]
+    created = prefect.run_deployment(deployment["id"])
+    started = time.monotonic()
+    run = prefect.wait_for_terminal(created["id"], RUN_TIMEOUT)
+    run["_seconds"] = time.monotonic() - started
+    return run
+
+
+@pytest.fixture(scope="module")
+def browser(tmp_path_factory):
+    with chromium(tmp_path_factory.mktemp("chromium-profile")) as driver:
+        yield driver
+
+
+def test_deployment_has_paused_daily_schedule_on_process_pool(stack, deployment):
+    assert deployment["work_pool_name"] == POOL
+    assert deployment["paused"] is True
+    assert [s["schedule"].get("cron") for s in deployment["schedules"]] == [CRON]
+    config = deployment["parameters"]["config"]
+    assert config["name"] == "rlhf-smoke"
+    assert Path(config["workspace"]) == stack["ws"].resolve()
+    assert config["tracking"]["tracking_uri"] == stack["mlflow_url"]
+    # The UI renders a form from this schema and rejects bad values before a run is created.
+    assert deployment["enforce_parameter_schema"] is True
+    assert "config" in deployment["parameter_openapi_schema"]["properties"]
+
+
+def test_smoke_pipeline_completes_on_the_worker(stack, flow_run):
+    prefect: PrefectAPI = stack["prefect"]
+    assert flow_run["state_type"] == "COMPLETED", (
+        f"flow run {flow_run['name']} ended {flow_run['state_type']}: {flow_run['state']['message']}\n"
+        f"--- flow-run logs ---\n{prefect.logs(flow_run['id'])[-6000:]}\n--- worker ---\n{stack['deploy'].output()[-3000:]}"
+    )
+    print(f"\nflow run {flow_run['name']}: {flow_run['state_type']} in {flow_run['_seconds']:.0f} s "
+          f"(servers healthy after {stack['server_seconds']:.0f} s)")  # fmt: skip
+
+
+def test_prefect_ui_shows_the_completed_run_and_its_stages(stack, flow_run, browser):
+    prefect: PrefectAPI = stack["prefect"]
+    stages = prefect.subflow_runs(flow_run["id"])  # flow name -> subflow run
+    browser.get(f"{stack['prefect_url']}/runs/flow-run/{flow_run['id']}")
+    try:
+        body = wait_for_texts(browser, [flow_run["name"], "rlhf-pipeline", "rlhf-smoke", POOL], timeout=90)
+        # The run's own state badge is the first state word after its name in the header
+        # (task and subflow rows further down carry their own states).
+        header = body.split(flow_run["name"], 1)[1]
+        shown = re.search(r"\b(Completed|Failed|Crashed|Cancelled|Running|Pending|Scheduled|Late)\b", header)
+        assert shown and shown.group(1) == "Completed", f"the flow-run page shows {shown and shown.group(1)!r}"
+    finally:
+        screenshot(browser, SCREENSHOTS / "prefect-flow-run.png")
+    assert set(STAGES) <= set(stages), f"subflow runs {sorted(stages)} lack a stage of {STAGES}"
+    click_text(browser, "Subflow Runs")
+    try:
+        body = wait_for_texts(browser, [f"{len(stages)} Flow runs", *(run["name"] for run in stages.values())], timeout=60)
+    finally:
+        screenshot(browser, SCREENSHOTS / "prefect-flow-run-stages.png")
+    for flow_name, run in stages.items():  # each stage's row shows its own state badge
+        row = row_text(browser, run["name"], row_marker="Task run")
+        assert "Completed" in row, f"the {flow_name} subflow row shows: {row!r}"
+
+
+def test_mlflow_ui_shows_nested_stage_runs_and_agreement(stack, flow_run, browser):
+    assert flow_run["state_type"] == "COMPLETED", "the pipeline run did not complete (see the test above)"
+    runs = stack["mlflow"].runs_tagged("prefect.flow_run_id", flow_run["id"])
+    parents = [r for r in runs if "mlflow.parentRunId" not in tags_of(r)]
+    assert len(parents) == 1, f"expected one parent MLflow run for the flow run, got {len(parents)}"
+    parent = parents[0]
+    children = [r for r in runs if tags_of(r).get("mlflow.parentRunId") == parent["info"]["run_id"]]
+    stage_names = {r["info"]["run_name"]: r for r in children}
+    assert set(STAGES) <= set(stage_names), f"nested runs {sorted(stage_names)} lack a stage of {STAGES}"
+    agreement = metrics_of(stage_names["reward"])["rm/agreement_majority"]
+    assert 0.0 <= agreement <= 1.0
+    exp = parent["info"]["experiment_id"]
+    mlflow_url = stack["mlflow_url"]
+
+    # The parent run's page: finished, with its stage runs listed as child runs.
+    browser.get(f"{mlflow_url}/#/experiments/{exp}/runs/{parent['info']['run_id']}")
+    try:
+        wait_for_texts(browser, [parent["info"]["run_name"], "Finished", "Child runs"], timeout=90)
+    finally:
+        screenshot(browser, SCREENSHOTS / "mlflow-parent-run.png")
+    for stage in STAGES:  # each stage is a link to its own nested run
+        links = links_to(browser, stage_names[stage]["info"]["run_id"])
+        assert stage in links, f"parent run page has no '{stage}' link to its nested run (links: {links})"
+
+    # Click through to the reward stage, as a person would, and read the agreement metric.
+    click_link_to(browser, stage_names["reward"]["info"]["run_id"])
+    try:
+        body = wait_for_texts(browser, ["rm/agreement_majority", "Parent run", parent["info"]["run_name"]], timeout=60)
+        scroll_to_text(browser, "rm/agreement_majority")
+    finally:
+        screenshot(browser, SCREENSHOTS / "mlflow-reward-run.png")
+    assert stage_names["reward"]["info"]["run_id"] in browser.current_url
+    shown = body.split("rm/agreement_majority", 1)[1].split()[0]
+    assert math.isclose(float(shown), agreement, rel_tol=1e-3, abs_tol=1e-3), (shown, agreement)
+
+    # The experiment's run list: the parent with its nested runs counted.
+    browser.get(f"{mlflow_url}/#/experiments/{exp}/runs")
+    try:
+        wait_for_texts(browser, [parent["info"]["run_name"], f"{1 + len(children)} matching runs"], timeout=90)
+    finally:
+        screenshot(browser, SCREENSHOTS / "mlflow-experiment-runs.png")
+
+
+
+def test_prefect_yaml_deploys_the_same_flows_with_prefect_deploy(stack):
+    """infra/prefect.yaml is the declarative route: `prefect deploy` registers it as documented."""
+    env = {**os.environ, "PREFECT_API_URL": f"{stack['prefect_url']}/api"}
+    env.pop("PREFECT_HOME", None)
+    run = lambda *args: subprocess.run([sys.executable, "-m", "prefect", *args], cwd=REPO, env=env,  # noqa: E731
+                                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    created = run("work-pool", "create", "rlhf-process", "--type", "process")
+    assert created.returncode == 0, created.stdout + created.stderr
+    deployed = run("--no-prompt", "deploy", "--all", "--prefect-file", "infra/prefect.yaml")
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    demo = stack["prefect"].deployment("rlhf-pipeline", "rlhf-demo")
+    assert demo["work_pool_name"] == "rlhf-process"
+    assert [(s["schedule"]["cron"], s["active"]) for s in demo["schedules"]] == [(CRON, False)]
+    assert demo["parameters"]["config"]["name"] == "rlhf-demo"
+    assert demo["entrypoint"] == "flows/stages.py:rlhf_pipeline"
+    # The default pull step: run from the repository root, where the flows and data live.
+    steps = [step.get("prefect.deployments.steps.set_working_directory", {}) for step in demo["pull_steps"]]
+    assert any(Path(s.get("directory", "")) == REPO for s in steps), demo["pull_steps"]
