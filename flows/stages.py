@@ -45,9 +45,14 @@ def _context(config: PipelineConfig, run_dir: str) -> StageContext:
     """Open (or, when the run directory has one, reuse) the pipeline's MLflow parent run."""
     ws = workspace_from(config.workspace)
     run = RunDir(Path(run_dir))
+    prefect_id = str(flow_run.get_id() or "")
+    if not config.tracking.enabled:
+        return StageContext(
+            run_dir=str(run.path), parent_run_id="", experiment_id="", tracking_uri="",
+            prefect_flow_run_id=prefect_id, register_models=False, tracking_enabled=False,
+        )
     tracking_uri = config.tracking.tracking_uri or ws.mlflow_uri
     experiment_id = tracking.configure(tracking_uri, ws.mlflow_artifacts, config.tracking.experiment or config.name)
-    prefect_id = str(flow_run.get_id() or "")
     state_file = run.path / PIPELINE_STATE
     if state_file.is_file():
         parent_id = json.loads(state_file.read_text())["mlflow_run_id"]
@@ -160,17 +165,20 @@ def rlhf_pipeline(config: PipelineConfig, resume_run: str | None = None) -> dict
         if config.eval.enabled and config.sft.enabled and config.reward.enabled:
             result = eval_flow(config, str(run.path), ctx)
             outputs["evaluation"] = result["comparison_md"]
-        tracking.MlflowTracker(ctx.parent_run_id).log_metrics(
-            {"pipeline/wall_seconds": time.perf_counter() - started}, step=0
-        )
+        if ctx.tracking_enabled:
+            tracking.MlflowTracker(ctx.parent_run_id).log_metrics(
+                {"pipeline/wall_seconds": time.perf_counter() - started}, step=0
+            )
     except BaseException:
-        tracking.end_run(ctx.parent_run_id, "FAILED")
+        if ctx.tracking_enabled:
+            tracking.end_run(ctx.parent_run_id, "FAILED")
         raise
-    tracking.end_run(ctx.parent_run_id, "FINISHED")
+    if ctx.tracking_enabled:
+        tracking.end_run(ctx.parent_run_id, "FINISHED")
     return {
         "run_dir": str(run.path),
         "outputs": outputs,
-        "mlflow_run_id": ctx.parent_run_id,
+        "mlflow_run_id": ctx.parent_run_id or None,
         "experiment_id": ctx.experiment_id,
         "tracking_uri": ctx.tracking_uri,
     }

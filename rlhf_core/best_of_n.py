@@ -32,7 +32,7 @@ from rlhf_core.losses import masked_sum
 from rlhf_core.ppo.kl import kl_estimate, reference_context
 from rlhf_core.ppo.rollout import left_pad, policy_logprobs, rollout
 from rlhf_core.ppo.score import RewardFn, reward_scores, tokenizers_match
-from rlhf_core.ppo.trainer import _eos_ids, prepare_prompts
+from rlhf_core.ppo.trainer import eos_token_ids, prepare_prompts
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -174,7 +174,7 @@ def sample_responses(
     if temperature <= 0:
         raise ConfigError(f"temperature must be > 0 for sampling, got {temperature}")
     device = _device(policy)
-    eos_ids = _eos_ids(tokenizer, policy)
+    eos_ids = eos_token_ids(tokenizer, policy)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
     rows = [list(ids) for ids in prompt_ids for _ in range(n)]  # prompt-major repeats
     texts: list[str] = []

@@ -215,7 +215,8 @@ def bradley_terry_loss(
     reward to 0 (TRL's ``center_rewards_coefficient``, Eisenstein et al. 2023) so the
     reward's offset, which the pairwise loss leaves free, does not drift.
 
-    Computed in fp32 whatever the reward dtype. Stats: ``rm/loss``, ``rm/accuracy`` (ties
+    Half-precision rewards (bf16/fp16) are upcast to fp32; fp32 and fp64 stay as they are (the
+    loss has the rewards' promoted dtype, at least fp32). Stats: ``rm/loss``, ``rm/accuracy`` (ties
     count half), ``rm/margin`` (mean r_c - r_r), ``rm/chosen_reward``, ``rm/rejected_reward``,
     ``rm/center_penalty`` (mean (r_c + r_r)^2, logged whatever ``center_coef`` is).
     """
@@ -226,10 +227,13 @@ def bradley_terry_loss(
         )
     if margin is not None and margin.shape != chosen_rewards.shape:
         raise ValueError(f"bradley_terry_loss: margin {tuple(margin.shape)} does not match rewards {tuple(chosen_rewards.shape)}")
-    r_c = chosen_rewards.float()  # (B,)
-    r_r = rejected_rewards.float()  # (B,)
+    dtype = torch.promote_types(chosen_rewards.dtype, rejected_rewards.dtype)
+    if dtype not in (torch.float32, torch.float64):  # bf16/fp16: a half-precision log-sigmoid is too coarse
+        dtype = torch.float32
+    r_c = chosen_rewards.to(dtype)  # (B,)
+    r_r = rejected_rewards.to(dtype)  # (B,)
     diff = r_c - r_r  # (B,)
-    logits = diff if margin is None else diff - margin.float()
+    logits = diff if margin is None else diff - margin.to(dtype)
     bt = -F.logsigmoid(logits).mean()
     center = ((r_c + r_r) ** 2).mean()
     loss = bt + center_coef * center if center_coef else bt

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,32 +27,46 @@ class StageContext:
     tracking_uri: str
     prefect_flow_run_id: str = ""
     register_models: bool = True
+    tracking_enabled: bool = True
 
     @property
     def run(self) -> RunDir:
         return RunDir(Path(self.run_dir))
 
     def stage_run(self, stage: str):
-        """A nested MLflow run for one stage, tagged with the Prefect flow-run id."""
+        """A nested MLflow run for one stage, tagged with the Prefect flow-run id (a null one when tracking is off)."""
+        if not self.tracking_enabled:
+            return nullcontext(tracking.NullStageTracker())
         return tracking.stage_run(
             self.parent_run_id, self.experiment_id, stage, tags={"prefect.flow_run_id": self.prefect_flow_run_id}
         )
 
     def mlflow_run_link(self, run_id: str) -> str:
         """A link to an MLflow run for a person: the UI URL with a server, else the run id."""
+        if not self.tracking_enabled:
+            return "tracking off"
         return tracking.run_link(self.tracking_uri, self.experiment_id, run_id)
 
     def register(self, tracker: tracking.MlflowTracker, model_dir: Path, kind: str) -> None:
         """Log a stage's HF-format model and register it as `rlhf-<kind>` with the `candidate` alias."""
-        if self.register_models:
+        if self.register_models and self.tracking_enabled:
             from tasks.registry import register_candidate
 
             register_candidate(tracker, model_dir, f"rlhf-{kind}")
+
+    def publish_markdown(self, key: str, markdown: str, description: str) -> None:
+        """A Markdown artifact on the Prefect run page (skipped when called outside a Prefect run)."""
+        from prefect.artifacts import create_markdown_artifact
+
+        if _in_prefect_run():
+            create_markdown_artifact(markdown, key=key, description=description)
 
     def publish_agreement(self, metrics: dict[str, float], n_pairs: int) -> None:
         """The reward-model agreement table on the Prefect flow-run page."""
         from prefect.artifacts import create_table_artifact
 
+        if not _in_prefect_run():
+            return
         rows = [
             {"metric": name, "value": round(value, 4)}
             for name, value in metrics.items()
@@ -62,3 +77,9 @@ class StageContext:
             description=f"Reward-model agreement on {n_pairs} held-out pairs, beside the annotators' own ceiling "
             f"(MLflow: {self.mlflow_run_link(self.parent_run_id)})",
         )
+
+
+def _in_prefect_run() -> bool:
+    from prefect.context import FlowRunContext, TaskRunContext
+
+    return TaskRunContext.get() is not None or FlowRunContext.get() is not None

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import warnings
 from pathlib import Path
 
 from prefect import task
@@ -42,9 +41,7 @@ def prepare_data(
     data_cfg: DataConfig, model_cfg: ModelConfig, model_cache: str, run_dir: str, ctx: StageContext
 ) -> dict[str, str]:
     """Run the data stage into `<run>/data/`; return the curated file paths and the report path."""
-    import mlflow.data
     import pandas as pd
-    from prefect.artifacts import create_markdown_artifact
 
     from data_checks.stage import run_data_stage
     from rlhf_core.models import load_tokenizer
@@ -59,22 +56,12 @@ def prepare_data(
         tracker.log_metrics(data_metrics(report), step=0)
         for name in CURATED_FILES:
             path = out_dir / f"{name}.parquet"
-            frame = pd.read_parquet(path)
-            with warnings.catch_warnings():  # MLflow registers the local source class twice
-                warnings.simplefilter("ignore", UserWarning)
-                dataset = mlflow.data.from_pandas(frame, source=str(path), name=name)
-            tracker.client.log_inputs(tracker.run_id, datasets=[_dataset_input(dataset, name)])
+            tracker.log_dataset(pd.read_parquet(path), path, name)
         tracker.log_artifact(out_dir, "data")
-        create_markdown_artifact(
-            result.to_markdown() + f"\n\nMLflow: {ctx.mlflow_run_link(tracker.run_id)}",
-            key="data-report", description="Rows in / kept / dropped per reason, dedup, coverage",
+        ctx.publish_markdown(
+            "data-report", result.to_markdown() + f"\n\nMLflow: {ctx.mlflow_run_link(tracker.run_id)}",
+            "Rows in / kept / dropped per reason, dedup, coverage",
         )
     outputs = {name: str(out_dir / f"{name}.parquet") for name in CURATED_FILES}
     outputs["report"] = str(out_dir / "report.json")
     return run.record_outputs("data", outputs)
-
-
-def _dataset_input(dataset, context: str):
-    from mlflow.entities import DatasetInput, InputTag
-
-    return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context)])

@@ -257,8 +257,6 @@ def _log_samples_table(tracker: Tracker, rows: list[dict[str, Any]]) -> None:
 def evaluate_stage(cfg: Any, run_dir: str, ctx: StageContext) -> dict[str, str]:
     """The pipeline's evaluation stage: SFT vs PPO (and DPO) vs best-of-N on the held-out prompts,
     then the registry decision for the PPO policy and a summary on the Prefect run page."""
-    from prefect.artifacts import create_markdown_artifact
-
     run = ctx.run
     data, sft, reward = run.require("data"), run.require("sft"), run.require("reward")
     policy_dirs = {name: run.require(name)["model_dir"] for name in ("ppo", "dpo") if run.outputs(name)}
@@ -270,10 +268,11 @@ def evaluate_stage(cfg: Any, run_dir: str, ctx: StageContext) -> dict[str, str]:
         )
         decision = _promotion(cfg, ctx, tracker, policy_dirs.get("ppo"), result["metrics"])
         summary = Path(result["comparison_md"]).read_text(encoding="utf-8")
-        create_markdown_artifact(
+        ctx.publish_markdown(
+            "evaluation",
             f"# Evaluation\n\n{summary}\n\nRegistry: {decision}\n\n"
             f"MLflow: eval run {ctx.mlflow_run_link(tracker.run_id)}; pipeline run {ctx.mlflow_run_link(ctx.parent_run_id)}",
-            key="evaluation", description="PPO / DPO / best-of-N vs SFT on held-out prompts (gold scorer, reward model, KL)",
+            "PPO / DPO / best-of-N vs SFT on held-out prompts (gold scorer, reward model, KL)",
         )
     outputs = {k: result[k] for k in ("eval_json", "comparison_md", "samples", "plot")}
     return run.record_outputs("eval", outputs)
@@ -281,8 +280,8 @@ def evaluate_stage(cfg: Any, run_dir: str, ctx: StageContext) -> dict[str, str]:
 
 def _promotion(cfg: Any, ctx: StageContext, tracker: Any, ppo_dir: str | None, metrics: dict[str, float]) -> str:
     """Move the `champion` alias of rlhf-policy only when the evaluation says the new policy is better."""
-    if not (ppo_dir and cfg.registry.enabled):
-        return "no PPO policy registered in this run"
+    if not (ppo_dir and cfg.registry.enabled and ctx.tracking_enabled):
+        return "no PPO policy registered in this run (registry or tracking off)"
     from tasks.registry import find_version, promote_if_better
 
     version = find_version(tracker.client, "rlhf-policy", ppo_dir)

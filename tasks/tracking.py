@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from rlhf_core.tracking import flatten_params
+from rlhf_core.tracking import NullTracker, flatten_params
 
 # Keep MLflow quiet and local: no telemetry, no progress bars in logs.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -74,6 +74,35 @@ class MlflowTracker:
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
+
+    def log_dataset(self, frame: Any, path: Path, name: str) -> None:
+        """Record a dataset a stage used as an MLflow run input (with its digest)."""
+        import warnings
+
+        import mlflow.data
+        from mlflow.entities import DatasetInput, InputTag
+
+        with warnings.catch_warnings():  # MLflow registers the local source class twice
+            warnings.simplefilter("ignore", UserWarning)
+            dataset = mlflow.data.from_pandas(frame, source=str(path), name=name)
+        # what mlflow.log_input does, bound to this run instead of the thread's active run
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", name)])
+        self.client.log_inputs(self.run_id, datasets=[entity])
+
+
+class NullStageTracker(NullTracker):
+    """What a stage logs to when tracking is off (`tracking.enabled: false`)."""
+
+    run_id = None
+
+    def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        return None
+
+    def set_tags(self, tags: Mapping[str, Any]) -> None:
+        return None
+
+    def log_dataset(self, frame: Any, path: Path, name: str) -> None:
+        return None
 
 
 def configure(tracking_uri: str, artifact_root: Path, experiment: str) -> str:

@@ -161,7 +161,8 @@ def _same(a: dict, b: dict, name: str) -> bool:
 
 
 def test_each_duplicate_group_keeps_exactly_one_row(curated):
-    """A planted copy and its source never both survive, and never both go as duplicates."""
+    """The row a dropped copy is said to duplicate is itself kept by dedup (never both go as
+    duplicates; that never both survive is the previous test)."""
     _, _, _, dropped, planted = curated
     for name in INPUTS:
         by_id = _by_id(dropped, name)

@@ -9,7 +9,7 @@ import torch
 
 from rlhf_core.dpo.config import DPOConfig
 from rlhf_core.dpo.loss import dpo_loss, sequence_logprobs
-from rlhf_core.dpo.trainer import train_dpo
+from rlhf_core.dpo.trainer import precompute_reference, tokenize_dpo_rows, train_dpo, visited_examples
 from rlhf_core.errors import DataError
 from rlhf_core.losses import IGNORE_INDEX
 from rlhf_core.tracking import InMemoryTracker
@@ -115,3 +115,115 @@ def test_train_dpo_rejects_degenerate_pairs(tmp_path):
     with pytest.raises(DataError, match="row q7: prompt\\+response has"):
         train_dpo(cfg, tiny_llama(tok), tok, [{"id": "q7", "prompt": "a" * 30, "chosen": "b", "rejected": "c"}],
                   output_dir=tmp_path)
+
+
+# ----------------------------------------------------------------------------- reference precompute
+def varied_pairs(n: int) -> list[dict[str, str]]:
+    """``n`` distinct pairs of varied lengths (so length bucketing reorders them)."""
+    return [
+        {"id": f"v{i}", "prompt": f"q{i} " + "abc"[i % 3] * (i % 7), "chosen": "yes" + "!" * (i % 4), "rejected": "no"}
+        for i in range(n)
+    ]
+
+
+def test_reference_precomputed_only_for_batches_the_loop_visits(tmp_path):
+    from tests.test_ppo_loop import char_tokenizer, tiny_llama
+
+    tok = char_tokenizer()
+    pairs = varied_pairs(40)
+    examples = tokenize_dpo_rows(pairs, tok, fmt="plain", max_length=64)
+    index_of = {tuple(e.chosen_ids): i for i, e in enumerate(examples)}
+    assert len(index_of) == 40
+    policy = tiny_llama(tok)
+    seen: dict[bool, list[list[int]]] = {True: [], False: []}  # module.training -> pair indices per forward
+
+    def record(module, args, kwargs):  # every forward, in the test only: chosen rows are the first half
+        ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+        chosen = [tuple(row[m.bool()].tolist()) for row, m in zip(ids[: len(ids) // 2], mask[: len(ids) // 2])]
+        seen[module.training].append([index_of[c] for c in chosen])
+
+    handle = policy.register_forward_pre_hook(record, with_kwargs=True)
+    optim = OptimConfig(learning_rate=1e-3, max_steps=3, batch_size=2, grad_accum_steps=2, max_length=64)
+    train_dpo(DPOConfig(prompt_format="plain", optim=optim), policy, tok, pairs, output_dir=tmp_path, seed=0)
+    handle.remove()
+
+    trained = {i for batch in seen[True] for i in batch}  # what the loop actually visited
+    referenced = [i for batch in seen[False] for i in batch]
+    assert len(seen[True]) == 3 * 2 and len(trained) == 3 * 4  # 3 steps x 2 micro-batches, within epoch 0
+    assert trained <= set(referenced) and len(referenced) == len(set(referenced))  # each pair once
+    # the forwards are the full pass's index-order batches of 2 that hold a visited pair, and no others
+    batches = sorted({i // optim.batch_size for i in trained})
+    assert seen[False] == [[2 * b, 2 * b + 1] for b in batches]
+    assert len(referenced) <= 2 * len(trained) < len(examples)
+    assert visited_examples([e.length for e in examples], optim, seed=0) == sorted(trained)
+
+
+@pytest.mark.parametrize("average", [False, True])
+def test_partial_reference_is_bitwise_the_full_pass(average):
+    from tests.test_ppo_loop import char_tokenizer, tiny_llama
+
+    tok = char_tokenizer()
+    model = tiny_llama(tok)
+    examples = tokenize_dpo_rows(varied_pairs(30), tok, fmt="plain", max_length=64)
+    pad = tok.pad_token_id
+    full = precompute_reference(model, examples, pad, batch_size=4, average=average)
+    part = precompute_reference(model, examples, pad, batch_size=4, average=average, indices=[3, 4, 17, 29])
+    done = ~part[:, 0].isnan()
+    assert done.tolist() == [i < 8 or 16 <= i < 20 or i >= 28 for i in range(30)]  # batches 0, 1, 4, 7 of 4
+    assert torch.equal(part[done], full[done]) and not full.isnan().any()
+    # once the steps cover an epoch, every pair is visited
+    lengths = [e.length for e in examples]
+    eight = visited_examples(lengths, OptimConfig(max_steps=8, batch_size=2, grad_accum_steps=2), seed=0)
+    assert eight == list(range(30))
+    seven = visited_examples(lengths, OptimConfig(max_steps=7, batch_size=2, grad_accum_steps=2), seed=0)
+    assert len(seven) in (26, 28)  # all step batches of 4 but one (a full one or the short one of 2)
+
+
+class CrashAt:
+    """A tracker that dies at a given step, as a killed process would (after earlier checkpoints)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def log_metrics(self, metrics, step):
+        if step == self.step:
+            raise KeyboardInterrupt(f"simulated kill at step {step}")
+
+    def log_artifact(self, path):
+        pass
+
+    def log_params(self, params):
+        pass
+
+
+def test_dpo_partial_reference_trains_and_resumes_bitwise_like_the_full_precompute(tmp_path, monkeypatch):
+    from rlhf_core.dpo import trainer
+    from tests.test_ppo_loop import char_tokenizer, tiny_llama
+
+    tok = char_tokenizer()
+    pairs = varied_pairs(24)  # 6 steps per epoch: 4 steps visit 16 pairs
+    cfg = DPOConfig(
+        prompt_format="plain", beta=0.5,
+        optim=OptimConfig(learning_rate=3e-3, max_steps=4, batch_size=2, grad_accum_steps=2, max_length=64,
+                          warmup_steps=1, checkpoint_every=2),
+    )
+    straight = tiny_llama(tok)
+    reference = train_dpo(cfg, straight, tok, pairs, output_dir=tmp_path / "a", seed=3)
+
+    with pytest.raises(KeyboardInterrupt):
+        train_dpo(cfg, tiny_llama(tok), tok, pairs, output_dir=tmp_path / "b", tracker=CrashAt(3), seed=3)
+    resumed_model = tiny_llama(tok)  # the same starting model: steps 3-4's reference values come from it
+    resumed = train_dpo(cfg, resumed_model, tok, pairs, output_dir=tmp_path / "b", seed=3)
+    assert resumed.resumed_from_step == 2 and resumed.steps == 4
+
+    with monkeypatch.context() as m:  # the previous behaviour: reference log-probs for every pair
+        m.setattr(trainer, "visited_examples", lambda lengths, optim, seed: list(range(len(lengths))))
+        everything = tiny_llama(tok)
+        full = train_dpo(cfg, everything, tok, pairs, output_dir=tmp_path / "c", seed=3)
+
+    for run in (resumed, full):
+        assert [h["dpo/loss"] for h in run.history] == [h["dpo/loss"] for h in reference.history]
+    for name, value in straight.state_dict().items():
+        assert torch.equal(resumed_model.state_dict()[name], value), name
+        assert torch.equal(everything.state_dict()[name], value), name
+    assert not torch.equal(tiny_llama(tok).state_dict()["lm_head.weight"], straight.state_dict()["lm_head.weight"])

@@ -295,8 +295,9 @@ def test_bradley_terry_vs_reference_with_gradient(seed: int) -> None:
     coef = rng.choice([0.0, 0.01, 0.5])
     loss, stats = bradley_terry_loss(rc, rr, margin=margin, center_coef=coef)
     expect = ref_bt(rc.tolist(), rr.tolist(), None if margin is None else margin.tolist(), coef)
-    assert loss.item() == pytest.approx(expect, abs=1e-6)  # fp32 inside
-    assert stats["rm/loss"] == pytest.approx(expect, abs=1e-6)
+    assert loss.dtype == torch.float64  # fp64 rewards are not rounded to fp32
+    assert loss.item() == pytest.approx(expect, abs=1e-12)
+    assert stats["rm/loss"] == pytest.approx(expect, abs=1e-12)
     c, r = rc.tolist(), rr.tolist()
     assert stats["rm/accuracy"] == pytest.approx(sum(ci > ri for ci, ri in zip(c, r)) / B)
     assert stats["rm/margin"] == pytest.approx(sum(ci - ri for ci, ri in zip(c, r)) / B, abs=1e-6)
@@ -309,6 +310,34 @@ def test_bradley_terry_vs_reference_with_gradient(seed: int) -> None:
     rgc, rgr = torch.autograd.grad(ref, (rc, rr))
     torch.testing.assert_close(gc, rgc, atol=1e-6, rtol=1e-5)
     torch.testing.assert_close(gr, rgr, atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("dtype", "computed_in"),
+    [(torch.bfloat16, torch.float32), (torch.float16, torch.float32), (torch.float32, torch.float32),
+     (torch.float64, torch.float64)],
+)
+def test_bradley_terry_upcasts_only_half_precision(dtype, computed_in) -> None:
+    rc = torch.tensor([0.5, -1.25, 2.0], dtype=dtype, requires_grad=True)
+    rr = torch.tensor([0.25, 0.5, -0.75], dtype=dtype, requires_grad=True)
+    margin = torch.tensor([0.0, 0.5, 1.0])  # fp32, as collate_pairs makes it
+    loss, stats = bradley_terry_loss(rc, rr, margin=margin, center_coef=0.1)
+    assert loss.dtype == computed_in
+    # these values are exact in every dtype, so every dtype gives the same figures
+    expect = ref_bt(rc.tolist(), rr.tolist(), margin.tolist(), 0.1)
+    assert loss.item() == pytest.approx(expect, abs=1e-12 if dtype == torch.float64 else 1e-6)
+    assert stats["rm/margin"] == pytest.approx((0.25 - 1.75 + 2.75) / 3)
+    gc, gr = torch.autograd.grad(loss, (rc, rr))
+    assert gc.dtype == dtype and gr.dtype == dtype and torch.isfinite(gc).all()
+
+
+def test_bradley_terry_fp64_keeps_differences_fp32_cannot_represent() -> None:
+    # 1e8 + 1 rounds to 1e8 in fp32 (24-bit mantissa): a downcast would see a tie (loss log 2)
+    rc = torch.tensor([1e8 + 1.0], dtype=torch.float64)
+    rr = torch.tensor([1e8], dtype=torch.float64)
+    loss, stats = bradley_terry_loss(rc, rr)
+    assert loss.item() == pytest.approx(-ref_log_sigmoid(1.0), rel=1e-12)
+    assert stats["rm/margin"] == 1.0 and stats["rm/accuracy"] == 1.0
 
 
 def test_bradley_terry_centering_term_and_ties() -> None:

@@ -329,3 +329,43 @@ def test_missing_eos_penalty():
     has_eos = torch.tensor([True, False, True])
     assert apply_missing_eos_penalty(scores, has_eos, 0.5).tolist() == [1.0, 1.5, 3.0]
     assert apply_missing_eos_penalty(scores, has_eos, None).tolist() == [1.0, 2.0, 3.0]
+
+
+# ----------------------------------------------------------------------------- retokenize
+# Sampled text can start with whitespace; with the SmolLM2 chat template "\n\n..." merges with the
+# assistant header's trailing "\n" into one token, so the prompt's ids are not a prefix of the exchange's.
+LEADING_WHITESPACE = ["\n\nHello", "\r\r\n", "  two spaces", "\t\ttab", "\n", " "]
+
+
+def test_retokenize_scores_responses_that_start_with_whitespace(tiny_tokenizer):
+    from rlhf_core.batching import prompt_response_ids
+    from rlhf_core.errors import DataError
+    from rlhf_core.ppo.score import retokenize
+
+    tok = tiny_tokenizer
+    with pytest.raises(DataError, match="not prefix-stable"):  # the split the old retokenize used
+        prompt_response_ids(tok, "Say hi", "\n\nHello", "chat")
+    prompts = ["Say hi"] * len(LEADING_WHITESPACE)
+    ids, mask = retokenize(prompts, LEADING_WHITESPACE, tok, "chat")
+    assert ids.shape == mask.shape and ids.shape[0] == len(LEADING_WHITESPACE)
+    for row, m, response in zip(ids, mask, LEADING_WHITESPACE):
+        text = tok.decode(row[m.bool()])
+        # the response is scored verbatim (not stripped), inside the closed assistant turn
+        assert text.endswith("<|im_start|>assistant\n" + response + "<|im_end|>\n"), repr(text)
+        assert text.startswith(tok.apply_chat_template([{"role": "user", "content": "Say hi"}], tokenize=False))
+        assert bool((row[~m.bool()] == tok.pad_token_id).all())
+
+
+def test_retokenize_equals_the_training_split_where_it_is_stable(tiny_tokenizer):
+    from rlhf_core.batching import prompt_response_ids
+    from rlhf_core.ppo.score import retokenize
+
+    prompts, responses = ["Say hi", "What is 2+2?", "Name a colour"], ["Hello there!", "4", "Blue.\r\n"]
+    for fmt in ("chat", "plain"):
+        ids, mask = retokenize(prompts, responses, tiny_tokenizer, fmt)
+        for row, m, prompt, response in zip(ids, mask, prompts, responses):
+            p_ids, r_ids = prompt_response_ids(tiny_tokenizer, prompt, response, fmt)
+            assert row[m.bool()].tolist() == p_ids + r_ids  # what the reward model was trained on
+        short, _ = retokenize(prompts, responses, tiny_tokenizer, fmt, max_length=5)
+        assert short.shape[1] == 5
+        assert short[0].tolist() == ids[0, : int(mask[0].sum())].tolist()[-5:]  # keeps the last tokens

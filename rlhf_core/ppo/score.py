@@ -6,6 +6,13 @@ re-rendered with the reward tokenizer in the format the reward model was trained
 (:func:`rlhf_core.batching.prompt_response_ids`). That rendering always closes the assistant
 turn, so a reward model cannot tell a cut-off response from a finished one there: use
 ``missing_eos_penalty`` for that.
+
+Chat format: the whole conversation is rendered and tokenised in one go (:func:`exchange_ids`),
+not prompt and response separately. The reward model reads the whole sequence, so it needs no
+prompt/response split, and a sampled response that starts with whitespace ("\\n\\n...",
+"  ...") merges with the assistant header's trailing newline into other tokens, which the
+split would have to reject. Where the split is stable (every training row) this is exactly
+``prompt_ids + response_ids``; the response text is scored as sampled, never stripped.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 import torch
 
-from rlhf_core.batching import Format, prompt_response_ids
+from rlhf_core.batching import Format, prompt_response_ids, render_chat_ids
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -40,6 +47,19 @@ def tokenizers_match(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> 
     )
 
 
+def exchange_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, fmt: Format) -> list[int]:
+    """Token ids (T,) of the whole (prompt, response) exchange, as the reward model reads it; any response text.
+
+    Chat: the conversation rendered through the template and tokenised whole. Plain: the
+    prompt's ids, the response's and EOS (:func:`rlhf_core.batching.prompt_response_ids`).
+    """
+    if fmt == "chat":
+        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
+        return render_chat_ids(tokenizer, messages, add_generation_prompt=False)
+    p_ids, r_ids = prompt_response_ids(tokenizer, prompt, response, fmt, where="reward re-tokenisation")
+    return p_ids + r_ids
+
+
 def retokenize(
     prompts: Sequence[str],
     responses: Sequence[str],
@@ -50,14 +70,14 @@ def retokenize(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render (prompt, response) text pairs with ``tokenizer``; right-padded ``ids``, ``mask`` (B, T).
 
+    Each row is :func:`exchange_ids`, so any sampled text scores (see the module docstring).
     Over-long rows keep their *last* ``max_length`` tokens: the reward model reads the last token.
     """
     if len(prompts) != len(responses):
         raise ValueError(f"retokenize: {len(prompts)} prompts but {len(responses)} responses")
     rows = []
     for prompt, response in zip(prompts, responses, strict=True):
-        p_ids, r_ids = prompt_response_ids(tokenizer, prompt, response, fmt, where="reward re-tokenisation")
-        ids = p_ids + r_ids
+        ids = exchange_ids(tokenizer, prompt, response, fmt)
         rows.append(ids[-max_length:] if max_length else ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     length = max(len(r) for r in rows)

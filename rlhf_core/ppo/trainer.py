@@ -134,7 +134,7 @@ def prompt_indices(step: int, batch_size: int, n_prompts: int, seed: int) -> lis
     return out
 
 
-def _eos_ids(tokenizer: Any, policy: torch.nn.Module) -> list[int]:
+def eos_token_ids(tokenizer: Any, policy: torch.nn.Module) -> list[int]:
     """Every id that ends a response: the tokenizer's EOS and the generation config's."""
     ids = set()
     if tokenizer.eos_token_id is not None:
@@ -250,7 +250,7 @@ def train_ppo(
     )
     same_tokenizer = tokenizers_match(tokenizer, reward_tokenizer)
     reward_fmt = None if same_tokenizer else resolve_format(reward_tokenizer, reward_prompt_format or "auto")
-    eos_ids = _eos_ids(tokenizer, policy)
+    eos_ids = eos_token_ids(tokenizer, policy)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
 
     # -- models -----------------------------------------------------------------------

@@ -1,0 +1,130 @@
+"""Orchestration + tracking overhead (issue 6 goal: <= 3% of wall time).
+
+    .venv/bin/python bench/orchestration_overhead.py --config smoke [--repeats 2]
+    .venv/bin/python bench/orchestration_overhead.py --config demo  --repeats 1
+
+Runs, each in a fresh subprocess, alternating order:
+  * "orchestrated": `rlhf run` (the Prefect flow with its subflows and tasks, MLflow parent +
+    nested runs, dataset inputs, artifacts, model registry, Prefect artifacts);
+  * "bare": the same stage task bodies (`task.fn`) called in the same order with tracking off,
+    no Prefect engine, no MLflow.
+Reports the wall time of each and the overhead share (orchestrated - bare) / orchestrated.
+Prefect's ephemeral API start-up is reported separately: it is paid once per process, not per stage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+BARE = r"""
+import json, sys, time
+from pathlib import Path
+from flows.config import load_config
+from flows.runtime import prepare_environment
+cfg = load_config(sys.argv[1], sys.argv[2:])
+prepare_environment(cfg.workspace)
+t0 = time.perf_counter()
+from tasks.artifacts import workspace_from
+from tasks.context import StageContext
+from tasks.data import prepare_data
+from tasks.evaluation import evaluate_stage
+from tasks.training import fetch_base_model, train_ppo_stage, train_reward_stage, train_sft_stage
+if cfg.torch_threads:
+    import torch; torch.set_num_threads(cfg.torch_threads)
+imports = time.perf_counter() - t0
+run = workspace_from(cfg.workspace).new_run(cfg.name)
+ctx = StageContext(run_dir=str(run.path), parent_run_id="", experiment_id="", tracking_uri="",
+                   register_models=False, tracking_enabled=False)
+t0 = time.perf_counter()
+base = fetch_base_model.fn(cfg.model, str(cfg.model_cache))
+prepare_data.fn(cfg.data, cfg.model, str(cfg.model_cache), str(run.path), ctx)
+sft = train_sft_stage.fn(cfg, base, str(run.path), ctx)["model_dir"]
+train_reward_stage.fn(cfg, sft, str(run.path), ctx)
+if cfg.ppo.enabled:
+    train_ppo_stage.fn(cfg, sft, str(run.path), ctx)
+if cfg.eval.enabled:
+    evaluate_stage.fn(cfg, str(run.path), ctx)
+print(json.dumps({"stages_s": time.perf_counter() - t0, "imports_s": imports}))
+"""
+
+ORCHESTRATED = r"""
+import json, sys, time
+from flows.config import load_config
+from flows.runtime import prepare_environment
+cfg = load_config(sys.argv[1], sys.argv[2:])
+prepare_environment(cfg.workspace)
+t0 = time.perf_counter()
+import prefect
+from prefect.client.orchestration import get_client
+with get_client(sync_client=True) as client:  # start the ephemeral API up front, timed apart
+    client.hello()
+    startup = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    from flows.stages import rlhf_pipeline
+    imports = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    rlhf_pipeline(cfg)
+    print(json.dumps({"stages_s": time.perf_counter() - t0, "imports_s": imports, "prefect_startup_s": startup}))
+"""
+
+
+def _run(script: str, config: str, overrides: list[str]) -> dict:
+    started = time.perf_counter()
+    out = subprocess.run(
+        [sys.executable, "-c", script, config, *overrides], cwd=REPO, capture_output=True, text=True, check=False
+    )
+    wall = time.perf_counter() - started
+    if out.returncode != 0:
+        raise SystemExit(f"benchmark run failed ({out.returncode}):\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    result["process_wall_s"] = wall
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--config", default="smoke")
+    parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--set", action="append", default=[], help="extra config overrides")
+    parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "orchestration_overhead.json")
+    args = parser.parse_args()
+    runs: dict[str, list[dict]] = {"bare": [], "orchestrated": []}
+    cache = str(REPO / ".rlhf" / "models")
+    for i in range(args.repeats):
+        order = ["bare", "orchestrated"] if i % 2 == 0 else ["orchestrated", "bare"]
+        for mode in order:
+            with tempfile.TemporaryDirectory(prefix=f"overhead-{mode}-") as ws:
+                overrides = [f"workspace={ws}", f"model.cache_dir={cache}", *args.set]
+                if mode == "bare":
+                    overrides.append("tracking.enabled=false")
+                result = _run(BARE if mode == "bare" else ORCHESTRATED, args.config, overrides)
+                runs[mode].append(result)
+                print(f"{mode:>12}: stages {result['stages_s']:.1f} s", flush=True)
+    bare = statistics.median(r["stages_s"] for r in runs["bare"])
+    orch = statistics.median(r["stages_s"] for r in runs["orchestrated"])
+    summary = {
+        "config": args.config,
+        "repeats": args.repeats,
+        "bare_stages_s": round(bare, 2),
+        "orchestrated_stages_s": round(orch, 2),
+        "overhead_s": round(orch - bare, 2),
+        "overhead_share": round((orch - bare) / orch, 4),
+        "prefect_ephemeral_startup_s": round(statistics.median(r["prefect_startup_s"] for r in runs["orchestrated"]), 2),
+        "runs": runs,
+    }
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
