@@ -387,10 +387,12 @@ def detect_layout(columns: set[str]) -> str | None:
         return "pairs" if "prompt" in columns else "pairs_implicit_prompt"
     if "responses" in columns and "prompt" in columns:
         return "rankings"
-    if "messages" in columns:
-        return "messages"
+    # prompt + response first: the canonical demonstrations frame (e.g. a curated parquet)
+    # carries `messages` only as an optional extra column, None for plain rows.
     if "prompt" in columns and ({"completion", "response"} & columns):
         return "prompt_completion"
+    if "messages" in columns:
+        return "messages"
     if "prompt" in columns:
         return "prompt_only"
     return None
@@ -483,7 +485,7 @@ def _demonstration_row(rec: dict[str, Any], layout: str) -> dict[str, Any]:
     completion = rec["completion"] if "completion" in rec else rec.get("response")
     prompt = rec.get("prompt")
     _, response = _final_reply(completion, "completion")
-    messages = None
+    messages = rec.get("messages") if _is_message_list(rec.get("messages")) else None
     if isinstance(prompt, list) and isinstance(completion, list):
         messages = prompt + completion
     return {"prompt": _prompt_text(prompt), "response": response, "messages": messages}

@@ -17,7 +17,8 @@ from .conftest import MODEL_CACHE, REPO
 
 
 @pytest.fixture(scope="module")
-def smoke_run(tmp_path_factory):
+def smoke_runs(tmp_path_factory):
+    """The smoke pipeline, then the same run directory re-run (resume), in one Prefect harness."""
     workspace = tmp_path_factory.mktemp("ws")
     os.environ.setdefault("PREFECT_HOME", str(workspace / "prefect"))
     from prefect.testing.utilities import prefect_test_harness
@@ -28,11 +29,20 @@ def smoke_run(tmp_path_factory):
     cwd = os.getcwd()
     os.chdir(REPO)  # the preset's data paths are relative to the repo
     try:
-        with prefect_test_harness(server_startup_timeout=120):
-            result = rlhf_pipeline(cfg)
+        with prefect_test_harness(server_startup_timeout=180):
+            first = rlhf_pipeline(cfg)
+            sft_weights = os.path.join(first["outputs"]["sft model"], "model.safetensors")
+            mtime = os.path.getmtime(sft_weights)
+            again = rlhf_pipeline(cfg, resume_run=os.path.basename(first["run_dir"]))
     finally:
         os.chdir(cwd)
-    return cfg, result
+    return cfg, first, again, (sft_weights, mtime)
+
+
+@pytest.fixture(scope="module")
+def smoke_run(smoke_runs):
+    cfg, first, _, _ = smoke_runs
+    return cfg, first
 
 
 def test_stage_outputs_are_on_disk(smoke_run):
@@ -43,7 +53,7 @@ def test_stage_outputs_are_on_disk(smoke_run):
     assert report["balanced"] and report["rows_in"] == report["rows_kept"] + sum(
         sum(t["dropped"].values()) for t in report["totals"].values()
     )
-    for stage in ("sft", "reward"):
+    for stage in ("sft", "reward", "ppo", "dpo"):
         model_dir = result["outputs"][f"{stage} model"]
         assert os.path.isfile(os.path.join(model_dir, "model.safetensors")), stage
     agreement = json.loads(open(result["outputs"]["reward-model agreement"]).read())
@@ -64,7 +74,7 @@ def test_mlflow_has_parent_and_nested_stage_runs(smoke_run):
         [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
     )
     by_stage = {r.data.tags["rlhf.stage"]: r for r in children}
-    assert {"data", "sft", "reward"} <= set(by_stage)
+    assert {"data", "sft", "reward", "ppo", "dpo", "eval"} <= set(by_stage)
     assert all(r.info.status == "FINISHED" for r in children)
     data = by_stage["data"].data.metrics
     assert data["data/rows_in"] == data["data/rows_kept"] + data["data/rows_dropped"]
@@ -76,4 +86,21 @@ def test_mlflow_has_parent_and_nested_stage_runs(smoke_run):
     history = client.get_metric_history(by_stage["sft"].info.run_id, "sft/loss")
     assert len(history) >= 2  # per step, not only a final value
     artifacts = {a.path for a in client.list_artifacts(by_stage["reward"].info.run_id)}
-    assert {"agreement.json", "reliability.png"} <= artifacts
+    assert {"agreement.json", "reliability.png", "model"} <= artifacts
+    for name in ("ppo/kl", "ppo/reward", "ppo/gold", "ppo/entropy", "ppo/clipfrac"):
+        assert name in by_stage["ppo"].data.metrics, name
+    ev = by_stage["eval"].data.metrics
+    for name in ("eval/gold_win_rate_vs_sft", "eval/gold_delta_ci_low", "eval/kl_to_ref",
+                 "eval/refusal_rate_benign", "eval/repetition_rate"):
+        assert name in ev, name
+    assert {a.path for a in client.list_artifacts(by_stage["eval"].info.run_id)} >= {"gold_vs_kl.png", "eval.json"}
+    # every new model is a registry candidate
+    for name in ("rlhf-sft", "rlhf-reward", "rlhf-policy"):
+        assert client.get_model_version_by_alias(name, "candidate")
+
+
+def test_rerunning_the_run_directory_skips_finished_stages(smoke_runs):
+    cfg, first, again, (sft_weights, mtime) = smoke_runs
+    assert again["run_dir"] == first["run_dir"] and again["mlflow_run_id"] == first["mlflow_run_id"]
+    assert os.path.getmtime(sft_weights) == mtime  # the cached SFT stage was not recomputed
+    assert again["outputs"] == first["outputs"]
