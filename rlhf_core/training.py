@@ -65,11 +65,15 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.A
     if not decay and not no_decay:
         raise ConfigError("no trainable parameters: the model is entirely frozen")
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    # The fused kernel updates all parameters in one pass: on 135M parameters it took 0.11 vs
+    # 0.70 CPU-s per step for the default per-tensor loop (bench/README.md, TRL comparison).
+    fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
     return torch.optim.AdamW(
         [g for g in groups if g["params"]],
         lr=optim.learning_rate,
         betas=(optim.adam_beta1, optim.adam_beta2),
         eps=optim.adam_eps,
+        fused=fused,
     )
 
 
@@ -144,6 +148,27 @@ class TrainResult:
     checkpoint_dir: Path | None = None
     trainable_parameters: int = 0
     extra: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_outcome(
+        cls, stage: str, outcome: LoopOutcome, model_dir: Path, *, examples: int, trainable: int, **fields: Any
+    ) -> TrainResult:
+        """The result of a stage whose loop ran through :func:`run_training_loop`."""
+        wall = outcome.wall_seconds
+        return cls(
+            stage=stage,
+            model_dir=model_dir,
+            steps=outcome.steps,
+            resumed_from_step=outcome.resumed_from_step,
+            metrics={**outcome.last_metrics, **outcome.eval_metrics},
+            history=outcome.history,
+            wall_seconds=wall,
+            tokens_per_second=outcome.tokens / wall if wall > 0 else 0.0,
+            examples=examples,
+            checkpoint_dir=outcome.checkpoint,
+            trainable_parameters=trainable,
+            **fields,
+        )
 
 
 @dataclass

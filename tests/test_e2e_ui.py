@@ -15,6 +15,8 @@ The commands run as ``python -m flows.cli_servers ui|deploy`` (the same function
 
 from __future__ import annotations
 
+import json
+
 import math
 import os
 import re
@@ -173,6 +175,17 @@ def test_deployment_has_paused_daily_schedule_on_process_pool(stack, deployment)
     # The UI renders a form from this schema and rejects bad values before a run is created.
     assert deployment["enforce_parameter_schema"] is True
     assert "config" in deployment["parameter_openapi_schema"]["properties"]
+
+
+def test_an_invalid_parameter_is_rejected_before_a_run_exists(stack, deployment):
+    """What the UI's form submits goes through the same endpoint: a bad value creates no run."""
+    prefect: PrefectAPI = stack["prefect"]
+    bad = json.loads(json.dumps(deployment["parameters"]))
+    bad["config"]["sft"]["optim"]["max_steps"] = 0  # must be >= 1
+    body = {"parameters": bad, "state": {"type": "SCHEDULED"}}
+    r = prefect.http.post(f"/deployments/{deployment['id']}/create_flow_run", json=body)
+    assert r.status_code in (409, 422), r.text
+    assert "max_steps" in r.text
 
 
 def test_smoke_pipeline_completes_on_the_worker(stack, flow_run):

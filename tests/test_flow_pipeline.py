@@ -104,3 +104,35 @@ def test_rerunning_the_run_directory_skips_finished_stages(smoke_runs):
     assert again["run_dir"] == first["run_dir"] and again["mlflow_run_id"] == first["mlflow_run_id"]
     assert os.path.getmtime(sft_weights) == mtime  # the cached SFT stage was not recomputed
     assert again["outputs"] == first["outputs"]
+
+
+def test_a_crashing_stage_fails_the_run_with_its_cause_and_a_rerun_resumes(tmp_path_factory):
+    from mlflow.tracking import MlflowClient
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.stages import rlhf_pipeline
+
+    workspace = tmp_path_factory.mktemp("ws-crash")
+    common = [f"workspace={workspace}", f"model.cache_dir={MODEL_CACHE}",
+              "ppo.enabled=false", "dpo.enabled=false", "eval.enabled=false"]
+    broken = load_config("smoke", [*common, "sft.optim.max_length=16"])  # every demonstration is longer
+    fixed = load_config("smoke", common)
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with prefect_test_harness(server_startup_timeout=180):
+            state = rlhf_pipeline(broken, return_state=True)
+            assert state.is_failed()
+            with pytest.raises(Exception, match="max_length 16"):
+                state.result()
+            (run_dir,) = (workspace / "runs").iterdir()
+            parent_id = json.loads((run_dir / "pipeline.json").read_text())["mlflow_run_id"]
+            assert MlflowClient(f"sqlite:///{workspace / 'mlflow' / 'mlflow.db'}").get_run(parent_id).info.status == "FAILED"
+            report = run_dir / "data" / "report.json"
+            before = os.path.getmtime(report)
+            again = rlhf_pipeline(fixed, resume_run=run_dir.name, return_state=True)
+    finally:
+        os.chdir(cwd)
+    assert again.is_completed()
+    assert os.path.getmtime(report) == before  # the data stage came from the cache
+    assert os.path.isfile(os.path.join(again.result()["outputs"]["sft model"], "model.safetensors"))

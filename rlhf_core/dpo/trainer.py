@@ -262,16 +262,4 @@ def train_dpo(
     model_dir = replace_dir(tmp, final)
     tracker.log_artifact(model_dir)
     trainable, _ = count_trainable(policy)
-    return TrainResult(
-        stage=STAGE,
-        model_dir=model_dir,
-        steps=outcome.steps,
-        resumed_from_step=outcome.resumed_from_step,
-        metrics={**outcome.last_metrics, **outcome.eval_metrics},
-        history=outcome.history,
-        wall_seconds=outcome.wall_seconds,
-        tokens_per_second=outcome.tokens / outcome.wall_seconds if outcome.wall_seconds > 0 else 0.0,
-        examples=len(examples),
-        checkpoint_dir=outcome.checkpoint,
-        trainable_parameters=trainable,
-    )
+    return TrainResult.from_outcome(STAGE, outcome, model_dir, examples=len(examples), trainable=trainable)

@@ -162,19 +162,9 @@ def train_reward_model(
     model_dir = replace_dir(tmp, output_dir / "model")
     tracker.log_artifact(model_dir)
     wall = outcome.wall_seconds
-    return RewardResult(
-        stage=REWARD_STAGE,
-        model_dir=model_dir,
-        steps=outcome.steps,
-        resumed_from_step=outcome.resumed_from_step,
-        metrics={**outcome.last_metrics, **outcome.eval_metrics},
-        history=outcome.history,
-        wall_seconds=wall,
-        tokens_per_second=outcome.tokens / wall if wall > 0 else 0.0,
+    return RewardResult.from_outcome(
+        REWARD_STAGE, outcome, model_dir, examples=len(pairs), trainable=trainable,
         pairs_per_second=outcome.units / wall if wall > 0 else 0.0,
-        examples=len(pairs),
-        checkpoint_dir=outcome.checkpoint,
-        trainable_parameters=trainable,
         extra={"prompt_format": fmt, "truncated_rows": sum(1 for p in pairs if p.truncated)},
     )
 

@@ -172,18 +172,8 @@ def train_sft(
 
     model_dir = _save_final(model, tokenizer, output_dir, step=outcome.steps, lora=optim.lora.enabled)
     tracker.log_artifact(model_dir)
-    return SFTResult(
-        stage=SFT_STAGE,
-        model_dir=model_dir,
-        steps=outcome.steps,
-        resumed_from_step=outcome.resumed_from_step,
-        metrics={**outcome.last_metrics, **outcome.eval_metrics},
-        history=outcome.history,
-        wall_seconds=outcome.wall_seconds,
-        tokens_per_second=outcome.tokens / outcome.wall_seconds if outcome.wall_seconds > 0 else 0.0,
-        examples=len(examples),
-        checkpoint_dir=outcome.checkpoint,
-        trainable_parameters=trainable,
+    return SFTResult.from_outcome(
+        SFT_STAGE, outcome, model_dir, examples=len(examples), trainable=trainable,
         extra={"target_tokens": outcome.units, "prompt_format": fmt,
                "truncated_rows": sum(1 for e in examples if e.truncated)},
     )
