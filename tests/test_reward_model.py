@@ -203,16 +203,13 @@ def test_lora_wrapping_through_backbone(tmp_path: Path) -> None:
         torch.testing.assert_close(reloaded(ids, mask), adapted, atol=1e-5, rtol=1e-5)
 
 
-def test_tiny_model_with_real_tokenizer_padding_invariance() -> None:
+def test_tiny_model_with_real_tokenizer_padding_invariance(tiny_tokenizer) -> None:
     """build_tiny_model + the SmolLM2 tokenizer (pad == EOS), batches padded by the tokenizer itself."""
     from rlhf_core.config import ModelConfig
-    from rlhf_core.models import build_tiny_model, load_tokenizer
+    from rlhf_core.models import build_tiny_model
 
     cfg = ModelConfig(base="tiny")
-    try:
-        tokenizer = load_tokenizer(cfg, REPO / ".rlhf" / "models")
-    except ModelLoadError as exc:
-        pytest.skip(f"default tokenizer unavailable: {exc}")
+    tokenizer = tiny_tokenizer
     assert tokenizer.pad_token_id == tokenizer.eos_token_id  # the case pad_token_id pooling gets wrong
     rm = RewardModel.from_model(build_tiny_model(cfg.tiny, tokenizer), pad_token_id=tokenizer.pad_token_id).eval()
     texts = ["Hello there!", "A much longer answer about boiling eggs, step by step.", "ok"]
