@@ -113,7 +113,9 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             msg = "unknown key (check the spelling; see `rlhf config show`)"
         else:
             msg = err["msg"]
-        got = "" if err["type"] in ("extra_forbidden", "missing") else f" (got {err.get('input')!r})"
+        # A section-level rule (e.g. two fields that don't fit together) would echo the whole section.
+        quiet = err["type"] in ("extra_forbidden", "missing") or isinstance(err.get("input"), dict)
+        got = "" if quiet else f" (got {err.get('input')!r})"
         lines.append(f"{source}: {loc}: {msg}{got}")
     return "\n".join(lines)
 

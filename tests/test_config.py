@@ -55,6 +55,7 @@ def test_partial_override_keeps_the_stage_defaults():
         (["model.dtype=float8"], "model.dtype: Input should be"),
         (["nonsense"], "expected KEY=VALUE"),
         (["seed.x=1"], "'seed' is not a section"),
+        (["ppo.value_model=shared", "ppo.value_init=reward"], "ppo: Value error, value_model='shared'"),
     ],
 )
 def test_bad_overrides_name_the_key(overrides, expected):

@@ -102,3 +102,13 @@ class PPOConfig(StrictModel):
                 f"optim.grad_accum_steps ({minibatch})"
             )
         return self
+
+    @model_validator(mode="after")
+    def _value_init_fits_value_model(self) -> PPOConfig:
+        # Checked here so `rlhf config validate` catches it, not the PPO stage after SFT and RM ran.
+        if self.value_model == "shared" and self.value_init == "reward":
+            raise ValueError(
+                "value_model='shared' puts the value head on the policy's hidden states, so it cannot start "
+                "from the reward model's head: set value_init='policy' (or value_model='separate')"
+            )
+        return self
