@@ -185,8 +185,15 @@ def print_check_table(result: CheckResult, console: Any = None) -> None:
     failing = [f for f in result.files if not f.success]
     if failing:
         table = Table(title="failed data expectations", show_lines=False)
-        for col in ("file", "kind", "expectation", "column", "bad rows", "examples"):
-            table.add_column(col, overflow="fold")
+        # The expectation name is what a reader searches for: never wrap it; long paths and
+        # examples fold instead, and examples get a bounded width.
+        longest = max(len(str(f.path)) for f in failing)
+        table.add_column("file", overflow="fold", min_width=min(longest, 60, max(16, console.width // 3)))
+        table.add_column("kind", no_wrap=True)
+        table.add_column("expectation", no_wrap=True)
+        table.add_column("column", overflow="fold")
+        table.add_column("bad rows", no_wrap=True, justify="right")
+        table.add_column("examples", overflow="fold", min_width=16)
         for f in failing:
             if f.error:
                 table.add_row(f.path, f.kind or "?", "usable input", "", "", f.error)
