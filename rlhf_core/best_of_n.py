@@ -26,12 +26,12 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from rlhf_core.batching import Format, prompt_response_ids, render_chat_ids, resolve_format
+from rlhf_core.batching import Format, resolve_format
 from rlhf_core.errors import ConfigError
 from rlhf_core.losses import masked_sum
 from rlhf_core.ppo.kl import kl_estimate, reference_context
 from rlhf_core.ppo.rollout import left_pad, policy_logprobs, rollout
-from rlhf_core.ppo.score import RewardFn, reward_scores, tokenizers_match
+from rlhf_core.ppo.score import RewardFn, exchange_ids, reward_scores, tokenizers_match
 from rlhf_core.ppo.trainer import eos_token_ids, prepare_prompts
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -205,23 +205,6 @@ def sample_responses(
 
 
 # ----------------------------------------------------------------------------- scoring
-def _text_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, fmt: Format) -> list[int]:
-    """The whole exchange as the reward model was trained on it (``prompt_response_ids``' concatenation).
-
-    ``retokenize`` insists that the prompt's tokens are a prefix of the exchange's; the reward model
-    only needs the whole sequence, and a sampled response starting with whitespace ("\\r\\n...") can
-    merge with the assistant header. Chat: render the full conversation (identical to prompt + response
-    ids whenever that split is stable).
-    """
-    if fmt == "chat":
-        return render_chat_ids(
-            tokenizer, [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
-            add_generation_prompt=False,
-        )
-    p_ids, r_ids = prompt_response_ids(tokenizer, prompt, response, fmt, where="reward scoring")
-    return p_ids + r_ids
-
-
 @torch.no_grad()
 def reward_model_scores_ids(
     reward_model: RewardFn, sequences: Sequence[Sequence[int]], *, pad_id: int, batch_size: int = 16
@@ -262,7 +245,7 @@ def reward_model_scores(
     if len(prompts) != len(responses):
         raise ValueError(f"reward_model_scores: {len(prompts)} prompts but {len(responses)} responses")
     pad = reward_tokenizer.pad_token_id if reward_tokenizer.pad_token_id is not None else 0
-    sequences = [_text_ids(reward_tokenizer, p, r, fmt) for p, r in zip(prompts, responses, strict=True)]
+    sequences = [exchange_ids(reward_tokenizer, p, r, fmt) for p, r in zip(prompts, responses, strict=True)]
     return reward_model_scores_ids(reward_model, sequences, pad_id=pad, batch_size=batch_size)
 
 
