@@ -211,6 +211,13 @@ class DataConfig(StrictModel):
     max_text_chars: int = Field(
         20_000, ge=1, description="Longest prompt/reply accepted by validation; longer rows are quarantined."
     )
+    num_proc: int = Field(
+        1, ge=1,
+        description="Worker processes for the heaviest per-row step, language detection "
+        "(datasets.Dataset.map(num_proc=...)); 1 = in this process. The curated files and the "
+        "report are the same for any value. Each input forks its own pool (~0.1-0.5 s), so it pays "
+        "off from several thousand prompts per input, with that many free cores.",
+    )
     refusal: RefusalConfig = Field(default_factory=RefusalConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     prompt_filter: PromptFilterConfig = Field(default_factory=PromptFilterConfig)

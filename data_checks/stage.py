@@ -5,7 +5,8 @@ that step and its reason in ``dropped.jsonl``):
 
 1. import every input file (bad lines quarantined);
 2. validate against the pandera schema of its kind (bad rows quarantined);
-3. prompt filters: empty/templated spam, token length, language;
+3. prompt filters: empty/templated spam, token length, language (the heaviest per-row step:
+   ``DataConfig.num_proc`` worker processes run it through ``datasets.Dataset.map``);
 4. refusal scrubbing of SFT responses and chosen replies;
 5. dedup within each split: exact (normalised hash), then near (MinHash + LSH); a row is the
    same as an earlier one only when its prompt AND its reply(ies) match (see DedupConfig);
@@ -324,7 +325,7 @@ def run_data_stage(
         frames[name] = timed("filter", lambda: ledger.drop(
             frames[name], length_reasons(frames[name]["prompt"], count, pf.min_tokens, pf.max_tokens), name, "filter"))
         frames[name] = timed("language", lambda: ledger.drop(
-            frames[name], language_reasons(frames[name]["prompt"], pf), name, "filter"))
+            frames[name], language_reasons(frames[name]["prompt"], pf, num_proc=cfg.num_proc), name, "filter"))
 
     # 4. refusals
     for name in ("demonstrations", "preferences"):

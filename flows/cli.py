@@ -33,6 +33,10 @@ data_app = typer.Typer(help="Data contracts and curation: check files, build the
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
+tracking_app = typer.Typer(
+    help="MLflow tracking: send metrics held back while the tracking server was down.", no_args_is_help=True
+)
+app.add_typer(tracking_app, name="tracking")
 _register_server_commands(app)  # rlhf ui, rlhf deploy
 
 ConfigOpt = Annotated[
@@ -78,7 +82,12 @@ def run(
         typer.Option(help="Re-run this run id (a directory under <workspace>/runs): finished stages are skipped."),
     ] = None,
 ) -> None:
-    """Run the pipeline (data -> SFT -> reward model -> PPO) on a config (default: demo) and say where outputs went."""
+    """Run the pipeline (data -> SFT -> reward model -> PPO) on a config (default: demo) and say where outputs went.
+
+    Resumable: a killed run re-run with --resume skips finished stages and continues training from the last good checkpoint (a corrupt one is set aside).
+
+    Data-parallel SFT and reward model: --set distributed.num_processes=2 (DDP under torchrun; distributed.strategy=fsdp or deepspeed on CUDA). An impossible setup is refused before any stage starts.
+    """
     from flows.pipeline import run_pipeline
 
     cfg = _load(config, set_, workspace)
@@ -249,6 +258,51 @@ def data_make_demo(
     _console().print(f"[green]demo data written[/] to {out}: {stats.get('sizes', stats)}")
 
 
+@tracking_app.command("flush")
+def tracking_flush(
+    run: Annotated[
+        str,
+        typer.Argument(help="A run id (directory under <workspace>/runs), a run directory, or one spool file (.jsonl)."),
+    ],
+    workspace: WorkspaceOpt = None,
+    tracking_uri: Annotated[
+        Optional[str], typer.Option(help="Send to this MLflow server instead of the one recorded in each spool.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=0, help="Seconds to keep retrying an unreachable server.")] = 60.0,
+) -> None:
+    """Send a run's metrics that never reached the MLflow tracking server.
+
+    While the server is unreachable a run keeps training: every metric batch is written first to
+    <run>/tracking/<stage>-<mlflow-run-id>.jsonl and sent when the server answers again. If it was
+    still down when a stage ended, the stage failed naming that file; this command sends what is
+    left (each batch once: the spool records what MLflow accepted) and sets the runs' final status.
+    `rlhf run --resume RUN_ID` does the same before it re-runs anything. Exit 2 if the server
+    still does not answer.
+    """
+    from tasks.tracking import flush_run_spools, flush_spool
+
+    target = Path(run)
+    if not target.exists():
+        target = (workspace or _load(None, None).workspace) / "runs" / run
+    if target.is_file():
+        reports = [r for r in [flush_spool(target, tracking_uri=tracking_uri, timeout_s=timeout)] if r.batches or r.status]
+    elif target.is_dir():
+        reports = flush_run_spools(target, tracking_uri=tracking_uri, timeout_s=timeout)
+    else:
+        from rlhf_core.errors import UserError
+
+        raise UserError(f"rlhf tracking flush {run}: no such run directory or spool file ({target})")
+    console = _console()
+    for r in reports:
+        status = f"; run marked {r.status}" if r.status else ""
+        console.print(
+            f"sent {r.batches} metric batch(es) ({r.values} values) from {r.spool} to MLflow run {r.run_id} "
+            f"at {r.tracking_uri}{status}", soft_wrap=True,
+        )  # fmt: skip
+    if not reports:
+        console.print(f"nothing to send: every metric of {target} is already in MLflow", soft_wrap=True)
+
+
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into one line."""
     from rlhf_core.errors import UserError
@@ -257,8 +311,10 @@ def main() -> None:
         # Outside standalone mode click returns the code of `typer.Exit(code)` instead of exiting.
         code = app(standalone_mode=False)
     except UserError as exc:
+        from rlhf_core.redact import redact_text
+
         console = _console(stderr=True)
-        for line in str(exc).splitlines() or [type(exc).__name__]:
+        for line in redact_text(str(exc)).splitlines() or [type(exc).__name__]:
             console.print(f"[bold red]error:[/] {line}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:

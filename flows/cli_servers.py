@@ -179,7 +179,15 @@ def register(app: typer.Typer) -> None:
         # Absolute: the worker runs flows from the repository directory, not from here.
         absolutize_paths(cfg, Path.cwd())
         if tracking_uri:
-            cfg.tracking.tracking_uri = tracking_uri
+            from pydantic import ValidationError
+
+            from flows.config import format_validation_error
+            from rlhf_core.errors import ConfigError
+
+            try:  # validated like the config's own value: no password in it (rlhf_core/redact.py)
+                cfg.tracking.tracking_uri = tracking_uri
+            except ValidationError as exc:
+                raise ConfigError(format_validation_error(exc, "--tracking-uri")) from exc
         api = prefect_api_url or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api"
         if cron:
             check_cron(cron)
@@ -217,7 +225,9 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except UserError as exc:
-        for line in str(exc).splitlines() or [type(exc).__name__]:
+        from rlhf_core.redact import redact_text
+
+        for line in redact_text(str(exc)).splitlines() or [type(exc).__name__]:
             _console(stderr=True).print(f"[bold red]error:[/] {line}", soft_wrap=True)
         sys.exit(exc.exit_code)
     except Exception as exc:

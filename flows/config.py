@@ -11,16 +11,19 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
+from pydantic_core import PydanticCustomError
 
 from data_checks.config import DataConfig
 from rlhf_core.config import ModelConfig, StrictModel
+from rlhf_core.distributed import DistributedConfig
 from rlhf_core.errors import ConfigError
 from rlhf_core.ppo.config import PPOConfig
 from rlhf_core.reward.config import RewardConfig
 from rlhf_core.sft.config import SFTConfig
 from rlhf_core.dpo.config import DPOConfig
 from rlhf_core.evaluation import EvalConfig
+from rlhf_core.redact import find_credentials_in, redact, redact_text
 from tasks.config import RegistryConfig, TrackingConfig
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "configs"
@@ -45,10 +48,25 @@ class PipelineConfig(StrictModel):
     eval: EvalConfig = Field(default_factory=EvalConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
+    distributed: DistributedConfig = Field(default_factory=DistributedConfig)
 
     @property
     def model_cache(self) -> Path:
         return self.model.cache_dir or self.workspace / "models"
+
+    @model_validator(mode="after")
+    def _no_secrets(self) -> PipelineConfig:
+        """A config is logged, dumped and sent to Prefect as parameters: no value may carry a credential."""
+        found = find_credentials_in(self.model_dump(mode="json"))
+        if found:
+            key, reason = found[0]
+            raise PydanticCustomError(
+                "secret_in_config",
+                "{key}: the value {reason}; secrets come from the environment (HF_TOKEN for the hub, "
+                "MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD for MLflow), never from a config",
+                {"key": key, "reason": reason},
+            )
+        return self
 
 
 def resolve_preset(path_or_name: str | Path | None) -> Path:
@@ -115,7 +133,10 @@ def format_validation_error(exc: ValidationError, source: str) -> str:
             msg = err["msg"]
         # A section-level rule (e.g. two fields that don't fit together) would echo the whole section.
         quiet = err["type"] in ("extra_forbidden", "missing") or isinstance(err.get("input"), dict)
-        got = "" if quiet else f" (got {err.get('input')!r})"
+        got = "" if quiet else f" (got {redact_text(repr(err.get('input')))})"
+        if err["type"] == "secret_in_config":  # a whole-config rule whose message names the key itself
+            lines.append(f"{source}: {msg}")
+            continue
         lines.append(f"{source}: {loc}: {msg}{got}")
     return "\n".join(lines)
 
@@ -134,5 +155,5 @@ def load_config(path_or_name: str | Path | None = None, overrides: list[str] | N
 
 
 def dump_config(cfg: PipelineConfig) -> str:
-    """The fully resolved config as YAML (what a run records next to its outputs)."""
-    return yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False)
+    """The fully resolved config as YAML (what a run records next to its outputs), secrets masked."""
+    return yaml.safe_dump(redact(cfg.model_dump(mode="json")), sort_keys=False)

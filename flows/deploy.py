@@ -27,6 +27,7 @@ from typing import Any
 from pydantic import BaseModel
 
 from flows.config import PipelineConfig
+from flows.runtime import EXTRA_LOGGERS
 from flows.servers import ServerError, check_reachable
 
 REPO_DIR = Path(__file__).resolve().parent.parent
@@ -41,6 +42,7 @@ RUN_ENV = {
     "GX_ANALYTICS_ENABLED": "false",
     "TOKENIZERS_PARALLELISM": "false",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+    "PREFECT_LOGGING_EXTRA_LOGGERS": EXTRA_LOGGERS,  # our warnings on the run page, also for worker runs
 }
 
 

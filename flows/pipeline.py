@@ -35,6 +35,7 @@ def run_pipeline(cfg: PipelineConfig, resume_run: str | None = None) -> RunSumma
 
             raise UserError(f"--resume {resume_run}: no such run in {runs}")
     prepare_environment(cfg.workspace)
+    _start_ephemeral_api(cfg.workspace)  # before anything talks to the API (the crash sweep does)
     _preflight(cfg)
     from flows.stages import rlhf_pipeline
 
@@ -52,12 +53,41 @@ def run_pipeline(cfg: PipelineConfig, resume_run: str | None = None) -> RunSumma
 
 
 def _preflight(cfg: PipelineConfig) -> None:
-    """Fail before any training when a configured MLflow or Prefect server is unreachable (names the URL)."""
+    """Fail before any training when a configured MLflow or Prefect server is unreachable (names the URL).
+
+    Then sweep: flow runs of this Prefect API (the workspace's embedded one, or the server)
+    whose process was killed are set Crashed instead of staying Running (flows.runtime).
+    """
     import os
 
-    from flows.servers import preflight
+    from flows.servers import preflight, reconcile_runs
+    from rlhf_core.distributed import check_distributed
 
-    preflight(cfg.tracking.tracking_uri, os.environ.get("PREFECT_API_URL"))
+    check_distributed(cfg.distributed)  # a setup this machine cannot run is refused before any stage
+    api = os.environ.get("PREFECT_API_URL")
+    preflight(cfg.tracking.tracking_uri, api, reconcile=False)
+    reconcile_runs(api)
+
+
+def _start_ephemeral_api(workspace: Path) -> None:
+    """Start Prefect's ephemeral API (no PREFECT_API_URL) now, one process at a time per workspace.
+
+    Every `rlhf run` starts its own ephemeral API on the workspace's sqlite database, and the
+    first start creates (migrates) that database: two runs started together would migrate it at
+    the same time and one would fail. Started here under a workspace lock, the second waits,
+    then finds the database ready; the flow reuses this process's server (Prefect keeps one).
+    """
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url or not settings.server.ephemeral.enabled:
+        return  # a real server: it owns its database
+    from prefect.server.api.server import SubprocessASGIServer
+
+    from tasks.artifacts import workspace_from
+
+    with workspace_from(workspace).lock("prefect-store"):
+        SubprocessASGIServer().start()
 
 
 def run_stage(cfg: PipelineConfig, stage: str, run_id: str) -> dict[str, str]:
@@ -70,6 +100,7 @@ def run_stage(cfg: PipelineConfig, stage: str, run_id: str) -> dict[str, str]:
 
         raise UserError(f"run '{run_id}' not found in {run.path.parent}")
     prepare_environment(cfg.workspace)
+    _start_ephemeral_api(cfg.workspace)  # before anything talks to the API (the crash sweep does)
     _preflight(cfg)
     from flows.stages import STAGE_FLOWS
 

@@ -207,16 +207,30 @@ def check_reachable(url: str, *, name: str = "server", kind: str | None = None, 
     raise ServerError(f"{name} at {url} is unreachable: {why} (checked {target}){hint}")
 
 
-def preflight(tracking_uri: str | None, prefect_api_url: str | None = None) -> None:
+def preflight(tracking_uri: str | None, prefect_api_url: str | None = None, *, reconcile: bool = True) -> None:
     """Check the servers a run will talk to; a no-op for the embedded (sqlite / ephemeral) mode.
 
-    ``prefect_api_url`` defaults to the ``PREFECT_API_URL`` environment variable.
+    ``prefect_api_url`` defaults to the ``PREFECT_API_URL`` environment variable. With a Prefect
+    server and ``reconcile`` (`rlhf deploy`), crashed flow runs are then swept: see
+    :func:`reconcile_runs`.
     """
     prefect_api_url = prefect_api_url if prefect_api_url is not None else os.environ.get("PREFECT_API_URL")
     if prefect_api_url:
         check_reachable(prefect_api_url, name="Prefect API", kind="prefect")
     if tracking_uri and tracking_uri.startswith(("http://", "https://")):
         check_reachable(tracking_uri, name="MLflow tracking server", kind="mlflow")
+    if prefect_api_url and reconcile:
+        reconcile_runs(prefect_api_url)
+
+
+def reconcile_runs(prefect_api_url: str | None) -> None:
+    """Set Crashed the flow runs whose process died (see flows.runtime), and with a Prefect server
+    make sure its heartbeat automation exists (it covers runs started by a worker). Never raises."""
+    from flows.runtime import ensure_zombie_automation, reconcile_crashed_runs
+
+    reconcile_crashed_runs(prefect_api_url)
+    if prefect_api_url:
+        ensure_zombie_automation(prefect_api_url)
 
 
 def _server_env(extra: Mapping[str, str]) -> dict[str, str]:
@@ -369,11 +383,14 @@ def start_servers(
         started.append(start_prefect_server(workspace, prefect_port, host))
         started.append(start_mlflow_server(workspace, mlflow_port, host, allowed_hosts))
         seconds = wait_healthy(started, timeout)
+        servers = Servers(workspace.expanduser().resolve(), started[0], started[1], seconds)
+        # Runs in this workspace's database whose process was killed show Crashed, not Running.
+        reconcile_runs(servers.prefect_api_url)
     except BaseException:
         for proc in started:
             proc.stop()
         raise
-    return Servers(workspace.expanduser().resolve(), started[0], started[1], seconds)
+    return servers
 
 
 @contextmanager

@@ -18,6 +18,7 @@ from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
 from flows.config import PipelineConfig, dump_config
+from flows.runtime import LABEL_EXPERIMENT, LABEL_TRACKING_URI, record_owner
 from flows.servers import preflight
 from tasks import tracking
 from tasks.artifacts import RunDir, workspace_from
@@ -42,20 +43,34 @@ def _cached(task, run: RunDir, stage: str):
 
 
 def _context(config: PipelineConfig, run_dir: str) -> StageContext:
-    """Open (or, when the run directory has one, reuse) the pipeline's MLflow parent run."""
+    """Open (or, when the run directory has one, reuse) the pipeline's MLflow parent run.
+
+    Called once per top-level flow run: it labels the flow run with this process (so a later
+    `rlhf` can set it Crashed if the process is killed) and, on a resumed run, first sends the
+    metrics an earlier attempt could not (its spools in <run>/tracking/).
+    """
     ws = workspace_from(config.workspace)
     run = RunDir(Path(run_dir))
     prefect_id = str(flow_run.get_id() or "")
+    record_owner(prefect_id)
     if not config.tracking.enabled:
         return StageContext(
             run_dir=str(run.path), parent_run_id="", experiment_id="", tracking_uri="",
             prefect_flow_run_id=prefect_id, register_models=False, tracking_enabled=False,
         )
     tracking_uri = config.tracking.tracking_uri or ws.mlflow_uri
-    experiment_id = tracking.configure(tracking_uri, ws.mlflow_artifacts, config.tracking.experiment or config.name)
+    # Two runs starting together would both create (migrate) a fresh sqlite store and the
+    # experiment: "duplicate column", "experiment already exists". One at a time.
+    with ws.lock("mlflow-store"):
+        experiment_id = tracking.configure(tracking_uri, ws.mlflow_artifacts, config.tracking.experiment or config.name)
     state_file = run.path / PIPELINE_STATE
     if state_file.is_file():
         parent_id = json.loads(state_file.read_text())["mlflow_run_id"]
+        for report in tracking.flush_run_spools(run.path, timeout_s=config.tracking.flush_timeout_s):
+            get_run_logger().info(
+                "sent %d metric batch(es) held back by an earlier attempt from %s to MLflow run %s%s",
+                report.batches, report.spool.name, report.run_id, f" (marked {report.status})" if report.status else "",
+            )  # fmt: skip
         tracking.reopen_run(parent_id, tags={"prefect.flow_run_id": prefect_id})
     else:
         parent = tracking.start_parent_run(
@@ -66,9 +81,11 @@ def _context(config: PipelineConfig, run_dir: str) -> StageContext:
         parent.log_artifact(run.config)
         parent_id = parent.run_id
         state_file.write_text(json.dumps({"mlflow_run_id": parent_id, "tracking_uri": tracking_uri}))
+    record_owner(prefect_id, {LABEL_TRACKING_URI: tracking_uri, LABEL_EXPERIMENT: experiment_id})
     return StageContext(
         run_dir=str(run.path), parent_run_id=parent_id, experiment_id=experiment_id, tracking_uri=tracking_uri,
         prefect_flow_run_id=prefect_id, register_models=config.registry.enabled,
+        tracking_flush_timeout_s=config.tracking.flush_timeout_s,
     )
 
 
@@ -136,7 +153,7 @@ def rlhf_pipeline(config: PipelineConfig, resume_run: str | None = None) -> dict
     """data -> SFT -> reward model -> PPO (+ DPO) -> evaluation, each a subflow and a nested MLflow run."""
     logger = get_run_logger()
     started = time.perf_counter()
-    preflight(config.tracking.tracking_uri)  # runs started by a worker come straight here
+    preflight(config.tracking.tracking_uri, reconcile=False)  # runs started by a worker come straight here
     _apply_threads(config)
     ws = workspace_from(config.workspace)
     run = ws.run(resume_run) if resume_run else ws.new_run(config.name)
@@ -166,15 +183,13 @@ def rlhf_pipeline(config: PipelineConfig, resume_run: str | None = None) -> dict
             result = eval_flow(config, str(run.path), ctx)
             outputs["evaluation"] = result["comparison_md"]
         if ctx.tracking_enabled:
-            tracking.MlflowTracker(ctx.parent_run_id).log_metrics(
-                {"pipeline/wall_seconds": time.perf_counter() - started}, step=0
-            )
+            parent = ctx.parent_tracker()
+            parent.log_metrics({"pipeline/wall_seconds": time.perf_counter() - started}, step=0)
+            parent.finish("FINISHED", config.tracking.flush_timeout_s)
     except BaseException:
         if ctx.tracking_enabled:
-            tracking.end_run(ctx.parent_run_id, "FAILED")
+            ctx.parent_tracker().finish_quietly("FAILED")  # never hides the stage's error
         raise
-    if ctx.tracking_enabled:
-        tracking.end_run(ctx.parent_run_id, "FINISHED")
     return {
         "run_dir": str(run.path),
         "outputs": outputs,

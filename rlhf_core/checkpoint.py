@@ -18,14 +18,21 @@ by the stage at the end (``<output_dir>/model``).
 
 A checkpoint is assembled in a hidden temp directory and renamed into place, so a crash
 mid-write leaves either the previous checkpoint or the new one, never half of one. Loading
-re-hashes every file: a truncated or edited checkpoint is refused with a TrainingError naming
-the file, as is a checkpoint written by another stage.
+re-hashes every file: a truncated or edited checkpoint is refused with a
+:class:`CorruptCheckpointError` naming the file, a checkpoint written by another stage with a
+TrainingError. When resuming automatically, :func:`latest_valid_checkpoint` skips (and moves
+aside as ``corrupt-step-NNNNNN``) corrupt checkpoints and falls back to the newest good one.
+A failed write (full disk, I/O error) removes its temp directory and raises a TrainingError
+saying which checkpoint is still the last good one; older checkpoints are pruned only after
+a new one is complete, so the last good checkpoint is never touched.
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
+import logging
 import os
 import random
 import re
@@ -50,6 +57,12 @@ SCHEDULER = "scheduler.pt"
 RNG = "rng.pt"
 TRAINER_STATE = "trainer_state.json"
 _STEP_DIR = re.compile(r"^step-(\d+)$")
+
+log = logging.getLogger(__name__)
+
+
+class CorruptCheckpointError(TrainingError):
+    """A checkpoint whose files are missing, truncated or edited (checksums do not match)."""
 
 
 def checkpoint_name(step: int) -> str:
@@ -122,7 +135,10 @@ def save_checkpoint(
     root = Path(root)
     root.mkdir(parents=True, exist_ok=True)
     final = root / checkpoint_name(step)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=root))
+    except OSError as exc:
+        raise _write_error(exc, root, final) from exc
     try:
         save_file(trainable_state(model), str(tmp / WEIGHTS), metadata={"stage": stage, "step": str(step)})
         torch.save(optimizer.state_dict(), tmp / OPTIMIZER)
@@ -153,6 +169,8 @@ def save_checkpoint(
         else:
             tmp.rename(final)
         _fsync(root)
+    except OSError as exc:  # full disk, quota, I/O error: the temp dir goes, older checkpoints stay
+        raise _write_error(exc, root, final) from exc
     finally:
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)
@@ -161,6 +179,15 @@ def save_checkpoint(
     for leftover in root.glob(".tmp-*"):  # from a run killed mid-write
         shutil.rmtree(leftover, ignore_errors=True)
     return final
+
+
+def _write_error(exc: OSError, root: Path, final: Path) -> TrainingError:
+    last = latest_checkpoint(root)
+    what = "no space left on device" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else f"{type(exc).__name__}: {exc}"
+    kept = f"the last good checkpoint {last} is intact" if last else "no earlier checkpoint exists"
+    return TrainingError(
+        f"could not write checkpoint {final} ({what}); {kept}; free space and re-run to resume from it"
+    )
 
 
 # --------------------------------------------------------------------------- find / verify / load
@@ -189,13 +216,13 @@ def verify_checkpoint(path: Path, *, stage: str) -> dict[str, Any]:
         raise TrainingError(f"cannot resume: checkpoint {path} is not a directory")
     manifest_path = path / MANIFEST
     if not manifest_path.is_file():
-        raise TrainingError(f"cannot resume: {path} is not a training checkpoint (no {MANIFEST})")
+        raise CorruptCheckpointError(f"cannot resume: {path} is not a training checkpoint (no {MANIFEST})")
     try:
         manifest = json.loads(manifest_path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise TrainingError(f"cannot resume: {manifest_path} is corrupt ({type(exc).__name__})") from exc
+        raise CorruptCheckpointError(f"cannot resume: {manifest_path} is corrupt ({type(exc).__name__})") from exc
     if not isinstance(manifest, dict) or manifest.get("format") != CHECKPOINT_FORMAT:
-        raise TrainingError(f"cannot resume: {manifest_path} has unknown format (expected {CHECKPOINT_FORMAT})")
+        raise CorruptCheckpointError(f"cannot resume: {manifest_path} has unknown format (expected {CHECKPOINT_FORMAT})")
     if manifest.get("stage") != stage:
         raise TrainingError(
             f"cannot resume: checkpoint {path} was written by stage '{manifest.get('stage')}', not '{stage}' "
@@ -203,14 +230,43 @@ def verify_checkpoint(path: Path, *, stage: str) -> dict[str, Any]:
         )
     files = manifest.get("files")
     if not isinstance(files, dict) or set(files) != {WEIGHTS, OPTIMIZER, SCHEDULER, RNG, TRAINER_STATE}:
-        raise TrainingError(f"cannot resume: {manifest_path} does not list the expected checkpoint files")
+        raise CorruptCheckpointError(f"cannot resume: {manifest_path} does not list the expected checkpoint files")
     for name, expected in files.items():
         file = path / name
         if not file.is_file():
-            raise TrainingError(f"cannot resume: checkpoint file {file} is missing")
+            raise CorruptCheckpointError(f"cannot resume: checkpoint file {file} is missing")
         if sha256_file(file) != expected:
-            raise TrainingError(f"cannot resume: checkpoint file {file} is corrupt (sha256 does not match {MANIFEST})")
+            raise CorruptCheckpointError(f"cannot resume: checkpoint file {file} is corrupt (sha256 does not match {MANIFEST})")
     return manifest
+
+
+def latest_valid_checkpoint(root: Path, *, stage: str) -> Path | None:
+    """The newest checkpoint under ``root`` that verifies; corrupt newer ones are moved aside.
+
+    A corrupt checkpoint (a file truncated or edited, e.g. by a disk fault) is renamed to
+    ``corrupt-step-NNNNNN`` (kept for inspection, never picked up again) with a warning, and the
+    previous one is tried. A checkpoint of another stage raises. None when there is none at
+    all; a TrainingError listing them when every checkpoint is corrupt.
+    """
+    rejected: list[str] = []
+    for path in reversed(list_checkpoints(root)):
+        try:
+            verify_checkpoint(path, stage=stage)
+        except CorruptCheckpointError as exc:
+            aside = path.with_name(f"corrupt-{path.name}")
+            if aside.exists():
+                shutil.rmtree(aside, ignore_errors=True)
+            path.rename(aside)
+            log.warning("%s; moved it to %s and trying the previous checkpoint", exc, aside)
+            rejected.append(f"{path.name}: {exc}")
+            continue
+        return path
+    if rejected:
+        raise TrainingError(
+            f"cannot resume: every checkpoint in {root} is corrupt ({'; '.join(rejected)}); "
+            "re-run with resume=False to start over"
+        )
+    return None
 
 
 def load_checkpoint(

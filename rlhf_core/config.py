@@ -38,7 +38,12 @@ class TinyModelConfig(StrictModel):
 
 
 class ModelConfig(StrictModel):
-    """Which base model every stage starts from, and how it is loaded."""
+    """Which base model every stage starts from, and how it is loaded.
+
+    A private or gated hub model needs an access token: it comes from the environment
+    (``HF_TOKEN``, or ``hf auth login``), never from this config, which is logged and sent
+    to Prefect as a parameter (see ``rlhf_core.redact``).
+    """
 
     base: str = Field(
         DEFAULT_BASE_MODEL,
@@ -53,7 +58,11 @@ class ModelConfig(StrictModel):
     )
     revision: str | None = Field(None, description="Hub revision (branch, tag or commit).")
     trust_remote_code: bool = Field(
-        False, description="Run model code from the hub repo. Off unless you trust the source."
+        False,
+        description=(
+            "Per-model opt-in to run the Python code a hub repo ships with its weights (custom architectures). "
+            "Off by default: that code runs with your permissions; turn it on only for a source you trust."
+        ),
     )
     device: str = Field("auto", description="'auto' (cuda if present, else cpu), 'cpu', 'cuda', 'cuda:1', 'mps'.")
     dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(

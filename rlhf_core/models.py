@@ -170,6 +170,27 @@ def materialize(cfg: ModelConfig, cache_dir: Path) -> ResolvedSource:
     return source
 
 
+# Pickle-based weight formats: unpickling runs whatever code the file carries.
+PICKLED_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+
+
+def refuse_pickled_weights(directory: Path) -> None:
+    """Raise ModelLoadError, without reading it, for a directory whose weights are pickled only.
+
+    Weights are read from safetensors only (``use_safetensors=True`` everywhere): a
+    ``pytorch_model.bin`` can run arbitrary code while it is unpickled. This names the
+    problem up front instead of transformers' "no file named model.safetensors".
+    """
+    if any(directory.glob("*.safetensors")):
+        return
+    pickled = sorted({p.name for pattern in PICKLED_WEIGHTS for p in directory.glob(pattern)})
+    if pickled:
+        raise ModelLoadError(
+            f"{directory}: refusing pickled weights ({', '.join(pickled[:3])}): unpickling them can run arbitrary "
+            "code, so only safetensors are read; use a copy of the model saved as model.safetensors"
+        )
+
+
 def _hub_kwargs(cfg: ModelConfig) -> dict:
     return {"revision": cfg.revision, "trust_remote_code": cfg.trust_remote_code}
 
@@ -243,6 +264,8 @@ def load_causal_lm(
     location = str(path) if path is not None else materialize(cfg, cache_dir).location
     if path is not None and not Path(path).is_dir():
         raise ModelLoadError(f"model directory not found: {path}")
+    if Path(location).is_dir():
+        refuse_pickled_weights(Path(location))
     try:
         model = AutoModelForCausalLM.from_pretrained(
             location, dtype=dtype, use_safetensors=True, **_hub_kwargs(cfg)

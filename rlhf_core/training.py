@@ -15,17 +15,24 @@ Exact resume: data order is a pure function of ``(seed, epoch)`` (see
 scheduler, RNG states and the data position, so a resumed run replays the same micro-batches
 with the same state. On CPU with a fixed seed the final weights are bitwise identical to an
 uninterrupted run's (tested); CUDA kernels are not bitwise deterministic by default.
+
+Out of memory: a step that raises ``torch.OutOfMemoryError`` is retried with half the
+micro-batch (twice as many micro-batches, the same step batch, so the same data order and
+gradient up to float summation order), with a warning in the log; the smaller size is kept
+for the rest of the run and stored in the checkpoint. At micro-batch 1 it stops clearly.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import random
 import shutil
 import time
 from collections.abc import Callable, Sequence
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -34,10 +41,19 @@ import numpy as np
 import torch
 
 from rlhf_core.batching import LengthBucketedBatches, split_micro_batches
-from rlhf_core.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, save_checkpoint
+from rlhf_core.checkpoint import (
+    latest_checkpoint,
+    latest_valid_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    save_checkpoint,
+)
+from rlhf_core.distributed import DataParallel
 from rlhf_core.errors import ConfigError, TrainingError
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.train_config import LoraConfig, OptimConfig
+
+log = logging.getLogger(__name__)
 
 Batch = dict[str, torch.Tensor]
 # (model, micro_batch, step_total) -> (loss contribution to backprop, additive stats).
@@ -248,8 +264,8 @@ def _resolve_resume(resume: bool | str | Path, root: Path, stage: str) -> Path |
                     )
             shutil.rmtree(root)
         return None
-    if resume is True:
-        return latest_checkpoint(root)
+    if resume is True:  # the newest checkpoint that verifies (corrupt ones are moved aside)
+        return latest_valid_checkpoint(root, stage=stage)
     path = Path(resume)
     if not path.exists():
         raise TrainingError(f"cannot resume {stage}: checkpoint {path} does not exist")
@@ -275,6 +291,7 @@ def run_training_loop(
     fingerprint: dict[str, Any] | None = None,
     progress: bool = True,
     unit_name: str = "tokens",
+    dist: DataParallel | None = None,
 ) -> LoopOutcome:
     """Train ``model`` in place for ``optim.max_steps`` optimizer steps; see the module docstring.
 
@@ -282,8 +299,12 @@ def run_training_loop(
     micro-batch; ``units_of(batch)`` counts its normaliser units (tokens or pairs);
     ``loss_fn(model, batch, step_units)`` returns its loss contribution and additive stats.
     Call :func:`set_seed` and any LoRA wrapping *before* this (they define the start state).
+    ``dist``: train data-parallel in this process group (see :mod:`rlhf_core.distributed`);
+    only rank 0 tracks, checkpoints and evaluates.
     """
-    tracker = tracker or NullTracker()
+    main = dist is None or dist.is_main
+    tracker = (tracker or NullTracker()) if main else NullTracker()
+    progress = progress and main
     output_dir = Path(output_dir)
     check_output_dir(output_dir, stage)
     root = output_dir / "checkpoints"
@@ -293,6 +314,11 @@ def run_training_loop(
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, optim)
     step_size = optim.batch_size * optim.grad_accum_steps
+    if dist is not None and step_size < dist.world_size:
+        raise ConfigError(
+            f"{stage}: a step batch of {step_size} examples (batch_size x grad_accum_steps) cannot be split "
+            f"over {dist.world_size} processes; raise batch_size or lower distributed.num_processes"
+        )
     sampler = LengthBucketedBatches(lengths, step_size, window=optim.length_bucket_window, seed=seed)
     run_fp = {
         "stage": stage,
@@ -306,7 +332,8 @@ def run_training_loop(
 
     state: dict[str, Any] = {"epoch": 0, "batch_index": 0, "sampler_seed": seed, "history": [], "fingerprint": run_fp}
     start_step = 0
-    last_ckpt = _resolve_resume(resume, root, stage)
+    with dist.main_first() if dist is not None else nullcontext():  # rank 0 prunes / sets aside first
+        last_ckpt = _resolve_resume(resume, root, stage)
     if last_ckpt is not None:
 
         def same_run(saved: dict[str, Any]) -> None:
@@ -328,7 +355,12 @@ def run_training_loop(
     order = sampler.epoch(epoch)
 
     def trainer_state() -> dict[str, Any]:
-        return {"epoch": epoch, "batch_index": batch_index, "sampler_seed": seed, "history": history, "fingerprint": run_fp}
+        return {"epoch": epoch, "batch_index": batch_index, "sampler_seed": seed, "history": history,
+                "fingerprint": run_fp, "micro_batch_size": micro_size}
+
+    # Shrinks (never grows back) after an out-of-memory error; the step batch, and so the data
+    # order and the gradient, stay those of the configuration.
+    micro_size = int(state.get("micro_batch_size", optim.batch_size))
 
     bar = None
     if progress:
@@ -336,6 +368,7 @@ def run_training_loop(
 
         bar = tqdm(total=optim.max_steps, initial=start_step, desc=stage, unit="step", dynamic_ncols=True)
 
+    train_model = dist.wrap(model) if dist is not None else model  # DDP wrapper: forward syncs gradients
     model.train()
     tokens_total = units_total = 0
     last_metrics: dict[str, float] = history[-1] if history else {}
@@ -351,26 +384,17 @@ def run_training_loop(
             indices = order[batch_index]
             batch_index += 1
             t0 = time.perf_counter()
-            micro = [collate(chunk) for chunk in split_micro_batches(indices, optim.batch_size)]
-            step_units = sum(units_of(b) for b in micro)
-            if step_units == 0:
-                raise TrainingError(f"{stage}: step {number} has no {unit_name} to train on (all labels masked)")
-            optimizer.zero_grad(set_to_none=True)
-            stats: dict[str, float] = {}
-            step_tokens = 0
-            for k, batch in enumerate(micro):
-                step_tokens += int(batch["attention_mask"].sum())
-                with _autocast(device, amp):
-                    loss, micro_stats = loss_fn(model, _to_device(batch, device), step_units)
-                value = float(loss.detach())
-                if not math.isfinite(value):
-                    raise TrainingError(
-                        f"{stage}: loss is {value} at step {number} (micro-batch {k + 1}/{len(micro)}); stopped "
-                        f"before the update, last checkpoint: {last_ckpt or 'none'}; lower optim.learning_rate or check the data"
+            while True:  # one pass; again with half the micro-batch after an out-of-memory error
+                try:
+                    stats, step_units, step_tokens = _accumulate_step(
+                        stage, number, train_model, indices, micro_size, collate, units_of, loss_fn, device, amp,
+                        unit_name, last_ckpt, dist,
                     )
-                loss.backward()
-                for key, v in micro_stats.items():
-                    stats[key] = stats.get(key, 0.0) + v
+                    break
+                except torch.OutOfMemoryError as exc:
+                    if dist is not None:  # the other processes are already inside a collective
+                        raise
+                    micro_size = _shrink_after_oom(stage, number, micro_size, len(indices), model, device, exc)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm))
             if not math.isfinite(grad_norm):
                 raise TrainingError(
@@ -391,8 +415,9 @@ def run_training_loop(
                 "train/step_seconds": seconds,
                 "train/tokens_per_second": step_tokens / seconds if seconds > 0 else 0.0,
                 f"train/{unit_name}": float(step_units),
+                "train/micro_batch_size": float(micro_size),
             }
-            if evaluate is not None and optim.eval_every and number % optim.eval_every == 0 and number < optim.max_steps:
+            if main and evaluate is not None and optim.eval_every and number % optim.eval_every == 0 and number < optim.max_steps:
                 eval_metrics = _run_eval(model, evaluate, device, amp)
                 metrics.update(eval_metrics)
             history.append({"step": float(number), **metrics})
@@ -405,22 +430,27 @@ def run_training_loop(
                     bar.set_postfix({loss_key: f"{stats[loss_key]:.4f}"}, refresh=False)
                 bar.update(1)
             if optim.checkpoint_every and number % optim.checkpoint_every == 0 and number < optim.max_steps:
-                last_ckpt = save_checkpoint(
-                    root, stage=stage, step=number, model=model, optimizer=optimizer, scheduler=scheduler,
-                    trainer_state=trainer_state(), keep=optim.keep_checkpoints,
-                )
+                if main:
+                    last_ckpt = save_checkpoint(
+                        root, stage=stage, step=number, model=model, optimizer=optimizer, scheduler=scheduler,
+                        trainer_state=trainer_state(), keep=optim.keep_checkpoints,
+                    )
+                if dist is not None:
+                    dist.barrier()
                 saved_at = number
     finally:
         if bar is not None:
             bar.close()
     wall = time.perf_counter() - started
     final_step = max(start_step, optim.max_steps)
-    if saved_at != final_step:
+    if saved_at != final_step and main:
         last_ckpt = save_checkpoint(
             root, stage=stage, step=final_step, model=model, optimizer=optimizer, scheduler=scheduler,
             trainer_state=trainer_state(), keep=optim.keep_checkpoints,
         )
-    if evaluate is not None:
+    if dist is not None:
+        dist.barrier()
+    if evaluate is not None and main:
         eval_metrics = _run_eval(model, evaluate, device, amp)
         tracker.log_metrics(eval_metrics, step=final_step)
     return LoopOutcome(
@@ -434,6 +464,83 @@ def run_training_loop(
         units=units_total,
         checkpoint=last_ckpt,
     )
+
+
+def _accumulate_step(
+    stage: str,
+    number: int,
+    model: torch.nn.Module,
+    indices: Sequence[int],
+    micro_size: int,
+    collate: Callable[[list[int]], Batch],
+    units_of: Callable[[Batch], int],
+    loss_fn: LossFn,
+    device: torch.device,
+    amp: torch.dtype | None,
+    unit_name: str,
+    last_ckpt: Path | None,
+    dist: DataParallel | None = None,
+) -> tuple[dict[str, float], int, int]:
+    """Forward/backward over the step batch in micro-batches of ``micro_size``; (stats, units, tokens).
+
+    Gradients are zeroed first, so after an out-of-memory error the step can simply run again.
+    Data-parallel: this process takes its shard; units, tokens and stats are summed over the
+    group, and each loss is scaled by the world size because DDP *averages* gradients. A
+    process whose shard is empty (a short last batch) runs one example with weight 0 so that
+    it still joins the gradient all-reduce.
+    """
+    world = dist.world_size if dist is not None else 1
+    mine = dist.shard(indices) if dist is not None else list(indices)
+    weight = 1.0 if mine else 0.0
+    micro = [collate(chunk) for chunk in split_micro_batches(mine or list(indices[:1]), micro_size)]
+    local_units = sum(units_of(b) for b in micro) if mine else 0
+    step_units = int(dist.sum([local_units])[0]) if dist is not None else local_units
+    if step_units == 0:
+        raise TrainingError(f"{stage}: step {number} has no {unit_name} to train on (all labels masked)")
+    model.zero_grad(set_to_none=True)
+    stats: dict[str, float] = {}
+    step_tokens = 0
+    for k, batch in enumerate(micro):
+        step_tokens += int(batch["attention_mask"].sum()) if mine else 0
+        with dist.no_sync(model, sync=k == len(micro) - 1) if dist is not None else nullcontext():
+            with _autocast(device, amp):
+                loss, micro_stats = loss_fn(model, _to_device(batch, device), step_units)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise TrainingError(
+                    f"{stage}: loss is {value} at step {number} (micro-batch {k + 1}/{len(micro)}); stopped "
+                    f"before the update, last checkpoint: {last_ckpt or 'none'}; lower optim.learning_rate or check the data"
+                )
+            (loss * (weight * world)).backward()
+        del loss
+        for key, v in micro_stats.items():
+            stats[key] = stats.get(key, 0.0) + v * weight
+    if dist is not None:
+        keys = sorted(stats)
+        totals = dist.sum([stats[key] for key in keys] + [step_tokens])
+        stats, step_tokens = dict(zip(keys, totals[:-1])), int(totals[-1])
+    return stats, step_units, step_tokens
+
+
+def _shrink_after_oom(
+    stage: str, number: int, micro_size: int, step_size: int, model: torch.nn.Module, device: torch.device, exc: BaseException
+) -> int:
+    """Half the micro-batch after an out-of-memory error (same step batch: more micro-batches), or give up at 1."""
+    model.zero_grad(set_to_none=True)  # free the partial gradients before retrying
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+    if micro_size <= 1:
+        raise TrainingError(
+            f"{stage}: out of memory at step {number} even with micro-batch 1 ({exc}); lower optim.max_length, "
+            "enable LoRA or use a bigger device"
+        ) from exc
+    smaller = micro_size // 2
+    log.warning(
+        "%s: out of memory at step %d with micro-batch %d; retrying the step with micro-batch %d "
+        "(%d micro-batches, same effective batch of %d)",
+        stage, number, micro_size, smaller, math.ceil(step_size / smaller), step_size,
+    )
+    return smaller
 
 
 def _run_eval(

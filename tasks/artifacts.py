@@ -6,6 +6,8 @@ Layout of a workspace (default ``./.rlhf``)::
       models/               cached HF-format base models (GGUF dequantized once)
       mlflow/mlflow.db      MLflow tracking store (sqlite) ...
       mlflow/artifacts/     ... and its artifact root
+      locks/                inter-process locks: two runs at once in one workspace take turns
+                            creating the shared stores (Prefect and MLflow databases, experiment)
       runs/<run_id>/        one directory per pipeline run, never shared:
         config.yaml           the fully resolved config
         data/ sft/ reward/ ppo/ eval/   each stage's outputs
@@ -16,10 +18,13 @@ never through globals or ad-hoc paths.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import secrets
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,6 +69,22 @@ class Workspace:
 
     def run(self, run_id: str) -> RunDir:
         return RunDir(self.runs / run_id)
+
+    def lock(self, name: str):
+        """``with ws.lock("mlflow-store"):`` one process at a time, among all runs using this workspace."""
+        return file_lock(self.root / "locks" / f"{name}.lock")
+
+
+@contextmanager
+def file_lock(path: Path) -> Iterator[None]:
+    """An exclusive inter-process lock (flock) held inside the block; released if the process dies."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @dataclass(frozen=True)

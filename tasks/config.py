@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from pydantic import Field
+from pydantic import Field, field_validator
 
 from rlhf_core.config import StrictModel
+from rlhf_core.redact import find_credential
+
+CREDENTIALS_HINT = (
+    "keep credentials out of configs: set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD "
+    "(or MLFLOW_TRACKING_TOKEN) in the environment for an MLflow server; for a database store drop the "
+    "password from the URI and set PGPASSWORD (PostgreSQL) or use ~/.pgpass"
+)
 
 
 class TrackingConfig(StrictModel):
@@ -12,9 +19,26 @@ class TrackingConfig(StrictModel):
 
     enabled: bool = Field(True, description="Log params, metrics and artifacts to MLflow.")
     tracking_uri: str | None = Field(
-        None, description="MLflow tracking URI; default sqlite:///<workspace>/mlflow/mlflow.db."
+        None,
+        description="MLflow tracking URI; default sqlite:///<workspace>/mlflow/mlflow.db. Never with a password in "
+        "it: credentials come from the environment (MLFLOW_TRACKING_USERNAME/MLFLOW_TRACKING_PASSWORD or "
+        "MLFLOW_TRACKING_TOKEN; PGPASSWORD for a PostgreSQL store).",
     )
     experiment: str | None = Field(None, description="MLflow experiment; default: the pipeline name.")
+    flush_timeout_s: float = Field(
+        60.0, ge=0,
+        description="At the end of a stage, how long to keep retrying metrics held back while the tracking "
+        "server was unreachable before failing the stage (they stay in <run>/tracking/*.jsonl; "
+        "`rlhf tracking flush` sends them later).",
+    )
+
+    @field_validator("tracking_uri")
+    @classmethod
+    def _no_credentials(cls, uri: str | None) -> str | None:
+        reason = find_credential(uri) if uri else None
+        if reason:
+            raise ValueError(f"the URI {reason}: {CREDENTIALS_HINT}")
+        return uri
 
 
 class RegistryConfig(StrictModel):

@@ -28,6 +28,7 @@ class StageContext:
     prefect_flow_run_id: str = ""
     register_models: bool = True
     tracking_enabled: bool = True
+    tracking_flush_timeout_s: float = tracking.DEFAULT_FLUSH_TIMEOUT_S
 
     @property
     def run(self) -> RunDir:
@@ -38,8 +39,14 @@ class StageContext:
         if not self.tracking_enabled:
             return nullcontext(tracking.NullStageTracker())
         return tracking.stage_run(
-            self.parent_run_id, self.experiment_id, stage, tags={"prefect.flow_run_id": self.prefect_flow_run_id}
+            self.parent_run_id, self.experiment_id, stage, tags={"prefect.flow_run_id": self.prefect_flow_run_id},
+            spool_dir=self.run.path / tracking.SPOOL_DIR, flush_timeout_s=self.tracking_flush_timeout_s,
         )
+
+    def parent_tracker(self) -> tracking.MlflowTracker:
+        """The pipeline's parent MLflow run, its metrics spooled like a stage's (tracking must be on)."""
+        spool = self.run.path / tracking.SPOOL_DIR / f"pipeline-{self.parent_run_id}.jsonl"
+        return tracking.MlflowTracker(self.parent_run_id, self.tracking_uri, spool=spool, stage="pipeline")
 
     def mlflow_run_link(self, run_id: str) -> str:
         """A link to an MLflow run for a person: the UI URL with a server, else the run id."""
@@ -58,8 +65,10 @@ class StageContext:
         """A Markdown artifact on the Prefect run page (skipped when called outside a Prefect run)."""
         from prefect.artifacts import create_markdown_artifact
 
+        from rlhf_core.redact import redact_text
+
         if _in_prefect_run():
-            create_markdown_artifact(markdown, key=key, description=description)
+            create_markdown_artifact(redact_text(markdown), key=key, description=redact_text(description))
 
     def publish_agreement(self, metrics: dict[str, float], n_pairs: int) -> None:
         """The reward-model agreement table on the Prefect flow-run page."""
@@ -72,10 +81,14 @@ class StageContext:
             for name, value in metrics.items()
             if name.startswith("rm/agreement") or name in ("rm/annotator_pairwise_agreement", "rm/ece", "rm/ceiling_gap")
         ]
+        from rlhf_core.redact import redact_text
+
         create_table_artifact(
             rows, key="reward-model-agreement",
-            description=f"Reward-model agreement on {n_pairs} held-out pairs, beside the annotators' own ceiling "
-            f"(MLflow: {self.mlflow_run_link(self.parent_run_id)})",
+            description=redact_text(
+                f"Reward-model agreement on {n_pairs} held-out pairs, beside the annotators' own ceiling "
+                f"(MLflow: {self.mlflow_run_link(self.parent_run_id)})"
+            ),
         )
 
 

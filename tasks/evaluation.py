@@ -197,7 +197,9 @@ def run_evaluation(
     tokenizer = load_tokenizer(cfg.model, cfg.model_cache)
     reference = load_causal_lm(cfg.model, cfg.model_cache, tokenizer, path=sft_dir).eval().requires_grad_(False)
     # the reward tokenizer is the policy's, as in the PPO stage (the reward model starts from the SFT model)
-    reward_model = RewardModel.from_pretrained(reward_dir, device=resolve_device(cfg.model.device))
+    reward_model = RewardModel.from_pretrained(
+        reward_dir, device=resolve_device(cfg.model.device), trust_remote_code=cfg.model.trust_remote_code
+    )
     loaders = {name: (lambda d=d: load_policy_dir(cfg, d, sft_dir, tokenizer)) for name, d in dirs.items()}
     comparison = compare_methods(
         loaders, tokenizer, reference=reference, reward_model=reward_model, reward_tokenizer=tokenizer,

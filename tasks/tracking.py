@@ -4,19 +4,33 @@ Training loops in rlhf_core take a ``Tracker`` (``log_metrics``/``log_params``/
 ``log_artifact``); :class:`MlflowTracker` is the MLflow implementation, bound to one
 MLflow run id so it works from any thread (Prefect tasks may run in worker threads,
 where MLflow's "active run" stack is not visible).
+
+A tracking server that goes down mid-run loses no metric (buffer and flush): every
+metric batch is first appended to a spool file (:class:`MetricSpool`, one JSONL file per
+MLflow run under ``<run_dir>/tracking/``), then sent. While the server is unreachable the
+unsent batches stay pending, ONE warning names the server, training goes on, and later
+calls retry. At stage end :func:`stage_run` flushes them for up to
+``tracking.flush_timeout_s``; if the server is still down the stage fails with
+:class:`TrackingUnavailableError`, naming the server and the spool, and
+``rlhf tracking flush RUN_ID`` (or ``rlhf run --resume RUN_ID``) sends them later.
 """
 
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 import re
+import threading
+import time
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlhf_core.errors import UserError
 from rlhf_core.tracking import NullTracker, flatten_params
 
 # Keep MLflow quiet and local: no telemetry, no progress bars in logs.
@@ -32,34 +46,351 @@ def metric_name(name: str) -> str:
     return _METRIC_NAME_BAD.sub("_", name).strip("_") or "_"
 
 
-class MlflowTracker:
-    """Logs to one MLflow run through the client API (thread-safe, batched)."""
+log = logging.getLogger("rlhf.tracking")
 
-    def __init__(self, run_id: str, tracking_uri: str | None = None) -> None:
+SPOOL_DIR = "tracking"  # <run_dir>/tracking/<stage>-<MLflow run id>.jsonl
+DEFAULT_FLUSH_TIMEOUT_S = 60.0
+# The metrics path calls the server with short HTTP retries of its own: MLflow's defaults
+# (7 retries with exponential backoff, 120 s timeout) would stall training ~4 minutes per
+# call while the server is down. Every other call (models, registry) keeps MLflow's defaults.
+REQUEST_TIMEOUT_S = 10
+REQUEST_RETRIES = 1
+RETRY_INTERVAL_S = (2.0, 60.0)  # while unreachable, later calls retry after 2 s, doubling up to 60 s
+MAX_METRICS_PER_REQUEST = 1000  # MLflow's log-batch limit
+
+
+class TrackingUnavailableError(UserError):
+    """The tracking server stayed unreachable: the metrics are safe in a spool file, not yet in MLflow."""
+
+
+def is_unreachable(exc: BaseException) -> bool:
+    """A connection failure, a timeout or a 5xx/429 answer (worth retrying later), not a rejected request."""
+    import requests
+    from mlflow.exceptions import MlflowException
+
+    if isinstance(exc, (requests.exceptions.ConnectionError, requests.exceptions.Timeout, ConnectionError, TimeoutError)):
+        return True
+    if isinstance(exc, MlflowException):
+        # MLflow wraps connection errors and timeouts as INTERNAL_ERROR (HTTP 500).
+        status = exc.get_http_status_code()
+        return status >= 500 or status == 429
+    return False
+
+
+def _why(exc: BaseException) -> str:
+    """The short reason inside MLflow's wrapped request errors ("Connection refused", "timed out")."""
+    text = " ".join(str(exc).split())
+    for pattern in (r"\[Errno -?\d+\] ([^'\")\]]+)", r"ResponseError\('([^']+)'\)", r"(timed out)"):
+        found = re.search(pattern, text)
+        if found:
+            return found.group(1).strip()
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+@dataclass
+class SpoolState:
+    """What a spool file says: its header, every batch, the acknowledged ids, a final status still to send."""
+
+    header: dict
+    batches: dict[int, dict]
+    sent: set[int]
+    end: str | None
+
+    @property
+    def pending(self) -> list[dict]:
+        return [batch for batch_id, batch in sorted(self.batches.items()) if batch_id not in self.sent]
+
+
+def read_spool(path: Path) -> SpoolState:
+    """Parse a spool file; a torn line (the process died mid-write) is skipped."""
+    state = SpoolState({}, {}, set(), None)
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            if "batch" in record:
+                state.batches[int(record["batch"])] = record
+            elif "sent" in record:
+                state.sent.update(int(i) for i in record["sent"])
+            elif "end" in record:
+                state.end = record["end"]
+            elif "end_sent" in record:
+                state.end = None
+            elif "spool" in record and not state.header:
+                state.header = record
+    if not state.header.get("run_id"):
+        raise TrackingUnavailableError(f"{path} is not a metrics spool file (no header line with a run_id)")
+    return state
+
+
+class MetricSpool:
+    """The durable record of one MLflow run's metric batches, and which of them MLflow accepted.
+
+    Append-only JSONL (a crash costs at most a torn last line, skipped on read):
+    ``{"spool": 1, "run_id", "tracking_uri", "stage"}`` first; ``{"batch": n, "step",
+    "timestamp", "metrics": {name: value}}`` per batch, written BEFORE it is sent;
+    ``{"sent": [n, ...]}`` once MLflow accepted batches, so a replay sends each batch once
+    (and MLflow's store drops an identical (key, timestamp, step, value) resent after a lost
+    answer); ``{"end": status}`` / ``{"end_sent": true}`` for a final run status that could
+    not be sent. ``path=None`` keeps the same bookkeeping in memory only.
+    """
+
+    def __init__(self, path: Path | None, run_id: str, tracking_uri: str, stage: str | None = None) -> None:
+        self.path = path
+        self.run_id = run_id
+        self.pending: list[dict] = []
+        self.end: str | None = None
+        self._next = 0
+        if path is None:
+            return
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.is_file() and path.stat().st_size:
+            state = read_spool(path)
+            if state.header["run_id"] != run_id:
+                raise TrackingUnavailableError(f"{path} spools MLflow run {state.header['run_id']}, not {run_id}")
+            self.pending, self.end = state.pending, state.end
+            self._next = max(state.batches, default=-1) + 1
+            with open(path, "rb+") as fh:  # end a torn last line so the next record starts clean
+                fh.seek(-1, os.SEEK_END)
+                if fh.read(1) != b"\n":
+                    fh.write(b"\n")
+        else:
+            self._append({"spool": 1, "run_id": run_id, "tracking_uri": tracking_uri, "stage": stage}, sync=True)
+
+    def add(self, step: int, timestamp: int, metrics: dict[str, float]) -> None:
+        batch = {"batch": self._next, "step": step, "timestamp": timestamp, "metrics": metrics}
+        self._next += 1
+        self._append(batch)
+        self.pending.append(batch)
+
+    def acknowledge(self, count: int) -> None:
+        """The first ``count`` pending batches reached MLflow."""
+        self._append({"sent": [batch["batch"] for batch in self.pending[:count]]})
+        del self.pending[:count]
+
+    def record_end(self, status: str) -> None:
+        self.end = status
+        self._append({"end": status}, sync=True)
+
+    def end_sent(self) -> None:
+        if self.end is not None:
+            self.end = None
+            self._append({"end_sent": True})
+
+    def sync(self) -> None:
+        """fsync: called while batches are pending, when this file is their only copy."""
+        if self.path is not None:
+            with open(self.path, "a", encoding="utf-8") as fh:
+                os.fsync(fh.fileno())
+
+    def _append(self, record: dict, sync: bool = False) -> None:
+        if self.path is None:
+            return
+        with open(self.path, "a", encoding="utf-8") as fh:
+            fh.write(json.dumps(record, separators=(",", ":")) + "\n")
+            if sync:
+                fh.flush()
+                os.fsync(fh.fileno())
+
+
+class MlflowTracker:
+    """Logs to one MLflow run through the client API (thread-safe, batched).
+
+    Metrics go through a :class:`MetricSpool` (``spool``: its file; None keeps it in memory)
+    so a tracking-server outage loses none: see the module docstring.
+    """
+
+    def __init__(self, run_id: str, tracking_uri: str | None = None, *, spool: Path | None = None, stage: str | None = None) -> None:
         from mlflow.tracking import MlflowClient
 
         self.run_id = run_id
         self.client = MlflowClient(tracking_uri=tracking_uri)
+        self.tracking_uri = str(self.client.tracking_uri)
+        self.stage = stage
+        self.spool = MetricSpool(spool, run_id, self.tracking_uri, stage)
+        self._lock = threading.RLock()
+        self._retry_at = 0.0  # monotonic time of the next attempt while the server is unreachable
+        self._interval = RETRY_INTERVAL_S[0]
+        self._outage: str | None = None  # why the server is unreachable, once warned about
+        self._last_error = ""
+
+    @property
+    def store_name(self) -> str:
+        """How messages name where metrics go: the server's URL, or the local store."""
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return f"MLflow tracking server at {self.tracking_uri}"
+        return f"MLflow tracking store {self.tracking_uri}"
+
+    @property
+    def pending_batches(self) -> int:
+        """Metric batches not yet accepted by MLflow."""
+        return len(self.spool.pending)
 
     def log_metrics(self, metrics: Mapping[str, float], step: int = 0) -> None:
-        """All metrics of one step in one batched call; NaN/inf are skipped (MLflow rejects some)."""
-        import time
+        """All metrics of one step in one batch; NaN/inf are skipped (MLflow rejects some).
 
+        The batch is spooled, then sent with any earlier unsent ones. While the server is
+        unreachable it stays pending and later calls retry (after 2 s, doubling to 60 s), so
+        training is never held up for more than one short request.
+        """
+        values: dict[str, float] = {}
+        for key, value in metrics.items():
+            if value is not None and math.isfinite(float(value)):
+                values[metric_name(key)] = float(value)
+        if not values:
+            return
+        with self._lock:
+            self.spool.add(int(step), int(time.time() * 1000), values)
+            if time.monotonic() >= self._retry_at:
+                self._send_pending()
+            if self.spool.pending:
+                self.spool.sync()
+
+    def flush(self, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> None:
+        """Send every pending batch, retrying for up to ``timeout_s``; raise TrackingUnavailableError after."""
+        deadline = time.monotonic() + max(timeout_s, 0.0)
+        delay = 1.0
+        with self._lock:
+            while not self._send_pending(warn=False):
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    raise TrackingUnavailableError(self.unsent_message(f"({self._last_error}) for {timeout_s:.0f} s"))
+                time.sleep(min(delay, left))
+                delay = min(delay * 2, 10.0)
+
+    def finish(self, status: str = "FINISHED", timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> None:
+        """Flush (waiting up to ``timeout_s`` for the server), then set the run's final status.
+
+        If the server stays down, the run is recorded as FAILED in the spool (it is set when the
+        spool is flushed later) and TrackingUnavailableError names the server and the spool.
+        """
+        with self._lock:
+            try:
+                self.flush(timeout_s)
+                self._terminate(status)
+            except TrackingUnavailableError:
+                self.spool.record_end("FAILED")
+                raise
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                self.spool.record_end("FAILED")
+                raise TrackingUnavailableError(self.unsent_message(f"({_why(exc)})")) from exc
+
+    def finish_quietly(self, status: str = "FAILED") -> None:
+        """On a failing stage: one attempt to send what is pending and ``status``; never raises."""
+        try:
+            self.finish(status, timeout_s=0)
+        except TrackingUnavailableError as err:
+            log.warning("%s", err)
+        except Exception as exc:  # never hide the stage's own error behind a tracking one
+            log.warning("could not mark MLflow run %s %s: %s", self.run_id, status, _why(exc))
+
+    def unsent_message(self, how_long: str) -> str:
+        """Why the run is not complete in MLflow, where its metrics are, and how to send them."""
+        what = f"stage '{self.stage}', MLflow run {self.run_id}" if self.stage else f"MLflow run {self.run_id}"
+        n = len(self.spool.pending)
+        held = f"{n} metric batch{'es' if n != 1 else ''} not yet in MLflow" if n else "its final status"
+        if self.spool.path is None:
+            where = "held in memory only (no spool file): they are lost when this process ends"
+            later = ""
+        else:
+            target = self.spool.path.parent.parent if self.spool.path.parent.name == SPOOL_DIR else self.spool.path
+            where = f"kept in {self.spool.path}"
+            later = f"; send them when it is back with `rlhf tracking flush {target}` (or `rlhf run --resume {target.name}`)"
+        return f"{self.store_name} unreachable {how_long} ({what}): {held}, {where}{later}"
+
+    def _send_pending(self, warn: bool = True) -> bool:
+        """Send the unsent batches oldest first, several per request; False if the server is unreachable.
+
+        ``warn``: the first failure of an outage logs the one warning (not while flushing at the
+        end, which raises its own error instead).
+        """
         from mlflow.entities import Metric
 
-        now = int(time.time() * 1000)
-        batch = [
-            Metric(metric_name(key), float(value), now, int(step))
-            for key, value in metrics.items()
-            if value is not None and math.isfinite(float(value))
-        ]
-        for i in range(0, len(batch), 1000):  # MLflow's per-request metric limit
-            self.client.log_batch(self.run_id, metrics=batch[i : i + 1000])
+        pending = self.spool.pending
+        while pending:
+            count, size = 0, 0
+            for batch in pending:
+                if count and size + len(batch["metrics"]) > MAX_METRICS_PER_REQUEST:
+                    break
+                count, size = count + 1, size + len(batch["metrics"])
+            metrics = [
+                Metric(key, value, batch["timestamp"], batch["step"])
+                for batch in pending[:count]
+                for key, value in batch["metrics"].items()
+            ]
+            try:
+                for i in range(0, len(metrics), MAX_METRICS_PER_REQUEST):  # one batch may exceed the limit alone
+                    self._log_batch(metrics[i : i + MAX_METRICS_PER_REQUEST])
+            except Exception as exc:
+                if not is_unreachable(exc):
+                    raise
+                self._unreachable(exc, warn)
+                return False
+            self.spool.acknowledge(count)
+        if self._outage is not None:
+            log.info("%s is reachable again: the held-back metrics of run %s are sent", self.store_name, self.run_id)
+            self._outage = None
+        self._retry_at, self._interval = 0.0, RETRY_INTERVAL_S[0]
+        return True
+
+    def _unreachable(self, exc: BaseException, warn: bool) -> None:
+        self._retry_at = time.monotonic() + self._interval
+        self._interval = min(self._interval * 2, RETRY_INTERVAL_S[1])
+        self._last_error = _why(exc)
+        if self._outage is None and warn:
+            self._outage = self._last_error
+            where = f"kept in {self.spool.path}" if self.spool.path else "held in memory"
+            log.warning(
+                "%s is unreachable (%s): training goes on; the metrics of run %s are %s and sent when it answers "
+                "again", self.store_name, self._outage, self.run_id, where,
+            )  # fmt: skip
+
+    def _rest_store(self):
+        from mlflow.store.tracking.rest_store import RestStore
+
+        store = getattr(getattr(self.client, "_tracking_client", None), "store", None)
+        return store if isinstance(store, RestStore) else None
+
+    def _post(self, store, endpoint: str, body: dict) -> None:
+        """One REST call with this tracker's short retries (MLflow's documented REST API)."""
+        from mlflow.utils.rest_utils import http_request, verify_rest_response
+
+        response = http_request(
+            store.get_host_creds(), endpoint, "POST",
+            max_retries=REQUEST_RETRIES, backoff_factor=1, timeout=REQUEST_TIMEOUT_S, json=body,
+        )  # fmt: skip
+        verify_rest_response(response, endpoint)
+
+    def _log_batch(self, metrics: list) -> None:
+        store = self._rest_store()
+        if store is None:  # a local store: no HTTP retries to shorten
+            self.client.log_batch(self.run_id, metrics=metrics)
+            return
+        body = {"run_id": self.run_id, "metrics": [
+            {"key": m.key, "value": m.value, "timestamp": m.timestamp, "step": m.step} for m in metrics
+        ]}  # fmt: skip
+        self._post(store, "/api/2.0/mlflow/runs/log-batch", body)
+
+    def _terminate(self, status: str) -> None:
+        store = self._rest_store()
+        if store is None:
+            self.client.set_terminated(self.run_id, status=status)
+        else:
+            body = {"run_id": self.run_id, "status": status, "end_time": int(time.time() * 1000)}
+            self._post(store, "/api/2.0/mlflow/runs/update", body)
+        self.spool.end_sent()
 
     def log_params(self, params: Mapping[str, Any]) -> None:
+        """Flattened, with secrets masked (rlhf_core.redact): params are visible to anyone with the UI."""
         from mlflow.entities import Param
 
-        flat = flatten_params(params)
+        from rlhf_core.redact import redact
+
+        flat = redact(flatten_params(params))
         batch = [Param(k, json.dumps(v) if isinstance(v, (list, tuple)) else str(v)[:6000]) for k, v in flat.items()]
         for i in range(0, len(batch), 100):  # MLflow's per-request param limit
             self.client.log_batch(self.run_id, params=batch[i : i + 100])
@@ -122,23 +453,102 @@ def configure(tracking_uri: str, artifact_root: Path, experiment: str) -> str:
 
 
 @contextmanager
-def stage_run(parent_run_id: str, experiment_id: str, stage: str, tags: Mapping[str, str] | None = None) -> Iterator[MlflowTracker]:
-    """A nested MLflow run for one stage; marked FAILED if the stage raises."""
+def stage_run(
+    parent_run_id: str,
+    experiment_id: str,
+    stage: str,
+    tags: Mapping[str, str] | None = None,
+    *,
+    spool_dir: Path | None = None,
+    flush_timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S,
+) -> Iterator[MlflowTracker]:
+    """A nested MLflow run for one stage; marked FAILED if the stage raises.
+
+    Its metrics are spooled to ``<spool_dir>/<stage>-<run id>.jsonl`` (in memory without
+    ``spool_dir``). At the end every pending batch is flushed, waiting up to
+    ``flush_timeout_s`` for an unreachable server; if it stays down the stage fails with
+    :class:`TrackingUnavailableError` naming the server and the spool. A stage that fails
+    for another reason gets one quick attempt and keeps the rest in the spool.
+    """
     from mlflow.tracking import MlflowClient
 
     client = MlflowClient()
-    run = client.create_run(
-        experiment_id,
-        run_name=stage,
-        tags={"mlflow.parentRunId": parent_run_id, "rlhf.stage": stage, **(tags or {})},
-    )
-    tracker = MlflowTracker(run.info.run_id)
+    try:
+        run = client.create_run(
+            experiment_id,
+            run_name=stage,
+            tags={"mlflow.parentRunId": parent_run_id, "rlhf.stage": stage, **(tags or {})},
+        )
+    except Exception as exc:
+        if not is_unreachable(exc):
+            raise
+        raise TrackingUnavailableError(
+            f"MLflow tracking server at {client.tracking_uri} unreachable ({_why(exc)}): could not open the MLflow run "
+            f"of stage '{stage}'; nothing of this stage ran yet (re-run it with `rlhf run --resume`)"
+        ) from exc
+    run_id = run.info.run_id
+    spool = Path(spool_dir) / f"{stage}-{run_id}.jsonl" if spool_dir is not None else None
+    tracker = MlflowTracker(run_id, spool=spool, stage=stage)
     try:
         yield tracker
-    except BaseException:
-        client.set_terminated(run.info.run_id, status="FAILED")
+    except BaseException as exc:
+        tracker.finish_quietly("FAILED")
+        if is_unreachable(exc) and not isinstance(exc, TrackingUnavailableError):
+            # e.g. registering the model while the server is down: say so, and where the metrics are
+            raise TrackingUnavailableError(tracker.unsent_message(f"({_why(exc)})")) from exc
         raise
-    client.set_terminated(run.info.run_id, status="FINISHED")
+    tracker.finish("FINISHED", flush_timeout_s)
+
+
+@dataclass
+class FlushReport:
+    """What :func:`flush_spool` delivered from one spool file."""
+
+    spool: Path
+    run_id: str
+    tracking_uri: str
+    batches: int
+    values: int
+    status: str | None  # the final run status it set, if one was waiting
+
+
+def spool_files(run_dir: Path) -> list[Path]:
+    """The metric spools of a run directory (one per MLflow run: the pipeline's and each stage's)."""
+    return sorted((Path(run_dir) / SPOOL_DIR).glob("*.jsonl"))
+
+
+def flush_spool(path: Path, *, tracking_uri: str | None = None, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> FlushReport:
+    """Send a spool's unsent batches (and a final status waiting in it) to MLflow; each batch once.
+
+    ``tracking_uri`` overrides the server recorded in the spool (e.g. it moved). Raises
+    TrackingUnavailableError if the server does not answer within ``timeout_s``.
+    """
+    path = Path(path)
+    state = read_spool(path)
+    report = FlushReport(path, state.header["run_id"], tracking_uri or state.header.get("tracking_uri") or "", 0, 0, None)
+    if not state.pending and state.end is None:
+        return report
+    tracker = MlflowTracker(report.run_id, report.tracking_uri or None, spool=path, stage=state.header.get("stage"))
+    report.tracking_uri = tracker.tracking_uri
+    report.batches = len(tracker.spool.pending)
+    report.values = sum(len(batch["metrics"]) for batch in tracker.spool.pending)
+    end = tracker.spool.end
+    tracker.flush(timeout_s)
+    if end is not None:
+        try:
+            tracker._terminate(end)
+        except Exception as exc:
+            if not is_unreachable(exc):
+                raise
+            raise TrackingUnavailableError(tracker.unsent_message(f"({_why(exc)})")) from exc
+        report.status = end
+    return report
+
+
+def flush_run_spools(run_dir: Path, *, tracking_uri: str | None = None, timeout_s: float = DEFAULT_FLUSH_TIMEOUT_S) -> list[FlushReport]:
+    """:func:`flush_spool` on every spool of a run directory; reports only those that held something."""
+    reports = [flush_spool(path, tracking_uri=tracking_uri, timeout_s=timeout_s) for path in spool_files(run_dir)]
+    return [r for r in reports if r.batches or r.status]
 
 
 def start_parent_run(experiment_id: str, run_name: str, tags: Mapping[str, str] | None = None) -> MlflowTracker:

@@ -14,6 +14,7 @@ from prefect import task
 
 from flows.config import PipelineConfig
 from rlhf_core.config import ModelConfig
+from tasks.artifacts import RunDir
 from tasks.context import STAGE_CACHE, StageContext
 
 
@@ -45,26 +46,84 @@ def _split(frame, name: str):
     return frame[split != "eval"], frame[split == "eval"]
 
 
-@task(name="sft", cache_policy=STAGE_CACHE, persist_result=True)
-def train_sft_stage(cfg: PipelineConfig, base_dir: str, run_dir: str, ctx: StageContext) -> dict[str, str]:
-    """Supervised fine-tuning on the curated demonstrations."""
+def fit_sft(cfg: PipelineConfig, base_dir: str, run: RunDir, tracker, *, dist=None, progress: bool = True):
+    """Load the SFT stage's inputs from ``run`` and train; ``(SFTResult,)``. Also the data-parallel worker's body."""
     import pandas as pd
 
     from rlhf_core.sft.train import train_sft
 
-    run = ctx.run
-    data = run.require("data")
     model, tokenizer = load_policy(cfg, base_dir)
-    train_rows, eval_rows = _split(pd.read_parquet(data["demonstrations"]), "demonstrations")
+    train_rows, eval_rows = _split(pd.read_parquet(run.require("data")["demonstrations"]), "demonstrations")
+    result = train_sft(
+        cfg.sft, model, tokenizer, train_rows, output_dir=run.stage("sft"), tracker=tracker,
+        eval_rows=eval_rows if len(eval_rows) else None, seed=cfg.seed, progress=progress, dist=dist,
+    )
+    return (result,)
+
+
+def _fit_distributed(stage: str, cfg: PipelineConfig, model_dir: str, run: RunDir, tracker, tracking_uri: str):
+    """The stage trained by ``distributed.num_processes`` processes (see tasks/distributed.py)."""
+    from rlhf_core.reward.train import RewardResult
+    from rlhf_core.sft.train import SFTResult
+    from tasks.distributed import result_from_json, train_distributed
+
+    data = train_distributed(
+        stage, cfg, model_dir=model_dir, run_dir=str(run.path), mlflow_run_id=getattr(tracker, "run_id", None),
+        tracking_uri=tracking_uri,
+    )
+    tracker.log_metrics({f"{stage_metric(stage)}/processes": float(data["world_size"])}, step=int(data["steps"]))
+    return result_from_json(SFTResult if stage == "sft" else RewardResult, data)
+
+
+def _one_process_note(cfg: PipelineConfig, stage: str) -> None:
+    if cfg.distributed.enabled:
+        import logging
+
+        logging.getLogger(__name__).warning(
+            "%s trains in one process: distributed.num_processes=%d applies to the SFT and reward-model stages only",
+            stage, cfg.distributed.num_processes,
+        )
+
+
+def stage_metric(stage: str) -> str:
+    return {"sft": "sft", "reward": "rm"}[stage]
+
+
+@task(name="sft", cache_policy=STAGE_CACHE, persist_result=True)
+def train_sft_stage(cfg: PipelineConfig, base_dir: str, run_dir: str, ctx: StageContext) -> dict[str, str]:
+    """Supervised fine-tuning on the curated demonstrations (data-parallel when distributed.num_processes > 1)."""
+    run = ctx.run
+    run.require("data")
     with ctx.stage_run("sft") as tracker:
         tracker.log_params({"sft": cfg.sft.model_dump(mode="json"), "base_model": base_dir})
-        result = train_sft(
-            cfg.sft, model, tokenizer, train_rows, output_dir=run.stage("sft"), tracker=tracker,
-            eval_rows=eval_rows if len(eval_rows) else None, seed=cfg.seed,
-        )
+        if cfg.distributed.enabled:
+            result = _fit_distributed("sft", cfg, base_dir, run, tracker, ctx.tracking_uri)
+        else:
+            (result,) = fit_sft(cfg, base_dir, run, tracker)
         tracker.log_metrics({"sft/wall_seconds": result.wall_seconds, "sft/tokens_per_second": result.tokens_per_second}, step=result.steps)
         ctx.register(tracker, result.model_dir, "sft")
     return run.record_outputs("sft", {"model_dir": str(result.model_dir)})
+
+
+def fit_reward(cfg: PipelineConfig, policy_dir: str, run: RunDir, tracker, *, dist=None, progress: bool = True):
+    """Load the reward stage's inputs from ``run`` and train; ``(RewardResult, reward_model, tokenizer)``."""
+    import pandas as pd
+
+    from rlhf_core.models import build_tiny_model, load_tokenizer
+    from rlhf_core.reward.model import RewardModel
+    from rlhf_core.reward.train import train_reward_model
+
+    tokenizer = load_tokenizer(cfg.model, cfg.model_cache)
+    if policy_dir == "tiny":
+        reward_model = RewardModel.from_model(build_tiny_model(cfg.model.tiny, tokenizer), seed=cfg.seed)
+    else:
+        reward_model = RewardModel.from_causal_lm_dir(policy_dir, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
+    train_pairs, _ = _split(pd.read_parquet(run.require("data")["preferences"]), "preferences")
+    result = train_reward_model(
+        cfg.reward, reward_model, tokenizer, train_pairs, output_dir=run.stage("reward"), tracker=tracker,
+        seed=cfg.seed, progress=progress, dist=dist,
+    )
+    return result, reward_model, tokenizer
 
 
 @task(name="reward", cache_policy=STAGE_CACHE, persist_result=True)
@@ -73,26 +132,24 @@ def train_reward_stage(cfg: PipelineConfig, policy_dir: str, run_dir: str, ctx: 
     import pandas as pd
 
     from rlhf_core.gold import gold_score
-    from rlhf_core.models import build_tiny_model, load_tokenizer
+    from rlhf_core.models import load_tokenizer
     from rlhf_core.reward.agreement import reward_model_agreement
     from rlhf_core.reward.model import RewardModel
-    from rlhf_core.reward.train import score_pairs, train_reward_model
+    from rlhf_core.reward.train import score_pairs
     from tasks.plots import plot_reliability, plot_reward_distribution
 
     run = ctx.run
     data = run.require("data")
-    tokenizer = load_tokenizer(cfg.model, cfg.model_cache)
-    if policy_dir == "tiny":
-        reward_model = RewardModel.from_model(build_tiny_model(cfg.model.tiny, tokenizer), seed=cfg.seed)
-    else:
-        reward_model = RewardModel.from_causal_lm_dir(policy_dir, seed=cfg.seed)
     train_pairs, eval_pairs = _split(pd.read_parquet(data["preferences"]), "preferences")
     out_dir = run.stage("reward")
     with ctx.stage_run("reward") as tracker:
         tracker.log_params({"reward": cfg.reward.model_dump(mode="json"), "init_from": policy_dir})
-        result = train_reward_model(
-            cfg.reward, reward_model, tokenizer, train_pairs, output_dir=out_dir, tracker=tracker, seed=cfg.seed
-        )
+        if cfg.distributed.enabled:
+            result = _fit_distributed("reward", cfg, policy_dir, run, tracker, ctx.tracking_uri)
+            reward_model = RewardModel.from_pretrained(result.model_dir, trust_remote_code=cfg.model.trust_remote_code)
+            tokenizer = load_tokenizer(cfg.model, cfg.model_cache)
+        else:
+            result, reward_model, tokenizer = fit_reward(cfg, policy_dir, run, tracker)
         held_out = eval_pairs if len(eval_pairs) else train_pairs
         chosen_r, rejected_r = score_pairs(
             reward_model, tokenizer, held_out, max_length=cfg.reward.optim.max_length,
@@ -140,9 +197,10 @@ def train_ppo_stage(cfg: PipelineConfig, policy_dir: str, run_dir: str, ctx: Sta
     from rlhf_core.ppo.trainer import train_ppo
 
     run = ctx.run
+    _one_process_note(cfg, "ppo")
     data, reward = run.require("data"), run.require("reward")
     policy, tokenizer = load_policy(cfg, policy_dir)
-    reward_model = RewardModel.from_pretrained(reward["model_dir"])
+    reward_model = RewardModel.from_pretrained(reward["model_dir"], trust_remote_code=cfg.model.trust_remote_code)
     prompts = pd.read_parquet(data["rl_prompts"])
     harmful = dict(zip(prompts["prompt"], prompts["harmful"].fillna(False))) if "harmful" in prompts else {}
     with ctx.stage_run("ppo") as tracker:
@@ -168,6 +226,7 @@ def train_dpo_stage(cfg: PipelineConfig, policy_dir: str, run_dir: str, ctx: Sta
     from rlhf_core.dpo.trainer import train_dpo
 
     run = ctx.run
+    _one_process_note(cfg, "dpo")
     data = run.require("data")
     policy, tokenizer = load_policy(cfg, policy_dir)
     train_pairs, _ = _split(pd.read_parquet(data["preferences"]), "preferences")

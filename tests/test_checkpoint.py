@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import random
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -12,6 +13,7 @@ import torch
 from rlhf_core.checkpoint import (
     MANIFEST,
     WEIGHTS,
+    latest_valid_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
@@ -126,3 +128,40 @@ def test_weights_of_a_different_model_are_refused(tmp_path):
     opt2 = build_optimizer(other, optim_cfg)
     with pytest.raises(TrainingError, match=r"holds weights of a different model or LoRA setting"):
         load_checkpoint(path, stage="sft", model=other, optimizer=opt2, scheduler=build_scheduler(opt2, optim_cfg))
+
+
+def test_full_disk_while_checkpointing_keeps_the_last_good_one(tmp_path, monkeypatch):
+    import errno
+
+    import rlhf_core.checkpoint as ckpt
+
+    net, opt, sched, _ = _trained()
+    good = _save(tmp_path, net, opt, sched)  # step 3
+    root = tmp_path / "checkpoints"
+    real_save = ckpt.torch.save
+
+    def disk_full(obj, path, *args, **kwargs):  # half a file, then ENOSPC, as a full disk does
+        Path(path).write_bytes(b"\0" * 100)
+        raise OSError(errno.ENOSPC, "No space left on device", str(path))
+
+    monkeypatch.setattr(ckpt.torch, "save", disk_full)
+    with pytest.raises(TrainingError, match=rf"could not write checkpoint .*step-000004 \(no space left on device\); "
+                                            rf"the last good checkpoint {good} is intact"):
+        save_checkpoint(root, stage="sft", step=4, model=net, optimizer=opt, scheduler=sched,
+                        trainer_state={}, keep=1)
+    monkeypatch.setattr(ckpt.torch, "save", real_save)
+    assert [p.name for p in list_checkpoints(root)] == [good.name]  # keep=1 did not prune it
+    assert not list(root.glob(".tmp-*"))  # the half-written temp dir is gone
+    verify_checkpoint(good, stage="sft")  # and it still verifies
+
+
+def test_latest_valid_checkpoint_falls_back_past_corrupt_ones(tmp_path):
+    net, opt, sched, _ = _trained()
+    first = save_checkpoint(tmp_path, stage="sft", step=1, model=net, optimizer=opt, scheduler=sched, trainer_state={}, keep=3)
+    second = save_checkpoint(tmp_path, stage="sft", step=2, model=net, optimizer=opt, scheduler=sched, trainer_state={}, keep=3)
+    (second / MANIFEST).unlink()  # e.g. a copy interrupted before the manifest
+    assert latest_valid_checkpoint(tmp_path, stage="sft") == first
+    assert (tmp_path / "corrupt-step-000002").is_dir()
+    with pytest.raises(TrainingError, match="written by stage 'sft', not 'reward'"):
+        latest_valid_checkpoint(tmp_path, stage="reward")  # another stage's checkpoint is an error, not corruption
+    assert latest_valid_checkpoint(tmp_path / "none", stage="sft") is None

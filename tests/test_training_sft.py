@@ -202,10 +202,24 @@ def test_resume_refuses_changed_data_missing_and_corrupt_checkpoints(tiny_tokeni
     with pytest.raises(TrainingError, match=r"checkpoint .*/nowhere does not exist"):
         train_sft(cfg, _model(tiny_tokenizer), tiny_tokenizer, rows, output_dir=tmp_path / "x", resume=tmp_path / "nowhere",
                   progress=False)
-    weights = latest_checkpoint(tmp_path / "checkpoints") / WEIGHTS
+    # a corrupt newest checkpoint is moved aside and the previous one is used
+    root = tmp_path / "checkpoints"
+    weights = latest_checkpoint(root) / WEIGHTS
     weights.write_bytes(weights.read_bytes()[:-8])
-    with pytest.raises(TrainingError, match=rf"{weights} is corrupt"):
+    fallback = train_sft(cfg, _model(tiny_tokenizer), tiny_tokenizer, rows, output_dir=tmp_path, progress=False)
+    assert fallback.resumed_from_step == 1 and fallback.steps == 2
+    assert (root / "corrupt-step-000002").is_dir()
+    assert [p.name for p in list_checkpoints(root)] == ["step-000001", "step-000002"]
+    # every checkpoint corrupt: refused, naming them (never a silent start over)
+    for path in list_checkpoints(root):
+        (path / WEIGHTS).write_bytes(b"garbage")
+    with pytest.raises(TrainingError, match=r"every checkpoint in .* is corrupt \(step-000002: .*step-000001: "):
         train_sft(cfg, _model(tiny_tokenizer), tiny_tokenizer, rows, output_dir=tmp_path, progress=False)
+    # an explicitly named corrupt checkpoint is refused, not replaced by another one
+    (root / "corrupt-step-000002").rename(root / "step-000002")
+    with pytest.raises(TrainingError, match=r"step-000002/trainable.safetensors is corrupt"):
+        train_sft(cfg, _model(tiny_tokenizer), tiny_tokenizer, rows, output_dir=tmp_path,
+                  resume=root / "step-000002", progress=False)
     # resume=False starts over instead of reading the corrupt checkpoint
     result = train_sft(cfg, _model(tiny_tokenizer), tiny_tokenizer, rows, output_dir=tmp_path, resume=False, progress=False)
     assert result.resumed_from_step == 0
@@ -262,3 +276,37 @@ def test_bf16_autocast_keeps_fp32_master_weights(tiny_tokenizer, tmp_path):
     losses = [h["sft/loss"] for h in result.history]
     assert all(p.dtype == torch.float32 for p in model.parameters())
     assert losses[-1] < losses[0]
+
+
+def test_out_of_memory_retries_with_smaller_micro_batch_same_effective_batch(tiny_tokenizer, tmp_path, caplog):
+    """A (simulated) OOM on micro-batches above 2 rows: the step is redone in micro-batches of 2."""
+    rows = _rows(16)
+    reference_model = _model(tiny_tokenizer)
+    reference = train_sft(_cfg(max_steps=3, batch_size=2, grad_accum_steps=4), reference_model, tiny_tokenizer, rows,
+                          output_dir=tmp_path / "ref", progress=False)
+
+    model = _model(tiny_tokenizer)
+
+    def out_of_memory(module, args):  # what a GPU does when the activations of >2 rows do not fit
+        if args[0].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB (simulated)")
+
+    handle = model.get_input_embeddings().register_forward_pre_hook(out_of_memory)
+    with caplog.at_level("WARNING", logger="rlhf_core.training"):
+        result = train_sft(_cfg(max_steps=3, batch_size=8), model, tiny_tokenizer, rows, output_dir=tmp_path / "oom",
+                           progress=False)
+    messages = [r.getMessage() for r in caplog.records]
+    assert "sft: out of memory at step 1 with micro-batch 8; retrying the step with micro-batch 4 (2 micro-batches, same effective batch of 8)" in messages
+    assert "sft: out of memory at step 1 with micro-batch 4; retrying the step with micro-batch 2 (4 micro-batches, same effective batch of 8)" in messages
+    assert len(messages) == 2  # the smaller size is kept: steps 2 and 3 do not hit the error again
+    assert [h["train/micro_batch_size"] for h in result.history] == [2.0, 2.0, 2.0]
+    assert [h["sft/loss"] for h in result.history] == [h["sft/loss"] for h in reference.history]
+    for name, value in _params(reference_model).items():
+        assert torch.equal(_params(model)[name], value), name
+
+    handle.remove()
+    model.get_input_embeddings().register_forward_pre_hook(lambda module, args: (_ for _ in ()).throw(
+        torch.OutOfMemoryError("CUDA out of memory (simulated)")))
+    with pytest.raises(TrainingError, match=r"sft: out of memory at step 1 even with micro-batch 1"):
+        train_sft(_cfg(max_steps=1, batch_size=2), model, tiny_tokenizer, rows, output_dir=tmp_path / "hopeless",
+                  resume=False, progress=False)

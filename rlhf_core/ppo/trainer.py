@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import copy
 import logging
+import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -498,10 +499,14 @@ def save_policy(policy: torch.nn.Module, tokenizer: Any, final: Path, *, step: i
     from rlhf_core.reward.model import write_stage_marker
 
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
     policy.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     write_stage_marker(tmp, STAGE, step=step, lora=is_peft_model(policy))
-    return replace_dir(tmp, final)
+    replace_dir(tmp, final)
+    # a run killed while writing the model left its temp (or set-aside) copy: a full model each
+    for stale in [*final.parent.glob(f".tmp-{final.name}-*"), *final.parent.glob(f".old-{final.name}-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final
 
 

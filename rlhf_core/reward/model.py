@@ -23,6 +23,7 @@ from typing import Any
 import torch
 
 from rlhf_core.errors import ModelLoadError
+from rlhf_core.models import refuse_pickled_weights
 
 STAGE_MARKER = "rlhf_stage.json"
 REWARD_STAGE = "reward"
@@ -329,6 +330,7 @@ def _check_dir(path: str | Path) -> Path:
     directory = Path(path)
     if not directory.is_dir():
         raise ModelLoadError(f"model directory not found: {directory}")
+    refuse_pickled_weights(directory)
     return directory
 
 

@@ -24,6 +24,7 @@ from rlhf_core.batching import (
     tokenize_preference_row,
     tokenize_preference_rows,
 )
+from rlhf_core.distributed import DataParallel
 from rlhf_core.losses import bradley_terry_loss
 from rlhf_core.reward.config import RewardConfig
 from rlhf_core.reward.model import REWARD_STAGE, RewardModel
@@ -97,6 +98,7 @@ def train_reward_model(
     resume: bool | str | Path = True,
     seed: int = 0,
     progress: bool = True,
+    dist: DataParallel | None = None,
 ) -> RewardResult:
     """Train ``reward_model`` (in place) on preference rows (``id, prompt, chosen, rejected, margin``).
 
@@ -105,7 +107,8 @@ def train_reward_model(
     chosen == rejected -> DataError before training; pairs with chosen == rejected among
     others are dropped with a warning. ``resume`` as in :func:`rlhf_core.sft.train.train_sft`.
     """
-    tracker = tracker or NullTracker()
+    main = dist is None or dist.is_main  # data-parallel: rank 0 alone tracks and writes the model
+    tracker = (tracker or NullTracker()) if main else NullTracker()
     output_dir = Path(output_dir)
     optim = cfg.optim
     fmt = resolve_format(tokenizer, cfg.prompt_format)
@@ -151,16 +154,21 @@ def train_reward_model(
             "use_margin": cfg.use_margin,
         },
         progress=progress,
+        dist=dist,
         unit_name="pairs",
     )
 
     output_dir.mkdir(parents=True, exist_ok=True)
     if optim.lora.enabled:
         reward_model.merge_lora()
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=output_dir))
-    reward_model.save_pretrained(tmp, tokenizer=tokenizer, step=outcome.steps, lora_merged=optim.lora.enabled)
-    model_dir = replace_dir(tmp, output_dir / "model")
-    tracker.log_artifact(model_dir)
+    model_dir = output_dir / "model"
+    if main:
+        tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=output_dir))
+        reward_model.save_pretrained(tmp, tokenizer=tokenizer, step=outcome.steps, lora_merged=optim.lora.enabled)
+        model_dir = replace_dir(tmp, model_dir)
+        tracker.log_artifact(model_dir)
+    if dist is not None:
+        dist.barrier()
     wall = outcome.wall_seconds
     return RewardResult.from_outcome(
         REWARD_STAGE, outcome, model_dir, examples=len(pairs), trainable=trainable,

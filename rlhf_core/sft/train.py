@@ -25,6 +25,7 @@ from rlhf_core.batching import (
     resolve_format,
     tokenize_sft_rows,
 )
+from rlhf_core.distributed import DataParallel
 from rlhf_core.losses import sft_loss_sum
 from rlhf_core.reward.model import write_stage_marker
 from rlhf_core.sft.config import SFTConfig
@@ -122,6 +123,7 @@ def train_sft(
     resume: bool | str | Path = True,
     seed: int = 0,
     progress: bool = True,
+    dist: DataParallel | None = None,
 ) -> SFTResult:
     """Fine-tune ``model`` (a causal LM, trained in place) on demonstration rows.
 
@@ -131,7 +133,8 @@ def train_sft(
     deleted); a path = that checkpoint (missing/corrupt/other stage -> TrainingError).
     Raises DataError for empty data or over-long rows, TrainingError on NaN (naming the step).
     """
-    tracker = tracker or NullTracker()
+    main = dist is None or dist.is_main  # data-parallel: rank 0 alone tracks and writes the model
+    tracker = (tracker or NullTracker()) if main else NullTracker()
     output_dir = Path(output_dir)
     optim = cfg.optim
     fmt = resolve_format(tokenizer, cfg.prompt_format)
@@ -167,11 +170,17 @@ def train_sft(
         fingerprint={"data": dataset_fingerprint([e.input_ids + e.labels for e in examples]), "format": fmt,
                      "lora": optim.lora.model_dump()},
         progress=progress,
+        dist=dist,
         unit_name="tokens",
     )
 
-    model_dir = _save_final(model, tokenizer, output_dir, step=outcome.steps, lora=optim.lora.enabled)
-    tracker.log_artifact(model_dir)
+    if main:
+        model_dir = _save_final(model, tokenizer, output_dir, step=outcome.steps, lora=optim.lora.enabled)
+        tracker.log_artifact(model_dir)
+    else:
+        model_dir = output_dir / "model"
+    if dist is not None:
+        dist.barrier()
     return SFTResult.from_outcome(
         SFT_STAGE, outcome, model_dir, examples=len(examples), trainable=trainable,
         extra={"target_tokens": outcome.units, "prompt_format": fmt,

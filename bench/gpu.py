@@ -1,0 +1,637 @@
+"""GPU throughput of our own code paths: SFT and reward-model training MFU, PPO generation tokens/s.
+
+    .venv/bin/python bench/gpu.py                                   # Qwen/Qwen2.5-0.5B, bf16, on CUDA
+    .venv/bin/python bench/gpu.py --model /path/to/hf-dir --seq-len 2048 --batch-size 4
+    .venv/bin/python bench/gpu.py --allow-cpu --model tiny ...      # CPU check of the script itself
+
+What runs (nothing here re-implements a step; each phase times the functions the stages use):
+
+* **sft**: ``rlhf_core.training.run_training_loop`` with ``rlhf_core.sft.train.sft_step_loss``,
+  ``collate_sft`` and ``count_target_tokens``: exactly the call ``train_sft`` makes, minus the
+  tokenisation of text rows (the data are fixed-length random token sequences, no padding; the
+  first ``--prompt-tokens`` positions carry no label, as a prompt) and the final HF save.
+* **rm**: the same loop with ``rlhf_core.reward.train.pair_step_loss`` and ``collate_pairs`` on a
+  ``RewardModel`` (chosen and rejected share the prompt; one forward over ``[chosen; rejected]``).
+* **gen**: ``rlhf_core.ppo.rollout.rollout``, the sampler ``train_ppo`` calls (KV-cache loop,
+  temperature sampling), on ``--gen-batch`` random prompts of ``--prompt-tokens`` tokens. EOS is
+  ignored by default so every call samples exactly ``--gen-tokens`` tokens per row (vLLM's
+  ``ignore_eos`` convention for throughput runs).
+* **ppo**: ``rlhf_core.ppo.trainer.train_ppo`` for a few steps on synthetic chat prompts, with the
+  model itself as the reward model's starting point; the generation share is
+  ``time/generation / (time/generation + time/scoring + time/update)`` over the timed steps,
+  from the loop's own timers (EOS is *not* ignored here: the responses end where the model
+  stops, as in a real run).
+
+Timing: a tracker stamps the end of every optimizer step after ``torch.cuda.synchronize()``;
+the first ``--warmup`` steps (allocator, cuDNN/cuBLAS heuristics, ``--compile``) are left out.
+
+MFU = achieved model FLOP/s / peak dense bf16 FLOP/s of the GPU (table below, or
+``--peak-tflops``). Model FLOPs per optimizer step, forward + backward = 3x forward (PaLM,
+Chowdhery et al. 2022, appendix B), counting what our path computes:
+
+* trunk: ``6 * N_layers * tokens`` (N_layers = parameters of the decoder blocks; the input
+  embedding is a lookup, no FLOPs);
+* attention scores and values: ``12 * L * d_attn * T`` per token (L layers, d_attn = query heads x
+  head dim, T = sequence length); the causal mask's skipped half is counted, as in PaLM and
+  nanoGPT, so this is *model* FLOPs, not hardware FLOPs;
+* LM head: ``6 * V * d`` per *labelled* position only (SFT runs the vocabulary projection only
+  where there is a target: ``completion_nll_sum``); the reward model has no LM head, its
+  scalar head (``6 * d`` per sequence) is counted too.
+
+tests/test_bench_gpu.py checks this count against ``torch.utils.flop_counter.FlopCounterMode``
+on one SFT and one reward-model step (eager attention, which the counter sees): within 1%.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import os
+import random
+import re
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common as C  # noqa: E402  (stdlib-only helpers shared by the benchmarks)
+
+ROOT = C.ROOT
+sys.path.insert(0, str(ROOT))
+
+DEFAULT_GPU_MODEL = "Qwen/Qwen2.5-0.5B"
+
+# Dense (no 2:4 sparsity) bf16 tensor-core peaks from NVIDIA's data sheets, TFLOP/s. Matched
+# against torch.cuda.get_device_name() in order: the first pattern found wins.
+PEAK_BF16_TFLOPS: list[tuple[str, float, str]] = [
+    ("H200", 989.0, "H200 SXM bf16 dense"),
+    ("H100 PCIe", 756.0, "H100 PCIe bf16 dense"),
+    ("H100 NVL", 835.0, "H100 NVL bf16 dense"),
+    ("H100", 989.0, "H100 SXM bf16 dense"),
+    ("GH200", 989.0, "GH200 bf16 dense"),
+    ("A100", 312.0, "A100 bf16 dense"),
+    ("L40S", 362.0, "L40S bf16 dense"),
+    ("L4", 121.0, "L4 bf16 dense"),
+]
+
+PHASES = ("sft", "rm", "gen", "ppo")
+
+
+# ----------------------------------------------------------------------------- arguments
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n", 1)[0], formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None,
+                   help=f"a hub id, a local HF directory, any ModelConfig.base, or 'tiny' (default: {DEFAULT_GPU_MODEL} "
+                        "on CUDA, tiny with --allow-cpu)")
+    p.add_argument("--cache-dir", type=Path, default=C.MODEL_CACHE, help="model cache (tiny's tokenizer, GGUF conversions)")
+    p.add_argument("--phases", default=",".join(PHASES), help=f"comma-separated subset of {','.join(PHASES)}")
+    p.add_argument("--precision", choices=["bf16", "autocast", "fp32"], default=None,
+                   help="bf16 = bf16 weights and optimizer state (the pipeline's CUDA default, model.dtype auto); "
+                        "autocast = fp32 master weights + bf16 autocast (optim.mixed_precision bf16); fp32 = neither. "
+                        "Default: bf16 on CUDA, fp32 on CPU")
+    p.add_argument("--attn", default="sdpa",
+                   help="attention implementation set on the model: sdpa (default; FlashAttention-2 kernels inside "
+                        "PyTorch when there is no padding), eager, flash_attention_2 (needs the flash-attn package)")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile each decoder block for sft/rm (regional compilation; the warmup steps absorb it)")
+    p.add_argument("--seq-len", type=int, default=1024, help="tokens per training sequence (sft, rm)")
+    p.add_argument("--prompt-tokens", type=int, default=None,
+                   help="unlabelled prompt positions per SFT sequence / shared prompt of a pair / gen prompt length "
+                        "(default: seq-len / 4)")
+    p.add_argument("--batch-size", type=int, default=8, help="SFT sequences per micro-batch")
+    p.add_argument("--rm-batch-size", type=int, default=4, help="RM pairs per micro-batch (2x sequences)")
+    p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (sft, rm)")
+    p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first (>= 1)")
+    p.add_argument("--steps", type=int, default=10, help="timed optimizer steps (sft, rm)")
+    p.add_argument("--gen-batch", type=int, default=64, help="prompts per rollout call (gen)")
+    p.add_argument("--gen-tokens", type=int, default=256, help="new tokens per response (gen, ppo)")
+    p.add_argument("--gen-repeats", type=int, default=3, help="timed rollout calls after one untimed call")
+    p.add_argument("--no-ignore-eos", action="store_true", help="gen: stop rows at EOS like PPO does")
+    p.add_argument("--ppo-batch", type=int, default=64, help="ppo: rollout_batch_size (= one minibatch)")
+    p.add_argument("--ppo-micro", type=int, default=16, help="ppo: optim.batch_size (micro-batch)")
+    p.add_argument("--ppo-epochs", type=int, default=1, help="ppo: PPO epochs per step (demo preset: 1)")
+    p.add_argument("--ppo-value-model", choices=["shared", "separate"], default="shared",
+                   help="ppo: value head on the policy trunk (demo preset) or a separate critic")
+    p.add_argument("--ppo-warmup", type=int, default=1, help="ppo: untimed steps first")
+    p.add_argument("--ppo-steps", type=int, default=3, help="ppo: timed steps")
+    p.add_argument("--peak-tflops", type=float, default=None, help="peak dense TFLOP/s for MFU (overrides the table)")
+    p.add_argument("--allow-cpu", action="store_true", help="run on CPU when there is no CUDA (checks the script only)")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/gpu_<gpu-name>.json)")
+    args = p.parse_args(argv)
+    args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
+    args.seen = {}  # the model's shapes and attention implementation, from the first load
+    unknown = set(args.phases) - set(PHASES)
+    if unknown:
+        p.error(f"--phases: unknown {', '.join(sorted(unknown))} (choose from {', '.join(PHASES)})")
+    if args.warmup < 1:
+        p.error("--warmup must be >= 1 (the first step pays for allocation and kernel selection)")
+    for name in ("steps", "batch_size", "rm_batch_size", "grad_accum", "gen_batch", "gen_tokens", "gen_repeats",
+                 "ppo_batch", "ppo_micro", "ppo_epochs", "ppo_steps", "seq_len"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.ppo_batch % args.ppo_micro:
+        p.error("--ppo-batch must be a multiple of --ppo-micro")
+    if args.prompt_tokens is None:
+        args.prompt_tokens = max(1, args.seq_len // 4)
+    if not 1 <= args.prompt_tokens < args.seq_len:
+        p.error("--prompt-tokens must be in [1, seq-len)")
+    return args
+
+
+# ----------------------------------------------------------------------------- device
+def peak_tflops_for(name: str) -> tuple[float | None, str | None]:
+    for pattern, tflops, label in PEAK_BF16_TFLOPS:
+        if pattern.lower() in name.lower():
+            return tflops, label
+    return None, None
+
+
+def slug(name: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-") or "unknown"
+
+
+class Device:
+    """Where the benchmark runs, how to synchronise with it, and how its peak memory is read."""
+
+    def __init__(self, torch: Any, cuda: bool) -> None:
+        self.torch, self.cuda = torch, cuda
+        self.type = "cuda" if cuda else "cpu"
+        if cuda:
+            props = torch.cuda.get_device_properties(0)
+            self.name = torch.cuda.get_device_name(0)
+            self.info = {"name": self.name, "capability": f"{props.major}.{props.minor}",
+                         "memory_gib": round(props.total_memory / 2**30, 1), "count": torch.cuda.device_count(),
+                         "cuda": torch.version.cuda}
+        else:
+            import platform
+
+            self.name = "cpu"
+            self.info = {"name": "cpu", "processor": platform.processor() or platform.machine(), "cpu_count": os.cpu_count()}
+
+    def sync(self) -> None:
+        if self.cuda:
+            self.torch.cuda.synchronize()
+
+    def free(self) -> None:
+        gc.collect()
+        if self.cuda:
+            self.torch.cuda.empty_cache()
+
+    def reset_peak(self) -> None:
+        self.free()
+        if self.cuda:
+            self.torch.cuda.reset_peak_memory_stats()
+        else:
+            C.reset_peak_rss()
+
+    def peak_memory_gib(self) -> float:
+        if self.cuda:
+            return self.torch.cuda.max_memory_allocated() / 2**30
+        return C.peak_rss_mib() / 1024
+
+    @property
+    def memory_kind(self) -> str:
+        return ("torch.cuda.max_memory_allocated per phase" if self.cuda
+                else "process peak RSS (VmHWM, reset per phase): weights, activations, optimizer state and Python")
+
+
+# ----------------------------------------------------------------------------- model
+class Shapes:
+    """What the FLOP count needs: N_layers, L, d, d_attn, V."""
+
+    def __init__(self, model: Any) -> None:
+        config = model.config
+        decoder = model.get_decoder() if hasattr(model, "get_decoder") else getattr(model, model.base_model_prefix)
+        self.layers = int(config.num_hidden_layers)
+        self.hidden = int(config.hidden_size)
+        heads = int(config.num_attention_heads)
+        head_dim = int(getattr(config, "head_dim", None) or self.hidden // heads)
+        self.attn_width = heads * head_dim
+        self.vocab = int(model.get_output_embeddings().weight.shape[0])
+        self.block_params = sum(p.numel() for p in decoder.layers.parameters())
+        self.total_params = sum(p.numel() for p in model.parameters())
+
+    def train_flops(self, *, tokens: int, seq_len: int, lm_head_positions: int = 0, sequences_with_scalar_head: int = 0) -> float:
+        """Model FLOPs of forward + backward (see the module docstring)."""
+        trunk = 6 * self.block_params * tokens
+        attention = 12 * self.layers * self.attn_width * seq_len * tokens
+        head = 6 * self.vocab * self.hidden * lm_head_positions + 6 * self.hidden * sequences_with_scalar_head
+        return float(trunk + attention + head)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"parameters": self.total_params, "block_parameters_N": self.block_params, "layers_L": self.layers,
+                "hidden_d": self.hidden, "attn_width_d_attn": self.attn_width, "vocab_V": self.vocab}
+
+
+def load_model(args: argparse.Namespace, dev: Device, tokenizer: Any) -> Any:
+    """The causal LM through rlhf_core.models (as every stage loads it), on the device, in the benchmark's dtype."""
+    from rlhf_core.config import ModelConfig
+    from rlhf_core.models import load_causal_lm
+
+    dtype = "bfloat16" if args.precision == "bf16" else "float32"
+    model = load_causal_lm(ModelConfig(base=args.model, device=dev.type, dtype=dtype), args.cache_dir, tokenizer)
+    set_attention(model, args.attn)
+    if "shapes" not in args.seen:
+        args.seen.update(shapes=Shapes(model), attn=model.config._attn_implementation)
+    return model
+
+
+def set_attention(model: Any, attn: str) -> None:
+    if getattr(model.config, "_attn_implementation", None) != attn:
+        try:
+            model.set_attn_implementation(attn)
+        except (ImportError, ValueError) as exc:  # e.g. flash_attention_2 without the flash-attn package
+            raise SystemExit(f"error: --attn {attn}: {str(exc).splitlines()[0]}") from exc
+
+
+def compile_blocks(trunk: Any) -> None:
+    for block in trunk.layers:
+        block.compile()
+
+
+def token_ids(rng: random.Random, n: int, vocab: int) -> list[int]:
+    return [rng.randrange(vocab) for _ in range(n)]
+
+
+class StepClock:
+    """A tracker: stamps the end of each optimizer step (after a device sync) and keeps its metrics."""
+
+    def __init__(self, dev: Device) -> None:
+        self.dev = dev
+        self.marks: list[float] = []
+        self.metrics: list[dict[str, float]] = []
+
+    def log_metrics(self, metrics: Any, step: int) -> None:
+        self.dev.sync()
+        self.marks.append(time.perf_counter())
+        self.metrics.append(dict(metrics))
+
+    def log_artifact(self, path: Any) -> None:
+        return None
+
+    def log_params(self, params: Any) -> None:
+        return None
+
+    def window(self, warmup: int) -> tuple[float, list[float]]:
+        """(seconds of the steps after ``warmup``, per-step seconds)."""
+        steps = [b - a for a, b in zip(self.marks[warmup - 1 :], self.marks[warmup:])]
+        return self.marks[-1] - self.marks[warmup - 1], steps
+
+
+def optim_config(args: argparse.Namespace, batch_size: int) -> Any:
+    from rlhf_core.train_config import OptimConfig
+
+    return OptimConfig(
+        learning_rate=1e-5, max_steps=args.warmup + args.steps, batch_size=batch_size, grad_accum_steps=args.grad_accum,
+        max_length=args.seq_len, checkpoint_every=0, keep_checkpoints=1, log_every=1,
+        mixed_precision="bf16" if args.precision == "autocast" else "no",
+    )
+
+
+def training_result(args: argparse.Namespace, dev: Device, clock: StepClock, flops_of_step: Any,
+                    peak_tflops: float | None, extra: dict[str, Any]) -> dict[str, Any]:
+    seconds, per_step = clock.window(args.warmup)
+    timed = clock.metrics[args.warmup :]
+    flops = sum(flops_of_step(m) for m in timed)
+    tokens = sum(m["train/tokens_per_second"] * m["train/step_seconds"] for m in timed)
+    achieved = flops / seconds
+    return {
+        "steps_timed": len(timed),
+        "seconds": seconds,
+        "step_seconds_median": statistics.median(per_step),
+        "tokens_per_step": round(tokens / len(timed)),
+        "tokens_per_s": tokens / seconds,
+        "model_flops_per_step": flops / len(timed),
+        "achieved_tflops": achieved / 1e12,
+        "mfu": achieved / (peak_tflops * 1e12) if peak_tflops else None,
+        "micro_batch_size_last": int(timed[-1].get("train/micro_batch_size", 0)) or None,
+        "peak_memory_gib": dev.peak_memory_gib(),
+        **extra,
+    }
+
+
+# ----------------------------------------------------------------------------- phases
+def run_sft(args: argparse.Namespace, dev: Device, tokenizer: Any, peak: float | None) -> dict[str, Any]:
+    from rlhf_core.batching import IGNORE_INDEX, SFTExample, collate_sft, count_target_tokens
+    from rlhf_core.sft.train import sft_step_loss
+    from rlhf_core.training import run_training_loop, set_seed
+
+    dev.reset_peak()
+    model = load_model(args, dev, tokenizer)
+    shapes = Shapes(model)
+    if args.compile:
+        compile_blocks(model.get_decoder())
+    rng = random.Random(args.seed)
+    vocab = min(len(tokenizer), shapes.vocab)
+    T, P = args.seq_len, args.prompt_tokens
+    n = args.batch_size * args.grad_accum * (args.warmup + args.steps)
+    examples = []
+    for i in range(n):
+        ids = token_ids(rng, T, vocab)
+        examples.append(SFTExample(row_id=str(i), input_ids=ids, labels=[IGNORE_INDEX] * P + ids[P:]))
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    clock = StepClock(dev)
+    out = Path(tempfile.mkdtemp(prefix="gpu-bench-sft-", dir=_scratch()))
+    try:
+        set_seed(args.seed)
+        run_training_loop(
+            stage="sft", model=model, optim=optim_config(args, args.batch_size), lengths=[T] * n,
+            collate=lambda idx: collate_sft([examples[i] for i in idx], pad_id),
+            units_of=lambda batch: count_target_tokens(batch["labels"]), loss_fn=sft_step_loss, output_dir=out,
+            tracker=clock, resume=False, seed=args.seed, progress=False, unit_name="tokens",
+        )
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+    def flops(m: dict[str, float]) -> float:
+        tokens = round(m["train/tokens_per_second"] * m["train/step_seconds"])
+        return shapes.train_flops(tokens=tokens, seq_len=T, lm_head_positions=int(m["train/tokens"]))
+
+    result = training_result(args, dev, clock, flops, peak, {
+        "sequences_per_step": args.batch_size * args.grad_accum, "seq_len": T, "labelled_positions_per_step":
+        int(clock.metrics[-1]["train/tokens"]), "loss_last": clock.metrics[-1].get("sft/loss")})
+    del model, examples
+    dev.free()
+    return result
+
+
+def run_rm(args: argparse.Namespace, dev: Device, tokenizer: Any, peak: float | None) -> dict[str, Any]:
+    from rlhf_core.batching import PairExample, collate_pairs
+    from rlhf_core.reward.model import RewardModel
+    from rlhf_core.reward.train import pair_step_loss
+    from rlhf_core.training import run_training_loop, set_seed
+
+    dev.reset_peak()
+    causal = load_model(args, dev, tokenizer)
+    shapes = Shapes(causal)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    rm = RewardModel.from_model(causal, pad_token_id=pad_id, seed=args.seed)
+    del causal
+    dev.free()
+    set_attention(rm.transformers_model, args.attn)
+    if args.compile:
+        compile_blocks(rm.trunk)
+    rng = random.Random(args.seed + 1)
+    vocab = min(len(tokenizer), shapes.vocab)
+    T, P = args.seq_len, args.prompt_tokens
+    n = args.rm_batch_size * args.grad_accum * (args.warmup + args.steps)
+    pairs = []
+    for i in range(n):
+        prompt = token_ids(rng, P, vocab)
+        pairs.append(PairExample(row_id=str(i), chosen_ids=prompt + token_ids(rng, T - P, vocab),
+                                 rejected_ids=prompt + token_ids(rng, T - P, vocab)))
+    clock = StepClock(dev)
+    out = Path(tempfile.mkdtemp(prefix="gpu-bench-rm-", dir=_scratch()))
+    try:
+        set_seed(args.seed)
+        run_training_loop(
+            stage="reward", model=rm, optim=optim_config(args, args.rm_batch_size), lengths=[T] * n,
+            collate=lambda idx: collate_pairs([pairs[i] for i in idx], pad_id),
+            units_of=lambda batch: batch["input_ids"].shape[0] // 2, loss_fn=pair_step_loss(0.0), output_dir=out,
+            tracker=clock, resume=False, seed=args.seed, progress=False, unit_name="pairs",
+        )
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+
+    def flops(m: dict[str, float]) -> float:
+        tokens = round(m["train/tokens_per_second"] * m["train/step_seconds"])
+        return shapes.train_flops(tokens=tokens, seq_len=T, sequences_with_scalar_head=2 * int(m["train/pairs"]))
+
+    result = training_result(args, dev, clock, flops, peak, {
+        "pairs_per_step": args.rm_batch_size * args.grad_accum, "seq_len": T, "loss_last": clock.metrics[-1].get("rm/loss")})
+    result["pairs_per_s"] = result["pairs_per_step"] * result["steps_timed"] / result["seconds"]
+    del rm, pairs
+    dev.free()
+    return result
+
+
+def run_gen(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, Any]:
+    import torch
+
+    from rlhf_core.ppo.rollout import rollout
+    from rlhf_core.ppo.trainer import eos_token_ids
+
+    dev.reset_peak()
+    model = load_model(args, dev, tokenizer).eval()
+    vocab = min(len(tokenizer), Shapes(model).vocab)
+    rng = random.Random(args.seed + 2)
+    B, P, G = args.gen_batch, args.prompt_tokens, args.gen_tokens
+    q_ids = torch.tensor([token_ids(rng, P, vocab) for _ in range(B)], dtype=torch.long, device=model.device)
+    q_mask = torch.ones_like(q_ids)
+    # -1 is no token id: no row ever finishes early, so every call samples B x G tokens
+    eos = eos_token_ids(tokenizer, model) if args.no_ignore_eos else [-1]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    torch.manual_seed(args.seed)
+
+    def call() -> tuple[float, int, int]:
+        dev.sync()
+        t0 = time.perf_counter()
+        ro = rollout(model, q_ids, q_mask, max_new_tokens=G, eos_id=eos, pad_id=pad_id, temperature=0.7)
+        dev.sync()
+        return time.perf_counter() - t0, int(ro.response_ids.numel()), int(ro.response_mask.sum())
+
+    call()  # warmup: allocator, kernels
+    runs = [call() for _ in range(args.gen_repeats)]
+    seconds = sum(r[0] for r in runs)
+    sampled = sum(r[1] for r in runs)
+    result = {
+        "batch": B, "prompt_tokens": P, "new_tokens_max": G, "ignore_eos": not args.no_ignore_eos,
+        "calls_timed": len(runs), "seconds_per_call_median": statistics.median(r[0] for r in runs),
+        "sampled_tokens": sampled, "valid_tokens": sum(r[2] for r in runs),
+        "tokens_per_s": sampled / seconds,
+        "ms_per_decode_step": 1000 * seconds / (sampled / B),
+        "peak_memory_gib": dev.peak_memory_gib(),
+    }
+    del model, q_ids, q_mask
+    dev.free()
+    return result
+
+
+def run_ppo(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, Any]:
+    from rlhf_core.ppo.config import PPOConfig
+    from rlhf_core.ppo.trainer import train_ppo
+    from rlhf_core.reward.model import RewardModel
+    from rlhf_core.train_config import OptimConfig
+
+    dev.reset_peak()
+    policy = load_model(args, dev, tokenizer)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    reward = RewardModel.from_model(load_model(args, dev, tokenizer), pad_token_id=pad_id, seed=args.seed)
+    set_attention(reward.transformers_model, args.attn)
+    steps = args.ppo_warmup + args.ppo_steps
+    prompts = C.synth_prompts(args.ppo_batch * steps, args.seed)
+    shared = args.ppo_value_model == "shared"
+    cfg = PPOConfig(
+        optim=OptimConfig(learning_rate=1e-6, max_steps=steps, batch_size=args.ppo_micro,
+                          grad_accum_steps=args.ppo_batch // args.ppo_micro, max_length=256 + args.gen_tokens,
+                          truncate_prompt=True, checkpoint_every=0, keep_checkpoints=1, log_every=1,
+                          mixed_precision="bf16" if args.precision == "autocast" else "no"),
+        max_new_tokens=args.gen_tokens, rollout_batch_size=args.ppo_batch, ppo_epochs=args.ppo_epochs,
+        value_model=args.ppo_value_model, value_init="policy" if shared else "reward",
+    )
+    clock = StepClock(dev)
+    out = Path(tempfile.mkdtemp(prefix="gpu-bench-ppo-", dir=_scratch()))
+    try:
+        train_ppo(cfg, policy, tokenizer, reward, tokenizer, prompts, output_dir=out, tracker=clock,
+                  seed=args.seed, resume=False, progress=False)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    timed = clock.metrics[args.ppo_warmup :]
+    gen = sum(m["time/generation"] for m in timed)
+    score = sum(m["time/scoring"] for m in timed)
+    update = sum(m["time/update"] for m in timed)
+    lengths = [m["ppo/response_length"] for m in timed]
+    result = {
+        "steps_timed": len(timed), "rollout_batch": args.ppo_batch, "micro_batch": args.ppo_micro,
+        "ppo_epochs": args.ppo_epochs, "value_model": args.ppo_value_model, "max_new_tokens": args.gen_tokens,
+        "response_length_mean": statistics.fmean(lengths),
+        "generation_s": gen, "scoring_s": score, "update_s": update,
+        "step_seconds_median": statistics.median(m["time/generation"] + m["time/scoring"] + m["time/update"] for m in timed),
+        "generation_share": gen / (gen + score + update),
+        # response tokens (up to and including EOS) per second of generation; the sampler runs
+        # until the longest row of the batch ends, so it computes more positions than this
+        "generation_tokens_per_s_valid": sum(m["ppo/response_length"] * args.ppo_batch for m in timed) / gen,
+        "peak_memory_gib": dev.peak_memory_gib(),
+    }
+    del policy, reward
+    dev.free()
+    return result
+
+
+def _scratch() -> Path:
+    path = ROOT / ".rlhf" / "bench"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+# ----------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    import torch
+
+    from rlhf_core.errors import UserError
+
+    cuda = torch.cuda.is_available()
+    if not cuda and not args.allow_cpu:
+        print(f"error: bench/gpu.py measures GPU throughput and no CUDA device is visible "
+              f"(torch {torch.__version__}, torch.cuda.is_available() is False); run it on a CUDA machine, "
+              "or pass --allow-cpu --model tiny to check the script on CPU (its figures mean nothing)", file=sys.stderr)
+        return 2
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.model is None:
+        args.model = DEFAULT_GPU_MODEL if cuda else "tiny"
+    if args.precision is None:
+        args.precision = "bf16" if cuda else "fp32"
+    if args.precision in ("bf16", "autocast") and cuda and not torch.cuda.is_bf16_supported():
+        print("error: this GPU has no bf16 support; pass --precision fp32", file=sys.stderr)
+        return 2
+    dev = Device(torch, cuda)
+    if args.peak_tflops is not None:
+        peak, peak_source = args.peak_tflops, "--peak-tflops"
+    elif cuda:
+        peak, peak_source = peak_tflops_for(dev.name)
+        if args.precision == "fp32":  # the table holds bf16 tensor-core peaks
+            peak, peak_source = None, None
+    else:
+        peak, peak_source = None, None
+    if peak is None:
+        print(f"warning: no peak FLOP/s known for '{dev.name}' at {args.precision}; MFU is left empty "
+              "(pass --peak-tflops)", file=sys.stderr)
+
+    try:
+        return _run(args, dev, peak, peak_source)
+    except UserError as exc:  # a model that cannot be loaded, a bad setting: one line, no traceback
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _run(args: argparse.Namespace, dev: Device, peak: float | None, peak_source: str | None) -> int:
+    from rlhf_core.config import ModelConfig
+    from rlhf_core.models import load_tokenizer
+
+    tokenizer = load_tokenizer(ModelConfig(base=args.model), args.cache_dir)
+    started = time.perf_counter()
+    results: dict[str, Any] = {}
+    for phase in args.phases:
+        t0 = time.perf_counter()
+        print(f"[gpu-bench] {phase} ...", file=sys.stderr, flush=True)
+        if phase == "sft":
+            results["sft"] = run_sft(args, dev, tokenizer, peak)
+        elif phase == "rm":
+            results["rm"] = run_rm(args, dev, tokenizer, peak)
+        elif phase == "gen":
+            results["gen"] = run_gen(args, dev, tokenizer)
+        elif phase == "ppo":
+            results["ppo"] = run_ppo(args, dev, tokenizer)
+        results[phase]["phase_wall_s"] = time.perf_counter() - t0
+    shapes, attn = args.seen["shapes"], args.seen["attn"]
+    summary = {
+        "sft_tokens_per_s": results.get("sft", {}).get("tokens_per_s"),
+        "sft_mfu": results.get("sft", {}).get("mfu"),
+        "rm_tokens_per_s": results.get("rm", {}).get("tokens_per_s"),
+        "rm_mfu": results.get("rm", {}).get("mfu"),
+        "generation_tokens_per_s": results.get("gen", {}).get("tokens_per_s"),
+        "ppo_generation_share": results.get("ppo", {}).get("generation_share"),
+        "peak_memory_gib": max((r["peak_memory_gib"] for r in results.values()), default=None),
+    }
+    payload = {
+        "benchmark": "bench/gpu.py",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": [sys.executable, *sys.argv],
+        "device": {**dev.info, "type": dev.type, "peak_tflops": peak, "peak_source": peak_source},
+        "machine": C.machine_info(),
+        "versions": C.versions("torch", "transformers", "peft"),
+        "model": {"source": args.model, "precision": args.precision, "attn_implementation": attn,
+                  "compiled_blocks": args.compile, **shapes.to_json()},
+        "settings": {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items() if k != "seen"},
+        "flops_formula": (
+            "per optimizer step: 6*N_layers*tokens + 12*L*d_attn*T*tokens + 6*V*d*labelled_positions (SFT) "
+            "or + 6*d*sequences (RM scalar head); forward+backward = 3x forward (PaLM appendix B), causal "
+            "half of attention counted (model FLOPs)"),
+        "memory": dev.memory_kind,
+        "summary": summary,
+        **results,
+        "wall_s": time.perf_counter() - started,
+    }
+    out = args.out or (C.RESULTS / f"gpu_{slug(dev.name)}.json")
+    C.write_json(out, payload)
+    _print_table(payload, out)
+    return 0
+
+
+def _fmt(value: Any, spec: str) -> str:
+    return "-" if value is None else format(value, spec)
+
+
+def _print_table(payload: dict[str, Any], out: Path) -> None:
+    dev, model = payload["device"], payload["model"]
+    print(f"{dev['name']} | {model['source']} ({model['parameters'] / 1e6:.0f}M params, {model['precision']}, "
+          f"{model['attn_implementation']}) | peak {_fmt(dev['peak_tflops'], 'g')} TFLOP/s")
+    print("| phase | tokens/s | MFU | achieved TFLOP/s | step s (median) | peak mem GiB |")
+    print("|---|---|---|---|---|---|")
+    for phase in ("sft", "rm"):
+        if phase in payload:
+            r = payload[phase]
+            print(f"| {phase} | {r['tokens_per_s']:,.0f} | {_fmt(r['mfu'], '.1%')} | {r['achieved_tflops']:.2f} | "
+                  f"{r['step_seconds_median']:.3f} | {r['peak_memory_gib']:.2f} |")
+    if "gen" in payload:
+        r = payload["gen"]
+        print(f"| gen (rollout) | {r['tokens_per_s']:,.0f} | - | - | {r['seconds_per_call_median']:.3f} per call | "
+              f"{r['peak_memory_gib']:.2f} |")
+    if "ppo" in payload:
+        r = payload["ppo"]
+        print(f"| ppo step | generation share {r['generation_share']:.1%} | - | - | {r['step_seconds_median']:.3f} | "
+              f"{r['peak_memory_gib']:.2f} |")
+    print(f"-> {out}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

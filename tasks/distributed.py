@@ -1,0 +1,182 @@
+"""Launch a training stage data-parallel (``torchrun`` / ``accelerate launch``) and collect its result.
+
+When ``distributed.num_processes > 1`` the SFT and reward-model tasks do not train in their
+own process: :func:`train_distributed` writes the resolved config to the stage directory,
+launches ``num_processes`` copies of this module's worker (``python -m tasks.distributed``),
+waits, and reads back rank 0's :class:`~rlhf_core.training.TrainResult` as JSON. The worker
+loads the same inputs the in-process task would (``tasks.training.fit_sft`` / ``fit_reward``)
+and trains with a :class:`~rlhf_core.distributed.DataParallel`; rank 0 logs to the stage's
+MLflow run and writes checkpoints and the model, exactly where a 1-process run writes them,
+so resume, caching and the later stages do not know the difference.
+
+Launchers: ``torchrun`` for DDP (CPU with gloo, or CUDA with nccl); ``accelerate launch
+--use_fsdp`` / ``--use_deepspeed`` for FSDP and DeepSpeed ZeRO (CUDA only, documented, not
+tested here: this machine has no GPU).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import re
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from rlhf_core.distributed import DistributedConfig, check_distributed, resolve_backend
+from rlhf_core.errors import TrainingError
+
+STAGES = ("sft", "reward")
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def launch_command(cfg: DistributedConfig, worker_args: list[str], *, port: int) -> list[str]:
+    """The command line that starts ``cfg.num_processes`` workers on this machine."""
+    n = str(cfg.num_processes)
+    worker = ["-m", "tasks.distributed", *worker_args]
+    if cfg.strategy == "ddp":
+        torchrun = [sys.executable, "-m", "torch.distributed.run"]
+        return [*torchrun, "--master_addr=127.0.0.1", f"--master_port={port}", f"--nproc_per_node={n}", *worker]
+    accelerate = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", n, "--num_machines", "1",
+                  "--main_process_port", str(port or free_port()), "--multi_gpu"]
+    if cfg.strategy == "fsdp":
+        accelerate += ["--use_fsdp", "--fsdp_sharding_strategy", "FULL_SHARD"]
+    else:
+        accelerate += ["--use_deepspeed", "--zero_stage", str(cfg.deepspeed_zero_stage)]
+    return [*accelerate, "-m", "tasks.distributed", *worker_args]
+
+
+def result_to_json(result: Any) -> dict[str, Any]:
+    return json.loads(json.dumps(dataclasses.asdict(result), default=str))
+
+
+def result_from_json(cls: type, data: dict[str, Any]) -> Any:
+    fields = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in data.items() if k in fields}
+    values["model_dir"] = Path(values["model_dir"])
+    if values.get("checkpoint_dir"):
+        values["checkpoint_dir"] = Path(values["checkpoint_dir"])
+    return cls(**values)
+
+
+def train_distributed(
+    stage: str, cfg: Any, *, model_dir: str, run_dir: str, mlflow_run_id: str | None, tracking_uri: str | None
+) -> dict[str, Any]:
+    """Train ``stage`` with ``cfg.distributed.num_processes`` processes; rank 0's result as a dict.
+
+    Raises ConfigError (before starting anything) when the setup cannot run here, and
+    TrainingError naming the exit code and the log file when a worker fails.
+    """
+    dist = cfg.distributed
+    check_distributed(dist)
+    from tasks.artifacts import RunDir
+
+    out = RunDir(Path(run_dir)).stage(stage)
+    config_path = out / "distributed-config.json"
+    result_path = out / "distributed-result.json"
+    log_path = out / "distributed.log"
+    config_path.write_text(cfg.model_dump_json())
+    result_path.unlink(missing_ok=True)
+    args = ["--stage", stage, "--config", str(config_path), "--model-dir", model_dir, "--run-dir", run_dir,
+            "--result", str(result_path)]
+    if mlflow_run_id:
+        args += ["--mlflow-run-id", mlflow_run_id, "--tracking-uri", str(tracking_uri)]
+    port = dist.main_process_port or free_port()
+    command = launch_command(dist, args, port=port)
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path.cwd()), os.environ.get("PYTHONPATH", "")]).rstrip(os.pathsep)}
+    if cfg.torch_threads:
+        env["OMP_NUM_THREADS"] = str(cfg.torch_threads)
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write(f"$ {' '.join(command)}\n")
+        log.flush()
+        try:
+            proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=dist.timeout_s)
+        except subprocess.TimeoutExpired as exc:
+            raise TrainingError(
+                f"{stage}: the {dist.num_processes}-process run did not finish in {dist.timeout_s} s; log: {log_path}"
+            ) from exc
+    if proc.returncode != 0 or not result_path.is_file():
+        cause = worker_error(log_path.read_text(errors="replace"))
+        raise TrainingError(
+            f"{stage}: {dist.num_processes}-process training (backend {resolve_backend(dist)}, {dist.strategy}) "
+            f"exited with code {proc.returncode}: {cause.strip()}; full log: {log_path}"
+        )
+    result = json.loads(result_path.read_text())
+    result["launch_seconds"] = time.perf_counter() - started
+    return result
+
+
+_RAISED = re.compile(r"^(?:\[rank(\d+)\]: )?(?:[\w.]+\.)?(\w+(?:Error|Exception|Interrupt)): (.+)$")
+
+
+def worker_error(log: str) -> str:
+    """The first exception a worker raised (``rank N: DataError: ...``), not the launcher's summary."""
+    for line in log.splitlines():
+        match = _RAISED.match(line.strip())
+        if match and match.group(2) != "ChildFailedError":
+            rank = f"rank {match.group(1)}: " if match.group(1) else ""
+            return f"{rank}{match.group(2)}: {match.group(3)}"
+    lines = [line for line in log.strip().splitlines() if line.strip("= ")]
+    return lines[-1] if lines else "no output"
+
+
+# --------------------------------------------------------------------------- the worker
+
+
+def _worker(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m tasks.distributed", description="One data-parallel training process.")
+    parser.add_argument("--stage", choices=STAGES, required=True)
+    parser.add_argument("--config", type=Path, required=True, help="the resolved PipelineConfig as JSON")
+    parser.add_argument("--model-dir", required=True, help="the stage's starting model ('tiny' = a fresh tiny model)")
+    parser.add_argument("--run-dir", type=Path, required=True)
+    parser.add_argument("--result", type=Path, required=True, help="where rank 0 writes the TrainResult JSON")
+    parser.add_argument("--mlflow-run-id")
+    parser.add_argument("--tracking-uri")
+    args = parser.parse_args(argv)
+
+    import torch
+
+    from flows.config import PipelineConfig
+    from rlhf_core.distributed import DataParallel
+    from tasks.artifacts import RunDir
+    from tasks.training import fit_reward, fit_sft
+
+    cfg = PipelineConfig.model_validate_json(args.config.read_text())
+    if cfg.torch_threads:
+        torch.set_num_threads(cfg.torch_threads)
+    dist = DataParallel.from_launcher()
+    run = RunDir(args.run_dir)
+    tracker = None
+    if args.mlflow_run_id and dist.is_main:  # rank 0 logs into the stage's MLflow run, through its own spool
+        from tasks.tracking import SPOOL_DIR, MlflowTracker
+
+        spool = run.path / SPOOL_DIR / f"{args.stage}-{args.mlflow_run_id}-rank0.jsonl"
+        tracker = MlflowTracker(args.mlflow_run_id, args.tracking_uri, spool=spool, stage=args.stage)
+    try:
+        fit = fit_sft if args.stage == "sft" else fit_reward
+        result = fit(cfg, args.model_dir, run, tracker, dist=dist, progress=False)[0]
+        if tracker is not None:  # an outage: the task's stage run reports it, naming this spool too
+            tracker.flush(cfg.tracking.flush_timeout_s)
+        if dist.is_main:
+            tmp = args.result.with_suffix(".tmp")
+            tmp.write_text(json.dumps({**result_to_json(result), "world_size": dist.world_size}))
+            tmp.replace(args.result)
+        dist.barrier()
+    finally:
+        dist.close()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_worker())
