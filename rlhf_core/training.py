@@ -562,7 +562,11 @@ def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
 
 
 def replace_dir(tmp: Path, final: Path) -> Path:
-    """Move a fully written ``tmp`` directory to ``final`` (replacing it) with renames only."""
+    """Move a fully written ``tmp`` directory to ``final`` (replacing it) with renames only.
+
+    Write ``tmp`` as ``final.parent / ".tmp-<final.name>-*"``: once ``final`` is in place, such
+    leftovers of a run killed mid-write (each a whole model) are removed.
+    """
     tmp.chmod(0o755)  # mkdtemp makes it owner-only
     if final.exists():
         old = final.with_name(f".old-{final.name}-{time.time_ns()}")
@@ -571,6 +575,8 @@ def replace_dir(tmp: Path, final: Path) -> Path:
         shutil.rmtree(old, ignore_errors=True)
     else:
         tmp.rename(final)
+    for stale in [*final.parent.glob(f".tmp-{final.name}-*"), *final.parent.glob(f".old-{final.name}-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
     return final
 
 

@@ -255,7 +255,7 @@ def train_dpo(
 
     final = output_dir / "model"
     final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".model-", dir=output_dir))
+    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=output_dir))
     policy.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     write_stage_marker(tmp, STAGE, step=outcome.steps, loss_type=cfg.loss_type, beta=cfg.beta)

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import shutil
 import tempfile
 import time
 from collections.abc import Callable, Sequence
@@ -503,10 +502,6 @@ def save_policy(policy: torch.nn.Module, tokenizer: Any, final: Path, *, step: i
     policy.save_pretrained(str(tmp))
     tokenizer.save_pretrained(str(tmp))
     write_stage_marker(tmp, STAGE, step=step, lora=is_peft_model(policy))
-    replace_dir(tmp, final)
-    # a run killed while writing the model left its temp (or set-aside) copy: a full model each
-    for stale in [*final.parent.glob(f".tmp-{final.name}-*"), *final.parent.glob(f".old-{final.name}-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
+    return replace_dir(tmp, final)  # also removes a killed run's half-written copies
 
 
