@@ -10,6 +10,7 @@ alone on an existing run. Finished stages are cached: re-running a run directory
 
 from __future__ import annotations
 
+import functools
 import json
 import time
 from pathlib import Path
@@ -89,18 +90,46 @@ def _context(config: PipelineConfig, run_dir: str) -> StageContext:
     )
 
 
+def _standalone(stage_flow):
+    """A stage flow run on its own (`rlhf eval RUN_ID`, a deployment) opens the run's MLflow parent
+    run, and marks it FINISHED (or FAILED) again at the end instead of leaving it RUNNING.
+    Inside the pipeline the parent flow passes ``ctx`` and owns the parent run."""
+
+    @functools.wraps(stage_flow)
+    def run(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
+        if ctx is not None:
+            return stage_flow(config, run_dir, ctx)
+        ctx = _context(config, run_dir)
+        status = "FAILED"
+        try:
+            outputs = stage_flow(config, run_dir, ctx)
+            status = "FINISHED"
+            return outputs
+        finally:
+            if ctx.tracking_enabled:
+                try:
+                    tracking.end_run(ctx.parent_run_id, status)
+                except Exception:
+                    if status == "FINISHED":
+                        raise
+                    # never hide the stage's own error behind a tracking one
+                    get_run_logger().warning("could not mark MLflow run %s FAILED", ctx.parent_run_id)
+
+    return run
+
+
 @flow(name="data", log_prints=True)
+@_standalone
 def data_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """Import, validate, scrub refusals, dedup and filter prompts; write the data report."""
-    ctx = ctx or _context(config, run_dir)
     fetch_base_model(config.model, str(config.model_cache))  # the tokenizer counts prompt tokens
     return _cached(prepare_data, ctx.run, "data")(config.data, config.model, str(config.model_cache), run_dir, ctx)
 
 
 @flow(name="sft", log_prints=True)
+@_standalone
 def sft_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """Supervised fine-tuning of the base model on the curated demonstrations."""
-    ctx = ctx or _context(config, run_dir)
     _apply_threads(config)
     base_dir = fetch_base_model(config.model, str(config.model_cache))
     return _cached(train_sft_stage, ctx.run, "sft")(config, base_dir, run_dir, ctx)
@@ -114,33 +143,33 @@ def _policy_init(config: PipelineConfig, run: RunDir) -> str:
 
 
 @flow(name="reward", log_prints=True)
+@_standalone
 def reward_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """Reward model from the SFT model on the preference pairs, with its agreement rates."""
-    ctx = ctx or _context(config, run_dir)
     _apply_threads(config)
     return _cached(train_reward_stage, ctx.run, "reward")(config, _policy_init(config, ctx.run), run_dir, ctx)
 
 
 @flow(name="ppo", log_prints=True)
+@_standalone
 def ppo_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """PPO of the SFT policy against the reward model with a KL penalty to the SFT model."""
-    ctx = ctx or _context(config, run_dir)
     _apply_threads(config)
     return _cached(train_ppo_stage, ctx.run, "ppo")(config, _policy_init(config, ctx.run), run_dir, ctx)
 
 
 @flow(name="dpo", log_prints=True)
+@_standalone
 def dpo_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """DPO/IPO from the SFT model on the same preference pairs (the baseline next to PPO)."""
-    ctx = ctx or _context(config, run_dir)
     _apply_threads(config)
     return _cached(train_dpo_stage, ctx.run, "dpo")(config, _policy_init(config, ctx.run), run_dir, ctx)
 
 
 @flow(name="eval", log_prints=True)
+@_standalone
 def eval_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """PPO (and DPO) vs SFT vs best-of-N on held-out prompts: gold score, reward, KL, refusals; registry decision."""
-    ctx = ctx or _context(config, run_dir)
     _apply_threads(config)
     return _cached(evaluate_stage, ctx.run, "eval")(config, run_dir, ctx)
 

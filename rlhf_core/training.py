@@ -384,17 +384,19 @@ def run_training_loop(
             indices = order[batch_index]
             batch_index += 1
             t0 = time.perf_counter()
-            while True:  # one pass; again with half the micro-batch after an out-of-memory error
-                try:
-                    stats, step_units, step_tokens = _accumulate_step(
-                        stage, number, train_model, indices, micro_size, collate, units_of, loss_fn, device, amp,
-                        unit_name, last_ckpt, dist,
-                    )
-                    break
-                except torch.OutOfMemoryError as exc:
-                    if dist is not None:  # the other processes are already inside a collective
-                        raise
-                    micro_size = _shrink_after_oom(stage, number, micro_size, len(indices), model, device, exc)
+
+            def accumulate(n: int) -> tuple[dict[str, float], int, int]:
+                return _accumulate_step(
+                    stage, number, train_model, indices, n, collate, units_of, loss_fn, device, amp, unit_name, last_ckpt,
+                    dist,
+                )
+
+            if dist is None:  # an out-of-memory error redoes the step with half the micro-batch
+                (stats, step_units, step_tokens), micro_size = retry_smaller_on_oom(
+                    accumulate, micro_size, stage=stage, step=number, total=len(indices), model=model, device=device
+                )
+            else:  # not data-parallel: the other processes would already be inside a collective
+                stats, step_units, step_tokens = accumulate(micro_size)
             grad_norm = float(torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm))
             if not math.isfinite(grad_norm):
                 raise TrainingError(
@@ -520,6 +522,21 @@ def _accumulate_step(
         totals = dist.sum([stats[key] for key in keys] + [step_tokens])
         stats, step_tokens = dict(zip(keys, totals[:-1])), int(totals[-1])
     return stats, step_units, step_tokens
+
+
+def retry_smaller_on_oom(
+    fn: Callable[[int], Any], micro: int, *, stage: str, step: int, total: int, model: torch.nn.Module, device: torch.device
+) -> tuple[Any, int]:
+    """``(fn(micro), micro)``; after ``torch.OutOfMemoryError`` frees the gradients and tries half the micro-batch.
+
+    ``fn(n)`` must do the same work in micro-batches of ``n`` from a clean start (zeroed gradients),
+    so the result, the effective batch ``total``, is the same. Gives up at micro-batch 1.
+    """
+    while True:
+        try:
+            return fn(micro), micro
+        except torch.OutOfMemoryError as exc:
+            micro = _shrink_after_oom(stage, step, micro, total, model, device, exc)
 
 
 def _shrink_after_oom(

@@ -99,6 +99,30 @@ def test_mlflow_has_parent_and_nested_stage_runs(smoke_run):
         assert client.get_model_version_by_alias(name, "candidate")
 
 
+def test_a_stage_run_on_its_own_leaves_the_parent_run_finished(smoke_run):
+    """`rlhf eval RUN_ID` (a stage flow without the pipeline) reopens the MLflow parent run, then closes it."""
+    from mlflow.tracking import MlflowClient
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.stages import eval_flow
+
+    cfg, result = smoke_run
+    client = MlflowClient(tracking_uri=result["tracking_uri"])
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with prefect_test_harness(server_startup_timeout=180):
+            outputs = eval_flow(cfg, result["run_dir"])
+    finally:
+        os.chdir(cwd)
+    assert outputs
+    parent = client.get_run(result["mlflow_run_id"])
+    assert parent.info.status == "FINISHED"  # not left RUNNING
+    evals = client.search_runs([parent.info.experiment_id],
+                               filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`rlhf.stage` = 'eval'")
+    assert len(evals) >= 1 and all(r.info.status == "FINISHED" for r in evals)
+
+
 def test_rerunning_the_run_directory_skips_finished_stages(smoke_runs):
     cfg, first, again, (sft_weights, mtime) = smoke_runs
     assert again["run_dir"] == first["run_dir"] and again["mlflow_run_id"] == first["mlflow_run_id"]

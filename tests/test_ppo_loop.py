@@ -197,6 +197,33 @@ def test_exact_resume_is_bitwise(tok, tmp_path, adaptive):
     assert full.history[-1]["ppo/reward"] == resumed.history[-1]["ppo/reward"]
 
 
+def test_out_of_memory_retries_with_smaller_micro_batch(tok, tmp_path, caplog):
+    """A (simulated) OOM whenever >2 rows go through a non-generation forward (scoring passes and the
+    update): each is redone in micro-batches of 2, and the run equals one configured with 2."""
+    reference_policy = tiny_llama(tok)
+    # the same minibatch of 4 per optimizer update, in micro-batches of 2
+    reference = train_ppo(ppo_cfg(optim={"batch_size": 2, "grad_accum_steps": 2, "max_steps": 2}), reference_policy, tok,
+                          TokenFractionReward(5, n=8), tok, PROMPTS, output_dir=tmp_path / "ref")
+    policy = tiny_llama(tok)
+
+    def out_of_memory(module, args, kwargs):  # sampling (KV cache) fits; full-sequence passes of >2 rows do not
+        if not kwargs.get("use_cache") and kwargs["input_ids"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+
+    policy.register_forward_pre_hook(out_of_memory, with_kwargs=True)
+    with caplog.at_level("WARNING", logger="rlhf_core.training"):
+        result = train_ppo(ppo_cfg(optim={"batch_size": 4, "max_steps": 2}), policy, tok, TokenFractionReward(5, n=8),
+                           tok, PROMPTS, output_dir=tmp_path / "oom")
+    messages = [r.getMessage() for r in caplog.records]
+    # the first full-sequence pass of step 1 (log-probs and values of the rollout of 8) hits it once;
+    # the smaller size is kept for the rest of the run
+    assert messages == ["ppo: out of memory at step 1 with micro-batch 4; retrying the step with micro-batch 2 "
+                        "(4 micro-batches, same effective batch of 8)"]
+    for (name, a), (_, b) in zip(reference_policy.named_parameters(), policy.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert [h["ppo/reward"] for h in result.history] == [h["ppo/reward"] for h in reference.history]
+
+
 # ----------------------------------------------------------------------------- bad input
 def test_bad_inputs_fail_clearly(tok, tmp_path):
     reward = TokenFractionReward(5, n=8)

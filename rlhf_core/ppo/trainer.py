@@ -66,6 +66,7 @@ from rlhf_core.training import (
     count_trainable,
     dataset_fingerprint,
     replace_dir,
+    retry_smaller_on_oom,
     set_seed,
 )
 
@@ -287,6 +288,7 @@ def train_ppo(
     }
     history: list[dict[str, float]] = []
     start_step = 0
+    micro_restored = None
     last_ckpt = _resolve_resume(resume, root, STAGE)
     if last_ckpt is not None:
         state = load_checkpoint(last_ckpt, stage=STAGE, model=model, optimizer=optimizer, scheduler=scheduler)
@@ -298,19 +300,23 @@ def train_ppo(
             )
         kl_ctl.load_state_dict(state["kl_controller"])
         history = list(state["history"])
+        micro_restored = state.get("micro_batch_size")
         start_step = int(state["step"])
     tracker.log_params(config_params(cfg, STAGE))
 
     def checkpoint(number: int) -> Path:
         return save_checkpoint(
             root, stage=STAGE, step=number, model=model, optimizer=optimizer, scheduler=scheduler,
-            trainer_state={"history": history, "kl_controller": kl_ctl.state_dict(), "fingerprint": run_fp},
+            trainer_state={"history": history, "kl_controller": kl_ctl.state_dict(), "fingerprint": run_fp,
+                           "micro_batch_size": micro},
             keep=optim.keep_checkpoints,
         )
 
     # -- the loop ---------------------------------------------------------------------
     params = [p for p in model.parameters() if p.requires_grad]
-    B, mb_size, micro = cfg.rollout_size, cfg.minibatch_size, optim.batch_size
+    B, mb_size = cfg.rollout_size, cfg.minibatch_size
+    # the micro-batch of the scoring passes and the update: halved after an out-of-memory error
+    micro = int(micro_restored or optim.batch_size)
     stopped, reason = False, None
     saved_at = start_step if last_ckpt is not None else -1
     started = time.perf_counter()
@@ -343,7 +349,10 @@ def train_ppo(
                 rm_ids, rm_mask = ro.query_response_ids, ro.attention_mask
             else:
                 rm_ids, rm_mask = retokenize([it.text for it in batch_items], texts, reward_tokenizer, reward_fmt)
-            raw_scores = reward_scores(reward_model, rm_ids.to(device), rm_mask.to(device), batch_size=micro)  # (B,)
+            raw_scores, micro = retry_smaller_on_oom(
+                lambda n: reward_scores(reward_model, rm_ids.to(device), rm_mask.to(device), batch_size=n),
+                micro, stage=STAGE, step=number, total=B, model=model, device=device,
+            )  # (B,)
             _check_finite("reward model score", raw_scores, number)
             scores = apply_missing_eos_penalty(raw_scores, ro.has_eos, cfg.missing_eos_penalty)
             gold = [gold_fn(it.text, t) for it, t in zip(batch_items, texts, strict=True)] if gold_fn else None
@@ -351,8 +360,14 @@ def train_ppo(
 
             # 3. KL-penalised rewards; 4a. values
             t0 = time.perf_counter()
-            logprobs, values = rollout_logprobs_values(model, ro, temperature=cfg.temperature, batch_size=micro)
-            ref_lp = rollout_reference_logprobs(model.policy, ref_model, ro, temperature=cfg.temperature, batch_size=micro)
+            (logprobs, values), micro = retry_smaller_on_oom(
+                lambda n: rollout_logprobs_values(model, ro, temperature=cfg.temperature, batch_size=n),
+                micro, stage=STAGE, step=number, total=B, model=model, device=device,
+            )
+            ref_lp, micro = retry_smaller_on_oom(
+                lambda n: rollout_reference_logprobs(model.policy, ref_model, ro, temperature=cfg.temperature, batch_size=n),
+                micro, stage=STAGE, step=number, total=B, model=model, device=device,
+            )
             _check_finite("policy log-probs", logprobs, number, mask)
             _check_finite("reference log-probs", ref_lp, number, mask)
             _check_finite("values", values, number, mask)
@@ -388,39 +403,48 @@ def train_ppo(
                 for m0 in range(0, B, mb_size):
                     mb = perm[m0 : m0 + mb_size]
                     mb_tokens = int(mask[mb].sum())
-                    optimizer.zero_grad(set_to_none=True)
-                    stats_sum: dict[str, float] = {}
-                    micro_chunks = [mb[i : i + micro] for i in range(0, len(mb), micro)]
-                    for idx in micro_chunks:
-                        m = mask[idx]
-                        weight = int(m.sum()) / mb_tokens  # token-mean over the minibatch, exactly
-                        out, new_values = model(ids[idx], attn[idx], start, cfg.temperature, keep_logits=True)
-                        pg, pg_stats = ppo_policy_loss(out.logprobs, logprobs[idx], advantages[idx], m, clip_range=cfg.clip_range)
-                        vf, vf_stats = ppo_value_loss(
-                            new_values, values[idx], returns[idx], m, clip_range_value=cfg.clip_range_value
-                        )
-                        loss = weight * (pg + cfg.vf_coef * vf)
-                        micro_stats = {**pg_stats, **vf_stats}
-                        if cfg.entropy_coef:
-                            entropy = masked_mean(entropy_from_logits(out.logits, m), m)
-                            loss = loss - weight * cfg.entropy_coef * entropy
-                            micro_stats["ppo/entropy"] = float(entropy.detach())
-                        elif epoch == 0:  # only a statistic: the rollout policy's entropy, once per step
-                            with torch.no_grad():
-                                micro_stats["ppo/entropy"] = float(masked_mean(entropy_from_logits(out.logits, m), m))
-                        if ptx:  # one demonstration micro-batch per PPO micro-batch, averaged over the minibatch
-                            chosen = [ptx[(ptx_cursor + j) % len(ptx)] for j in range(micro)]
-                            ptx_cursor += micro
-                            batch = {n: t.to(device) for n, t in collate_sft(chosen, pad_id).items()}
-                            logits = model.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                            ptx_term, ptx_stats = ptx_loss(logits, batch["labels"], coef=cfg.ptx_coef)
-                            loss = loss + ptx_term / len(micro_chunks)
-                            for key, v in ptx_stats.items():  # plain mean over micro-batches
-                                stats_sum[key] = stats_sum.get(key, 0.0) + v / len(micro_chunks)
-                        _check_finite("loss", loss, number)
-                        loss.backward()
-                        for key, v in micro_stats.items():
-                            stats_sum[key] = stats_sum.get(key, 0.0) + weight * v
+
+                    def minibatch_gradients(micro: int) -> tuple[dict[str, float], int]:
+                        """Gradients of this minibatch in micro-batches of ``micro``; (stats, ptx position after)."""
+                        cursor = ptx_cursor
+                        optimizer.zero_grad(set_to_none=True)
+                        stats_sum: dict[str, float] = {}
+                        micro_chunks = [mb[i : i + micro] for i in range(0, len(mb), micro)]
+                        for idx in micro_chunks:
+                            m = mask[idx]
+                            weight = int(m.sum()) / mb_tokens  # token-mean over the minibatch, exactly
+                            out, new_values = model(ids[idx], attn[idx], start, cfg.temperature, keep_logits=True)
+                            pg, pg_stats = ppo_policy_loss(out.logprobs, logprobs[idx], advantages[idx], m, clip_range=cfg.clip_range)
+                            vf, vf_stats = ppo_value_loss(
+                                new_values, values[idx], returns[idx], m, clip_range_value=cfg.clip_range_value
+                            )
+                            loss = weight * (pg + cfg.vf_coef * vf)
+                            micro_stats = {**pg_stats, **vf_stats}
+                            if cfg.entropy_coef:
+                                entropy = masked_mean(entropy_from_logits(out.logits, m), m)
+                                loss = loss - weight * cfg.entropy_coef * entropy
+                                micro_stats["ppo/entropy"] = float(entropy.detach())
+                            elif epoch == 0:  # only a statistic: the rollout policy's entropy, once per step
+                                with torch.no_grad():
+                                    micro_stats["ppo/entropy"] = float(masked_mean(entropy_from_logits(out.logits, m), m))
+                            if ptx:  # one demonstration micro-batch per PPO micro-batch, averaged over the minibatch
+                                chosen = [ptx[(cursor + j) % len(ptx)] for j in range(micro)]
+                                cursor += micro
+                                batch = {n: t.to(device) for n, t in collate_sft(chosen, pad_id).items()}
+                                logits = model.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+                                ptx_term, ptx_stats = ptx_loss(logits, batch["labels"], coef=cfg.ptx_coef)
+                                loss = loss + ptx_term / len(micro_chunks)
+                                for key, v in ptx_stats.items():  # plain mean over micro-batches
+                                    stats_sum[key] = stats_sum.get(key, 0.0) + v / len(micro_chunks)
+                            _check_finite("loss", loss, number)
+                            loss.backward()
+                            for key, v in micro_stats.items():
+                                stats_sum[key] = stats_sum.get(key, 0.0) + weight * v
+                        return stats_sum, cursor
+
+                    (stats_sum, ptx_cursor), micro = retry_smaller_on_oom(
+                        minibatch_gradients, micro, stage=STAGE, step=number, total=len(mb), model=model, device=device,
+                    )
                     grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm)
                     _check_finite("gradient norm", grad_norm, number)
                     optimizer.step()
