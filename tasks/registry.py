@@ -19,7 +19,8 @@ def register_candidate(tracker: MlflowTracker, model_dir: Path, name: str) -> st
     from mlflow.exceptions import MlflowException
 
     client = tracker.client
-    tracker.log_artifact(model_dir, "model")
+    if not any(a.path == "model" and a.is_dir for a in client.list_artifacts(tracker.run_id)):
+        tracker.log_artifact(model_dir, "model")  # the trainers log it already: never copy a model twice
     try:
         client.create_registered_model(name, description="Registered by rlhf-pipeline.")
     except MlflowException as exc:

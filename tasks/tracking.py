@@ -396,9 +396,10 @@ class MlflowTracker:
             self.client.log_batch(self.run_id, params=batch[i : i + 100])
 
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
+        """A file keeps its name; a directory keeps its name too (``model/`` -> ``model``) unless ``artifact_path``."""
         path = Path(path)
         if path.is_dir():
-            self.client.log_artifacts(self.run_id, str(path), artifact_path)
+            self.client.log_artifacts(self.run_id, str(path), artifact_path if artifact_path is not None else path.name)
         else:
             self.client.log_artifact(self.run_id, str(path), artifact_path)
 

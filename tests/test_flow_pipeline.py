@@ -87,6 +87,9 @@ def test_mlflow_has_parent_and_nested_stage_runs(smoke_run):
     assert len(history) >= 2  # per step, not only a final value
     artifacts = {a.path for a in client.list_artifacts(by_stage["reward"].info.run_id)}
     assert {"agreement.json", "reliability.png", "model"} <= artifacts
+    # the model is logged once, under model/ (the registry version points there), not also at the root
+    assert not any(path.endswith(".safetensors") for path in artifacts)
+    assert any(a.path.endswith(".safetensors") for a in client.list_artifacts(by_stage["reward"].info.run_id, "model"))
     for name in ("ppo/kl", "ppo/reward", "ppo/gold", "ppo/entropy", "ppo/clipfrac"):
         assert name in by_stage["ppo"].data.metrics, name
     ev = by_stage["eval"].data.metrics
