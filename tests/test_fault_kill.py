@@ -3,7 +3,7 @@
 Per stage, one output directory sees successive processes of ``bench.fault_worker`` (tiny
 random model, ``checkpoint_every=1``, ``resume=True``, the real ``train_sft`` /
 ``train_reward_model`` / ``train_ppo``): each but the last is SIGKILLed as soon as it prints a
-chosen ``step k`` line or starts writing the final model (see ``KILL_ON``), the last runs to the end. Every process must continue
+chosen ``step k`` line or has written the final model's temp directory (see ``KILL_ON``), the last runs to the end. Every process must continue
 right after the newest checkpoint its predecessor completed, and the final weights, checkpoint
 weights, optimizer state, per-step metrics and final metrics must equal, bitwise, those of an
 uninterrupted run of the same function in this process. ``bench/fault_report.py`` does the
@@ -36,7 +36,7 @@ MODEL_WRITE = "model-write"
 # When successive processes of one output directory are killed: on printing "step k" (after
 # step k's update, before checkpoint k is written, so the kill lands in checkpoint k's write or
 # early in step k+1; for k = STEPS in the final checkpoint's write, the final evaluation or the
-# final model's write), or MODEL_WRITE: as soon as the final model's temp directory appears.
+# final model's write), or MODEL_WRITE: when the final model's temp directory is written, before its rename.
 # PPO, with the most state to restore (sampling RNG, KL controller, critic), is killed twice.
 KILL_ON = {"sft": ("step 3", MODEL_WRITE), "reward": (f"step {STEPS}", MODEL_WRITE), "ppo": ("step 2", MODEL_WRITE)}
 
@@ -69,17 +69,35 @@ class _LinesTo:
         pass
 
 
-def _worker_process(conn, argv: list[str], log: str) -> None:
+def _announce_model_writes() -> None:
+    """In the worker: print MODEL_WRITE when a model's temp directory is complete and about to be renamed
+    into place, then wait, so the kill reliably lands mid-write (a tiny model is written in milliseconds:
+    polling for the temp directory from outside missed it under load)."""
+    import rlhf_core.dpo.trainer
+    import rlhf_core.ppo.trainer
+    import rlhf_core.reward.train
+    import rlhf_core.sft.train
+    from rlhf_core.training import replace_dir
+
+    def announced(tmp: Path, final: Path) -> Path:
+        print(MODEL_WRITE, flush=True)
+        time.sleep(30)  # the test kills the process here
+        return replace_dir(tmp, final)
+
+    for module in (rlhf_core.sft.train, rlhf_core.reward.train, rlhf_core.ppo.trainer, rlhf_core.dpo.trainer):
+        if hasattr(module, "replace_dir"):
+            module.replace_dir = announced
+
+
+def _worker_process(conn, argv: list[str], log: str, kill_on: str | None) -> None:
     import os
     import sys
 
     os.dup2(os.open(log, os.O_WRONLY | os.O_CREAT | os.O_APPEND), 2)  # warnings, progress bars
     sys.stdout = _LinesTo(conn)
+    if kill_on == MODEL_WRITE:
+        _announce_model_writes()
     worker_main(argv)  # an exception's traceback goes to the log (multiprocessing prints it)
-
-
-def _writing_model(out: Path) -> bool:
-    return any(p.name.startswith(".") and p.is_dir() for p in out.iterdir())  # checkpoints/ is not hidden
 
 
 def run_forked_worker(stage: str, out: Path, *, kill_on: str | None = None) -> Attempt:
@@ -88,7 +106,7 @@ def run_forked_worker(stage: str, out: Path, *, kill_on: str | None = None) -> A
     recv, send = ctx.Pipe(duplex=False)
     argv = ["--stage", stage, "--out", str(out), "--steps", str(STEPS), "--threads", "1"]
     log = out.parent / f"{out.name}.stderr.log"
-    proc = ctx.Process(target=_worker_process, args=(send, argv, str(log)), daemon=True)
+    proc = ctx.Process(target=_worker_process, args=(send, argv, str(log), kill_on), daemon=True)
     proc.start()
     send.close()  # EOF on recv once the child is gone
     attempt = Attempt(returncode=0, log=str(log))
@@ -103,8 +121,6 @@ def run_forked_worker(stage: str, out: Path, *, kill_on: str | None = None) -> A
                 attempt.markers.append((time.perf_counter() - t0, line))
                 if line == kill_on:
                     proc.kill()
-            elif kill_on == MODEL_WRITE and proc.is_alive() and out.is_dir() and _writing_model(out):
-                proc.kill()
     finally:
         proc.join()
         recv.close()
