@@ -318,10 +318,24 @@ def training_result(args: argparse.Namespace, dev: Device, clock: StepClock, flo
 
 
 # ----------------------------------------------------------------------------- phases
+def timed_training(args: argparse.Namespace, dev: Device, *, stage: str, model: Any, batch_size: int, **loop: Any) -> StepClock:
+    """Our training loop (``rlhf_core.training.run_training_loop``) on ``model``, timed per step, in a scratch dir."""
+    from rlhf_core.training import run_training_loop, set_seed
+
+    clock = StepClock(dev)
+    out = Path(tempfile.mkdtemp(prefix=f"gpu-bench-{stage}-", dir=_scratch()))
+    try:
+        set_seed(args.seed)
+        run_training_loop(stage=stage, model=model, optim=optim_config(args, batch_size), output_dir=out, tracker=clock,
+                          resume=False, seed=args.seed, progress=False, **loop)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    return clock
+
+
 def run_sft(args: argparse.Namespace, dev: Device, tokenizer: Any, peak: float | None) -> dict[str, Any]:
     from rlhf_core.batching import IGNORE_INDEX, SFTExample, collate_sft, count_target_tokens
     from rlhf_core.sft.train import sft_step_loss
-    from rlhf_core.training import run_training_loop, set_seed
 
     dev.reset_peak()
     model = load_model(args, dev, tokenizer)
@@ -337,18 +351,11 @@ def run_sft(args: argparse.Namespace, dev: Device, tokenizer: Any, peak: float |
         ids = token_ids(rng, T, vocab)
         examples.append(SFTExample(row_id=str(i), input_ids=ids, labels=[IGNORE_INDEX] * P + ids[P:]))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    clock = StepClock(dev)
-    out = Path(tempfile.mkdtemp(prefix="gpu-bench-sft-", dir=_scratch()))
-    try:
-        set_seed(args.seed)
-        run_training_loop(
-            stage="sft", model=model, optim=optim_config(args, args.batch_size), lengths=[T] * n,
-            collate=lambda idx: collate_sft([examples[i] for i in idx], pad_id),
-            units_of=lambda batch: count_target_tokens(batch["labels"]), loss_fn=sft_step_loss, output_dir=out,
-            tracker=clock, resume=False, seed=args.seed, progress=False, unit_name="tokens",
-        )
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    clock = timed_training(
+        args, dev, stage="sft", model=model, batch_size=args.batch_size, lengths=[T] * n,
+        collate=lambda idx: collate_sft([examples[i] for i in idx], pad_id),
+        units_of=lambda batch: count_target_tokens(batch["labels"]), loss_fn=sft_step_loss, unit_name="tokens",
+    )
 
     def flops(m: dict[str, float]) -> float:
         tokens = round(m["train/tokens_per_second"] * m["train/step_seconds"])
@@ -366,7 +373,6 @@ def run_rm(args: argparse.Namespace, dev: Device, tokenizer: Any, peak: float | 
     from rlhf_core.batching import PairExample, collate_pairs
     from rlhf_core.reward.model import RewardModel
     from rlhf_core.reward.train import pair_step_loss
-    from rlhf_core.training import run_training_loop, set_seed
 
     dev.reset_peak()
     causal = load_model(args, dev, tokenizer)
@@ -387,18 +393,11 @@ def run_rm(args: argparse.Namespace, dev: Device, tokenizer: Any, peak: float | 
         prompt = token_ids(rng, P, vocab)
         pairs.append(PairExample(row_id=str(i), chosen_ids=prompt + token_ids(rng, T - P, vocab),
                                  rejected_ids=prompt + token_ids(rng, T - P, vocab)))
-    clock = StepClock(dev)
-    out = Path(tempfile.mkdtemp(prefix="gpu-bench-rm-", dir=_scratch()))
-    try:
-        set_seed(args.seed)
-        run_training_loop(
-            stage="reward", model=rm, optim=optim_config(args, args.rm_batch_size), lengths=[T] * n,
-            collate=lambda idx: collate_pairs([pairs[i] for i in idx], pad_id),
-            units_of=lambda batch: batch["input_ids"].shape[0] // 2, loss_fn=pair_step_loss(0.0), output_dir=out,
-            tracker=clock, resume=False, seed=args.seed, progress=False, unit_name="pairs",
-        )
-    finally:
-        shutil.rmtree(out, ignore_errors=True)
+    clock = timed_training(
+        args, dev, stage="reward", model=rm, batch_size=args.rm_batch_size, lengths=[T] * n,
+        collate=lambda idx: collate_pairs([pairs[i] for i in idx], pad_id),
+        units_of=lambda batch: batch["input_ids"].shape[0] // 2, loss_fn=pair_step_loss(0.0), unit_name="pairs",
+    )
 
     def flops(m: dict[str, float]) -> float:
         tokens = round(m["train/tokens_per_second"] * m["train/step_seconds"])

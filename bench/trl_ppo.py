@@ -140,13 +140,26 @@ def _hf4_tokenizer(model_dir: str):
     return tok
 
 
+def _step_meter(meter: Any, gen: dict[str, float], state: dict[str, float], total: int) -> Any:
+    """A TRL trainer callback: per step, the generation seconds and response length; the peak RSS at the end."""
+    from transformers import TrainerCallback
+
+    class Meter(TrainerCallback):
+        def on_step_end(self, args, st, control, **kwargs):  # noqa: ANN001
+            meter.mark(generation_s=gen["s"], response_len=state["len"])
+            gen["s"] = 0.0
+            if st.global_step == total:
+                state["peak"] = C.peak_rss_mib()
+
+    return Meter()
+
+
 def worker_trl_ppo(spec: dict[str, Any], out: Path) -> None:
     import os
 
     os.environ["TRL_EXPERIMENTAL_SILENCE"] = "1"
     import transformers
     from datasets import Dataset
-    from transformers import TrainerCallback
 
     import trl
     import trl.trainer.ppo_trainer as ppo_mod
@@ -180,13 +193,6 @@ def worker_trl_ppo(spec: dict[str, Any], out: Path) -> None:
 
     ppo_mod.batch_generation = timed_generation
 
-    class Meter(TrainerCallback):
-        def on_step_end(self, args, st, control, **kwargs):  # noqa: ANN001
-            meter.mark(generation_s=gen["s"], response_len=state["len"])
-            gen["s"] = 0.0
-            if st.global_step == total:
-                state["peak"] = C.peak_rss_mib()
-
     train = Dataset.from_dict({"input_ids": [r["ids"] for r in spec["rows"]]})
     args = trl.PPOConfig(
         output_dir=str(Path(spec["scratch"]) / "trl-ppo-out"), per_device_train_batch_size=spec["batch"],
@@ -200,7 +206,7 @@ def worker_trl_ppo(spec: dict[str, Any], out: Path) -> None:
     )
     trainer = trl.PPOTrainer(args=args, processing_class=tokenizer, model=policy, ref_model=ref, reward_model=reward,
                              value_model=value, train_dataset=train, eval_dataset=train.select(range(spec["batch"])),
-                             callbacks=[Meter()])
+                             callbacks=[_step_meter(meter, gen, state, total)])
     rss0 = C.reset_peak_rss()
     meter.start()
     trainer.train()
@@ -213,7 +219,7 @@ def worker_trl_rloo(spec: dict[str, Any], out: Path) -> None:
     import torch
     import transformers
     from datasets import Dataset
-    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer, TrainerCallback
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification, AutoTokenizer
 
     import trl
 
@@ -240,15 +246,9 @@ def worker_trl_rloo(spec: dict[str, Any], out: Path) -> None:
         seed=spec["seed"], dataloader_num_workers=0, log_completions=False,
     )
 
-    class Meter(TrainerCallback):
-        def on_step_end(self, args, st, control, **kwargs):  # noqa: ANN001
-            meter.mark(generation_s=gen["s"], response_len=state["len"])
-            gen["s"] = 0.0
-            if st.global_step == total:
-                state["peak"] = C.peak_rss_mib()
-
     trainer = trl.RLOOTrainer(model=policy, reward_funcs=reward, args=args, train_dataset=train,
-                              processing_class=tokenizer, reward_processing_classes=tokenizer, callbacks=[Meter()])
+                              processing_class=tokenizer, reward_processing_classes=tokenizer,
+                              callbacks=[_step_meter(meter, gen, state, total)])
     original = trainer._generate_single_turn
 
     def timed_generation(*a, **kw):  # noqa: ANN002

@@ -18,6 +18,23 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 
+class CrashAt:
+    """A tracker that dies at a given step, as a killed process would (after earlier checkpoints)."""
+
+    def __init__(self, step: int) -> None:
+        self.step = step
+
+    def log_metrics(self, metrics, step):
+        if step == self.step:
+            raise KeyboardInterrupt(f"simulated kill at step {step}")
+
+    def log_artifact(self, path):
+        pass
+
+    def log_params(self, params):
+        pass
+
+
 def pytest_configure(config):
     # The suite's models are tiny: on 2 cores one thread is several times faster than torch's
     # default (threads spin against each other on small matmuls). RLHF_TEST_TORCH_THREADS overrides.

@@ -15,6 +15,8 @@ from rlhf_core.losses import IGNORE_INDEX
 from rlhf_core.tracking import InMemoryTracker
 from rlhf_core.train_config import OptimConfig
 
+from .conftest import CrashAt
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -177,23 +179,6 @@ def test_partial_reference_is_bitwise_the_full_pass(average):
     assert eight == list(range(30))
     seven = visited_examples(lengths, OptimConfig(max_steps=7, batch_size=2, grad_accum_steps=2), seed=0)
     assert len(seven) in (26, 28)  # all step batches of 4 but one (a full one or the short one of 2)
-
-
-class CrashAt:
-    """A tracker that dies at a given step, as a killed process would (after earlier checkpoints)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def log_metrics(self, metrics, step):
-        if step == self.step:
-            raise KeyboardInterrupt(f"simulated kill at step {step}")
-
-    def log_artifact(self, path):
-        pass
-
-    def log_params(self, params):
-        pass
 
 
 def test_dpo_partial_reference_trains_and_resumes_bitwise_like_the_full_precompute(tmp_path, monkeypatch):

@@ -22,6 +22,8 @@ from rlhf_core.sft.train import train_sft
 from rlhf_core.tracking import InMemoryTracker
 from rlhf_core.train_config import LoraConfig, OptimConfig
 
+from .conftest import CrashAt
+
 SMALL = TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=256)
 
 
@@ -126,28 +128,13 @@ def test_reward_model_learns_and_is_saved(tiny_tokenizer, tmp_path):
     assert all(c > r for i, (c, r) in enumerate(zip(chosen_r, rejected_r, strict=True)) if i != 2)
 
 
-class _CrashAt:
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def log_metrics(self, metrics, step):
-        if step == self.step:
-            raise KeyboardInterrupt(f"simulated kill at step {step}")
-
-    def log_artifact(self, path):
-        pass
-
-    def log_params(self, params):
-        pass
-
-
 def test_reward_resume_is_bitwise(tiny_tokenizer, tmp_path):
     cfg = _cfg(max_steps=5, batch_size=2, grad_accum_steps=2, checkpoint_every=3, warmup_steps=1)
     reference = _rm(tiny_tokenizer)
     train_reward_model(cfg, reference, tiny_tokenizer, _pairs(), output_dir=tmp_path / "a", seed=1, progress=False)
     with pytest.raises(KeyboardInterrupt):
         train_reward_model(cfg, _rm(tiny_tokenizer), tiny_tokenizer, _pairs(), output_dir=tmp_path / "b",
-                           tracker=_CrashAt(4), seed=1, progress=False)
+                           tracker=CrashAt(4), seed=1, progress=False)
     resumed = _rm(tiny_tokenizer)
     result = train_reward_model(cfg, resumed, tiny_tokenizer, _pairs(), output_dir=tmp_path / "b", seed=1, progress=False)
     assert result.resumed_from_step == 3

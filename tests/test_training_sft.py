@@ -19,6 +19,8 @@ from rlhf_core.sft.train import completion_nll_sum, sft_step_loss, train_sft
 from rlhf_core.tracking import InMemoryTracker
 from rlhf_core.train_config import LoraConfig, OptimConfig
 
+from .conftest import CrashAt
+
 SMALL = TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=256)
 
 
@@ -150,23 +152,6 @@ def test_sft_loss_falls_params_change_and_model_is_saved(tiny_tokenizer, tmp_pat
     assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-000008"]
 
 
-class _CrashAt:
-    """A tracker that dies at a given step, as a killed process would (after earlier checkpoints)."""
-
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def log_metrics(self, metrics, step):
-        if step == self.step:
-            raise KeyboardInterrupt(f"simulated kill at step {step}")
-
-    def log_artifact(self, path):
-        pass
-
-    def log_params(self, params):
-        pass
-
-
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora-dropout"])
 def test_resume_reproduces_an_uninterrupted_run_bitwise(tiny_tokenizer, tmp_path, lora):
     # LoRA with dropout also exercises the RNG restore (dropout masks after the resume point)
@@ -179,7 +164,7 @@ def test_resume_reproduces_an_uninterrupted_run_bitwise(tiny_tokenizer, tmp_path
 
     crashed = _model(tiny_tokenizer)
     with pytest.raises(KeyboardInterrupt):
-        train_sft(cfg, crashed, tiny_tokenizer, rows, output_dir=tmp_path / "b", tracker=_CrashAt(5), seed=5, progress=False)
+        train_sft(cfg, crashed, tiny_tokenizer, rows, output_dir=tmp_path / "b", tracker=CrashAt(5), seed=5, progress=False)
     assert latest_checkpoint(tmp_path / "b" / "checkpoints").name == "step-000004"
 
     resumed_model = _model(tiny_tokenizer)
