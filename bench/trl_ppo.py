@@ -12,7 +12,9 @@ minibatch, kl_coef, clip ranges, vf_coef, gamma/lambda, AdamW learning rate, fp3
 RLOO (no critic) runs at the same batch: ``batch`` completions per step (``batch / k`` prompts x
 ``k`` generations, k=2), one update per step, its default KL to a reference (beta=0.05).
 
-Sides and venvs: ``ours`` (``.venv``, ``rlhf_core.ppo.trainer.train_ppo``), ``trl_ppo``
+Sides and venvs: ``ours`` (``.venv``, ``rlhf_core.ppo.trainer.train_ppo`` with a separate critic
+initialised from the reward model, as TRL's PPO), ``ours_shared`` (the same with the value head
+on the policy's backbone, ``ppo.value_model=shared``: no critic transformer), ``trl_ppo``
 (``bench/.venv-trl024``: trl 0.24.0 + transformers 4.57), ``trl_rloo`` (``bench/.venv-trl116``).
 Each run is a fresh subprocess; order alternates between repeats; medians are reported.
 Per step: wall and CPU seconds (step end to step end; the first ``--warmup`` steps untimed),
@@ -38,7 +40,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (stdlib-only: importable in every venv)
 
 SCRIPT = Path(__file__).resolve()
-PYTHONS = {"ours": C.OUR_PYTHON, "trl_ppo": C.TRL024_PYTHON, "trl_rloo": C.TRL116_PYTHON}
+PYTHONS = {"ours": C.OUR_PYTHON, "ours_shared": C.OUR_PYTHON, "trl_ppo": C.TRL024_PYTHON, "trl_rloo": C.TRL116_PYTHON}
+# our sides: the PPOConfig value-model settings each runs with (both read log-probs off the sampler: fp32 'auto')
+OUR_SIDES = {"ours": {"value_model": "separate", "value_init": "reward"},
+             "ours_shared": {"value_model": "shared", "value_init": "policy"}}
 
 
 # ============================================================================ workers
@@ -64,7 +69,7 @@ class _MeterTracker:
         pass
 
 
-def worker_ours(spec: dict[str, Any], out: Path) -> None:
+def worker_ours(spec: dict[str, Any], out: Path, side: str = "ours") -> None:
     from rlhf_core.config import ModelConfig
     from rlhf_core.models import load_causal_lm, load_tokenizer
     from rlhf_core.ppo.config import PPOConfig
@@ -83,7 +88,7 @@ def worker_ours(spec: dict[str, Any], out: Path) -> None:
                           mixed_precision="no", max_grad_norm=1.0),
         rollout_batch_size=spec["batch"], max_new_tokens=spec["new_tokens"], ppo_epochs=spec["ppo_epochs"],
         temperature=spec["temperature"], kl_coef=spec["kl_coef"], clip_range=0.2, clip_range_value=0.2,
-        vf_coef=0.1, gamma=1.0, lam=0.95, whiten_advantages=True, value_model="separate", value_init="reward",
+        vf_coef=0.1, gamma=1.0, lam=0.95, whiten_advantages=True, **OUR_SIDES[side],
         prompt_format="auto", max_kl=1e9,  # never stop early: every side runs every step
     )
     meter = C.StepMeter(spec["warmup"])
@@ -100,7 +105,7 @@ def worker_ours(spec: dict[str, Any], out: Path) -> None:
         raise RuntimeError(f"our PPO stopped early: {result.stop_reason}")
     C.write_json(out, {**meter.summary(("generation_s", "scoring_s", "update_s", "response_len")),
                        "peak_train_rss_mib": tracker.peak,
-                       "rss_before_train_mib": rss0, "side": "ours",
+                       "rss_before_train_mib": rss0, "side": side, "ppo_config": OUR_SIDES[side],
                        "versions": C.versions("torch", "transformers")})
 
 
@@ -323,18 +328,20 @@ def _summarise(runs: list[dict[str, Any]], sides: list[str]) -> dict[str, Any]:
             "peak_train_rss_mib": C.median_of(rs, "peak_train_rss_mib"),
             "process_maxrss_mib": C.median_of(rs, "child_maxrss_mib"),
         }
-    for peer in [s for s in sides if s != "ours"]:
-        if "ours" in out:
-            out[f"speedup_vs_{peer}_wall"] = out[peer]["step_wall_s"] / out["ours"]["step_wall_s"]
-            out[f"speedup_vs_{peer}_cpu"] = out[peer]["step_cpu_s"] / out["ours"]["step_cpu_s"]
-            out[f"memory_ratio_vs_{peer}"] = out["ours"]["peak_train_rss_mib"] / out[peer]["peak_train_rss_mib"]
+    for ours in [s for s in sides if s in OUR_SIDES]:
+        prefix = "" if ours == "ours" else f"{ours}_"
+        for peer in [s for s in sides if s not in OUR_SIDES]:
+            out[f"{prefix}speedup_vs_{peer}_wall"] = out[peer]["step_wall_s"] / out[ours]["step_wall_s"]
+            out[f"{prefix}speedup_vs_{peer}_cpu"] = out[peer]["step_cpu_s"] / out[ours]["step_cpu_s"]
+            out[f"{prefix}memory_ratio_vs_{peer}"] = out[ours]["peak_train_rss_mib"] / out[peer]["peak_train_rss_mib"]
     return out
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="tiny random model: checks the harness in seconds")
-    ap.add_argument("--sides", default="ours,trl_ppo,trl_rloo", help="comma list of ours, trl_ppo, trl_rloo")
+    ap.add_argument("--sides", default="ours,ours_shared,trl_ppo,trl_rloo",
+                    help="comma list of ours, ours_shared, trl_ppo, trl_rloo")
     ap.add_argument("--repeats", type=int, default=1, help="runs per side (alternating order)")
     ap.add_argument("--threads", type=int, default=1, help="torch intra-op threads on every side")
     ap.add_argument("--batch", type=int, default=8, help="responses per PPO step (rollout batch)")
@@ -398,15 +405,17 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _print_table(s: dict[str, Any], sides: list[str]) -> None:
-    print(f"\n{'side':9} {'s/step wall':>12} {'s/step cpu':>11} {'gen share':>10} {'resp len':>9} {'peak MiB':>9} {'maxrss MiB':>11}")
+    print(f"\n{'side':11} {'s/step wall':>12} {'s/step cpu':>11} {'gen share':>10} {'resp len':>9} {'peak MiB':>9} {'maxrss MiB':>11}")
     for side in sides:
         r = s[side]
-        print(f"{side:9} {r['step_wall_s']:12.2f} {r['step_cpu_s']:11.2f} {r['generation_share']:10.0%} "
+        print(f"{side:11} {r['step_wall_s']:12.2f} {r['step_cpu_s']:11.2f} {r['generation_share']:10.0%} "
               f"{r['response_len_mean']:9.1f} {r['peak_train_rss_mib']:9.0f} {r['process_maxrss_mib']:11.0f}")
-    for peer in [x for x in sides if x != "ours"]:
-        if "ours" in s:
-            print(f"ours vs {peer}: {s[f'speedup_vs_{peer}_wall']:.2f}x faster (wall), "
-                  f"{s[f'speedup_vs_{peer}_cpu']:.2f}x (cpu); peak memory ratio {s[f'memory_ratio_vs_{peer}']:.2f}")
+    for ours in [x for x in sides if x in OUR_SIDES]:
+        prefix = "" if ours == "ours" else f"{ours}_"
+        for peer in [x for x in sides if x not in OUR_SIDES]:
+            print(f"{ours} vs {peer}: {s[f'{prefix}speedup_vs_{peer}_wall']:.2f}x faster (wall), "
+                  f"{s[f'{prefix}speedup_vs_{peer}_cpu']:.2f}x (cpu); "
+                  f"peak memory ratio {s[f'{prefix}memory_ratio_vs_{peer}']:.2f}")
 
 
 if __name__ == "__main__":
@@ -415,6 +424,9 @@ if __name__ == "__main__":
         side_name, spec_file, out_file = worker
         spec_data = json.loads(spec_file.read_text())
         C.pin_threads(spec_data["threads"])
-        {"ours": worker_ours, "trl_ppo": worker_trl_ppo, "trl_rloo": worker_trl_rloo}[side_name](spec_data, out_file)
+        if side_name in OUR_SIDES:
+            worker_ours(spec_data, out_file, side_name)
+        else:
+            {"trl_ppo": worker_trl_ppo, "trl_rloo": worker_trl_rloo}[side_name](spec_data, out_file)
         sys.exit(0)
     sys.exit(main())

@@ -14,7 +14,7 @@ import torch
 
 from rlhf_core.errors import ConfigError, DataError, TrainingError
 from rlhf_core.ppo.config import PPOConfig
-from rlhf_core.ppo.rollout import generate_responses, left_pad, policy_logprobs, rollout
+from rlhf_core.ppo.rollout import generate_responses, left_pad, policy_forward, policy_logprobs, rollout
 from rlhf_core.ppo.trainer import train_ppo
 from rlhf_core.tracking import InMemoryTracker
 from rlhf_core.train_config import OptimConfig
@@ -129,6 +129,74 @@ def test_sampling_respects_top_k(tok):
     torch.manual_seed(0)
     out = generate_responses(model, q_ids, q_mask, max_new_tokens=1, eos_id=1, pad_id=0, temperature=1.0, top_k=1)
     assert out.unique().numel() == 1  # top-1 is greedy whatever the temperature
+
+
+@pytest.mark.parametrize("top_k,top_p", [(0, 1.0), (5, 0.9)])
+def test_sampler_logprobs_and_hidden_equal_a_full_forward_pass(tok, top_k, top_p):
+    """What the sampling loop reads off (log-probs under the tempered, unfiltered distribution; the final
+    hidden state before each token) is what one full forward pass over prompt + response computes."""
+    model = tiny_llama(tok, seed=2).eval()
+    q_ids, q_mask = left_pad([tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:5]], tok.pad_token_id)
+    kwargs = {"max_new_tokens": 9, "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id, "temperature": 0.8,
+              "top_k": top_k, "top_p": top_p}
+    torch.manual_seed(4)
+    plain = rollout(model, q_ids, q_mask, **kwargs)
+    torch.manual_seed(4)
+    ro = rollout(model, q_ids, q_mask, score_tokens=True, keep_hidden=True, **kwargs)
+    assert torch.equal(plain.response_ids, ro.response_ids)  # scoring draws nothing from the RNG
+    assert plain.logprobs is None and plain.hidden is None
+    full = policy_forward(model, ro.query_response_ids, ro.attention_mask, ro.response_start, 0.8, output_hidden=True)
+    m = ro.response_mask
+    assert ro.logprobs.shape == m.shape and ro.hidden.shape == (*m.shape, model.config.hidden_size)
+    assert torch.allclose(ro.logprobs[m], full.logprobs[m], atol=1e-5, rtol=0)
+    assert torch.allclose(ro.hidden[m], full.hidden[m], atol=1e-5, rtol=0)
+    assert bool((ro.logprobs[m] < 0).all())
+
+
+class CountFullPasses:
+    """Forward pre-hook: counts full-sequence (no KV cache) passes of a model."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, module, args, kwargs):
+        if not kwargs.get("use_cache"):
+            self.calls += 1
+
+
+@pytest.mark.parametrize("value_model", ["shared", "separate"])
+def test_sampler_logprobs_skip_the_policy_scoring_pass(tok, tmp_path, value_model):
+    """rollout_logprobs='sampler' runs one policy pass per update micro-batch and none to score the rollout;
+    the first minibatch's forward pass agrees with the sampler's log-probs to rounding, and 'recompute'
+    agrees exactly."""
+    passes, mismatch = {}, {}
+    for mode in ("sampler", "recompute"):
+        policy = tiny_llama(tok)
+        counter = CountFullPasses()
+        policy.register_forward_pre_hook(counter, with_kwargs=True)
+        tracker = InMemoryTracker()
+        cfg = ppo_cfg(optim={"max_steps": 2}, rollout_logprobs=mode, value_model=value_model, ppo_epochs=1)
+        ref = tiny_llama(tok)  # a separate reference, so the counter sees the policy alone
+        train_ppo(cfg, policy, tok, TokenFractionReward(5, n=8), tok, PROMPTS, ref_model=ref, output_dir=tmp_path / mode,
+                  tracker=tracker)
+        passes[mode] = counter.calls
+        mismatch[mode] = [v for _, v in tracker.series("ppo/logprob_mismatch")]
+    # 2 steps x rollout of 8 in micro-batches of 4: the update is 2 passes a step, scoring 2 more
+    assert passes == {"sampler": 4, "recompute": 8}
+    assert mismatch["recompute"] == [0.0, 0.0]
+    assert all(0.0 <= v < 1e-5 for v in mismatch["sampler"]), mismatch
+
+
+def test_auto_rollout_logprobs_follow_the_dtype(tok):
+    from rlhf_core.ppo.trainer import use_sampler_logprobs
+
+    model = tiny_llama(tok)
+    assert use_sampler_logprobs(ppo_cfg(), model)
+    assert not use_sampler_logprobs(ppo_cfg(), model.to(torch.bfloat16))
+    assert use_sampler_logprobs(ppo_cfg(rollout_logprobs="sampler"), model)
+    assert not use_sampler_logprobs(ppo_cfg(rollout_logprobs="recompute"), tiny_llama(tok))
+    with pytest.raises(Exception, match="rollout_logprobs"):
+        ppo_cfg(rollout_logprobs="cache")
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -279,13 +347,18 @@ def test_lora_reference_and_reward_initialised_critic(tiny_tokenizer, tmp_path):
     rm = RewardModel.from_model(build_tiny_model(small.model_copy(update={"seed": 1}), tiny_tokenizer),
                                 pad_token_id=tiny_tokenizer.pad_token_id)
     cfg = ppo_cfg(optim={"max_steps": 2, "learning_rate": 1e-2, "lora": {"enabled": True, "r": 4}},
-                  prompt_format="chat", value_init="reward")
+                  prompt_format="chat", value_init="reward", rollout_logprobs="recompute")
     tracker = InMemoryTracker()
     result = train_ppo(cfg, policy, tiny_tokenizer, rm, tiny_tokenizer, PROMPTS, output_dir=tmp_path, tracker=tracker)
     kl = [v for _, v in tracker.series("ppo/kl")]
     assert kl[0] == 0.0  # LoRA starts at B = 0: policy == reference (adapters disabled)
     assert kl[1] != 0.0  # and the adapters moved
     assert result.steps == 2 and (result.model_dir / "adapter_config.json").is_file()
+    # log-probs read off the sampler (KV-cache pass) differ from the reference's full pass by rounding only
+    tracker = InMemoryTracker()
+    train_ppo(cfg.model_copy(update={"rollout_logprobs": "sampler"}), build_tiny_model(small, tiny_tokenizer),
+              tiny_tokenizer, rm, tiny_tokenizer, PROMPTS, output_dir=tmp_path / "sampler", tracker=tracker)
+    assert abs(tracker.series("ppo/kl")[0][1]) < 1e-4
 
 
 def test_ppo_ptx_mixes_in_sft_loss(tok, tmp_path):

@@ -76,6 +76,16 @@ class PPOConfig(StrictModel):
         ge=0,
         description="PPO-ptx: weight of the SFT loss on demonstration batches mixed into each update (InstructGPT; 0 = off).",
     )
+    rollout_logprobs: Literal["auto", "sampler", "recompute"] = Field(
+        "auto",
+        description=(
+            "Where the rollout's log-probs (and a shared value head's values) come from: 'sampler' reads them off "
+            "the sampling loop's logits and hidden states (one policy forward pass less per step; ~1e-6 nats of "
+            "rounding difference in fp32, logged as ppo/logprob_mismatch), 'recompute' runs a full forward pass "
+            "after sampling (PPO ratio exactly 1 at the first minibatch; TRL's way), 'auto' = sampler in fp32, "
+            "recompute in bf16/fp16 where the KV-cache pass rounds much further from a full pass."
+        ),
+    )
     value_model: Literal["separate", "shared"] = Field(
         "separate", description="'separate' critic transformer, or a value head 'shared' on the policy's backbone."
     )

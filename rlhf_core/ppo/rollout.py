@@ -10,9 +10,17 @@ so the distribution the tokens come from is the one :func:`policy_logprobs` scor
 from the global torch RNG only through :func:`sample_from_probs`, which a checkpoint restores
 (exact resume), and (c) stops as soon as every row has emitted EOS.
 
-Log-probabilities used by PPO are *recomputed* in one full forward pass (TRL does the same):
-the incremental KV-cache pass rounds differently, and the PPO ratio must be exactly 1 on
-the first minibatch.
+Log-probabilities for PPO come from one of two places (``PPOConfig.rollout_logprobs``):
+
+* ``recompute``: one full forward pass over prompt + response after sampling (TRL, InstructGPT).
+  The PPO ratio is then exactly 1 on the first minibatch.
+* ``sampler``: read off the logits the sampling loop computed anyway
+  (:func:`sample_tokens` with ``score_tokens=True``), and, for a value head sharing the
+  policy's backbone, the values off its final hidden states (``keep_hidden=True``). This
+  skips a whole forward pass of the policy per step. The incremental KV-cache pass rounds
+  differently from a full pass: in fp32 the two differ by ~1e-6 nats per token (the trainer
+  logs the largest difference it sees as ``ppo/logprob_mismatch``); in bf16 the gap is
+  orders of magnitude larger, which is why ``auto`` recomputes there.
 """
 
 from __future__ import annotations
@@ -34,6 +42,8 @@ class Rollout:
     response_ids: torch.Tensor  # (B, R) pad after the first EOS
     response_mask: torch.Tensor  # (B, R) bool, True up to and including the first EOS
     has_eos: torch.Tensor  # (B,) bool, the response emitted EOS within max_new_tokens
+    logprobs: torch.Tensor | None = None  # (B, R) log pi(token) under logits / temperature, from the sampler
+    hidden: torch.Tensor | None = None  # (B, R, H) final hidden state that emitted each response token
 
     @property
     def query_response_ids(self) -> torch.Tensor:
@@ -133,7 +143,87 @@ def sample_from_probs(probs: torch.Tensor) -> torch.Tensor:
     return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1).squeeze(-1)
 
 
+@dataclass
+class Sampled:
+    """What :func:`sample_tokens` returns: the tokens, and what the loop read off along the way."""
+
+    tokens: torch.Tensor  # (B, R) sampled ids, pad_id after a row's EOS
+    logprobs: torch.Tensor | None  # (B, R) log-softmax(logits / temperature) at each sampled token (score_tokens)
+    hidden: torch.Tensor | None  # (B, R, H) final hidden state at the position that emitted each token (keep_hidden)
+
+
 @torch.no_grad()
+def sample_tokens(
+    model: torch.nn.Module,
+    query_ids: torch.Tensor,
+    query_mask: torch.Tensor,
+    *,
+    max_new_tokens: int,
+    eos_id: int | Sequence[int],
+    pad_id: int,
+    temperature: float = 1.0,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    score_tokens: bool = False,
+    keep_hidden: bool = False,
+) -> Sampled:
+    """Sample up to ``max_new_tokens`` per row with a KV cache. (B, P), (B, P) -> :class:`Sampled`, R <= max_new_tokens.
+
+    ``query_ids`` must be left-padded. Stops early once every row has emitted EOS; tokens
+    sampled after a row's EOS are replaced by ``pad_id`` (apply :func:`truncate_after_eos`
+    for the mask). Uses the global torch RNG (the same draws whatever ``score_tokens`` and
+    ``keep_hidden`` say). ``score_tokens``: also the log-prob of each sampled token under
+    the tempered, *unfiltered* distribution (what :func:`policy_forward` computes; top-k/top-p
+    only choose which tokens can be drawn). ``keep_hidden``: also the final hidden state that
+    produced each token's logits (what a shared value head reads).
+    """
+    from transformers import DynamicCache
+
+    if query_ids.shape != query_mask.shape or query_ids.dim() != 2:
+        raise ValueError(f"sample_tokens: query ids {tuple(query_ids.shape)} and mask {tuple(query_mask.shape)} must be (B, P)")
+    if bool((query_mask[:, -1] == 0).any()):
+        raise ValueError("sample_tokens: queries must be left-padded (a row ends in padding)")
+    if score_tokens and temperature <= 0:
+        raise ValueError("sample_tokens: score_tokens needs temperature > 0 (greedy decoding has no sampling distribution)")
+    device = query_ids.device
+    eos = _eos_tensor(eos_id, device)
+    mask = query_mask.long()
+    positions = position_ids_from_mask(mask)  # (B, P)
+    cache = DynamicCache(config=getattr(model, "config", None))
+    out = model(
+        input_ids=query_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
+        use_cache=True, logits_to_keep=1, output_hidden_states=keep_hidden,
+    )
+    next_pos = positions[:, -1:] + 1  # (B, 1)
+    finished = torch.zeros(query_ids.shape[0], dtype=torch.bool, device=device)  # (B,)
+    tokens: list[torch.Tensor] = []
+    logprobs: list[torch.Tensor] = []
+    hidden: list[torch.Tensor] = []
+    for _ in range(max_new_tokens):
+        logits = out.logits[:, -1, :]  # (B, V)
+        token = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p)  # (B,)
+        token = torch.where(finished, torch.full_like(token, pad_id), token)
+        tokens.append(token)
+        if score_tokens:
+            logprobs.append(gather_logprobs((logits.float() / temperature).unsqueeze(1), token.unsqueeze(1)).squeeze(1))
+        if keep_hidden:
+            hidden.append(out.hidden_states[-1][:, -1, :])  # (B, H)
+        finished = finished | torch.isin(token, eos)
+        if bool(finished.all()) or len(tokens) == max_new_tokens:
+            break
+        mask = torch.cat([mask, torch.ones_like(token).unsqueeze(1)], dim=1)  # (B, P+t)
+        out = model(
+            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_pos,
+            past_key_values=out.past_key_values, use_cache=True, output_hidden_states=keep_hidden,
+        )
+        next_pos = next_pos + 1
+    return Sampled(
+        tokens=torch.stack(tokens, dim=1),
+        logprobs=torch.stack(logprobs, dim=1) if score_tokens else None,
+        hidden=torch.stack(hidden, dim=1) if keep_hidden else None,
+    )
+
+
 def generate_responses(
     model: torch.nn.Module,
     query_ids: torch.Tensor,
@@ -146,44 +236,11 @@ def generate_responses(
     top_k: int = 0,
     top_p: float = 1.0,
 ) -> torch.Tensor:
-    """Sample up to ``max_new_tokens`` per row with a KV cache. (B, P), (B, P) -> (B, R), R <= max_new_tokens.
-
-    ``query_ids`` must be left-padded. Stops early once every row has emitted EOS; tokens
-    sampled after a row's EOS are replaced by ``pad_id`` (apply :func:`truncate_after_eos`
-    for the mask). Uses the global torch RNG.
-    """
-    from transformers import DynamicCache
-
-    if query_ids.shape != query_mask.shape or query_ids.dim() != 2:
-        raise ValueError(f"generate_responses: query ids {tuple(query_ids.shape)} and mask {tuple(query_mask.shape)} must be (B, P)")
-    if bool((query_mask[:, -1] == 0).any()):
-        raise ValueError("generate_responses: queries must be left-padded (a row ends in padding)")
-    device = query_ids.device
-    eos = _eos_tensor(eos_id, device)
-    mask = query_mask.long()
-    positions = position_ids_from_mask(mask)  # (B, P)
-    cache = DynamicCache(config=getattr(model, "config", None))
-    out = model(
-        input_ids=query_ids, attention_mask=mask, position_ids=positions, past_key_values=cache,
-        use_cache=True, logits_to_keep=1,
-    )
-    next_pos = positions[:, -1:] + 1  # (B, 1)
-    finished = torch.zeros(query_ids.shape[0], dtype=torch.bool, device=device)  # (B,)
-    tokens: list[torch.Tensor] = []
-    for _ in range(max_new_tokens):
-        token = sample_next_token(out.logits[:, -1, :], temperature=temperature, top_k=top_k, top_p=top_p)  # (B,)
-        token = torch.where(finished, torch.full_like(token, pad_id), token)
-        tokens.append(token)
-        finished = finished | torch.isin(token, eos)
-        if bool(finished.all()) or len(tokens) == max_new_tokens:
-            break
-        mask = torch.cat([mask, torch.ones_like(token).unsqueeze(1)], dim=1)  # (B, P+t)
-        out = model(
-            input_ids=token.unsqueeze(1), attention_mask=mask, position_ids=next_pos,
-            past_key_values=out.past_key_values, use_cache=True,
-        )
-        next_pos = next_pos + 1
-    return torch.stack(tokens, dim=1)  # (B, R)
+    """The sampled tokens of :func:`sample_tokens` alone: (B, P), (B, P) -> (B, R)."""
+    return sample_tokens(
+        model, query_ids, query_mask, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
+        temperature=temperature, top_k=top_k, top_p=top_p,
+    ).tokens
 
 
 def rollout(
@@ -197,15 +254,24 @@ def rollout(
     temperature: float = 1.0,
     top_k: int = 0,
     top_p: float = 1.0,
+    score_tokens: bool = False,
+    keep_hidden: bool = False,
 ) -> Rollout:
-    """Sample, then truncate after EOS: the :class:`Rollout` the rest of the PPO step consumes."""
-    raw = generate_responses(
+    """Sample, then truncate after EOS: the :class:`Rollout` the rest of the PPO step consumes.
+
+    ``score_tokens`` / ``keep_hidden`` fill ``Rollout.logprobs`` / ``Rollout.hidden`` from the
+    sampling loop (see :func:`sample_tokens`).
+    """
+    sampled = sample_tokens(
         model, query_ids, query_mask, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-        temperature=temperature, top_k=top_k, top_p=top_p,
-    )  # (B, R)
-    ids, mask = truncate_after_eos(raw, eos_id, pad_id)
+        temperature=temperature, top_k=top_k, top_p=top_p, score_tokens=score_tokens, keep_hidden=keep_hidden,
+    )
+    ids, mask = truncate_after_eos(sampled.tokens, eos_id, pad_id)  # (B, R)
     has_eos = (torch.isin(ids, _eos_tensor(eos_id, ids.device)) & mask).any(-1)  # (B,)
-    return Rollout(query_ids=query_ids, query_mask=query_mask, response_ids=ids, response_mask=mask, has_eos=has_eos)
+    return Rollout(
+        query_ids=query_ids, query_mask=query_mask, response_ids=ids, response_mask=mask, has_eos=has_eos,
+        logprobs=sampled.logprobs, hidden=sampled.hidden,
+    )
 
 
 # ----------------------------------------------------------------------------- scoring the tokens

@@ -13,8 +13,13 @@ Per PPO step (``optim.max_steps`` of them)::
 Timings logged per step: ``time/generation`` (sampling + decoding), ``time/scoring`` (reward
 model, gold function), ``time/update`` (log-probs, values, reference, GAE and the PPO epochs).
 
-The policy stays in ``eval()`` mode throughout (dropout off), so the recomputed log-probs of
-the rollout equal the first minibatch's and the PPO ratio starts at exactly 1.
+The rollout's log-probs come from the sampling loop itself or from a second forward pass
+(``cfg.rollout_logprobs``, see :mod:`rlhf_core.ppo.rollout`); with a shared value head the
+sampler also yields the values, so the step runs no policy pass besides sampling and the
+update. ``ppo/logprob_mismatch`` is the largest |log-prob of the first minibatch's forward
+pass - rollout log-prob| before any update of the step: 0 when recomputed, rounding noise
+when read off the sampler. The policy stays in ``eval()`` mode throughout (dropout off), so
+the recomputed log-probs equal the first minibatch's and the PPO ratio starts at exactly 1.
 
 Exact resume: the prompt order is a pure function of ``(seed, prompt position)``; sampling
 and minibatch shuffles draw from the global torch RNG, which the checkpoint restores with
@@ -178,6 +183,27 @@ def rollout_logprobs_values(
 
 
 @torch.no_grad()
+def rollout_values(model: PolicyWithValue, ro: Rollout, *, batch_size: int) -> torch.Tensor:
+    """Values (B, R) of a rollout: the shared head on the sampler's hidden states, or the critic in micro-batches."""
+    if model.value_head is not None:
+        if ro.hidden is None:
+            raise ValueError("rollout_values: a shared value head needs the rollout's hidden states (keep_hidden=True)")
+        return model.value_head(ro.hidden)
+    ids, attn, start = ro.query_response_ids, ro.attention_mask, ro.response_start
+    return torch.cat([
+        model.critic(ids[i : i + batch_size], attn[i : i + batch_size])[:, start - 1 : -1]
+        for i in range(0, ids.shape[0], batch_size)
+    ])
+
+
+def use_sampler_logprobs(cfg: PPOConfig, policy: torch.nn.Module) -> bool:
+    """Resolve ``cfg.rollout_logprobs``: 'auto' reads them off the sampler when the policy computes in fp32."""
+    if cfg.rollout_logprobs != "auto":
+        return cfg.rollout_logprobs == "sampler"
+    return next(policy.parameters()).dtype == torch.float32
+
+
+@torch.no_grad()
 def rollout_reference_logprobs(
     policy: torch.nn.Module, ref_model: torch.nn.Module | None, ro: Rollout, *, temperature: float, batch_size: int
 ) -> torch.Tensor:
@@ -269,6 +295,7 @@ def train_ppo(
     model.eval()  # dropout off for the whole run (see module docstring); gradients still flow
     if isinstance(reward_model, torch.nn.Module):
         reward_model.eval()
+    from_sampler = use_sampler_logprobs(cfg, model.policy)
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, optim)
     kl_ctl: KLController = (
@@ -338,6 +365,7 @@ def train_ppo(
             ro = rollout(
                 model.policy, q_ids.to(device), q_mask.to(device), max_new_tokens=cfg.max_new_tokens,
                 eos_id=eos_ids, pad_id=pad_id, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
+                score_tokens=from_sampler, keep_hidden=from_sampler and model.value_head is not None,
             )
             mask = ro.response_mask  # (B, R)
             texts = tokenizer.batch_decode(torch.where(mask, ro.response_ids, pad_id), skip_special_tokens=True)
@@ -360,10 +388,18 @@ def train_ppo(
 
             # 3. KL-penalised rewards; 4a. values
             t0 = time.perf_counter()
-            (logprobs, values), micro = retry_smaller_on_oom(
-                lambda n: rollout_logprobs_values(model, ro, temperature=cfg.temperature, batch_size=n),
-                micro, stage=STAGE, step=number, total=B, model=model, device=device,
-            )
+            if from_sampler:
+                logprobs = ro.logprobs
+                values, micro = retry_smaller_on_oom(
+                    lambda n: rollout_values(model, ro, batch_size=n),
+                    micro, stage=STAGE, step=number, total=B, model=model, device=device,
+                )
+                ro.hidden = None  # (B, R, H): not needed past this point
+            else:
+                (logprobs, values), micro = retry_smaller_on_oom(
+                    lambda n: rollout_logprobs_values(model, ro, temperature=cfg.temperature, batch_size=n),
+                    micro, stage=STAGE, step=number, total=B, model=model, device=device,
+                )
             ref_lp, micro = retry_smaller_on_oom(
                 lambda n: rollout_reference_logprobs(model.policy, ref_model, ro, temperature=cfg.temperature, batch_size=n),
                 micro, stage=STAGE, step=number, total=B, model=model, device=device,
@@ -396,6 +432,7 @@ def train_ppo(
             ids, attn, start = ro.query_response_ids, ro.attention_mask, ro.response_start
             update_stats: list[dict[str, float]] = []
             grad_norms = []
+            mismatch: list[float] = []  # |forward - rollout log-prob| on the step's first minibatch
             # demonstrations for PPO-ptx: a position that is a function of the step (exact resume)
             ptx_cursor = step * cfg.ppo_epochs * B
             for epoch in range(cfg.ppo_epochs):
@@ -414,6 +451,9 @@ def train_ppo(
                             m = mask[idx]
                             weight = int(m.sum()) / mb_tokens  # token-mean over the minibatch, exactly
                             out, new_values = model(ids[idx], attn[idx], start, cfg.temperature, keep_logits=True)
+                            if epoch == 0 and m0 == 0:  # no update yet this step: the two should agree
+                                gap = (out.logprobs.detach() - logprobs[idx]).abs()[m]
+                                mismatch.append(float(gap.max()) if gap.numel() else 0.0)
                             pg, pg_stats = ppo_policy_loss(out.logprobs, logprobs[idx], advantages[idx], m, clip_range=cfg.clip_range)
                             vf, vf_stats = ppo_value_loss(
                                 new_values, values[idx], returns[idx], m, clip_range_value=cfg.clip_range_value
@@ -471,6 +511,7 @@ def train_ppo(
                 "ppo/no_eos_rate": float((~ro.has_eos).float().mean()),
                 "ppo/refusal_rate": float(np.mean([is_refusal(t) for t in texts])),
                 "ppo/value_mean": float(masked_mean(values, mask)),
+                "ppo/logprob_mismatch": max(mismatch, default=0.0),
                 "ppo/return_mean": float(masked_mean(returns, mask)),
                 **_mean_stats(update_stats),
                 "train/lr": lr,
