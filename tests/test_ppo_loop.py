@@ -184,7 +184,7 @@ def test_sampler_logprobs_skip_the_policy_scoring_pass(tok, tmp_path, value_mode
     # 2 steps x rollout of 8 in micro-batches of 4: the update is 2 passes a step, scoring 2 more
     assert passes == {"sampler": 4, "recompute": 8}
     assert mismatch["recompute"] == [0.0, 0.0]
-    assert all(0.0 <= v < 1e-5 for v in mismatch["sampler"]), mismatch
+    assert all(0.0 <= v < 1e-4 for v in mismatch["sampler"]), mismatch
 
 
 def test_auto_rollout_logprobs_follow_the_dtype(tok):
