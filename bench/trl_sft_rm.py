@@ -15,7 +15,10 @@ callback on TRL's side, the tracker hook on ours), so dataset tokenisation, mode
 and the final save are outside it on both sides and collation between steps is inside it.
 Tokens are counted identically from the batches each side actually ran: non-pad tokens
 (``attention_mask`` sum), padded tokens (``input_ids.numel()``) and loss tokens
-(``labels[:, 1:] != -100``; pairs for the reward model). Memory: the worker's peak RSS
+(``labels[:, 1:] != -100``; pairs for the reward model). Our reward model runs each pair as ONE
+shared-prefix row ``[prompt | chosen | rejected]`` (``reward.share_prompt``, the default;
+``--rm-layout two-rows`` measures the old prompt+chosen / prompt+rejected rows), so for the same
+pairs it processes fewer tokens than TRL: compare pairs/s; tokens/s counts what each side computed. Memory: the worker's peak RSS
 during training (``VmHWM`` after a reset just before training) and ``ru_maxrss`` of the
 whole worker process. CPU seconds (``getrusage``) are the steadier figure on a shared box.
 
@@ -142,7 +145,8 @@ def worker_ours(task: str, spec: dict[str, Any], out: Path) -> None:
                                                 seed=spec["seed"])
             pairs = tokenize_preference_rows(spec["rows"], tokenizer, fmt=fmt, max_length=spec["max_length"])
             tracker = _MeterTracker(meter, "train/pairs", total)
-            run_cfg = RewardConfig(optim=_our_optim(spec, spec["lr"]), prompt_format="auto")
+            share = spec.get("rm_layout", "shared-prefix") == "shared-prefix"
+            run_cfg = RewardConfig(optim=_our_optim(spec, spec["lr"]), prompt_format="auto", share_prompt=share)
             rss0 = C.reset_peak_rss()
             meter.start()
             train_reward_model(run_cfg, rm, tokenizer, spec["rows"], output_dir=workdir, tracker=tracker,
@@ -152,11 +156,15 @@ def worker_ours(task: str, spec: dict[str, Any], out: Path) -> None:
     # padded tokens of the batches the loop ran (right padding to the batch's longest row)
     if task == "sft":
         _attach_padded(meter, _our_step_batches(lengths, spec), [[n] for n in lengths])
-    else:
-        seq_lens = [[len(p.chosen_ids), len(p.rejected_ids)] for p in pairs]
-        _attach_padded(meter, _our_step_batches([p.length for p in pairs], spec), seq_lens)
-    _finish(meter, tracker.peak, rss0, {"side": "ours", "task": task, "optim": "torch.optim.AdamW (default impl)",
-                                        "versions": C.versions("torch", "transformers")}, out, ("tokens", "units", "padded"))
+    else:  # the rows the loop really ran: one shared-prefix row per pair, or chosen and rejected rows
+        seq_lens = ([[p.shared_length] for p in pairs] if share
+                    else [[len(p.chosen_ids), len(p.rejected_ids)] for p in pairs])
+        _attach_padded(meter, _our_step_batches([p.row_length(share) for p in pairs], spec), seq_lens)
+    extra = {"side": "ours", "task": task, "optim": "torch.optim.AdamW (default impl)",
+             "versions": C.versions("torch", "transformers")}
+    if task == "rm":
+        extra["rm_layout"] = "shared-prefix" if share else "two-rows"
+    _finish(meter, tracker.peak, rss0, extra, out, ("tokens", "units", "padded"))
 
 
 def worker_trl(task: str, spec: dict[str, Any], out: Path) -> None:
@@ -265,7 +273,7 @@ def _rows(task: str, n: int, seed: int, max_length: int, tokenizer: Any, words: 
         make = C.synth_demonstrations if task == "sft" else C.synth_preferences
         rows = make(n, seed, min_words=words[0], max_words=words[1])
     fmt = resolve_format(tokenizer, "auto")
-    kept, lengths, loss_tokens = [], [], 0
+    kept, lengths, loss_tokens, shared_tokens = [], [], 0, 0
     for i, row in enumerate(rows):
         try:
             if task == "sft":
@@ -275,6 +283,7 @@ def _rows(task: str, n: int, seed: int, max_length: int, tokenizer: Any, words: 
             else:
                 ex = tokenize_preference_row(row, tokenizer, fmt=fmt, max_length=max_length, index=i)
                 lengths.append(len(ex.chosen_ids) + len(ex.rejected_ids))
+                shared_tokens += ex.shared_length
         except DataError:
             continue
         kept.append({k: row[k] for k in ("id", "prompt", "response", "chosen", "rejected") if k in row})
@@ -283,6 +292,8 @@ def _rows(task: str, n: int, seed: int, max_length: int, tokenizer: Any, words: 
     stats = {"rows": len(kept), "tokens": sum(lengths), "min_len": min(lengths), "max_len": max(lengths)}
     if task == "sft":
         stats["loss_tokens"] = loss_tokens
+    else:  # what our shared-prefix layout feeds the model for the same pairs (the prompt once per pair)
+        stats["tokens_as_shared_prefix_rows"] = shared_tokens
     return kept, source, stats
 
 
@@ -330,6 +341,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=None, help="measured optimizer steps after warmup (default 4; quick 10)")
     ap.add_argument("--warmup", type=int, default=1, help="untimed optimizer steps first")
     ap.add_argument("--rows", type=int, default=256, help="rows per dataset")
+    ap.add_argument("--rm-layout", choices=("shared-prefix", "two-rows"), default="shared-prefix",
+                    help="our reward model's pair layout (reward.share_prompt true / false)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=900, help="seconds per worker before it is killed")
     ap.add_argument("--out", type=Path, default=None)
@@ -361,7 +374,8 @@ def main(argv: list[str] | None = None) -> int:
         "machine_before": machine_before,
         "settings": {"warmup_steps": args.warmup, "measured_steps": steps, "repeats_per_side": args.repeats,
                      "max_length": max_length, "sft_batch_size": batch, "rm_batch_size_pairs": rm_batch,
-                     "grad_accum_steps": 1, "dtype": "float32", "gradient_checkpointing": False},
+                     "grad_accum_steps": 1, "dtype": "float32", "gradient_checkpointing": False,
+                     "ours_rm_layout": args.rm_layout},
         "tasks": {},
     }
     # ~50 words of response per 64 tokens of budget: rows spread over the whole length range
@@ -375,7 +389,7 @@ def main(argv: list[str] | None = None) -> int:
             "task": task, "model_dir": str(model_dir), "rows": rows, "trl_rows": trl_rows,
             "batch_size": batch if task == "sft" else rm_batch, "max_length": max_length, "steps": steps,
             "warmup": args.warmup, "lr": 2e-5 if task == "sft" else 1e-5, "threads": args.threads, "seed": args.seed,
-            "scratch": str(C.SCRATCH),
+            "scratch": str(C.SCRATCH), "rm_layout": args.rm_layout,
         }
         spec_path = C.SCRATCH / f"spec-{task}.json"
         spec_path.write_text(json.dumps(spec))

@@ -5,7 +5,18 @@ that are ``-100`` everywhere except on the tokens the model must learn to write:
 or every assistant turn of a multi-turn ``messages`` conversation (completion-only loss).
 Preference rows (``preferences``: id, prompt, chosen, rejected, margin|None) become two token
 sequences, prompt+chosen and prompt+rejected, that go through the reward model in ONE forward
-pass (``collate_pairs`` stacks ``[chosen; rejected]`` along the batch).
+pass, in one of two layouts:
+
+* shared prefix (the default, ``collate_shared_pairs``): ONE row per pair,
+  ``[shared prefix | chosen suffix | rejected suffix]``, so the prompt (with the chat template's
+  system prompt, often half the tokens) is computed once. The prefix is the longest common
+  token prefix of the two sequences, cut so each suffix keeps >= 1 token (its last token is
+  where the reward is read). It is found on token ids, so a BPE merge across the
+  prompt/response boundary only shortens it. The model attends with a 4D mask in which
+  rejected tokens do not see chosen tokens, and the rejected suffix's positions restart
+  where the prefix ends: each token sees exactly what it sees in its own sequence.
+* two rows (``collate_pairs``): ``[chosen; rejected]`` stacked along the batch, for backbones
+  that do not take a 4D attention mask.
 
 Finding assistant spans in a chat-templated conversation: templates rarely mark them (no
 ``{% generation %}`` blocks in most), so each assistant turn ``i`` is located by rendering
@@ -32,6 +43,7 @@ import math
 import warnings
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
@@ -74,7 +86,31 @@ class PairExample:
 
     @property
     def length(self) -> int:
+        """Row length in the two-row layout (the longer sequence)."""
         return max(len(self.chosen_ids), len(self.rejected_ids))
+
+    @cached_property
+    def prefix_length(self) -> int:
+        """Tokens both sequences share from the start, leaving each suffix at least one token.
+
+        Causal attention makes a prefix token's hidden state depend on earlier tokens only, so
+        it is the same in both sequences. A chosen that is a token-prefix of rejected (or the
+        reverse) gives up its last shared token to its suffix.
+        """
+        limit = min(len(self.chosen_ids), len(self.rejected_ids)) - 1
+        n = 0
+        while n < limit and self.chosen_ids[n] == self.rejected_ids[n]:
+            n += 1
+        return n
+
+    @property
+    def shared_length(self) -> int:
+        """Row length in the shared-prefix layout: prefix + chosen suffix + rejected suffix."""
+        return len(self.chosen_ids) + len(self.rejected_ids) - self.prefix_length
+
+    def row_length(self, share_prompt: bool) -> int:
+        """Tokens of this pair's row in the given layout (what length bucketing sorts by)."""
+        return self.shared_length if share_prompt else self.length
 
 
 # --------------------------------------------------------------------------- rows
@@ -437,6 +473,43 @@ def collate_pairs(
     if all(p.margin is not None for p in pairs):
         batch["margin"] = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
     return batch
+
+
+def collate_shared_pairs(
+    pairs: Sequence[PairExample], pad_token_id: int, *, pad_to_multiple_of: int | None = None
+) -> dict[str, torch.Tensor]:
+    """One row per pair, ``[shared prefix | chosen suffix | rejected suffix]``, right-padded.
+
+    ``input_ids`` / ``attention_mask`` (B, T): the row's tokens, 1 on every real token.
+    ``prefix_lengths`` (B,): tokens of the shared prefix (P). ``chosen_ends`` (B,): where the
+    chosen suffix ends and the rejected one starts (C = len(prompt+chosen)); the row is
+    ``P + (C - P) + (len(prompt+rejected) - P)`` tokens. ``margin`` (B,) when every pair has one.
+    ``RewardModel.forward_pairs`` builds the 4D mask and position ids from these.
+    """
+    import torch
+
+    rows, prefixes, ends = [], [], []
+    for p in pairs:
+        n = p.prefix_length
+        rows.append(p.chosen_ids + p.rejected_ids[n:])
+        prefixes.append(n)
+        ends.append(len(p.chosen_ids))
+    length = _padded_length(max(len(r) for r in rows), pad_to_multiple_of)
+    batch = {
+        "input_ids": torch.tensor(_pad(rows, pad_token_id, length), dtype=torch.long),
+        "attention_mask": torch.tensor(_pad(([1] * len(r) for r in rows), 0, length), dtype=torch.long),
+        "prefix_lengths": torch.tensor(prefixes, dtype=torch.long),
+        "chosen_ends": torch.tensor(ends, dtype=torch.long),
+    }
+    if all(p.margin is not None for p in pairs):
+        batch["margin"] = torch.tensor([p.margin for p in pairs], dtype=torch.float32)
+    return batch
+
+
+def pairs_in_batch(batch: Mapping[str, torch.Tensor]) -> int:
+    """Preference pairs in a batch of either layout (one row per pair, or ``[chosen; rejected]``)."""
+    rows = int(batch["input_ids"].shape[0])
+    return rows if "prefix_lengths" in batch else rows // 2
 
 
 def count_target_tokens(labels: torch.Tensor) -> int:

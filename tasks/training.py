@@ -154,6 +154,7 @@ def train_reward_stage(cfg: PipelineConfig, policy_dir: str, run_dir: str, ctx: 
         chosen_r, rejected_r = score_pairs(
             reward_model, tokenizer, held_out, max_length=cfg.reward.optim.max_length,
             prompt_format=cfg.reward.prompt_format, truncate=cfg.reward.optim.truncate_prompt,
+            share_prompt=cfg.reward.share_prompt,
         )
         harmful = held_out["harmful"].fillna(False) if "harmful" in held_out else pd.Series(False, index=held_out.index)
         gold_prefers = [

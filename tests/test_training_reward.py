@@ -1,5 +1,6 @@
 """Reward-model loop on a tiny random backbone: one forward pass per pair batch, padding and
-accumulation invariants, learning, exact resume, wrong-stage and bad-input refusals, LoRA."""
+accumulation invariants (accumulation in both pair layouts; tests/test_reward_shared_prefix.py
+compares the layouts), learning, exact resume, wrong-stage and bad-input refusals, LoRA."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ import shutil
 import pytest
 import torch
 
-from rlhf_core.batching import collate_pairs, tokenize_preference_rows
+from rlhf_core.batching import collate_pairs, collate_shared_pairs, tokenize_preference_rows
 from rlhf_core.checkpoint import WEIGHTS, latest_checkpoint
 from rlhf_core.config import TinyModelConfig
 from rlhf_core.errors import DataError, TrainingError
@@ -76,8 +77,9 @@ def test_padding_does_not_change_rewards(tiny_tokenizer):
 
 # bradley_terry_loss computes in fp32 by design, so with centering (a square of rewards) the
 # fp64 comparison is only as exact as fp32; without it every term is elementwise and exact.
+@pytest.mark.parametrize("collate", [collate_pairs, collate_shared_pairs])
 @pytest.mark.parametrize(("center_coef", "atol"), [(0.0, 1e-10), (0.1, 1e-5)])
-def test_pair_grad_accumulation_equals_one_big_batch_fp64(tiny_tokenizer, center_coef, atol):
+def test_pair_grad_accumulation_equals_one_big_batch_fp64(tiny_tokenizer, center_coef, atol, collate):
     rm = _rm(tiny_tokenizer, torch.float64)
     pairs = tokenize_preference_rows(_pairs(5), tiny_tokenizer, fmt="chat", max_length=64, use_margin=True)
     pad = tiny_tokenizer.pad_token_id
@@ -87,11 +89,11 @@ def test_pair_grad_accumulation_equals_one_big_batch_fp64(tiny_tokenizer, center
         return {k: (v.double() if v.is_floating_point() else v) for k, v in batch.items()}
 
     rm.zero_grad()
-    loss_fn(rm, to64(collate_pairs(pairs, pad)), 5)[0].backward()
+    loss_fn(rm, to64(collate(pairs, pad)), 5)[0].backward()
     expected = {n: p.grad.clone() for n, p in rm.named_parameters()}
     rm.zero_grad()
     for chunk in (pairs[:2], pairs[2:4], pairs[4:]):  # 2 + 2 + 1 pairs
-        loss_fn(rm, to64(collate_pairs(chunk, pad)), 5)[0].backward()
+        loss_fn(rm, to64(collate(chunk, pad)), 5)[0].backward()
     for n, p in rm.named_parameters():
         torch.testing.assert_close(p.grad, expected[n], rtol=0, atol=atol, msg=n)
 

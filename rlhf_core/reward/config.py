@@ -38,6 +38,16 @@ class RewardConfig(StrictModel):
         description="Weight of the reward-centering penalty mean((r_c + r_r)^2) (Eisenstein et al. 2023); 0 = off.",
     )
     eval_batch_size: int = Field(16, ge=1, description="Pairs per forward pass when evaluating.")
+    share_prompt: bool = Field(
+        True,
+        description=(
+            "Score each pair as ONE row [prompt | chosen | rejected] with a 4D attention mask (rejected does not "
+            "see chosen; its positions restart after the prompt), so the shared prompt is computed once: same "
+            "rewards and gradients as two sequences, fewer tokens. Needs a backbone whose attention takes a custom "
+            "4D mask (transformers sdpa or eager; checked before training, a ConfigError otherwise); false = "
+            "two rows per pair (prompt+chosen, prompt+rejected), for flash/flex attention or models that reject it."
+        ),
+    )
 
     @field_validator("optim", mode="before")
     @classmethod

@@ -8,6 +8,19 @@ completion ending in EOS would be read one token early. Here the reward is read 
 hidden state of the last position where ``attention_mask`` is 1, which is right for left
 and right padding alike, and the head runs on B vectors instead of B x T.
 
+Preference pairs can go through :meth:`RewardModel.forward_pairs` in the shared-prefix layout
+(one row ``[prefix | chosen suffix | rejected suffix]`` per pair, see ``rlhf_core.batching``):
+a 4D attention mask keeps the rejected suffix from seeing the chosen one and its position ids
+restart after the prefix, so both rewards equal those of two separate sequences while the prompt
+is computed once. transformers passes a 4D mask through ``create_causal_mask`` untouched, and
+the attention kernels read it differently: sdpa takes a boolean "may attend" mask, eager ADDS
+the mask to the scores (so it must be 0 / -inf-like floats). Other attention implementations
+(flash, flex, paged) and remote-code models may ignore or reject it, so the layout is tried once
+per model against two separate forwards (:meth:`RewardModel.check_pair_layout`) and refused
+with a ConfigError naming ``reward.share_prompt`` when the results differ. The mask reaches every
+layer as is, so sliding-window layers (Gemma, Mistral, Qwen2 with ``use_sliding_window``) take
+rows up to their window only, and other layer kinds (chunked, linear attention) are refused.
+
 Checkpoints carry a small ``rlhf_stage.json`` marker (``{"stage": "reward", ...}``) so a
 directory from another stage is refused with one clear line instead of loading garbage.
 """
@@ -22,7 +35,7 @@ from typing import Any
 
 import torch
 
-from rlhf_core.errors import ModelLoadError
+from rlhf_core.errors import ConfigError, ModelLoadError
 from rlhf_core.models import refuse_pickled_weights
 
 STAGE_MARKER = "rlhf_stage.json"
@@ -30,6 +43,8 @@ REWARD_STAGE = "reward"
 _FORMAT_VERSION = 1
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+# attention implementations that honour a custom 4D mask: sdpa (boolean), eager (additive)
+_MASKED_ATTENTION = ("sdpa", "eager")
 
 
 # ----------------------------------------------------------------------------- stage markers
@@ -80,6 +95,46 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
     """
     T = attention_mask.shape[-1]
     return (T - 1) - attention_mask.ne(0).flip(-1).int().argmax(-1)
+
+
+def shared_prefix_layout(
+    attention_mask: torch.Tensor, prefix_lengths: torch.Tensor, chosen_ends: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Attention, positions and reward indices of right-padded ``[prefix | chosen suffix | rejected suffix]`` rows.
+
+    attention_mask: (B, T), 1 on the row's tokens; prefix_lengths P (B,); chosen_ends C (B,):
+    the prefix is ``[0, P)``, the chosen suffix ``[P, C)``, the rejected suffix ``[C, L)``
+    with L the row's length. Returns
+
+    * ``allowed`` (B, 1, T, T) bool: query i may attend key j. Causal, padding keys masked, and
+      a query in the rejected suffix never sees the chosen suffix (the reverse is causal).
+      Padding queries see the prefix and rejected suffix, so no row is fully masked (no NaN).
+    * ``position_ids`` (B, T): ``0..C-1`` then ``P..L-C+P-1``: the rejected suffix continues
+      from the prefix as in its own sequence; padding gets 0.
+    * ``chosen_index`` (B,) = C - 1 and ``rejected_index`` (B,) = L - 1: where rewards are read.
+    """
+    B, T = attention_mask.shape
+    device = attention_mask.device
+    idx = torch.arange(T, device=device)  # (T,)
+    real = attention_mask.ne(0)  # (B, T)
+    lengths = real.sum(-1)  # (B,)
+    P = prefix_lengths.to(device).view(B, 1)  # (B, 1)
+    C = chosen_ends.to(device).view(B, 1)  # (B, 1)
+    if not torch.equal(real, idx.view(1, T) < lengths.view(B, 1)):
+        raise ValueError("shared_prefix_layout: rows must be right-padded (attention_mask 1...1 0...0)")
+    if bool(((P < 0) | (P >= C) | (C >= lengths.view(B, 1))).any()):
+        raise ValueError(
+            "shared_prefix_layout: each row needs 0 <= prefix_length < chosen_end < row length "
+            f"(got prefix {prefix_lengths.tolist()}, chosen_end {chosen_ends.tolist()}, length {lengths.tolist()})"
+        )
+    in_rejected = idx.view(1, T) >= C  # (B, T), padding included
+    in_chosen_suffix = (idx.view(1, T) >= P) & ~in_rejected  # (B, T)
+    causal = idx.view(T, 1) >= idx.view(1, T)  # (T, T)
+    allowed = causal.unsqueeze(0) & real.unsqueeze(1)  # (B, T, T)
+    allowed = allowed & ~(in_rejected.unsqueeze(2) & in_chosen_suffix.unsqueeze(1))
+    position_ids = torch.where(in_rejected, idx.view(1, T) - C + P, idx.view(1, T))  # (B, T)
+    position_ids = position_ids.masked_fill(~real, 0)
+    return allowed.unsqueeze(1), position_ids, C.view(B) - 1, lengths - 1
 
 
 def init_reward_head(head: torch.nn.Linear, *, seed: int = 0) -> None:
@@ -187,12 +242,31 @@ class RewardModel(torch.nn.Module):
             self.backbone = self.backbone.merge_and_unload()
 
     # -- forward ----------------------------------------------------------------------
-    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    def forward(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        *,
+        prefix_lengths: torch.Tensor | None = None,
+        chosen_ends: torch.Tensor | None = None,
+    ) -> torch.Tensor:
         """input_ids: (B, T) int; attention_mask: (B, T) 1 for real tokens -> rewards (B,).
 
         Position ids are counted over real tokens only, so a left-padded sequence sees the
         same positions as unpadded (exact for absolute embeddings, not just for RoPE).
+
+        With ``prefix_lengths`` and ``chosen_ends`` the rows are shared-prefix pairs and this is
+        :meth:`forward_pairs` (rewards (2B,)). It is reachable through ``forward`` because a
+        DistributedDataParallel wrapper only synchronises gradients of calls to ``forward``.
         """
+        if prefix_lengths is not None or chosen_ends is not None:
+            if prefix_lengths is None or chosen_ends is None:
+                raise ValueError("RewardModel: pass both prefix_lengths and chosen_ends for shared-prefix pairs")
+            return self.forward_pairs(input_ids, attention_mask, prefix_lengths, chosen_ends)
+        return self.head(self._pooled(input_ids, attention_mask)).squeeze(-1)  # (B,)
+
+    def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """Hidden state at each row's last real token: (B, T) -> (B, H)."""
         if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
             raise ValueError(
                 f"RewardModel: input_ids {tuple(input_ids.shape)} and attention_mask "
@@ -207,8 +281,101 @@ class RewardModel(torch.nn.Module):
         )
         hidden = out.last_hidden_state  # (B, T, H)
         rows = torch.arange(hidden.shape[0], device=hidden.device)
-        pooled = hidden[rows, last_token_index(attention_mask).to(hidden.device)]  # (B, H)
-        return self.head(pooled).squeeze(-1)  # (B,)
+        return hidden[rows, last_token_index(attention_mask).to(hidden.device)]  # (B, H)
+
+    def forward_pairs(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prefix_lengths: torch.Tensor,
+        chosen_ends: torch.Tensor,
+    ) -> torch.Tensor:
+        """Rewards of B shared-prefix pair rows (``rlhf_core.batching.collate_shared_pairs``).
+
+        input_ids, attention_mask: (B, T), right-padded rows ``[prefix | chosen suffix | rejected
+        suffix]``; prefix_lengths, chosen_ends: (B,) (see :func:`shared_prefix_layout`).
+        Returns (2B,): the B chosen rewards, then the B rejected ones (the two-row layout's order).
+        """
+        return self.head(self._pooled_pairs(input_ids, attention_mask, prefix_lengths, chosen_ends)).squeeze(-1)
+
+    @property
+    def attention_implementation(self) -> str | None:
+        return getattr(self.config, "_attn_implementation", None)
+
+    def _pooled_pairs(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_lengths: torch.Tensor, chosen_ends: torch.Tensor
+    ) -> torch.Tensor:
+        """Hidden states at the chosen and rejected ends: (B, T) rows -> (2B, H), chosen first."""
+        impl = self.attention_implementation
+        if impl not in _MASKED_ATTENTION:
+            raise ConfigError(_no_pair_layout(self, f"attention implementation '{impl}' does not take a custom 4D mask"))
+        if input_ids.shape != attention_mask.shape or input_ids.dim() != 2:
+            raise ValueError(
+                f"RewardModel: input_ids {tuple(input_ids.shape)} and attention_mask "
+                f"{tuple(attention_mask.shape)} must both be (B, T)"
+            )
+        _check_layer_types(self, input_ids.shape[1])
+        allowed, position_ids, chosen_index, rejected_index = shared_prefix_layout(
+            attention_mask, prefix_lengths, chosen_ends
+        )
+        if impl == "eager":  # eager adds the mask to the attention scores
+            dtype = self.trunk.get_input_embeddings().weight.dtype
+            mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
+            mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+        else:
+            mask = allowed
+        out = self.trunk(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
+        hidden = out.last_hidden_state  # (B, T, H)
+        rows = torch.arange(hidden.shape[0], device=hidden.device)
+        return torch.cat([hidden[rows, chosen_index], hidden[rows, rejected_index]])  # (2B, H)
+
+    def check_pair_layout(self) -> None:
+        """Refuse (ConfigError) a backbone on which the shared-prefix layout computes something else.
+
+        Runs two tiny made-up pairs (one whose chosen is a token-prefix of its rejected, one
+        padded) both ways, in eval mode without gradients (no RNG is drawn), and compares the
+        pooled hidden states (the head is left out: a zero head would hide any difference).
+        Done once per model and attention implementation.
+        """
+        impl = self.attention_implementation
+        if getattr(self, "_pair_layout_checked", None) == impl:
+            return
+        if impl not in _MASKED_ATTENTION:
+            raise ConfigError(_no_pair_layout(self, f"attention implementation '{impl}' does not take a custom 4D mask"))
+        from rlhf_core.batching import PairExample, collate_pairs, collate_shared_pairs
+
+        vocab = int(self.trunk.get_input_embeddings().weight.shape[0])
+        gen = torch.Generator().manual_seed(0)
+        ids = torch.randint(0, vocab, (12,), generator=gen).tolist()
+        pairs = [
+            PairExample("probe-0", ids[:5], ids[:5] + ids[5:7]),  # chosen is a token-prefix of rejected
+            PairExample("probe-1", ids[:3] + ids[7:10], ids[:3] + ids[10:12]),
+        ]
+        device = self.device
+        two_rows = {k: v.to(device) for k, v in collate_pairs(pairs, 0).items()}
+        shared = {k: v.to(device) for k, v in collate_shared_pairs(pairs, 0).items()}
+        was_training = self.training
+        self.eval()
+        try:
+            with torch.no_grad():
+                expected = self._pooled(two_rows["input_ids"], two_rows["attention_mask"]).float()
+                try:
+                    got = self._pooled_pairs(
+                        shared["input_ids"], shared["attention_mask"], shared["prefix_lengths"], shared["chosen_ends"]
+                    ).float()
+                except (RuntimeError, ValueError, TypeError) as exc:
+                    raise ConfigError(_no_pair_layout(self, f"it fails on a 4D mask ({type(exc).__name__}: {exc})")) from exc
+        finally:
+            self.train(was_training)
+        scale = float(expected.abs().max().clamp(min=1e-6))
+        error = float((got - expected).abs().max()) / scale
+        tolerance = 1e-3 if self.dtype in (torch.float32, torch.float64) else 5e-2
+        if not error <= tolerance:  # also catches NaN
+            raise ConfigError(_no_pair_layout(
+                self,
+                f"its hidden states differ from two separate sequences by {error:.2g} (relative; tolerance {tolerance})",
+            ))
+        self._pair_layout_checked = impl
 
     # -- construction -----------------------------------------------------------------
     @classmethod
@@ -324,6 +491,25 @@ class RewardModel(torch.nn.Module):
             **marker_extra,
         )
         return directory
+
+
+def _check_layer_types(rm: RewardModel, length: int) -> None:
+    """A custom 4D mask reaches every layer as is: it replaces a sliding window, so rows must fit in it."""
+    layer_types = set(getattr(rm.config, "layer_types", None) or ())
+    if layer_types - {"full_attention", "sliding_attention"}:
+        raise ConfigError(_no_pair_layout(rm, f"its layer types {sorted(layer_types)} need their own masks"))
+    window = getattr(rm.config, "sliding_window", None)
+    if "sliding_attention" in layer_types and window and length > window:
+        raise ConfigError(_no_pair_layout(
+            rm, f"a row of {length} tokens is longer than its sliding window ({window}), which a 4D mask would override"
+        ))
+
+
+def _no_pair_layout(rm: RewardModel, why: str) -> str:
+    return (
+        f"reward.share_prompt: the {type(rm.transformers_model).__name__} backbone cannot score a preference pair "
+        f"as one shared-prefix row: {why}; set reward.share_prompt=false (two rows per pair)"
+    )
 
 
 def _check_dir(path: str | Path) -> Path:

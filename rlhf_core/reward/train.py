@@ -1,10 +1,13 @@
 """Reward-model training loop: Bradley-Terry loss on preference pairs.
 
-Each micro-batch of B pairs is ONE forward pass over 2B sequences (``[chosen; rejected]``,
-see ``rlhf_core.batching.collate_pairs``). Gradient accumulation normalises by the step's
-total pairs. The final model goes to ``output_dir/model`` via ``RewardModel.save_pretrained``
-(HF format + ``rlhf_stage.json`` = ``{"stage": "reward"}``); with LoRA the adapters are
-merged first.
+Each micro-batch of B pairs is ONE forward pass: by default over B shared-prefix rows
+``[prompt | chosen suffix | rejected suffix]`` (the prompt computed once, see
+``rlhf_core.batching.collate_shared_pairs``), or with ``share_prompt=False`` over 2B sequences
+``[chosen; rejected]`` (``collate_pairs``). Both give the same rewards, loss and gradient up to
+float rounding; length bucketing sorts by the chosen layout's row length. Gradient accumulation
+normalises by the step's total pairs. The final model goes to ``output_dir/model`` via
+``RewardModel.save_pretrained`` (HF format + ``rlhf_stage.json`` = ``{"stage": "reward"}``); with
+LoRA the adapters are merged first.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ import torch
 from rlhf_core.batching import (
     PairExample,
     collate_pairs,
+    collate_shared_pairs,
+    pairs_in_batch,
     resolve_format,
     rows_to_records,
     tokenize_preference_row,
@@ -52,11 +57,21 @@ class RewardResult(TrainResult):
     pairs_per_second: float = 0.0
 
 
+def collate_for(share_prompt: bool):
+    """The pair collate function of a layout: shared-prefix rows or ``[chosen; rejected]``."""
+    return collate_shared_pairs if share_prompt else collate_pairs
+
+
 def pair_step_loss(center_coef: float):
-    """The loss function for :func:`rlhf_core.training.run_training_loop`, for a given centering weight."""
+    """The loss function for :func:`rlhf_core.training.run_training_loop`, for a given centering weight.
+
+    Takes a batch of either layout: shared-prefix rows (``prefix_lengths`` / ``chosen_ends`` present)
+    or ``[chosen; rejected]`` rows; both give rewards (2B,), chosen first.
+    """
 
     def loss_fn(rm: torch.nn.Module, batch: dict[str, torch.Tensor], step_pairs: int) -> tuple[torch.Tensor, dict[str, float]]:
-        rewards = rm(batch["input_ids"], batch["attention_mask"])  # (2B,)
+        layout = {k: batch[k] for k in ("prefix_lengths", "chosen_ends") if k in batch}
+        rewards = rm(batch["input_ids"], batch["attention_mask"], **layout)  # (2B,)
         n = rewards.shape[0] // 2
         loss, stats = bradley_terry_loss(
             rewards[:n], rewards[n:], margin=batch.get("margin"), center_coef=center_coef
@@ -67,15 +82,18 @@ def pair_step_loss(center_coef: float):
     return loss_fn
 
 
-def _evaluator(rm: torch.nn.Module, pairs: list[PairExample], pad_id: int, batch_size: int, center_coef: float):
+def _evaluator(
+    rm: torch.nn.Module, pairs: list[PairExample], pad_id: int, batch_size: int, center_coef: float, share_prompt: bool
+):
     device = next(rm.parameters()).device
-    order = eval_batches([p.length for p in pairs], batch_size)
+    order = eval_batches([p.row_length(share_prompt) for p in pairs], batch_size)
     loss_fn = pair_step_loss(center_coef)
+    collate = collate_for(share_prompt)
 
     def evaluate() -> dict[str, float]:
         sums: dict[str, float] = {}
         for indices in order:
-            batch = collate_pairs([pairs[i] for i in indices], pad_id)
+            batch = collate([pairs[i] for i in indices], pad_id)
             _, stats = loss_fn(rm, {k: v.to(device) for k, v in batch.items()}, len(pairs))
             for key, value in stats.items():
                 sums[key] = sums.get(key, 0.0) + value
@@ -121,6 +139,9 @@ def train_reward_model(
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     reward_model.set_pad_token_id(pad_id)
+    share = cfg.share_prompt
+    if share:  # a backbone that ignores or rejects the 4D mask stops here, not with wrong rewards
+        reward_model.check_pair_layout()
 
     set_seed(seed)
     if optim.lora.enabled:
@@ -136,13 +157,13 @@ def train_reward_model(
         stage=REWARD_STAGE,
         model=reward_model,
         optim=optim,
-        lengths=[p.length for p in pairs],
-        collate=lambda idx: collate_pairs([pairs[i] for i in idx], pad_id),
-        units_of=lambda batch: batch["input_ids"].shape[0] // 2,
+        lengths=[p.row_length(share) for p in pairs],
+        collate=lambda idx: collate_for(share)([pairs[i] for i in idx], pad_id),
+        units_of=pairs_in_batch,
         loss_fn=pair_step_loss(cfg.center_coef),
         output_dir=output_dir,
         tracker=tracker,
-        evaluate=_evaluator(reward_model, eval_examples, pad_id, cfg.eval_batch_size, cfg.center_coef)
+        evaluate=_evaluator(reward_model, eval_examples, pad_id, cfg.eval_batch_size, cfg.center_coef, share)
         if eval_examples
         else None,
         resume=resume,
@@ -152,6 +173,9 @@ def train_reward_model(
             "format": fmt,
             "lora": optim.lora.model_dump(),
             "use_margin": cfg.use_margin,
+            # the layout sets the length buckets, so the data order. None = two rows per pair, which
+            # checkpoints from before the shared-prefix layout existed also read (no key), so they resume
+            "pair_layout": "shared-prefix" if share else None,
         },
         progress=progress,
         dist=dist,
@@ -173,7 +197,8 @@ def train_reward_model(
     return RewardResult.from_outcome(
         REWARD_STAGE, outcome, model_dir, examples=len(pairs), trainable=trainable,
         pairs_per_second=outcome.units / wall if wall > 0 else 0.0,
-        extra={"prompt_format": fmt, "truncated_rows": sum(1 for p in pairs if p.truncated)},
+        extra={"prompt_format": fmt, "truncated_rows": sum(1 for p in pairs if p.truncated),
+               "pair_layout": "shared-prefix" if share else "two-rows"},
     )
 
 
@@ -186,12 +211,14 @@ def score_pairs(
     prompt_format: str = "auto",
     truncate: bool = False,
     batch_size: int = 16,
+    share_prompt: bool = True,
 ) -> tuple[list[float], list[float]]:
     """Rewards of every row's chosen and rejected response, in row order (for agreement evaluation).
 
     pairs: ``list[dict]`` or DataFrame with ``prompt, chosen, rejected``. Unlike training, no
     row is dropped (pairs with chosen == rejected score equal). Formatting must match
-    training: pass the stage's ``prompt_format`` / ``truncate_prompt``.
+    training: pass the stage's ``prompt_format`` / ``truncate_prompt``. ``share_prompt``: score each
+    pair as one shared-prefix row (see :func:`train_reward_model`; same rewards up to float rounding).
     Returns ``(chosen_rewards (n,), rejected_rewards (n,))`` as float lists.
     """
     fmt = resolve_format(tokenizer, prompt_format)
@@ -202,14 +229,18 @@ def score_pairs(
     ]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     device = next(reward_model.parameters()).device
+    if share_prompt:
+        reward_model.check_pair_layout()
+    collate = collate_for(share_prompt)
     chosen, rejected = [0.0] * len(examples), [0.0] * len(examples)
     was_training = reward_model.training
     reward_model.eval()
     try:
         with torch.no_grad():
-            for indices in eval_batches([e.length for e in examples], batch_size):
-                batch = collate_pairs([examples[i] for i in indices], pad_id)
-                rewards = reward_model(batch["input_ids"].to(device), batch["attention_mask"].to(device))  # (2B,)
+            for indices in eval_batches([e.row_length(share_prompt) for e in examples], batch_size):
+                batch = collate([examples[i] for i in indices], pad_id)
+                layout = {k: batch[k].to(device) for k in ("prefix_lengths", "chosen_ends") if k in batch}
+                rewards = reward_model(batch["input_ids"].to(device), batch["attention_mask"].to(device), **layout)  # (2B,)
                 rewards = rewards.float().cpu().tolist()
                 for j, i in enumerate(indices):
                     chosen[i], rejected[i] = rewards[j], rewards[len(indices) + j]
