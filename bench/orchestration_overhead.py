@@ -6,16 +6,21 @@
 Runs, each in a fresh subprocess, alternating order:
   * "orchestrated": `rlhf run` (the Prefect flow with its subflows and tasks, MLflow parent +
     nested runs, dataset inputs, artifacts, model registry, Prefect artifacts);
-  * "bare": the same stage task bodies (`task.fn`) called in the same order with tracking off,
-    no Prefect engine, no MLflow.
-Reports the wall time of each and the overhead share (orchestrated - bare) / orchestrated.
-Prefect's ephemeral API start-up is reported separately: it is paid once per process, not per stage.
+  * "bare": the same stage task bodies (`task.fn`, DPO too when the preset enables it) called in
+    the same order with tracking off, no Prefect engine, no MLflow.
+Reports the wall time of each and the overhead share (orchestrated - bare) / orchestrated, and
+beside it the CPU seconds the stages took (this process and its child processes, the Prefect
+API server included): on a shared machine wall time carries other jobs' noise, CPU time less.
+Start-up is reported separately, as `rlhf run` does it (flows.pipeline.start_up): Prefect's
+ephemeral API, with a new workspace's MLflow store created beside it while the API starts;
+paid once per process, not per stage. `process_wall_s` is the whole subprocess, start-up included.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import subprocess
 import sys
@@ -25,7 +30,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 
-BARE = r"""
+CPU = r"""
+import psutil
+def cpu_s():
+    # user + system CPU of this process, of its children already reaped, and of the live ones (the Prefect API server)
+    me = psutil.Process()
+    total = sum(me.cpu_times()[:4])
+    for child in me.children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
+"""
+
+BARE = CPU + r"""
 import json, sys, time
 from pathlib import Path
 from flows.config import load_config
@@ -37,43 +56,44 @@ from tasks.artifacts import workspace_from
 from tasks.context import StageContext
 from tasks.data import prepare_data
 from tasks.evaluation import evaluate_stage
-from tasks.training import fetch_base_model, train_ppo_stage, train_reward_stage, train_sft_stage
+from tasks.training import fetch_base_model, train_dpo_stage, train_ppo_stage, train_reward_stage, train_sft_stage
 if cfg.torch_threads:
     import torch; torch.set_num_threads(cfg.torch_threads)
 imports = time.perf_counter() - t0
 run = workspace_from(cfg.workspace).new_run(cfg.name)
 ctx = StageContext(run_dir=str(run.path), parent_run_id="", experiment_id="", tracking_uri="",
                    register_models=False, tracking_enabled=False)
-t0 = time.perf_counter()
+t0, c0 = time.perf_counter(), cpu_s()
 base = fetch_base_model.fn(cfg.model, str(cfg.model_cache))
 prepare_data.fn(cfg.data, cfg.model, str(cfg.model_cache), str(run.path), ctx)
 sft = train_sft_stage.fn(cfg, base, str(run.path), ctx)["model_dir"]
 train_reward_stage.fn(cfg, sft, str(run.path), ctx)
 if cfg.ppo.enabled:
     train_ppo_stage.fn(cfg, sft, str(run.path), ctx)
+if cfg.dpo.enabled:  # as the flow: smoke runs the DPO baseline, demo does not
+    train_dpo_stage.fn(cfg, sft, str(run.path), ctx)
 if cfg.eval.enabled:
     evaluate_stage.fn(cfg, str(run.path), ctx)
-print(json.dumps({"stages_s": time.perf_counter() - t0, "imports_s": imports}))
+print(json.dumps({"stages_s": time.perf_counter() - t0, "stages_cpu_s": cpu_s() - c0, "imports_s": imports}))
 """
 
-ORCHESTRATED = r"""
+ORCHESTRATED = CPU + r"""
 import json, sys, time
 from flows.config import load_config
 from flows.runtime import prepare_environment
 cfg = load_config(sys.argv[1], sys.argv[2:])
 prepare_environment(cfg.workspace)
 t0 = time.perf_counter()
-import prefect
-from prefect.client.orchestration import get_client
-with get_client(sync_client=True) as client:  # start the ephemeral API up front, timed apart
-    client.hello()
-    startup = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    from flows.stages import rlhf_pipeline
-    imports = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    rlhf_pipeline(cfg)
-    print(json.dumps({"stages_s": time.perf_counter() - t0, "imports_s": imports, "prefect_startup_s": startup}))
+from flows.pipeline import start_up
+start_up(cfg)  # as `rlhf run`: the ephemeral Prefect API (and a new MLflow store beside it), timed apart
+startup = time.perf_counter() - t0
+t0 = time.perf_counter()
+from flows.stages import rlhf_pipeline
+imports = time.perf_counter() - t0
+t0, c0 = time.perf_counter(), cpu_s()
+rlhf_pipeline(cfg)
+print(json.dumps({"stages_s": time.perf_counter() - t0, "stages_cpu_s": cpu_s() - c0, "imports_s": imports,
+                  "prefect_startup_s": startup}))
 """
 
 
@@ -108,9 +128,11 @@ def main() -> None:
                     overrides.append("tracking.enabled=false")
                 result = _run(BARE if mode == "bare" else ORCHESTRATED, args.config, overrides)
                 runs[mode].append(result)
-                print(f"{mode:>12}: stages {result['stages_s']:.1f} s", flush=True)
+                print(f"{mode:>12}: stages {result['stages_s']:.1f} s, {result['stages_cpu_s']:.1f} CPU-s", flush=True)
     bare = statistics.median(r["stages_s"] for r in runs["bare"])
     orch = statistics.median(r["stages_s"] for r in runs["orchestrated"])
+    bare_cpu = statistics.median(r["stages_cpu_s"] for r in runs["bare"])
+    orch_cpu = statistics.median(r["stages_cpu_s"] for r in runs["orchestrated"])
     summary = {
         "config": args.config,
         "repeats": args.repeats,
@@ -118,7 +140,13 @@ def main() -> None:
         "orchestrated_stages_s": round(orch, 2),
         "overhead_s": round(orch - bare, 2),
         "overhead_share": round((orch - bare) / orch, 4),
-        "prefect_ephemeral_startup_s": round(statistics.median(r["prefect_startup_s"] for r in runs["orchestrated"]), 2),
+        "bare_stages_cpu_s": round(bare_cpu, 2),
+        "orchestrated_stages_cpu_s": round(orch_cpu, 2),
+        "overhead_cpu_s": round(orch_cpu - bare_cpu, 2),
+        "loadavg_1_5_15": [round(x, 2) for x in os.getloadavg()],
+        "startup_s": round(statistics.median(r["prefect_startup_s"] for r in runs["orchestrated"]), 2),
+        "bare_process_wall_s": round(statistics.median(r["process_wall_s"] for r in runs["bare"]), 2),
+        "orchestrated_process_wall_s": round(statistics.median(r["process_wall_s"] for r in runs["orchestrated"]), 2),
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
