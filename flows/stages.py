@@ -86,7 +86,7 @@ def _context(config: PipelineConfig, run_dir: str) -> StageContext:
     return StageContext(
         run_dir=str(run.path), parent_run_id=parent_id, experiment_id=experiment_id, tracking_uri=tracking_uri,
         prefect_flow_run_id=prefect_id, register_models=config.registry.enabled,
-        tracking_flush_timeout_s=config.tracking.flush_timeout_s,
+        tracking_flush_timeout_s=config.tracking.flush_timeout_s, log_checkpoints=config.tracking.log_checkpoints,
     )
 
 

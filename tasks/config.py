@@ -25,6 +25,11 @@ class TrackingConfig(StrictModel):
         "MLFLOW_TRACKING_TOKEN; PGPASSWORD for a PostgreSQL store).",
     )
     experiment: str | None = Field(None, description="MLflow experiment; default: the pipeline name.")
+    log_checkpoints: bool = Field(
+        True,
+        description="Log each training stage's final checkpoint (weights, optimizer, scheduler, RNG, data position) "
+        "as an artifact under checkpoints/; hard-linked, not copied, when the artifact store is a local directory.",
+    )
     flush_timeout_s: float = Field(
         60.0, ge=0,
         description="At the end of a stage, how long to keep retrying metrics held back while the tracking "

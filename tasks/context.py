@@ -29,6 +29,7 @@ class StageContext:
     register_models: bool = True
     tracking_enabled: bool = True
     tracking_flush_timeout_s: float = tracking.DEFAULT_FLUSH_TIMEOUT_S
+    log_checkpoints: bool = True
 
     @property
     def run(self) -> RunDir:
@@ -60,6 +61,11 @@ class StageContext:
             from tasks.registry import register_candidate
 
             register_candidate(tracker, model_dir, f"rlhf-{kind}")
+
+    def log_checkpoint(self, tracker: tracking.MlflowTracker, checkpoint_dir: Path | str | None) -> None:
+        """The stage's final training checkpoint as the artifact ``checkpoints/<step-N>`` (when configured)."""
+        if self.tracking_enabled and self.log_checkpoints and checkpoint_dir is not None:
+            tracker.log_artifact(Path(checkpoint_dir), f"checkpoints/{Path(checkpoint_dir).name}")
 
     def publish_markdown(self, key: str, markdown: str, description: str) -> None:
         """A Markdown artifact on the Prefect run page (skipped when called outside a Prefect run)."""

@@ -401,14 +401,15 @@ class MlflowTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """A file keeps its name; a directory keeps its name too (``model/`` -> ``model``) unless ``artifact_path``.
 
-        A stage model directory (it carries ``rlhf_stage.json``) going to a local artifact store
-        is hard-linked there instead of copied (:func:`link_tree`): the same bytes, no second
-        0.5 GB on disk, no time spent copying.
+        A stage model directory (it carries ``rlhf_stage.json``) or a training checkpoint (its
+        ``manifest.json``) going to a local artifact store is hard-linked there instead of copied
+        (:func:`link_tree`): the same bytes, no second 0.5 GB on disk, no time spent copying.
         """
         path = Path(path)
         if path.is_dir():
             dest = artifact_path if artifact_path is not None else path.name
-            local = self.local_artifact_dir() if (path / STAGE_MARKER).is_file() else None
+            immutable = (path / STAGE_MARKER).is_file() or (path / CHECKPOINT_MANIFEST).is_file()
+            local = self.local_artifact_dir() if immutable else None
             if local is not None:
                 link_tree(path, local / dest if dest else local)
             else:
@@ -450,6 +451,9 @@ class MlflowTracker:
 # Written last into a stage model's temp directory (rlhf_core.reward.model.write_stage_marker),
 # which replace_dir then renames into place whole: such a directory is never rewritten in place.
 STAGE_MARKER = "rlhf_stage.json"
+# Written last into a checkpoint's temp directory (rlhf_core.checkpoint), renamed into place whole;
+# pruning deletes whole directories and a corrupt one is only renamed: never rewritten in place.
+CHECKPOINT_MANIFEST = "manifest.json"
 _LINK_TMP_PREFIX = ".artifact.uploading."  # MLflow's own staging prefix: list_artifacts hides such names
 
 

@@ -101,6 +101,7 @@ def train_sft_stage(cfg: PipelineConfig, base_dir: str, run_dir: str, ctx: Stage
         else:
             (result,) = fit_sft(cfg, base_dir, run, tracker)
         tracker.log_metrics({"sft/wall_seconds": result.wall_seconds, "sft/tokens_per_second": result.tokens_per_second}, step=result.steps)
+        ctx.log_checkpoint(tracker, result.checkpoint_dir)
         ctx.register(tracker, result.model_dir, "sft")
     return run.record_outputs("sft", {"model_dir": str(result.model_dir)})
 
@@ -175,6 +176,7 @@ def train_reward_stage(cfg: PipelineConfig, policy_dir: str, run_dir: str, ctx: 
         plot_reward_distribution(report, out_dir / "reward_distribution.png")
         for name in ("agreement.json", "reliability.png", "reward_distribution.png"):
             tracker.log_artifact(out_dir / name)
+        ctx.log_checkpoint(tracker, result.checkpoint_dir)
         ctx.register(tracker, result.model_dir, "reward")
         ctx.publish_agreement(report.metrics(), len(held_out))
     return run.record_outputs(
@@ -215,6 +217,7 @@ def train_ppo_stage(cfg: PipelineConfig, policy_dir: str, run_dir: str, ctx: Sta
         tracker.log_metrics({"ppo/wall_seconds": result.wall_seconds, "ppo/stopped_early": float(result.stopped_early)}, step=result.steps)
         if result.stopped_early:
             tracker.set_tags({"ppo.stop_reason": result.stop_reason})
+        ctx.log_checkpoint(tracker, result.checkpoint_dir)
         ctx.register(tracker, result.model_dir, "policy")
     return run.record_outputs("ppo", {"model_dir": str(result.model_dir)})
 
@@ -235,4 +238,5 @@ def train_dpo_stage(cfg: PipelineConfig, policy_dir: str, run_dir: str, ctx: Sta
         tracker.log_params({"dpo": cfg.dpo.model_dump(mode="json"), "policy_init": policy_dir})
         result = train_dpo(cfg.dpo, policy, tokenizer, train_pairs, output_dir=run.stage("dpo"), tracker=tracker, seed=cfg.seed)
         tracker.log_metrics({"dpo/wall_seconds": result.wall_seconds}, step=result.steps)
+        ctx.log_checkpoint(tracker, result.checkpoint_dir)
     return run.record_outputs("dpo", {"model_dir": str(result.model_dir)})

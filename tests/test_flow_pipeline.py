@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 
@@ -90,6 +91,12 @@ def test_mlflow_has_parent_and_nested_stage_runs(smoke_run):
     # the model is logged once, under model/ (the registry version points there), not also at the root
     assert not any(path.endswith(".safetensors") for path in artifacts)
     assert any(a.path.endswith(".safetensors") for a in client.list_artifacts(by_stage["reward"].info.run_id, "model"))
+    # each training stage's final checkpoint, whole, under checkpoints/<step-N> (hard links in the local store)
+    for stage in ("sft", "reward", "ppo"):
+        run_id = by_stage[stage].info.run_id
+        (ckpt,) = client.list_artifacts(run_id, "checkpoints")
+        files = {Path(a.path).name for a in client.list_artifacts(run_id, ckpt.path)}
+        assert "manifest.json" in files and len(files) > 2, (stage, files)
     for name in ("ppo/kl", "ppo/reward", "ppo/gold", "ppo/entropy", "ppo/clipfrac"):
         assert name in by_stage["ppo"].data.metrics, name
     ev = by_stage["eval"].data.metrics
