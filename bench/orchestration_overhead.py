@@ -19,6 +19,7 @@ paid once per process, not per stage. `process_wall_s` is the whole subprocess, 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import statistics
@@ -110,19 +111,32 @@ def _run(script: str, config: str, overrides: list[str]) -> dict:
     return result
 
 
+@contextlib.contextmanager
+def _workspace(mode: str, keep: Path | None):
+    """A fresh workspace directory: deleted afterwards, or kept under ``keep``."""
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix=f"overhead-{mode}-") as ws:
+            yield ws
+    else:
+        keep.mkdir(parents=True, exist_ok=True)
+        yield tempfile.mkdtemp(prefix=f"overhead-{mode}-", dir=keep)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default="smoke")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--set", action="append", default=[], help="extra config overrides")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "orchestration_overhead.json")
+    parser.add_argument("--keep-workspaces", type=Path, default=None, metavar="DIR",
+                        help="put each run's workspace under DIR and keep it (models, eval results) instead of deleting it")
     args = parser.parse_args()
     runs: dict[str, list[dict]] = {"bare": [], "orchestrated": []}
     cache = str(REPO / ".rlhf" / "models")
     for i in range(args.repeats):
         order = ["bare", "orchestrated"] if i % 2 == 0 else ["orchestrated", "bare"]
         for mode in order:
-            with tempfile.TemporaryDirectory(prefix=f"overhead-{mode}-") as ws:
+            with _workspace(mode, args.keep_workspaces) as ws:
                 overrides = [f"workspace={ws}", f"model.cache_dir={cache}", *args.set]
                 if mode == "bare":
                     overrides.append("tracking.enabled=false")

@@ -1,0 +1,140 @@
+"""PPO settings side by side on one finished run's data, SFT model and reward model.
+
+    .venv/bin/python bench/ppo_variants.py --from-run RUN_DIR --config demo \
+        --variant base --variant "lr3e-4:ppo.optim.learning_rate=3e-4" \
+        --variant "steps16:ppo.optim.max_steps=16" [--out bench/results/ppo_variants.json]
+
+Each variant is ``NAME`` or ``NAME:key=value,key=value`` (``--set`` overrides of the config).
+For each one, in a fresh run directory under ``<workspace>/runs`` that points at RUN_DIR's
+finished ``data``, ``sft`` and ``reward`` outputs, it runs the PPO stage and then the eval stage
+(the stage task bodies, tracking off, as ``bench/orchestration_overhead.py``'s bare run does),
+and reports:
+
+* ``train``: from the PPO history (the RL *training* prompts): the gold score, reward and KL of
+  the first and last quarter of the steps. Pick settings on this, not on ``eval``: the held-out
+  evaluation is the figure a preset is judged by, and choosing among variants by it would
+  overfit it.
+* ``eval``: the eval stage's PPO-vs-SFT figures on the held-out prompts (gold delta with its
+  paired-bootstrap 95% interval, gold win rate, KL to the SFT model).
+* ``ppo_wall_s`` / ``eval_wall_s``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO))
+
+SHARED_STAGES = ("data", "sft", "reward")
+
+
+def parse_variant(text: str) -> tuple[str, list[str]]:
+    """``NAME`` or ``NAME:k=v,k=v`` -> (name, ["k=v", ...])."""
+    name, _, rest = text.partition(":")
+    if not name or "/" in name:
+        raise SystemExit(f"--variant {text!r}: needs a plain NAME before the ':'")
+    overrides = [item for item in rest.split(",") if item] if rest else []
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise SystemExit(f"--variant {text!r}: overrides must be key=value, got {bad}")
+    return name, overrides
+
+
+def quarter_means(history: list[dict[str, float]], key: str) -> dict[str, float]:
+    """Mean of ``key`` over the first and the last quarter of the steps (at least one step each)."""
+    values = [h[key] for h in history if key in h]
+    if not values:
+        return {}
+    k = max(1, len(values) // 4)
+    return {"first": sum(values[:k]) / k, "last": sum(values[-k:]) / k}
+
+
+def final_history(checkpoints: Path) -> list[dict[str, float]]:
+    """The per-step metrics the PPO trainer keeps in its newest checkpoint's trainer state."""
+    from rlhf_core.checkpoint import TRAINER_STATE
+
+    steps = sorted(checkpoints.glob("step-*"), key=lambda p: int(p.name.split("-")[-1]))
+    if not steps:
+        raise SystemExit(f"{checkpoints}: no PPO checkpoint to read the history from")
+    return json.loads((steps[-1] / TRAINER_STATE).read_text())["history"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__)
+    ap.add_argument("--from-run", type=Path, required=True, help="a run directory whose data, sft and reward stages finished")
+    ap.add_argument("--config", default="demo", help="preset or YAML the variants start from (default demo)")
+    ap.add_argument("--set", action="append", default=[], help="override for every variant (repeatable)")
+    ap.add_argument("--variant", action="append", required=True, help="NAME or NAME:key=value,key=value (repeatable)")
+    ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ppo_variants.json")
+    args = ap.parse_args(argv)
+
+    from flows.config import load_config
+    from flows.runtime import prepare_environment
+    from tasks.artifacts import RunDir
+
+    base = RunDir(args.from_run.resolve())
+    missing = [s for s in SHARED_STAGES if base.outputs(s) is None]
+    if missing:
+        raise SystemExit(f"--from-run {base.path}: stages {missing} have not finished there")
+    variants = [parse_variant(v) for v in args.variant]
+    names = [n for n, _ in variants]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--variant names must differ: {names}")
+    # the variants live beside the run they start from, in its workspace
+    workspace = base.path.parent.parent
+    results: list[dict[str, Any]] = []
+    for name, overrides in variants:
+        cfg = load_config(args.config, [f"workspace={workspace}", *args.set, *overrides])
+        prepare_environment(cfg.workspace)
+        from tasks.context import StageContext
+        from tasks.evaluation import evaluate_stage
+        from tasks.training import train_ppo_stage
+
+        if cfg.torch_threads:
+            import torch
+
+            torch.set_num_threads(cfg.torch_threads)
+        run = RunDir(base.path.parent / f"{base.run_id}--{name}")
+        if run.path.exists():
+            shutil.rmtree(run.path)
+        for stage in SHARED_STAGES:  # outputs.json holds absolute paths into the base run
+            run.record_outputs(stage, base.outputs(stage))
+        ctx = StageContext(run_dir=str(run.path), parent_run_id="", experiment_id="", tracking_uri="",
+                           register_models=False, tracking_enabled=False)
+        sft_dir = base.outputs("sft")["model_dir"]
+        print(f"[{name}] PPO {' '.join(overrides) or '(preset)'} ...", flush=True)
+        t0 = time.perf_counter()
+        train_ppo_stage.fn(cfg, sft_dir, str(run.path), ctx)
+        ppo_wall = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        evaluate_stage.fn(cfg, str(run.path), ctx)
+        eval_wall = time.perf_counter() - t0
+        history = final_history(run.checkpoints("ppo"))
+        eval_json = json.loads(Path(run.outputs("eval")["eval_json"]).read_text())
+        entry = {
+            "variant": name, "overrides": overrides, "run_dir": str(run.path),
+            "ppo_wall_s": round(ppo_wall, 1), "eval_wall_s": round(eval_wall, 1),
+            "train": {k: quarter_means(history, k) for k in ("ppo/gold", "ppo/reward", "ppo/kl", "ppo/response_length")},
+            "eval": {k: v for k, v in eval_json.get("metrics", {}).items() if k.startswith("eval/")},
+        }
+        results.append(entry)
+        e = entry["eval"]
+        print(f"    ppo {ppo_wall:.0f} s, train gold {entry['train']['ppo/gold']}, "
+              f"eval gold delta CI low {e.get('eval/gold_delta_ci_low')}, win {e.get('eval/gold_win_rate_vs_sft')}", flush=True)
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps({"from_run": str(base.path), "config": args.config, "set": args.set,
+                                        "variants": results}, indent=2))
+    print(f"wrote {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
