@@ -80,10 +80,10 @@ class PPOConfig(StrictModel):
         "auto",
         description=(
             "Where the rollout's log-probs (and a shared value head's values) come from: 'sampler' reads them off "
-            "the sampling loop's logits and hidden states (one policy forward pass less per step; <= ~2e-5 "
+            "the sampling loop's logits and hidden states (one policy forward pass less per step; ~3e-5 "
             "nats per token of rounding difference in fp32, logged as ppo/logprob_mismatch), 'recompute' runs a full forward pass "
             "after sampling (PPO ratio exactly 1 at the first minibatch; TRL's way), 'auto' = sampler in fp32, "
-            "recompute in bf16/fp16 where the KV-cache pass rounds much further from a full pass."
+            "recompute in bf16/fp16, whose rounding can put the KV-cache pass much further from a full pass."
         ),
     )
     value_model: Literal["separate", "shared"] = Field(

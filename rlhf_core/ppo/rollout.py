@@ -18,10 +18,11 @@ Log-probabilities for PPO come from one of two places (``PPOConfig.rollout_logpr
   (:func:`sample_tokens` with ``score_tokens=True``), and, for a value head sharing the
   policy's backbone, the values off its final hidden states (``keep_hidden=True``). This
   skips a whole forward pass of the policy per step. The incremental KV-cache pass rounds
-  differently from a full pass: in fp32 the two differ by at most ~2e-5 nats per token
-  (SmolLM2-135M, 256 sampled tokens: mean 2.2e-6, max 1.9e-5; the trainer logs the largest
-  difference it sees as ``ppo/logprob_mismatch``); in bf16 the gap is
-  orders of magnitude larger, which is why ``auto`` recomputes there.
+  differently from a full pass: in fp32 the two differ by up to ~3e-5 nats per token
+  (SmolLM2-135M, 256 sampled tokens: mean 2.2e-6, max 1.9e-5; demo PPO steps with LoRA: 1.5-2.7e-5; the trainer logs the largest
+  difference it sees as ``ppo/logprob_mismatch``). bf16 keeps ~3 significant digits, so
+  there the two passes can differ by far more (not measured here: no GPU), which is why
+  ``auto`` recomputes in half precision.
 """
 
 from __future__ import annotations
