@@ -14,7 +14,7 @@ import torch
 
 from rlhf_core.errors import ConfigError, DataError, TrainingError
 from rlhf_core.ppo.config import PPOConfig
-from rlhf_core.ppo.rollout import generate_responses, left_pad, policy_forward, policy_logprobs, rollout
+from rlhf_core.ppo.rollout import left_pad, policy_forward, policy_logprobs, rollout, sample_tokens
 from rlhf_core.ppo.trainer import train_ppo
 from rlhf_core.tracking import InMemoryTracker
 from rlhf_core.train_config import OptimConfig
@@ -114,7 +114,7 @@ def test_policy_logprobs_match_unpadded_naive(tok):
 def test_greedy_sampling_matches_generate(tok):
     model = tiny_llama(tok, seed=3).eval()
     q_ids, q_mask = left_pad([tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:4]], tok.pad_token_id)
-    ours = generate_responses(model, q_ids, q_mask, max_new_tokens=7, eos_id=-1, pad_id=0, temperature=0)
+    ours = sample_tokens(model, q_ids, q_mask, max_new_tokens=7, eos_id=-1, pad_id=0, temperature=0).tokens
     with torch.no_grad():
         ref = model.generate(
             input_ids=q_ids, attention_mask=q_mask, max_new_tokens=7, min_new_tokens=7, do_sample=False,
@@ -127,7 +127,7 @@ def test_sampling_respects_top_k(tok):
     model = tiny_llama(tok).eval()
     q_ids, q_mask = left_pad([tok("hi", add_special_tokens=False)["input_ids"]] * 16, tok.pad_token_id)
     torch.manual_seed(0)
-    out = generate_responses(model, q_ids, q_mask, max_new_tokens=1, eos_id=1, pad_id=0, temperature=1.0, top_k=1)
+    out = sample_tokens(model, q_ids, q_mask, max_new_tokens=1, eos_id=1, pad_id=0, temperature=1.0, top_k=1).tokens
     assert out.unique().numel() == 1  # top-1 is greedy whatever the temperature
 
 

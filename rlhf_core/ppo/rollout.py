@@ -226,25 +226,6 @@ def sample_tokens(
     )
 
 
-def generate_responses(
-    model: torch.nn.Module,
-    query_ids: torch.Tensor,
-    query_mask: torch.Tensor,
-    *,
-    max_new_tokens: int,
-    eos_id: int | Sequence[int],
-    pad_id: int,
-    temperature: float = 1.0,
-    top_k: int = 0,
-    top_p: float = 1.0,
-) -> torch.Tensor:
-    """The sampled tokens of :func:`sample_tokens` alone: (B, P), (B, P) -> (B, R)."""
-    return sample_tokens(
-        model, query_ids, query_mask, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
-        temperature=temperature, top_k=top_k, top_p=top_p,
-    ).tokens
-
-
 def rollout(
     model: torch.nn.Module,
     query_ids: torch.Tensor,
