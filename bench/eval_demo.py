@@ -4,6 +4,7 @@
     # options: --n-prompts 64 --best-of-n 1,4,16 --max-new-tokens 48 --temperature 0.7
     #          --n-boot 1000 --seed 0 --batch-size 16 --no-ppo-checkpoints --threads 2
     #          --out bench/results/eval_demo.json
+    #          --train-dpo [--set dpo.optim.learning_rate=5e-4 ...]   (train the DPO baseline first)
 
 Reads the finished pipeline run (its resolved ``config.yaml`` and each stage's recorded outputs),
 runs ``tasks.evaluation.run_evaluation`` (the same code as the pipeline's eval step; settings from
@@ -38,6 +39,21 @@ def stage_dir(run: Path, stage: str, key: str = "model_dir") -> str | None:
     return str(fallback) if fallback.exists() else None
 
 
+def train_dpo(cfg, run: Path, sft_dir: str) -> float:
+    """The pipeline's DPO stage body (tracking off) into ``run``; its wall seconds."""
+    from flows.runtime import prepare_environment
+    from tasks.context import StageContext
+    from tasks.training import train_dpo_stage
+
+    prepare_environment(cfg.workspace)
+    ctx = StageContext(run_dir=str(run), parent_run_id="", experiment_id="", tracking_uri="",
+                       register_models=False, tracking_enabled=False)
+    print(f"training the DPO baseline ({cfg.dpo.loss_type}, {cfg.dpo.optim.max_steps} steps) ...", flush=True)
+    started = time.perf_counter()
+    train_dpo_stage.fn(cfg, sft_dir, str(run), ctx)
+    return round(time.perf_counter() - started, 1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--run-dir", required=True, type=Path, help="a finished pipeline run, .rlhf/runs/<id>")
@@ -50,6 +66,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch-size", type=int)
     parser.add_argument("--no-ppo-checkpoints", action="store_true", help="skip intermediate PPO checkpoints")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    parser.add_argument("--train-dpo", action="store_true",
+                        help="first train the DPO baseline into the run when it has none (the run's dpo config + --set)")
+    parser.add_argument("--set", action="append", default=[], dest="overrides",
+                        help="config override for --train-dpo, e.g. dpo.optim.learning_rate=5e-4 (repeatable)")
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "eval_demo.json")
     args = parser.parse_args(argv)
 
@@ -62,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if not (run / "config.yaml").is_file():
             raise UserError(f"{run}: not a pipeline run directory (no config.yaml)")
-        cfg = load_config(run / "config.yaml")
+        cfg = load_config(run / "config.yaml", args.overrides)
         ecfg = getattr(cfg, "eval", None) or EvalConfig()
         overrides = {
             "n_prompts": args.n_prompts, "max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
@@ -79,11 +99,14 @@ def main(argv: list[str] | None = None) -> int:
         missing = [n for n, v in (("sft", sft), ("reward", reward), ("data eval_prompts", prompts)) if v is None]
         if missing:
             raise UserError(f"{run}: the run has no finished {', '.join(missing)} stage output(s)")
-        policies = {name: d for name in ("ppo", "dpo") if (d := stage_dir(run, name)) is not None}
         if args.threads:
             import torch
 
             torch.set_num_threads(args.threads)
+        dpo_wall = None
+        if args.train_dpo and stage_dir(run, "dpo") is None:
+            dpo_wall = train_dpo(cfg, run, sft)
+        policies = {name: d for name in ("ppo", "dpo") if (d := stage_dir(run, name)) is not None}
         started = time.perf_counter()
         result = run_evaluation(cfg, sft, policies, reward, prompts, run / "eval-demo", eval_cfg=ecfg)
         wall = time.perf_counter() - started
@@ -108,6 +131,7 @@ def main(argv: list[str] | None = None) -> int:
         "policies": report["policy_dirs"],
         "settings": report["settings"],
         "wall_seconds": round(wall, 1),
+        "dpo_train_wall_seconds": dpo_wall, "dpo_config": cfg.dpo.model_dump(mode="json") if "dpo" in policies else None,
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
         "quality_bar": bar,
         "primary": report["primary"],

@@ -17,6 +17,8 @@ and reports:
 * ``eval``: the eval stage's PPO-vs-SFT figures on the held-out prompts (gold delta with its
   paired-bootstrap 95% interval, gold win rate, KL to the SFT model).
 * ``ppo_wall_s`` / ``eval_wall_s``.
+
+``--skip-eval`` runs PPO only (the ``train`` figures); evaluate the chosen setting afterwards.
 """
 
 from __future__ import annotations
@@ -74,6 +76,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--set", action="append", default=[], help="override for every variant (repeatable)")
     ap.add_argument("--variant", action="append", required=True, help="NAME or NAME:key=value,key=value (repeatable)")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ppo_variants.json")
+    ap.add_argument("--skip-eval", action="store_true",
+                    help="run PPO only and report the training-prompt figures (the eval stage costs ~1 min per variant)")
     args = ap.parse_args(argv)
 
     from flows.config import load_config
@@ -114,11 +118,13 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         train_ppo_stage.fn(cfg, sft_dir, str(run.path), ctx)
         ppo_wall = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        evaluate_stage.fn(cfg, str(run.path), ctx)
-        eval_wall = time.perf_counter() - t0
+        eval_wall, eval_json = 0.0, {}
+        if not args.skip_eval:
+            t0 = time.perf_counter()
+            evaluate_stage.fn(cfg, str(run.path), ctx)
+            eval_wall = time.perf_counter() - t0
+            eval_json = json.loads(Path(run.outputs("eval")["eval_json"]).read_text())
         history = final_history(run.checkpoints("ppo"))
-        eval_json = json.loads(Path(run.outputs("eval")["eval_json"]).read_text())
         entry = {
             "variant": name, "overrides": overrides, "run_dir": str(run.path),
             "ppo_wall_s": round(ppo_wall, 1), "eval_wall_s": round(eval_wall, 1),

@@ -140,11 +140,15 @@ def _start_ephemeral_api(workspace: Path, server) -> None:
     first start creates (migrates) that database: two runs started together would migrate it at
     the same time and one would fail. Started here under a workspace lock, the second waits,
     then finds the database ready; the flow reuses this process's server (Prefect keeps one).
+    Once it answers, the server runs at a lower priority than the training (flows.runtime).
     """
+    from flows.runtime import lower_server_priority
     from tasks.artifacts import workspace_from
 
     with workspace_from(workspace).lock("prefect-store"):
         server.start()
+    if server.server_process is not None:
+        lower_server_priority(server.server_process.pid)
 
 
 def run_stage(cfg: PipelineConfig, stage: str, run_id: str) -> dict[str, str]:

@@ -18,6 +18,23 @@ from pathlib import Path
 
 EXTRA_LOGGERS = "rlhf,rlhf_core,tasks"
 
+SERVER_NICE_ENV = "RLHF_PREFECT_SERVER_NICE"
+# Only without PREFECT_API_URL, i.e. for the ephemeral API server `rlhf run` starts as its own
+# subprocess (uvicorn, alive as long as the run); a user's value wins. That server's idle CPU
+# (~0.8 CPU-s a minute, measured) is almost all its docket worker polling every 0.1-0.25 s,
+# which no setting reaches; its services cost little and stay on: the task run recorder writes
+# the task runs (UI, crash sweep), the event persister the UI's event feed, the triggers run
+# automations found in the workspace's database (the zombie-run one, once `rlhf ui`/`deploy` made it).
+EPHEMERAL_SERVER_DEFAULTS = {
+    # Proactive automations are checked every 60 s instead of 5 s (each pass also deletes closed
+    # buckets from sqlite): the zombie-run automation's window is 3 heartbeats = 540 s.
+    # An ISO 8601 duration: Prefect refuses a bare "60" for this setting.
+    "PREFECT_SERVER_EVENTS_PROACTIVE_GRANULARITY": "PT60S",
+    # The server runs 10 nice levels below `rlhf run` (see lower_server_priority), so that on 2
+    # cores its wake-ups give way to torch's threads (not yet measured on step times); 0 = off.
+    SERVER_NICE_ENV: "10",
+}
+
 
 def prepare_environment(workspace: Path) -> None:
     """Must run before the first `import prefect` in this process to take effect."""
@@ -25,6 +42,8 @@ def prepare_environment(workspace: Path) -> None:
     workspace.mkdir(parents=True, exist_ok=True)
     if "PREFECT_API_URL" not in os.environ:
         os.environ.setdefault("PREFECT_HOME", str(workspace / "prefect"))
+        for key, value in EPHEMERAL_SERVER_DEFAULTS.items():
+            os.environ.setdefault(key, value)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     # The ephemeral API migrates a fresh sqlite DB on first start: on a busy 2-core machine
     # that can exceed Prefect's 20 s default.
@@ -38,6 +57,32 @@ def prepare_environment(workspace: Path) -> None:
     os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+
+
+def lower_server_priority(pid: int) -> int | None:
+    """Set the ephemeral API server process ``pid`` RLHF_PREFECT_SERVER_NICE levels nicer than this one.
+
+    Capped at 19 (the lowest priority); the same call twice gives the same niceness. Returns the
+    niceness set, or None when the server is left as it is (unset, 0 or negative, not a number,
+    or the process cannot be changed: only a warning then).
+    """
+    raw = os.environ.get(SERVER_NICE_ENV, "").strip()
+    try:
+        increment = int(raw or 0)
+    except ValueError:
+        _log().warning("%s=%r is not a whole number: the Prefect API server keeps its priority", SERVER_NICE_ENV, raw)
+        return None
+    if increment <= 0:  # raising a priority needs privileges, and is not what this is for
+        return None
+    import psutil
+
+    niceness = min(19, os.nice(0) + increment)
+    try:
+        psutil.Process(pid).nice(niceness)
+    except (psutil.Error, OSError) as exc:
+        _log().warning("could not lower the priority of the Prefect API server (pid %s): %s", pid, exc)
+        return None
+    return niceness
 
 
 # --- Crashed flow runs -------------------------------------------------------------------

@@ -27,6 +27,14 @@ class LoraConfig(StrictModel):
         min_length=1,
         description="Names of the Linear modules that get adapters (peft `target_modules`).",
     )
+    top_layers: int | None = Field(
+        None,
+        ge=1,
+        description=(
+            "Put adapters in the top N transformer blocks only (peft `layers_to_transform`); "
+            "None = every block. The backward pass then stops below them, so a step is cheaper."
+        ),
+    )
 
 
 class OptimConfig(StrictModel):

@@ -122,14 +122,24 @@ def apply_lora(model: torch.nn.Module, lora: LoraConfig, *, task_type: str) -> t
     """Wrap ``model`` with peft LoRA adapters (``task_type`` 'CAUSAL_LM' or 'SEQ_CLS'); only they train.
 
     peft injects the adapter layers into ``model`` in place and freezes the base weights.
+    ``lora.top_layers = N`` puts them in the last N transformer blocks only.
     """
     import peft
 
+    layers = None
+    if lora.top_layers is not None:
+        n_layers = getattr(model.config, "num_hidden_layers", None)
+        if not isinstance(n_layers, int):
+            raise ConfigError("optim.lora.top_layers: the model's config has no num_hidden_layers to count blocks from")
+        if lora.top_layers > n_layers:
+            raise ConfigError(f"optim.lora.top_layers={lora.top_layers}: the model has only {n_layers} transformer blocks")
+        layers = list(range(n_layers - lora.top_layers, n_layers))
     config = peft.LoraConfig(
         r=lora.r,
         lora_alpha=lora.alpha,
         lora_dropout=lora.dropout,
         target_modules=list(lora.target_modules),
+        layers_to_transform=layers,
         task_type=task_type,
         bias="none",
     )

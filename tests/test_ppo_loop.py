@@ -224,6 +224,34 @@ def test_ppo_learns_trivial_reward(tok, tmp_path):
     assert (result.model_dir / "rlhf_stage.json").is_file()
 
 
+class OffsetReward(TokenFractionReward):
+    """TokenFractionReward + a constant: the same preferences, another (arbitrary) offset."""
+
+    def __init__(self, token_id: int, n: int, offset: float) -> None:
+        super().__init__(token_id, n)
+        self.offset = offset
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return super().forward(input_ids, attention_mask) + self.offset
+
+
+@pytest.mark.parametrize("center", [True, False])
+def test_centred_scores_make_training_blind_to_the_reward_offset(tok, tmp_path, center):
+    target = tok.convert_tokens_to_ids(TARGET)
+    trained = []
+    for offset in (0.0, -3.0):
+        policy = tiny_llama(tok)
+        cfg = ppo_cfg(optim={"max_steps": 2}, center_scores=center, whiten_advantages=False)
+        tracker = InMemoryTracker()
+        train_ppo(cfg, policy, tok, OffsetReward(target, 8, offset), tok, PROMPTS, output_dir=tmp_path / f"{offset}",
+                  tracker=tracker, seed=0)
+        trained.append(params_of(policy))
+        # the logged score stays the reward model's own (offset included), centred or not
+        assert tracker.metrics[0][1]["ppo/score"] < -2.0 if offset else tracker.metrics[0][1]["ppo/score"] >= 0.0
+    same = all(torch.allclose(trained[0][k], trained[1][k], atol=1e-5) for k in trained[0])
+    assert same == center
+
+
 def test_nan_reward_stops_naming_step(tok, tmp_path):
     reward = TokenFractionReward(5, n=8, fail_at_call=3)  # 2 reward micro-batches per step
     with pytest.raises(TrainingError, match=r"reward model score is not finite at step 2"):

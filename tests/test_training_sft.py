@@ -244,6 +244,34 @@ def test_lora_trains_only_the_adapters(tiny_tokenizer, tmp_path):
         assert changed == ("q_proj" in name or "v_proj" in name), name
 
 
+def test_lora_top_layers_adapts_only_the_top_blocks(tiny_tokenizer, tmp_path):
+    from rlhf_core.errors import ConfigError
+    from rlhf_core.training import apply_lora
+
+    two_blocks = SMALL.model_copy(update={"num_layers": 2})
+    model = build_tiny_model(two_blocks, tiny_tokenizer)
+    before = _params(model)
+    lora = LoraConfig(enabled=True, r=4, target_modules=["q_proj", "v_proj"], top_layers=1)
+    result = train_sft(_cfg(max_steps=3, lora=lora), model, tiny_tokenizer, _rows(), output_dir=tmp_path, progress=False)
+
+    stored = load_file_names(result.checkpoint_dir / WEIGHTS)
+    assert stored and all(".layers.1." in name for name in stored), stored
+    from transformers import AutoModelForCausalLM
+
+    merged = AutoModelForCausalLM.from_pretrained(result.model_dir).state_dict()
+    for name, value in before.items():
+        changed = not torch.equal(merged[name], value)
+        assert changed == (".layers.1." in name and ("q_proj" in name or "v_proj" in name)), name
+    with pytest.raises(ConfigError, match=r"optim.lora.top_layers=3: the model has only 2 transformer blocks"):
+        apply_lora(build_tiny_model(two_blocks, tiny_tokenizer), lora.model_copy(update={"top_layers": 3}), task_type="CAUSAL_LM")
+
+
+def load_file_names(path) -> list[str]:
+    from safetensors.torch import load_file
+
+    return list(load_file(str(path)))
+
+
 def test_bad_input_is_refused_before_training(tiny_tokenizer, tmp_path):
     with pytest.raises(DataError, match=r"sft train data: dataset is empty"):
         train_sft(_cfg(), _model(tiny_tokenizer), tiny_tokenizer, [], output_dir=tmp_path, progress=False)

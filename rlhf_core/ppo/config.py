@@ -71,6 +71,14 @@ class PPOConfig(StrictModel):
     vf_coef: float = Field(0.1, ge=0, description="Weight of the value loss.")
     entropy_coef: float = Field(0.0, ge=0, description="Weight of the entropy bonus (0 = off).")
     whiten_advantages: bool = Field(True, description="Normalise advantages to zero mean, unit variance per batch.")
+    center_scores: bool = Field(
+        False,
+        description=(
+            "Subtract the rollout batch's mean score (after the missing-EOS penalty) before it is added at "
+            "the last token. A reward model's offset is arbitrary; centred, a value head that starts near 0 "
+            "is not off by it on every return, so early advantages do not depend on token position."
+        ),
+    )
     ptx_coef: float = Field(
         0.0,
         ge=0,

@@ -419,7 +419,8 @@ def train_ppo(
                 number = step  # this step did not train
                 break
             kl_coef = kl_ctl.value
-            rewards = kl_penalized_rewards(scores, logprobs, ref_lp, mask, kl_coef, cfg.kl_estimator)  # (B, R)
+            rl_scores = scores - scores.mean() if cfg.center_scores else scores  # (B,)
+            rewards = kl_penalized_rewards(rl_scores, logprobs, ref_lp, mask, kl_coef, cfg.kl_estimator)  # (B, R)
 
             # 4b. GAE + whitening
             advantages, returns = compute_gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
@@ -505,7 +506,7 @@ def train_ppo(
                 "ppo/score": float(scores.mean()),
                 "ppo/kl": mean_kl,
                 "ppo/kl_coef": kl_coef,
-                "ppo/non_score_reward": float(token_sum(rewards, mask).mean() - scores.mean()),
+                "ppo/non_score_reward": float(token_sum(rewards, mask).mean() - rl_scores.mean()),
                 "ppo/explained_variance": ev,
                 "ppo/response_length": float(lengths.mean()),
                 "ppo/no_eos_rate": float((~ro.has_eos).float().mean()),

@@ -171,7 +171,7 @@ def train_reward_model(
         fingerprint={
             "data": dataset_fingerprint([p.chosen_ids + [-1] + p.rejected_ids for p in pairs]),
             "format": fmt,
-            "lora": optim.lora.model_dump(),
+            "lora": optim.lora.model_dump(exclude_none=True),
             "use_margin": cfg.use_margin,
             # the layout sets the length buckets, so the data order. None = two rows per pair, which
             # checkpoints from before the shared-prefix layout existed also read (no key), so they resume

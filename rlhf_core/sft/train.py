@@ -168,7 +168,7 @@ def train_sft(
         resume=resume,
         seed=seed,
         fingerprint={"data": dataset_fingerprint([e.input_ids + e.labels for e in examples]), "format": fmt,
-                     "lora": optim.lora.model_dump()},
+                     "lora": optim.lora.model_dump(exclude_none=True)},
         progress=progress,
         dist=dist,
         unit_name="tokens",
