@@ -29,6 +29,7 @@ import shutil
 import sys
 import time
 from pathlib import Path
+from collections.abc import Sequence
 from typing import Any
 
 REPO = Path(__file__).resolve().parent.parent
@@ -47,6 +48,35 @@ def parse_variant(text: str) -> tuple[str, list[str]]:
     if bad:
         raise SystemExit(f"--variant {text!r}: overrides must be key=value, got {bad}")
     return name, overrides
+
+
+def open_base_run(from_run: Path, stages: Sequence[str], variant_args: list[str]):
+    """(RunDir of ``from_run``, [(name, overrides)]): ``stages`` must have finished there, names must differ."""
+    from tasks.artifacts import RunDir
+
+    base = RunDir(from_run.resolve())
+    missing = [s for s in stages if base.outputs(s) is None]
+    if missing:
+        raise SystemExit(f"--from-run {base.path}: stages {missing} have not finished there")
+    variants = [parse_variant(v) for v in variant_args]
+    names = [n for n, _ in variants]
+    if len(set(names)) != len(names):
+        raise SystemExit(f"--variant names must differ: {names}")
+    return base, variants
+
+
+def variant_config(config: str, base, overrides: list[str]):
+    """The variant's config, its workspace the base run's (variants live beside it), environment and threads set."""
+    from flows.config import load_config
+    from flows.runtime import prepare_environment
+
+    cfg = load_config(config, [f"workspace={base.path.parent.parent}", *overrides])
+    prepare_environment(cfg.workspace)
+    if cfg.torch_threads:
+        import torch
+
+        torch.set_num_threads(cfg.torch_threads)
+    return cfg
 
 
 def quarter_means(history: list[dict[str, float]], key: str) -> dict[str, float]:
@@ -80,32 +110,17 @@ def main(argv: list[str] | None = None) -> int:
                     help="run PPO only and report the training-prompt figures (the eval stage costs ~1 min per variant)")
     args = ap.parse_args(argv)
 
-    from flows.config import load_config
-    from flows.runtime import prepare_environment
     from tasks.artifacts import RunDir
 
-    base = RunDir(args.from_run.resolve())
-    missing = [s for s in SHARED_STAGES if base.outputs(s) is None]
-    if missing:
-        raise SystemExit(f"--from-run {base.path}: stages {missing} have not finished there")
-    variants = [parse_variant(v) for v in args.variant]
-    names = [n for n, _ in variants]
-    if len(set(names)) != len(names):
-        raise SystemExit(f"--variant names must differ: {names}")
-    # the variants live beside the run they start from, in its workspace
-    workspace = base.path.parent.parent
+    base, variants = open_base_run(args.from_run, SHARED_STAGES, args.variant)
     results: list[dict[str, Any]] = []
     for name, overrides in variants:
-        cfg = load_config(args.config, [f"workspace={workspace}", *args.set, *overrides])
-        prepare_environment(cfg.workspace)
+        cfg = variant_config(args.config, base, [*args.set, *overrides])
+        # after variant_config: prepare_environment must precede the first `import prefect`
         from tasks.context import StageContext
         from tasks.evaluation import evaluate_stage
         from tasks.training import train_ppo_stage
 
-        if cfg.torch_threads:
-            import torch
-
-            torch.set_num_threads(cfg.torch_threads)
         run = RunDir(base.path.parent / f"{base.run_id}--{name}")
         if run.path.exists():
             shutil.rmtree(run.path)

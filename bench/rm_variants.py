@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import sys
 import time
 from pathlib import Path
@@ -30,7 +29,8 @@ from typing import Any
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from bench.ppo_variants import parse_variant  # noqa: E402
+from bench._common import cpu_seconds  # noqa: E402
+from bench.ppo_variants import open_base_run, variant_config  # noqa: E402
 
 
 def split_by_prompt(frame, fraction: float, seed: int):
@@ -42,11 +42,6 @@ def split_by_prompt(frame, fraction: float, seed: int):
     val_prompts = set(rng.choice(prompts, size=max(1, round(fraction * len(prompts))), replace=False).tolist())
     is_val = frame["prompt"].isin(val_prompts)
     return frame[~is_val].reset_index(drop=True), frame[is_val].reset_index(drop=True)
-
-
-def _cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -64,26 +59,15 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"--val-fraction {args.val_fraction}: must be in (0, 1)")
 
     import pandas as pd
-    import torch
 
-    from flows.config import load_config
-    from flows.runtime import prepare_environment
     from rlhf_core.gold import gold_score
     from rlhf_core.models import load_tokenizer
     from rlhf_core.reward.agreement import reward_model_agreement
     from rlhf_core.reward.model import RewardModel
     from rlhf_core.reward.train import score_pairs, train_reward_model
-    from tasks.artifacts import RunDir
     from tasks.training import _gold_preference, _split
 
-    base = RunDir(args.from_run.resolve())
-    missing = [s for s in ("data", "sft") if base.outputs(s) is None]
-    if missing:
-        raise SystemExit(f"--from-run {base.path}: stages {missing} have not finished there")
-    variants = [parse_variant(v) for v in args.variant]
-    names = [n for n, _ in variants]
-    if len(set(names)) != len(names):
-        raise SystemExit(f"--variant names must differ: {names}")
+    base, variants = open_base_run(args.from_run, ("data", "sft"), args.variant)
     train_pairs, _ = _split(pd.read_parquet(base.outputs("data")["preferences"]), "preferences")
     fit, val = split_by_prompt(train_pairs, args.val_fraction, args.split_seed)
     print(f"{len(fit)} fit pairs, {len(val)} validation pairs ({val['prompt'].nunique()} prompts)", flush=True)
@@ -93,20 +77,16 @@ def main(argv: list[str] | None = None) -> int:
         for p, c, r, h in zip(val["prompt"], val["chosen"], val["rejected"], harmful)
     ]
     sft_dir = base.outputs("sft")["model_dir"]
-    workspace = base.path.parent.parent
     results: list[dict[str, Any]] = []
     for name, overrides in variants:
-        cfg = load_config(args.config, [f"workspace={workspace}", *args.set, *overrides])
-        prepare_environment(cfg.workspace)
-        if cfg.torch_threads:
-            torch.set_num_threads(cfg.torch_threads)
+        cfg = variant_config(args.config, base, [*args.set, *overrides])
         out_dir = base.path.parent / f"{base.run_id}--rm-{name}"
         tokenizer = load_tokenizer(cfg.model, cfg.model_cache)
         model = RewardModel.from_causal_lm_dir(sft_dir, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
         print(f"[{name}] reward model {' '.join(overrides) or '(preset)'} ...", flush=True)
-        t0, c0 = time.perf_counter(), _cpu_seconds()
+        t0, c0 = time.perf_counter(), cpu_seconds()
         result = train_reward_model(cfg.reward, model, tokenizer, fit, output_dir=out_dir, seed=cfg.seed, progress=False)
-        wall, cpu = time.perf_counter() - t0, _cpu_seconds() - c0
+        wall, cpu = time.perf_counter() - t0, cpu_seconds() - c0
         chosen_r, rejected_r = score_pairs(
             model, tokenizer, val, max_length=cfg.reward.optim.max_length, prompt_format=cfg.reward.prompt_format,
             truncate=cfg.reward.optim.truncate_prompt, share_prompt=cfg.reward.share_prompt,
