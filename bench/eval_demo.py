@@ -137,6 +137,7 @@ def main(argv: list[str] | None = None) -> int:
         "primary": report["primary"],
         "primary_metrics": primary,
         "table": report["table"],
+        "rm_gold_agreement_on_policy": report.get("rm_gold_agreement_on_policy"),
         "gold_vs_sqrt_kl": report["gold_vs_sqrt_kl"],
         "artifacts": {k: result[k] for k in ("eval_json", "comparison_md", "samples", "plot")},
     }

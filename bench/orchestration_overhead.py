@@ -11,7 +11,9 @@ Runs, each in a fresh subprocess, alternating order:
 Reports the wall time of each and the overhead share (orchestrated - bare) / orchestrated, and
 beside it the CPU seconds the stages took (this process and its child processes, the Prefect
 API server included): on a shared machine wall time carries other jobs' noise, CPU time less.
-Start-up is reported separately, as `rlhf run` does it (flows.pipeline.start_up): Prefect's
+Each stage task's body (`Task.fn`) is timed on both sides, so the overhead splits into what the
+stages' own MLflow tracking adds inside the bodies (per stage) and what Prefect's engine adds
+outside them (`engine_overhead_s`). Start-up is reported separately, as `rlhf run` does it (flows.pipeline.start_up): Prefect's
 ephemeral API, with a new workspace's MLflow store created beside it while the API starts;
 paid once per process, not per stage. `process_wall_s` is the whole subprocess, start-up included.
 """
@@ -32,7 +34,25 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 CPU = r"""
+import functools, time as _time
 import psutil
+STAGE_S = {}
+def time_stage_bodies():
+    # Each stage task's own body (Task.fn), timed alike on both sides: on the orchestrated side
+    # what lies outside the bodies is Prefect's engine (task/flow runs, states, caching, the
+    # MLflow parent run), what lies inside and not on the bare side is the stage's MLflow tracking.
+    import tasks.data, tasks.evaluation, tasks.training
+    stages = {"data": tasks.data.prepare_data, "sft": tasks.training.train_sft_stage,
+              "reward": tasks.training.train_reward_stage, "ppo": tasks.training.train_ppo_stage,
+              "dpo": tasks.training.train_dpo_stage, "eval": tasks.evaluation.evaluate_stage}
+    for name, task in stages.items():
+        def timed(*args, __fn=task.fn, __name=name, **kwargs):
+            t = _time.perf_counter()
+            try:
+                return __fn(*args, **kwargs)
+            finally:
+                STAGE_S[__name] = STAGE_S.get(__name, 0.0) + _time.perf_counter() - t
+        task.fn = functools.wraps(task.fn)(timed)
 def cpu_s():
     # user + system CPU of this process, of its children already reaped, and of the live ones (the Prefect API server)
     me = psutil.Process()
@@ -58,6 +78,7 @@ from tasks.context import StageContext
 from tasks.data import prepare_data
 from tasks.evaluation import evaluate_stage
 from tasks.training import fetch_base_model, train_dpo_stage, train_ppo_stage, train_reward_stage, train_sft_stage
+time_stage_bodies()
 if cfg.torch_threads:
     import torch; torch.set_num_threads(cfg.torch_threads)
 imports = time.perf_counter() - t0
@@ -75,7 +96,8 @@ if cfg.dpo.enabled:  # as the flow: smoke runs the DPO baseline, demo does not
     train_dpo_stage.fn(cfg, sft, str(run.path), ctx)
 if cfg.eval.enabled:
     evaluate_stage.fn(cfg, str(run.path), ctx)
-print(json.dumps({"stages_s": time.perf_counter() - t0, "stages_cpu_s": cpu_s() - c0, "imports_s": imports}))
+print(json.dumps({"stages_s": time.perf_counter() - t0, "stages_cpu_s": cpu_s() - c0, "imports_s": imports,
+                  "stage_bodies_s": STAGE_S}))
 """
 
 ORCHESTRATED = CPU + r"""
@@ -91,10 +113,11 @@ startup = time.perf_counter() - t0
 t0 = time.perf_counter()
 from flows.stages import rlhf_pipeline
 imports = time.perf_counter() - t0
+time_stage_bodies()
 t0, c0 = time.perf_counter(), cpu_s()
 rlhf_pipeline(cfg)
 print(json.dumps({"stages_s": time.perf_counter() - t0, "stages_cpu_s": cpu_s() - c0, "imports_s": imports,
-                  "prefect_startup_s": startup}))
+                  "prefect_startup_s": startup, "stage_bodies_s": STAGE_S}))
 """
 
 
@@ -120,6 +143,27 @@ def _workspace(mode: str, keep: Path | None):
     else:
         keep.mkdir(parents=True, exist_ok=True)
         yield tempfile.mkdtemp(prefix=f"overhead-{mode}-", dir=keep)
+
+
+def breakdown(runs: dict[str, list[dict]]) -> dict:
+    """Where the overhead lies (medians over repeats): each stage body on both sides; on the
+    orchestrated side the time outside the bodies (Prefect's engine: flow and task runs, their
+    states and heartbeats, caching, and the MLflow parent run) minus the bare side's (only the
+    calls between the bodies)."""
+    stages = sorted({name for mode in runs.values() for r in mode for name in r["stage_bodies_s"]})
+    bodies = {
+        name: {mode: round(statistics.median(r["stage_bodies_s"].get(name, 0.0) for r in runs[mode]), 2) for mode in runs}
+        for name in stages
+    }
+    for name, row in bodies.items():
+        row["overhead_s"] = round(row["orchestrated"] - row["bare"], 2)
+    outside = {mode: statistics.median(r["stages_s"] - sum(r["stage_bodies_s"].values()) for r in runs[mode]) for mode in runs}
+    return {
+        "stage_bodies_s": bodies,
+        "outside_bodies_s": {mode: round(v, 2) for mode, v in outside.items()},
+        "engine_overhead_s": round(outside["orchestrated"] - outside["bare"], 2),
+        "in_body_tracking_overhead_s": round(sum(row["overhead_s"] for row in bodies.values()), 2),
+    }
 
 
 def main() -> None:
@@ -161,6 +205,7 @@ def main() -> None:
         "startup_s": round(statistics.median(r["prefect_startup_s"] for r in runs["orchestrated"]), 2),
         "bare_process_wall_s": round(statistics.median(r["process_wall_s"] for r in runs["bare"]), 2),
         "orchestrated_process_wall_s": round(statistics.median(r["process_wall_s"] for r in runs["orchestrated"]), 2),
+        **breakdown(runs),
         "runs": runs,
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)

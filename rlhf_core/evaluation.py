@@ -21,6 +21,13 @@ What one :class:`EvalReport` measures, for a policy against the SFT model on the
   ``non_repetition < 0.5``, i.e. at least 20% repeated material;
 * ``length``: response tokens (EOS included) under the policy's tokenizer.
 
+Beside the methods, :class:`MethodComparison` carries ``rm_gold_agreement_on_policy``: over the
+best-of-N candidates (N samples from the SFT model per prompt), the share of pairs the reward
+model orders as the gold scorer does (:func:`ranking_agreement`). The reward model's agreement on
+the held-out preference pairs says how well it learnt those pairs; this one says how well it ranks
+what PPO and best-of-N actually show it. Near 0.5 neither can raise the gold score, whatever
+happens to the reward.
+
 Every figure comes with a percentile-bootstrap interval over prompts (``rlhf_core.stats.bootstrap_ci``).
 :func:`compare_methods` runs the same evaluation for the SFT model, best-of-N (N = 1, 4, 16 from
 one draw of the largest N) and any number of policies (PPO checkpoints, DPO), which gives the
@@ -44,7 +51,7 @@ from pydantic import Field, field_validator
 
 from rlhf_core.config import StrictModel
 from rlhf_core.errors import DataError, TrainingError
-from rlhf_core.gold import gold_components
+from rlhf_core.gold import gold_components, gold_score
 from rlhf_core.stats import bootstrap_ci
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -155,6 +162,26 @@ def win_scores(a: Sequence[float] | np.ndarray, b: Sequence[float] | np.ndarray,
     if tie is not None:
         wins = np.where(np.asarray(tie, dtype=bool), 0.5, wins)
     return wins
+
+
+def ranking_agreement(rm: Sequence[Sequence[float]] | np.ndarray, gold: Sequence[Sequence[float]] | np.ndarray) -> np.ndarray:
+    """Per prompt: the share of its candidate pairs the reward model orders as the gold scorer does.
+
+    ``rm`` and ``gold`` are (B, N) scores of the same N responses to each of B prompts. Pairs the
+    gold scorer ties carry no preference and are left out; a pair the reward model ties counts a
+    half. Returns the (B',) shares of the prompts with at least one gold-untied pair (0.5 = chance).
+    """
+    rm, gold = np.asarray(rm, dtype=np.float64), np.asarray(gold, dtype=np.float64)
+    if rm.shape != gold.shape or rm.ndim != 2:
+        raise ValueError(f"ranking_agreement: expected two (B, N) arrays, got {rm.shape} and {gold.shape}")
+    i, j = np.triu_indices(rm.shape[1], k=1)
+    d_gold = np.sign(gold[:, i] - gold[:, j])  # (B, pairs)
+    d_rm = np.sign(rm[:, i] - rm[:, j])
+    untied = d_gold != 0
+    agree = np.where(d_rm == 0, 0.5, (d_rm == d_gold).astype(np.float64))
+    counts = untied.sum(axis=1)
+    keep = counts > 0
+    return (np.where(untied, agree, 0.0).sum(axis=1)[keep] / counts[keep]).astype(np.float64)
 
 
 def sqrt_kl(kl: Estimate) -> Estimate:
@@ -454,6 +481,9 @@ class MethodComparison:
     """Every method's :class:`EvalReport` on the same prompts, in evaluation order."""
 
     reports: dict[str, EvalReport]
+    # How often the reward model orders two SFT samples of a prompt as the gold scorer does
+    # (the best-of-N candidates): its accuracy on what PPO and best-of-N actually show it.
+    rm_gold_agreement_on_policy: Estimate | None = None
 
     def table(self) -> list[dict[str, Any]]:
         """One JSON-safe row per method (values and intervals of every estimate)."""
@@ -477,10 +507,15 @@ class MethodComparison:
         out: dict[str, float] = {}
         for name, report in self.reports.items():
             out.update(report.metrics(prefix=f"eval/{metric_safe(name)}"))
+        agreement = self.rm_gold_agreement_on_policy
+        if agreement is not None and math.isfinite(agreement.value):
+            out["eval/rm_gold_agreement_on_policy"] = agreement.value
         return out
 
     def to_dict(self, *, include_samples: bool = False) -> dict[str, Any]:
+        agreement = self.rm_gold_agreement_on_policy
         return {
+            "rm_gold_agreement_on_policy": agreement.to_dict() if agreement is not None else None,
             "methods": list(self.reports),
             "table": self.table(),
             "gold_vs_sqrt_kl": self.points(),
@@ -539,6 +574,7 @@ def compare_methods(
     common = dict(n_boot=cfg.n_boot, seed=cfg.seed, confidence=cfg.confidence)
     settings = {**gen, **common, "prompt_format": fmt, "reward_prompt_format": reward_fmt}
     reports: dict[str, EvalReport] = {}
+    on_policy: Estimate | None = None
 
     say(f"eval: sampling the SFT baseline on {len(rows)} prompts")
     sft = sample_responses(reference, tokenizer, ids, seed=cfg.seed, **gen)
@@ -556,6 +592,9 @@ def compare_methods(
         scores = score_samples(cand, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
         scores = scores.reshape(len(rows), n_max)  # (B, N)
         grouped = cand.grouped()
+        cand_gold = np.array([[gold_score(p, t, harmful=h) for t in texts]
+                              for p, texts, h in zip(rows.prompts, grouped, rows.harmful, strict=True)])
+        on_policy = estimate(ranking_agreement(scores, cand_gold), **common) if n_max > 1 else None
         token_lengths = np.asarray(cand.token_lengths).reshape(len(rows), n_max)
         for n in cfg.best_of_n:
             idx = select_best(scores, n)  # (B,)
@@ -580,7 +619,7 @@ def compare_methods(
             )
         finally:
             del policy
-    return MethodComparison(reports)
+    return MethodComparison(reports, rm_gold_agreement_on_policy=on_policy)
 
 
 def _as_rows(prompts: EvalPrompts) -> list[dict[str, Any]]:

@@ -148,6 +148,13 @@ def comparison_markdown(comparison: MethodComparison) -> str:
             else:
                 cells.append(fmt.format(value))
         lines.append("| " + " | ".join(cells) + " |")
+    agreement = comparison.rm_gold_agreement_on_policy
+    if agreement is not None and math.isfinite(agreement.value):
+        lines += ["", (
+            f"Reward model vs gold scorer on samples of the SFT model (pairs of best-of-N candidates, "
+            f"{agreement.n} prompts): agree on {agreement.value:.3f} [{agreement.ci_low:.3f}, {agreement.ci_high:.3f}] "
+            "of the pairs (0.5 = chance). Near chance, optimising the reward cannot raise the gold score."
+        )]
     return "\n".join(lines) + "\n"
 
 

@@ -22,6 +22,7 @@ from rlhf_core.evaluation import (
     evaluate_policy,
     is_looping,
     metric_safe,
+    ranking_agreement,
     select_eval_prompts,
     series_of,
     win_scores,
@@ -295,6 +296,49 @@ def test_compare_methods_table_and_best_of_n(tok, models):
     assert all(p["sqrt_kl"] is not None for p in points)
     assert "eval/best-of-4/mean_rm" in comp.metrics()
     json.dumps(comp.to_dict(include_samples=True), allow_nan=False)
+
+
+def test_ranking_agreement_hand_computed():
+    # prompt 1: gold orders a < b < c; the RM gets (a,b) and (a,c) right, (b,c) wrong -> 2/3
+    # prompt 2: gold ties b and c (that pair is left out); the RM ties a and b (a half) -> (0.5 + 1) / 2
+    # prompt 3: gold ties everything: no preference to agree with, the prompt is left out
+    rm = [[0.0, 2.0, 1.0], [1.0, 1.0, 0.0], [3.0, 2.0, 1.0]]
+    gold = [[0.1, 0.2, 0.3], [0.9, 0.5, 0.5], [0.4, 0.4, 0.4]]
+    assert ranking_agreement(rm, gold).tolist() == pytest.approx([2 / 3, 0.75])
+    # an RM that orders exactly as gold agrees on everything; the reversed one on nothing
+    g = np.random.default_rng(0).normal(size=(5, 4))
+    assert ranking_agreement(g * 3 + 1, g).tolist() == [1.0] * 5
+    assert ranking_agreement(-g, g).tolist() == [0.0] * 5
+    with pytest.raises(ValueError, match="expected two"):
+        ranking_agreement([1.0, 2.0], [1.0, 2.0])
+
+
+def test_compare_methods_on_policy_agreement_matches_a_naive_count(tok, models):
+    cfg = EvalConfig(best_of_n=[1, 4], max_new_tokens=6, n_boot=100, batch_size=8)
+    comp = compare_methods({}, tok, reference=models["sft"], reward_model=models["rm"], reward_tokenizer=tok,
+                           prompts=ROWS, cfg=cfg)
+    # re-sample the same candidates (same seed) and count concordant pairs by hand
+    from rlhf_core.best_of_n import best_of_n_candidates
+
+    cand = best_of_n_candidates(models["sft"], tok, models["rm"], tok, [r["prompt"] for r in ROWS], n=4,
+                                max_new_tokens=6, temperature=cfg.temperature, seed=cfg.seed + 1, batch_size=8)
+    shares = []
+    for row, texts, scores in zip(ROWS, cand.texts, cand.scores, strict=True):
+        gold = [gold_score(row["prompt"], t, harmful=row["harmful"]) for t in texts]
+        pairs = [(a, b) for a in range(4) for b in range(a + 1, 4) if gold[a] != gold[b]]
+        if pairs:
+            hits = [0.5 if scores[a] == scores[b] else float((scores[a] > scores[b]) == (gold[a] > gold[b]))
+                    for a, b in pairs]
+            shares.append(sum(hits) / len(hits))
+    agreement = comp.rm_gold_agreement_on_policy
+    assert agreement is not None and agreement.n == len(shares) > 0
+    assert agreement.value == pytest.approx(sum(shares) / len(shares))
+    assert comp.metrics()["eval/rm_gold_agreement_on_policy"] == pytest.approx(agreement.value)
+    assert comp.to_dict()["rm_gold_agreement_on_policy"]["n"] == len(shares)
+    # best-of-1 alone has no pairs to rank
+    single = compare_methods({}, tok, reference=models["sft"], reward_model=models["rm"], reward_tokenizer=tok,
+                             prompts=ROWS, cfg=EvalConfig(best_of_n=[1], max_new_tokens=6, n_boot=100, batch_size=8))
+    assert single.rm_gold_agreement_on_policy is None and "eval/rm_gold_agreement_on_policy" not in single.metrics()
 
 
 # ----------------------------------------------------------------------------- checkpoints and the task body
