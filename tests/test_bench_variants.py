@@ -1,10 +1,11 @@
-"""The settings-comparison scripts' own logic: variant parsing and the by-prompt validation split."""
+"""The bench scripts' own logic: variant parsing, the by-prompt validation split, the overhead breakdown."""
 
 from __future__ import annotations
 
 import pandas as pd
 import pytest
 
+from bench.orchestration_overhead import breakdown
 from bench.ppo_variants import parse_variant
 from bench.rm_variants import split_by_prompt
 
@@ -28,3 +29,21 @@ def test_split_by_prompt_keeps_each_prompt_on_one_side():
     assert list(again_val["chosen"]) == list(val["chosen"])  # seeded
     _, other_val = split_by_prompt(frame, 0.25, seed=1)
     assert set(other_val["prompt"]) != set(val["prompt"])
+
+
+def test_overhead_breakdown_splits_engine_from_in_body_tracking():
+    runs = {
+        "bare": [{"stages_s": 31.0, "stage_bodies_s": {"sft": 10.0, "ppo": 20.0}},
+                 {"stages_s": 35.0, "stage_bodies_s": {"sft": 12.0, "ppo": 22.0}}],
+        "orchestrated": [{"stages_s": 40.0, "stage_bodies_s": {"sft": 11.0, "ppo": 24.0, "eval": 1.0}},
+                         {"stages_s": 44.0, "stage_bodies_s": {"sft": 13.0, "ppo": 26.0, "eval": 1.0}}],
+    }
+    out = breakdown(runs)
+    # medians over the repeats, per stage; a stage one side did not run counts 0 there
+    assert out["stage_bodies_s"]["sft"] == {"bare": 11.0, "orchestrated": 12.0, "overhead_s": 1.0}
+    assert out["stage_bodies_s"]["ppo"] == {"bare": 21.0, "orchestrated": 25.0, "overhead_s": 4.0}
+    assert out["stage_bodies_s"]["eval"] == {"bare": 0.0, "orchestrated": 1.0, "overhead_s": 1.0}
+    # outside the bodies: 1 s bare (both repeats), 4 s orchestrated -> 3 s of engine
+    assert out["outside_bodies_s"] == {"bare": 1.0, "orchestrated": 4.0}
+    assert out["engine_overhead_s"] == 3.0
+    assert out["in_body_tracking_overhead_s"] == 6.0
