@@ -98,13 +98,18 @@ def final_history(checkpoints: Path) -> list[dict[str, float]]:
     return json.loads((steps[-1] / TRAINER_STATE).read_text())["history"]
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog=__doc__)
-    ap.add_argument("--from-run", type=Path, required=True, help="a run directory whose data, sft and reward stages finished")
+def add_variant_arguments(ap: argparse.ArgumentParser, stages: str) -> None:
+    """--from-run (whose ``stages`` finished), --config, --set and --variant: the options both variant scripts take."""
+    ap.add_argument("--from-run", type=Path, required=True, help=f"a run directory whose {stages} stages finished")
     ap.add_argument("--config", default="demo", help="preset or YAML the variants start from (default demo)")
     ap.add_argument("--set", action="append", default=[], help="override for every variant (repeatable)")
     ap.add_argument("--variant", action="append", required=True, help="NAME or NAME:key=value,key=value (repeatable)")
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog=__doc__)
+    add_variant_arguments(ap, "data, sft and reward")
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ppo_variants.json")
     ap.add_argument("--skip-eval", action="store_true",
                     help="run PPO only and report the training-prompt figures (the eval stage costs ~1 min per variant)")

@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from bench._common import cpu_seconds  # noqa: E402
-from bench.ppo_variants import open_base_run, variant_config  # noqa: E402
+from bench.ppo_variants import add_variant_arguments, open_base_run, variant_config  # noqa: E402
 
 
 def split_by_prompt(frame, fraction: float, seed: int):
@@ -47,10 +47,7 @@ def split_by_prompt(frame, fraction: float, seed: int):
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0], formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog=__doc__)
-    ap.add_argument("--from-run", type=Path, required=True, help="a run directory whose data and sft stages finished")
-    ap.add_argument("--config", default="demo", help="preset or YAML the variants start from (default demo)")
-    ap.add_argument("--set", action="append", default=[], help="override for every variant (repeatable)")
-    ap.add_argument("--variant", action="append", required=True, help="NAME or NAME:key=value,key=value (repeatable)")
+    add_variant_arguments(ap, "data and sft")
     ap.add_argument("--val-fraction", type=float, default=0.2, help="share of training prompts held out for validation")
     ap.add_argument("--split-seed", type=int, default=0)
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "rm_variants.json")
