@@ -13,7 +13,11 @@ beside it the CPU seconds the stages took (this process and its child processes,
 API server included): on a shared machine wall time carries other jobs' noise, CPU time less.
 Each stage task's body (`Task.fn`) is timed on both sides, so the overhead splits into what the
 stages' own MLflow tracking adds inside the bodies (per stage) and what Prefect's engine adds
-outside them (`engine_overhead_s`). Start-up is reported separately, as `rlhf run` does it (flows.pipeline.start_up): Prefect's
+outside them (`engine_overhead_s`). Because the bodies themselves vary by tens of seconds between
+runs, the orchestrated side also accounts for its overhead directly (`accounted`): the engine's
+time outside the bodies, plus the main-thread time of every tracking call inside them (MLflow
+client, tracker, registry, Prefect artifacts; `tracking_calls_s` per stage), plus the Prefect
+API server's CPU seconds divided by the cores. Start-up is reported separately, as `rlhf run` does it (flows.pipeline.start_up): Prefect's
 ephemeral API, with a new workspace's MLflow store created beside it while the API starts;
 paid once per process, not per stage. `process_wall_s` is the whole subprocess, start-up included.
 """
@@ -34,9 +38,12 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parent.parent
 
 CPU = r"""
-import functools, time as _time
+import functools, threading, time as _time
 import psutil
 STAGE_S = {}
+TRACKING_S = {}  # per stage: main-thread seconds inside tracking/registry/Prefect-artifact calls, in the body
+_IN_BODY = []  # the stage whose body the main thread is in
+_DEPTH = threading.local()
 def time_stage_bodies():
     # Each stage task's own body (Task.fn), timed alike on both sides: on the orchestrated side
     # what lies outside the bodies is Prefect's engine (task/flow runs, states, caching, the
@@ -48,11 +55,55 @@ def time_stage_bodies():
     for name, task in stages.items():
         def timed(*args, __fn=task.fn, __name=name, **kwargs):
             t = _time.perf_counter()
+            _IN_BODY.append(__name)
             try:
                 return __fn(*args, **kwargs)
             finally:
+                _IN_BODY.pop()
                 STAGE_S[__name] = STAGE_S.get(__name, 0.0) + _time.perf_counter() - t
         task.fn = functools.wraps(task.fn)(timed)
+def _timed_call(fn):
+    # outermost call only (a tracker method calling the client counts once), main thread, in a body
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        depth = getattr(_DEPTH, "n", 0)
+        if depth or not _IN_BODY or threading.current_thread() is not threading.main_thread():
+            return fn(*args, **kwargs)
+        _DEPTH.n = 1
+        t = _time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            _DEPTH.n = 0
+            TRACKING_S[_IN_BODY[-1]] = TRACKING_S.get(_IN_BODY[-1], 0.0) + _time.perf_counter() - t
+    return wrapper
+def time_tracking_calls():
+    # The direct account of the in-body overhead: every call the stage bodies make into MLflow's
+    # client, our tracker, the registry and Prefect's artifacts (all the bare side skips),
+    # timed on the main thread. The metric sender thread works beside training and is not counted.
+    import inspect
+    from mlflow.tracking import MlflowClient
+    import prefect.artifacts, tasks.context, tasks.registry, tasks.tracking
+    for cls in (MlflowClient, tasks.tracking.MlflowTracker):
+        for attr, member in list(vars(cls).items()):
+            if inspect.isfunction(member) and (attr == "__init__" or not attr.startswith("_")):
+                setattr(cls, attr, _timed_call(member))
+    for attr in ("register", "log_checkpoint", "publish_markdown", "publish_agreement", "parent_tracker"):
+        setattr(tasks.context.StageContext, attr, _timed_call(getattr(tasks.context.StageContext, attr)))
+    for module, names in ((tasks.registry, ("register_candidate", "promote_if_better")),
+                          (prefect.artifacts, ("create_markdown_artifact", "create_table_artifact", "create_link_artifact"))):
+        for attr in names:
+            if hasattr(module, attr):
+                setattr(module, attr, _timed_call(getattr(module, attr)))
+def server_cpu_s():
+    # CPU of the live child processes (the ephemeral Prefect API server): it competes with training for the 2 cores
+    total = 0.0
+    for child in psutil.Process().children(recursive=True):
+        try:
+            total += sum(child.cpu_times()[:2])
+        except psutil.Error:
+            pass
+    return total
 def cpu_s():
     # user + system CPU of this process, of its children already reaped, and of the live ones (the Prefect API server)
     me = psutil.Process()
@@ -114,10 +165,12 @@ t0 = time.perf_counter()
 from flows.stages import rlhf_pipeline
 imports = time.perf_counter() - t0
 time_stage_bodies()
-t0, c0 = time.perf_counter(), cpu_s()
+time_tracking_calls()
+t0, c0, s0 = time.perf_counter(), cpu_s(), server_cpu_s()
 rlhf_pipeline(cfg)
 print(json.dumps({"stages_s": time.perf_counter() - t0, "stages_cpu_s": cpu_s() - c0, "imports_s": imports,
-                  "prefect_startup_s": startup, "stage_bodies_s": STAGE_S}))
+                  "prefect_startup_s": startup, "stage_bodies_s": STAGE_S, "tracking_calls_s": TRACKING_S,
+                  "server_cpu_s": server_cpu_s() - s0}))
 """
 
 
@@ -158,12 +211,35 @@ def breakdown(runs: dict[str, list[dict]]) -> dict:
     for name, row in bodies.items():
         row["overhead_s"] = round(row["orchestrated"] - row["bare"], 2)
     outside = {mode: statistics.median(r["stages_s"] - sum(r["stage_bodies_s"].values()) for r in runs[mode]) for mode in runs}
-    return {
+    engine = outside["orchestrated"] - outside["bare"]
+    out = {
         "stage_bodies_s": bodies,
         "outside_bodies_s": {mode: round(v, 2) for mode, v in outside.items()},
-        "engine_overhead_s": round(outside["orchestrated"] - outside["bare"], 2),
+        "engine_overhead_s": round(engine, 2),
         "in_body_tracking_overhead_s": round(sum(row["overhead_s"] for row in bodies.values()), 2),
     }
+    orchestrated = [r for r in runs["orchestrated"] if "tracking_calls_s" in r]
+    if orchestrated:
+        # The direct account, free of the bodies' run-to-run noise: Prefect's engine (outside the
+        # bodies) + the tracking calls the bodies make (timed, main thread) + the API server's CPU
+        # shared out over the cores it competes for (an upper bound on its slowdown of training).
+        calls = statistics.median(sum(r["tracking_calls_s"].values()) for r in orchestrated)
+        server = statistics.median(r["server_cpu_s"] for r in orchestrated)
+        stages_s = statistics.median(r["stages_s"] for r in orchestrated)
+        cores = os.cpu_count() or 1
+        accounted = engine + calls + server / cores
+        out["tracking_calls_s"] = {
+            name: round(statistics.median(r["tracking_calls_s"].get(name, 0.0) for r in orchestrated), 2) for name in stages
+        }
+        out["accounted"] = {
+            "engine_s": round(engine, 2),
+            "tracking_calls_s": round(calls, 2),
+            "server_cpu_s": round(server, 2),
+            "server_share_of_cores_s": round(server / cores, 2),
+            "overhead_s": round(accounted, 2),
+            "overhead_share": round(accounted / stages_s, 4),
+        }
+    return out
 
 
 def main() -> None:

@@ -19,6 +19,11 @@ and reports:
 * ``ppo_wall_s`` / ``eval_wall_s``.
 
 ``--skip-eval`` runs PPO only (the ``train`` figures); evaluate the chosen setting afterwards.
+
+``--select-on train`` runs the eval stage on the RL *training* prompts instead of the held-out
+ones (``eval`` is then labelled ``select``): the same paired PPO-vs-SFT figures, with fresh
+samples, on prompts a preset may be tuned on. With ``--set eval.n_prompts=96`` it is far less
+noisy than the per-step history (16 samples a step), and the held-out prompts stay unseen.
 """
 
 from __future__ import annotations
@@ -113,6 +118,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ppo_variants.json")
     ap.add_argument("--skip-eval", action="store_true",
                     help="run PPO only and report the training-prompt figures (the eval stage costs ~1 min per variant)")
+    ap.add_argument("--select-on", choices=("eval", "train"), default="eval",
+                    help="prompts the eval stage runs on: the held-out eval prompts (default) or the RL training "
+                         "prompts, for choosing settings without looking at the held-out set")
     args = ap.parse_args(argv)
 
     from tasks.artifacts import RunDir
@@ -130,7 +138,10 @@ def main(argv: list[str] | None = None) -> int:
         if run.path.exists():
             shutil.rmtree(run.path)
         for stage in SHARED_STAGES:  # outputs.json holds absolute paths into the base run
-            run.record_outputs(stage, base.outputs(stage))
+            outputs = dict(base.outputs(stage))
+            if stage == "data" and args.select_on == "train":
+                outputs["eval_prompts"] = outputs["rl_prompts"]
+            run.record_outputs(stage, outputs)
         ctx = StageContext(run_dir=str(run.path), parent_run_id="", experiment_id="", tracking_uri="",
                            register_models=False, tracking_enabled=False)
         sft_dir = base.outputs("sft")["model_dir"]
@@ -149,14 +160,17 @@ def main(argv: list[str] | None = None) -> int:
             "variant": name, "overrides": overrides, "run_dir": str(run.path),
             "ppo_wall_s": round(ppo_wall, 1), "eval_wall_s": round(eval_wall, 1),
             "train": {k: quarter_means(history, k) for k in ("ppo/gold", "ppo/reward", "ppo/kl", "ppo/response_length")},
-            "eval": {k: v for k, v in eval_json.get("metrics", {}).items() if k.startswith("eval/")},
+            "eval" if args.select_on == "eval" else "select": {
+                k: v for k, v in eval_json.get("metrics", {}).items() if k.startswith("eval/")
+            },
         }
         results.append(entry)
-        e = entry["eval"]
+        e = entry["eval" if args.select_on == "eval" else "select"]
         print(f"    ppo {ppo_wall:.0f} s, train gold {entry['train']['ppo/gold']}, "
               f"eval gold delta CI low {e.get('eval/gold_delta_ci_low')}, win {e.get('eval/gold_win_rate_vs_sft')}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)
         args.out.write_text(json.dumps({"from_run": str(base.path), "config": args.config, "set": args.set,
+                                        "select_on": args.select_on,
                                         "variants": results}, indent=2))
     print(f"wrote {args.out}")
     return 0

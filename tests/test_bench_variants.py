@@ -47,3 +47,23 @@ def test_overhead_breakdown_splits_engine_from_in_body_tracking():
     assert out["outside_bodies_s"] == {"bare": 1.0, "orchestrated": 4.0}
     assert out["engine_overhead_s"] == 3.0
     assert out["in_body_tracking_overhead_s"] == 6.0
+    assert "accounted" not in out  # runs from before the tracking calls were timed
+
+
+def test_overhead_accounted_directly_from_engine_tracking_calls_and_server_cpu(monkeypatch):
+    monkeypatch.setattr("bench.orchestration_overhead.os.cpu_count", lambda: 2)
+    runs = {
+        "bare": [{"stages_s": 31.0, "stage_bodies_s": {"sft": 10.0, "ppo": 20.0}}],
+        "orchestrated": [
+            {"stages_s": 40.0, "stage_bodies_s": {"sft": 11.0, "ppo": 25.0}, "server_cpu_s": 2.0,
+             "tracking_calls_s": {"sft": 0.5, "ppo": 1.5}},
+            {"stages_s": 50.0, "stage_bodies_s": {"sft": 11.0, "ppo": 35.0}, "server_cpu_s": 4.0,
+             "tracking_calls_s": {"sft": 1.5, "ppo": 2.5}},
+        ],
+    }
+    out = breakdown(runs)
+    assert out["engine_overhead_s"] == 3.0  # outside the bodies: 4 s orchestrated (both), 1 s bare
+    assert out["tracking_calls_s"] == {"ppo": 2.0, "sft": 1.0}
+    # engine 3 + calls (median of 2 and 4) 3 + server (median 3 CPU-s) over 2 cores 1.5 = 7.5 s of the median 45 s
+    assert out["accounted"] == {"engine_s": 3.0, "tracking_calls_s": 3.0, "server_cpu_s": 3.0,
+                                "server_share_of_cores_s": 1.5, "overhead_s": 7.5, "overhead_share": round(7.5 / 45, 4)}

@@ -331,6 +331,37 @@ def test_missing_eos_penalty():
     assert apply_missing_eos_penalty(scores, has_eos, None).tolist() == [1.0, 2.0, 3.0]
 
 
+@pytest.mark.parametrize("seed", SEEDS)
+@pytest.mark.parametrize("k", [1, 2, 4])
+def test_centre_scores_matches_naive_leave_one_out(seed, k):
+    from rlhf_core.ppo.score import centre_scores
+
+    gen = torch.Generator().manual_seed(seed)
+    scores = torch.randn(8, generator=gen, dtype=torch.float64) * 3 + 5
+    got = centre_scores(scores, k)
+    s = scores.tolist()
+    if k == 1:
+        want = [x - sum(s) / len(s) for x in s]
+    else:  # groups of k consecutive samples; the baseline is the mean of the k - 1 others
+        want = []
+        for i, x in enumerate(s):
+            group = s[i - i % k : i - i % k + k]
+            want.append(x - (sum(group) - x) / (k - 1))
+    assert got.tolist() == pytest.approx(want, abs=1e-12)
+    # a per-prompt offset cancels with k > 1 (and only a global one with k == 1)
+    offsets = torch.arange(8, dtype=torch.float64).div(k, rounding_mode="floor") * 10 if k > 1 else torch.full((8,), 7.0)
+    assert centre_scores(scores + offsets, k).tolist() == pytest.approx(got.tolist(), abs=1e-9)
+
+
+def test_centre_scores_rejects_bad_groups():
+    from rlhf_core.ppo.score import centre_scores
+
+    with pytest.raises(ValueError, match="groups of 3 samples per prompt"):
+        centre_scores(torch.zeros(8), 3)
+    with pytest.raises(ValueError, match=r"shape \(B,\)"):
+        centre_scores(torch.zeros(2, 4), 2)
+
+
 # ----------------------------------------------------------------------------- retokenize
 # Sampled text can start with whitespace; with the SmolLM2 chat template "\n\n..." merges with the
 # assistant header's trailing "\n" into one token, so the prompt's ids are not a prefix of the exchange's.

@@ -335,6 +335,8 @@ def test_bad_inputs_fail_clearly(tok, tmp_path):
         train_ppo(ppo_cfg(value_init="reward"), tiny_llama(tok), tok, reward, tok, PROMPTS, output_dir=tmp_path)
     with pytest.raises(Exception, match="rollout_batch_size"):
         ppo_cfg(rollout_batch_size=6)
+    with pytest.raises(Exception, match=r"multiple of samples_per_prompt \(3\)"):
+        ppo_cfg(samples_per_prompt=3)
 
 
 # ----------------------------------------------------------------------------- real tokenizer, RM, LoRA
@@ -399,3 +401,16 @@ def test_ppo_ptx_mixes_in_sft_loss(tok, tmp_path):
     assert len(ptx) == 2 and all(math.isfinite(v) and v > 0 for v in ptx)
     with pytest.raises(ConfigError, match="ptx_examples"):
         train_ppo(cfg, tiny_llama(tok), tok, TokenFractionReward(5, n=8), tok, PROMPTS, output_dir=tmp_path / "x")
+
+
+def test_samples_per_prompt_puts_each_prompts_samples_side_by_side(tok, tmp_path):
+    reward = RecordingTextReward(tok)
+    cfg = ppo_cfg(optim={"max_steps": 2}, samples_per_prompt=4, center_scores=True)
+    result = train_ppo(cfg, tiny_llama(tok), tok, reward, tok, PROMPTS, output_dir=tmp_path)
+    assert result.steps == 2 and len(reward.texts) == 2 * cfg.rollout_size
+    prompts = [[p for p in PROMPTS if t.startswith(p)] for t in reward.texts]
+    assert all(len(p) == 1 for p in prompts), reward.texts
+    prompts = [p[0] for p in prompts]
+    groups = [prompts[i : i + 4] for i in range(0, len(prompts), 4)]  # 2 prompts x 4 samples per step
+    assert all(len(set(g)) == 1 for g in groups), groups
+    assert len({g[0] for g in groups}) == 4  # steps 1-2 walk on through the prompt order

@@ -37,6 +37,15 @@ class PPOConfig(StrictModel):
             "(None = exactly that: one minibatch per epoch)."
         ),
     )
+    samples_per_prompt: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Responses sampled per prompt in a rollout batch (rollout_batch_size / samples_per_prompt prompts a step). "
+            "With center_scores, a score > 1 is centred on its sibling samples' mean (leave-one-out), so the "
+            "advantage says which answer to the same prompt was better, not which prompt scores high."
+        ),
+    )
     ppo_epochs: int = Field(4, ge=1, description="Passes over each rollout batch (InstructGPT/TRL: 4).")
     prompt_format: PromptFormat = Field(
         "auto", description="How prompts are rendered for the policy ('chat', 'plain', 'auto'); must match SFT's."
@@ -74,9 +83,10 @@ class PPOConfig(StrictModel):
     center_scores: bool = Field(
         False,
         description=(
-            "Subtract the rollout batch's mean score (after the missing-EOS penalty) before it is added at "
-            "the last token. A reward model's offset is arbitrary; centred, a value head that starts near 0 "
-            "is not off by it on every return, so early advantages do not depend on token position."
+            "Subtract a baseline from each score (after the missing-EOS penalty) before it is added at the last "
+            "token: the rollout batch's mean, or with samples_per_prompt > 1 the mean of the prompt's other samples. "
+            "A reward model's offset is arbitrary; centred, a value head that starts at 0 is not off by it on every "
+            "return, so early advantages do not depend on token position."
         ),
     )
     ptx_coef: float = Field(
@@ -118,6 +128,15 @@ class PPOConfig(StrictModel):
             raise ValueError(
                 f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of optim.batch_size * "
                 f"optim.grad_accum_steps ({minibatch})"
+            )
+        return self
+
+    @model_validator(mode="after")
+    def _samples_divide(self) -> PPOConfig:
+        if self.rollout_size % self.samples_per_prompt:
+            raise ValueError(
+                f"the rollout batch ({self.rollout_size} responses) must be a multiple of samples_per_prompt "
+                f"({self.samples_per_prompt})"
             )
         return self
 

@@ -110,3 +110,24 @@ def apply_missing_eos_penalty(scores: torch.Tensor, has_eos: torch.Tensor, penal
     if not penalty:
         return scores
     return torch.where(has_eos, scores, scores - penalty)
+
+
+def centre_scores(scores: torch.Tensor, samples_per_prompt: int = 1) -> torch.Tensor:
+    """Scores (B,) minus a baseline that carries no information about the response itself.
+
+    ``samples_per_prompt == 1``: the rollout batch's mean (the reward model's offset is arbitrary).
+    ``samples_per_prompt = k > 1`` (the batch holds each prompt's ``k`` samples consecutively):
+    the mean of the *other* ``k - 1`` samples of the same prompt (leave-one-out, as RLOO,
+    Ahmadian et al. 2024), so what the prompt alone contributes to the score cancels and each
+    sample is judged only against its siblings; unbiased, as no sample is its own baseline.
+    """
+    if scores.dim() != 1:
+        raise ValueError(f"centre_scores: expected scores of shape (B,), got {tuple(scores.shape)}")
+    k = samples_per_prompt
+    if k < 1 or scores.shape[0] % k:
+        raise ValueError(f"centre_scores: {scores.shape[0]} scores do not split into groups of {k} samples per prompt")
+    if k == 1:
+        return scores - scores.mean()
+    groups = scores.view(-1, k)  # (B/k, k)
+    others = (groups.sum(-1, keepdim=True) - groups) / (k - 1)  # (B/k, k)
+    return (groups - others).reshape(-1)

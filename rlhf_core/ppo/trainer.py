@@ -58,7 +58,14 @@ from rlhf_core.ppo.kl import (
 )
 from rlhf_core.ppo.loss import entropy_from_logits, explained_variance, ppo_policy_loss, ppo_value_loss, ptx_loss, token_sum
 from rlhf_core.ppo.rollout import Rollout, left_pad, rollout
-from rlhf_core.ppo.score import RewardFn, apply_missing_eos_penalty, retokenize, reward_scores, tokenizers_match
+from rlhf_core.ppo.score import (
+    RewardFn,
+    apply_missing_eos_penalty,
+    centre_scores,
+    retokenize,
+    reward_scores,
+    tokenizers_match,
+)
 from rlhf_core.ppo.value import PolicyWithValue, build_policy_with_value
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (
@@ -308,6 +315,7 @@ def train_ppo(
         "stage": STAGE,
         "seed": seed,
         "rollout_size": cfg.rollout_size,
+        "samples_per_prompt": cfg.samples_per_prompt,
         "minibatch_size": cfg.minibatch_size,
         "batch_size": optim.batch_size,
         "value_model": cfg.value_model,
@@ -319,7 +327,8 @@ def train_ppo(
     last_ckpt = _resolve_resume(resume, root, STAGE)
     if last_ckpt is not None:
         state = load_checkpoint(last_ckpt, stage=STAGE, model=model, optimizer=optimizer, scheduler=scheduler)
-        differs = {k: (state["fingerprint"].get(k), v) for k, v in run_fp.items() if state["fingerprint"].get(k) != v}
+        saved = {"samples_per_prompt": 1, **state["fingerprint"]}  # checkpoints from before the option: 1
+        differs = {k: (saved.get(k), v) for k, v in run_fp.items() if saved.get(k) != v}
         if differs:
             detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differs.items())
             raise TrainingError(
@@ -357,7 +366,8 @@ def train_ppo(
     try:
         for step in range(start_step, optim.max_steps):
             number = step + 1
-            batch_items = [items[i] for i in prompt_indices(step, B, len(items), seed)]
+            k = cfg.samples_per_prompt  # each prompt's k samples sit next to each other (centre_scores' groups)
+            batch_items = [items[i] for i in prompt_indices(step, B // k, len(items), seed) for _ in range(k)]
 
             # 1. rollout
             t0 = time.perf_counter()
@@ -419,7 +429,7 @@ def train_ppo(
                 number = step  # this step did not train
                 break
             kl_coef = kl_ctl.value
-            rl_scores = scores - scores.mean() if cfg.center_scores else scores  # (B,)
+            rl_scores = centre_scores(scores, cfg.samples_per_prompt) if cfg.center_scores else scores  # (B,)
             rewards = kl_penalized_rewards(rl_scores, logprobs, ref_lp, mask, kl_coef, cfg.kl_estimator)  # (B, R)
 
             # 4b. GAE + whitening

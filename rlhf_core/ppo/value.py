@@ -79,14 +79,21 @@ class ValueModel(torch.nn.Module):
 
 
 class ValueHead(torch.nn.Module):
-    """Shared-backbone critic: ``Linear(H, 1)`` on the policy's final hidden state."""
+    """Shared-backbone critic: ``Linear(H, 1)`` on the policy's final hidden state, starting at 0.
+
+    Zero weights and bias: every value starts at 0, which is what a centred score's return is
+    worth on average, and no value gradient reaches the policy's trunk before the head has
+    learnt something. (A random head on SmolLM2's hidden states starts O(1) off on every token:
+    its noise swamped the score in the first steps' advantages, explained variance ~ -3.)
+    ``seed`` is kept for the signature; the init draws nothing.
+    """
 
     def __init__(self, hidden_size: int, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
-        from rlhf_core.reward.model import init_reward_head
-
         self.linear = torch.nn.Linear(hidden_size, 1, dtype=dtype)
-        init_reward_head(self.linear, seed=seed)
+        with torch.no_grad():
+            self.linear.weight.zero_()
+            self.linear.bias.zero_()
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         return self.linear(hidden).squeeze(-1).float()  # (B, T, H) -> (B, T)
