@@ -20,6 +20,10 @@ and reports:
 
 ``--skip-eval`` runs PPO only (the ``train`` figures); evaluate the chosen setting afterwards.
 
+``--fixed-prompts N`` is a diagnostic: PPO trains on the first N benign RL prompts only (with
+``ppo.samples_per_prompt`` and a rollout batch of N x that, every step samples the same prompts),
+so the per-step ``ppo/reward`` history shows whether PPO raises the reward model's score at all.
+
 ``--select-on train`` runs the eval stage on the RL *training* prompts instead of the held-out
 ones (``eval`` is then labelled ``select``): the same paired PPO-vs-SFT figures, with fresh
 samples, on prompts a preset may be tuned on. With ``--set eval.n_prompts=96`` it is far less
@@ -103,6 +107,23 @@ def final_history(checkpoints: Path) -> list[dict[str, float]]:
     return json.loads((steps[-1] / TRAINER_STATE).read_text())["history"]
 
 
+def fixed_prompts(rl_prompts: Path, n: int, run_dir: Path) -> str:
+    """The first ``n`` benign prompts of ``rl_prompts``, written into ``run_dir``; their path."""
+    import pandas as pd
+
+    if n < 1:
+        raise SystemExit(f"--fixed-prompts {n}: needs at least 1 prompt")
+    frame = pd.read_parquet(rl_prompts)
+    if "harmful" in frame:
+        frame = frame[~frame["harmful"].fillna(False).astype(bool)]
+    if len(frame) < n:
+        raise SystemExit(f"--fixed-prompts {n}: {rl_prompts} has only {len(frame)} benign prompts")
+    run_dir.mkdir(parents=True, exist_ok=True)
+    out = run_dir / f"rl_prompts_first{n}.parquet"
+    frame.head(n).to_parquet(out)
+    return str(out)
+
+
 def add_variant_arguments(ap: argparse.ArgumentParser, stages: str) -> None:
     """--from-run (whose ``stages`` finished), --config, --set and --variant: the options both variant scripts take."""
     ap.add_argument("--from-run", type=Path, required=True, help=f"a run directory whose {stages} stages finished")
@@ -118,6 +139,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "ppo_variants.json")
     ap.add_argument("--skip-eval", action="store_true",
                     help="run PPO only and report the training-prompt figures (the eval stage costs ~1 min per variant)")
+    ap.add_argument("--fixed-prompts", type=int, default=None, metavar="N",
+                    help="a diagnostic: PPO trains on the first N benign RL prompts only, so every step revisits "
+                         "them and the per-step reward history is comparable (does PPO raise the RM score at all?)")
     ap.add_argument("--select-on", choices=("eval", "train"), default="eval",
                     help="prompts the eval stage runs on: the held-out eval prompts (default) or the RL training "
                          "prompts, for choosing settings without looking at the held-out set")
@@ -141,6 +165,8 @@ def main(argv: list[str] | None = None) -> int:
             outputs = dict(base.outputs(stage))
             if stage == "data" and args.select_on == "train":
                 outputs["eval_prompts"] = outputs["rl_prompts"]
+            if stage == "data" and args.fixed_prompts:
+                outputs["rl_prompts"] = fixed_prompts(Path(outputs["rl_prompts"]), args.fixed_prompts, run.path)
             run.record_outputs(stage, outputs)
         ctx = StageContext(run_dir=str(run.path), parent_run_id="", experiment_id="", tracking_uri="",
                            register_models=False, tracking_enabled=False)
@@ -160,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
             "variant": name, "overrides": overrides, "run_dir": str(run.path),
             "ppo_wall_s": round(ppo_wall, 1), "eval_wall_s": round(eval_wall, 1),
             "train": {k: quarter_means(history, k) for k in ("ppo/gold", "ppo/reward", "ppo/kl", "ppo/response_length")},
+            "reward_per_step": [round(h["ppo/reward"], 4) for h in history if "ppo/reward" in h],
+            "kl_per_step": [round(h["ppo/kl"], 4) for h in history if "ppo/kl" in h],
             "eval" if args.select_on == "eval" else "select": {
                 k: v for k, v in eval_json.get("metrics", {}).items() if k.startswith("eval/")
             },

@@ -67,3 +67,16 @@ def test_overhead_accounted_directly_from_engine_tracking_calls_and_server_cpu(m
     # engine 3 + calls (median of 2 and 4) 3 + server (median 3 CPU-s) over 2 cores 1.5 = 7.5 s of the median 45 s
     assert out["accounted"] == {"engine_s": 3.0, "tracking_calls_s": 3.0, "server_cpu_s": 3.0,
                                 "server_share_of_cores_s": 1.5, "overhead_s": 7.5, "overhead_share": round(7.5 / 45, 4)}
+
+
+def test_fixed_prompts_keeps_the_first_benign_ones(tmp_path):
+    from bench.ppo_variants import fixed_prompts
+
+    src = tmp_path / "rl.parquet"
+    pd.DataFrame({"id": list("abcde"), "prompt": list("ABCDE"), "harmful": [False, True, None, False, False]}).to_parquet(src)
+    out = pd.read_parquet(fixed_prompts(src, 3, tmp_path / "run"))
+    assert list(out["id"]) == ["a", "c", "d"]  # b is harmful; a missing flag counts benign
+    with pytest.raises(SystemExit, match="only 4 benign prompts"):
+        fixed_prompts(src, 5, tmp_path / "run")
+    with pytest.raises(SystemExit, match="at least 1"):
+        fixed_prompts(src, 0, tmp_path / "run")
