@@ -150,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
     from tasks.artifacts import RunDir
 
     base, variants = open_base_run(args.from_run, SHARED_STAGES, args.variant)
+    eval_key = "eval" if args.select_on == "eval" else "select"  # the figures' prompts, named in the JSON
     results: list[dict[str, Any]] = []
     for name, overrides in variants:
         cfg = variant_config(args.config, base, [*args.set, *overrides])
@@ -188,12 +189,10 @@ def main(argv: list[str] | None = None) -> int:
             "train": {k: quarter_means(history, k) for k in ("ppo/gold", "ppo/reward", "ppo/kl", "ppo/response_length")},
             "reward_per_step": [round(h["ppo/reward"], 4) for h in history if "ppo/reward" in h],
             "kl_per_step": [round(h["ppo/kl"], 4) for h in history if "ppo/kl" in h],
-            "eval" if args.select_on == "eval" else "select": {
-                k: v for k, v in eval_json.get("metrics", {}).items() if k.startswith("eval/")
-            },
+            eval_key: {k: v for k, v in eval_json.get("metrics", {}).items() if k.startswith("eval/")},
         }
         results.append(entry)
-        e = entry["eval" if args.select_on == "eval" else "select"]
+        e = entry[eval_key]
         print(f"    ppo {ppo_wall:.0f} s, train gold {entry['train']['ppo/gold']}, "
               f"eval gold delta CI low {e.get('eval/gold_delta_ci_low')}, win {e.get('eval/gold_win_rate_vs_sft')}", flush=True)
         args.out.parent.mkdir(parents=True, exist_ok=True)

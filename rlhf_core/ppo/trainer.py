@@ -351,6 +351,7 @@ def train_ppo(
     # -- the loop ---------------------------------------------------------------------
     params = [p for p in model.parameters() if p.requires_grad]
     B, mb_size = cfg.rollout_size, cfg.minibatch_size
+    per_prompt = cfg.samples_per_prompt  # a prompt's samples sit next to each other (centre_scores' groups)
     # the micro-batch of the scoring passes and the update: halved after an out-of-memory error
     micro = int(micro_restored or optim.batch_size)
     stopped, reason = False, None
@@ -366,8 +367,8 @@ def train_ppo(
     try:
         for step in range(start_step, optim.max_steps):
             number = step + 1
-            k = cfg.samples_per_prompt  # each prompt's k samples sit next to each other (centre_scores' groups)
-            batch_items = [items[i] for i in prompt_indices(step, B // k, len(items), seed) for _ in range(k)]
+            prompts_now = prompt_indices(step, B // per_prompt, len(items), seed)
+            batch_items = [items[i] for i in prompts_now for _ in range(per_prompt)]
 
             # 1. rollout
             t0 = time.perf_counter()

@@ -85,10 +85,9 @@ class ValueHead(torch.nn.Module):
     worth on average, and no value gradient reaches the policy's trunk before the head has
     learnt something. (A random head on SmolLM2's hidden states starts O(1) off on every token:
     its noise swamped the score in the first steps' advantages, explained variance ~ -3.)
-    ``seed`` is kept for the signature; the init draws nothing.
     """
 
-    def __init__(self, hidden_size: int, *, seed: int = 0, dtype: torch.dtype = torch.float32) -> None:
+    def __init__(self, hidden_size: int, *, dtype: torch.dtype = torch.float32) -> None:
         super().__init__()
         self.linear = torch.nn.Linear(hidden_size, 1, dtype=dtype)
         with torch.no_grad():
@@ -165,7 +164,7 @@ def build_policy_with_value(
             )
         hidden = _unwrap_peft(policy).config.hidden_size
         dtype = next(policy.parameters()).dtype
-        head = ValueHead(hidden, seed=seed, dtype=dtype).to(next(policy.parameters()).device)
+        head = ValueHead(hidden, dtype=dtype).to(next(policy.parameters()).device)
         return PolicyWithValue(policy, value_head=head)
     if init == "reward":
         if reward_model is None:
