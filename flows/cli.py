@@ -320,18 +320,37 @@ def main() -> None:
     except KeyboardInterrupt:
         _console(stderr=True).print("[yellow]interrupted[/]")
         sys.exit(130)
-    except Exception as exc:  # click usage errors and aborts
-        import click
-
-        if isinstance(exc, click.exceptions.ClickException):
+    except Exception as exc:  # usage errors and aborts
+        usage, exits, aborts = _cli_exception_types()
+        if isinstance(exc, usage):
             exc.show()
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Exit):
+        if isinstance(exc, exits):
             sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.Abort):
+        if isinstance(exc, aborts):
             sys.exit(1)
         raise
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _cli_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
+    """(usage errors, exits, aborts): click's, and those of the copy of click newer typers vendor
+    (typer._click), whose classes do not derive from click's; a bad option raises typer's."""
+    import click
+
+    usage: list[type] = [click.exceptions.ClickException]
+    exits: list[type] = [click.exceptions.Exit]
+    aborts: list[type] = [click.exceptions.Abort]
+    try:
+        import typer.exceptions
+        from typer._click.exceptions import ClickException
+    except ImportError:  # a typer that uses click itself
+        pass
+    else:
+        usage.append(ClickException)
+        exits.append(typer.exceptions.Exit)
+        aborts.append(typer.exceptions.Abort)
+    return tuple(usage), tuple(exits), tuple(aborts)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -40,3 +40,11 @@ def test_rlhf_help_lists_subcommands():
     assert out.returncode == 0, out.stderr
     for command in ("run", "config", "model", "data"):
         assert command in out.stdout
+
+
+def test_unknown_option_is_a_usage_error_not_a_traceback():
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--no-such-flag"], capture_output=True, text=True,
+                         cwd=REPO)
+    assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
+    assert "No such option" in out.stderr and "--no-such-flag" in out.stderr
+    assert "Traceback" not in out.stderr
