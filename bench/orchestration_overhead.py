@@ -106,14 +106,7 @@ def server_cpu_s():
     return total
 def cpu_s():
     # user + system CPU of this process, of its children already reaped, and of the live ones (the Prefect API server)
-    me = psutil.Process()
-    total = sum(me.cpu_times()[:4])
-    for child in me.children(recursive=True):
-        try:
-            total += sum(child.cpu_times()[:2])
-        except psutil.Error:
-            pass
-    return total
+    return sum(psutil.Process().cpu_times()[:4]) + server_cpu_s()
 """
 
 BARE = CPU + r"""
@@ -222,7 +215,7 @@ def breakdown(runs: dict[str, list[dict]]) -> dict:
     if orchestrated:
         # The direct account, free of the bodies' run-to-run noise: Prefect's engine (outside the
         # bodies) + the tracking calls the bodies make (timed, main thread) + the API server's CPU
-        # shared out over the cores it competes for (an upper bound on its slowdown of training).
+        # shared out over the cores it competes for (an estimate of its slowdown of training).
         calls = statistics.median(sum(r["tracking_calls_s"].values()) for r in orchestrated)
         server = statistics.median(r["server_cpu_s"] for r in orchestrated)
         stages_s = statistics.median(r["stages_s"] for r in orchestrated)
