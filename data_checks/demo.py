@@ -237,6 +237,15 @@ class DemoDataConfig(StrictModel):
         0.35, ge=0, le=1, description="Share of prompts that get a second sampled reply (sample-vs-sample pairs)."
     )
     greedy_fraction: float = Field(0.25, ge=0, le=1, description="Share of prompts that get a greedy reply (loops).")
+    ranked_samples: int = Field(
+        2, ge=0, le=8,
+        description="Extra sampled replies per benign reply prompt, compared with the prompt's other samples "
+        "(InstructGPT's labelers ranked K outputs of the model itself): the on-policy pairs a reward model needs "
+        "to tell a better ordinary answer from a worse one, not just a loop or a refusal from an answer.",
+    )
+    ranked_pairs_per_prompt: int = Field(
+        2, ge=0, description="Sample-vs-sample pairs per benign prompt drawn from its samples (raw or trimmed).",
+    )
     pairs_per_prompt: tuple[int, int] = Field((2, 3), description="Preference pairs per prompt (min, max).")
     n_annotators: int = Field(5, ge=1, description="Annotators per pair (odd, so the majority is defined).")
     target_agreement: float = Field(
@@ -437,11 +446,16 @@ class Candidates:
     replies: dict[str, str]
 
 
+def ranked_name(j: int) -> str:
+    """The candidate key of the ``j``-th ranked sample: sample_c, sample_d, ..."""
+    return f"sample_{chr(ord('c') + j)}"
+
+
 def build_candidates(
     pool: list[PromptRow], sample_a: list[str], sample_b: dict[int, str], greedy: dict[int, str],
-    rng: random.Random,
+    rng: random.Random, ranked: dict[int, list[str]] | None = None,
 ) -> list[Candidates]:
-    """Attach sampled and deliberately bad replies to each reply prompt."""
+    """Attach sampled and deliberately bad replies to each reply prompt (``ranked``: extra samples by prompt)."""
     by_topic: dict[str, list[int]] = {}
     for i, p in enumerate(pool):
         by_topic.setdefault(p.topic, []).append(i)
@@ -450,9 +464,12 @@ def build_candidates(
         r: dict[str, str] = {"sample_a": sample_a[i]}
         if i in sample_b:
             r["sample_b"] = sample_b[i]
-        trimmed = trim_to_last_sentence(sample_a[i])
-        if trimmed != sample_a[i].strip():
-            r["trimmed_a"] = trimmed
+        for j, text in enumerate((ranked or {}).get(i, [])):
+            r[ranked_name(j)] = text
+        for key in [k for k in r if k.startswith("sample_")]:
+            trimmed = trim_to_last_sentence(r[key])
+            if trimmed != r[key].strip():
+                r["trimmed_" + key[len("sample_"):]] = trimmed
         if i in greedy:
             # Greedy decoding of this model often loops; keep it as a loop if it does.
             key = "loop" if gold_components(p.prompt, greedy[i]).non_repetition < 0.6 else "greedy"
@@ -482,18 +499,73 @@ HARMFUL_PAIR_KINDS: tuple[tuple[str, str], ...] = (
 )
 
 
+def _sample_letter(key: str) -> str | None:
+    """'c' for sample_c or trimmed_c (two forms of one sampled reply); None for other replies."""
+    kind, _, letter = key.partition("_")
+    return letter if kind in ("sample", "trimmed") and len(letter) == 1 else None
+
+
+def ranked_pair_kinds(
+    replies: dict[str, str], used: set[frozenset[str]] | frozenset[frozenset[str]] = frozenset(),
+) -> list[list[tuple[str, str]]]:
+    """One pair per two different samples of a prompt, each reply raw or trimmed (picked at random later).
+
+    Grouped by the two samples compared: ``(x raw vs y)`` and ``(x trimmed vs y)`` are the same
+    comparison up to a trailing fragment (the data stage would drop one as a near-duplicate), so
+    a pair of samples already compared (``used``) is skipped. Returns, per pair of samples, its
+    forms, e.g. ``[[("sample_a", "sample_c"), ("trimmed_a", "sample_c")], ...]``.
+    """
+    forms: dict[str, list[str]] = {}  # sample letter -> its keys ("sample_c", "trimmed_c")
+    for key in replies:
+        letter = _sample_letter(key)
+        if letter:
+            forms.setdefault(letter, []).append(key)
+    letters = sorted(forms)
+    out = []
+    for i, x in enumerate(letters):
+        for y in letters[i + 1:]:
+            if frozenset((x, y)) in used:
+                continue
+            options = [(ka, kb) for ka in forms[x] for kb in forms[y] if replies[ka].strip() != replies[kb].strip()]
+            if options:
+                out.append(options)
+    return out
+
+
 def build_pairs(cands: list[Candidates], cfg: DemoDataConfig, rng: random.Random) -> list[dict[str, Any]]:
-    """Pick a few pairs per prompt; order A/B at random (the panel has a position bias)."""
+    """Pick a few pairs per prompt; order A/B at random (the panel has a position bias).
+
+    Then, for benign prompts with ranked samples, ``ranked_pairs_per_prompt`` more pairs of two
+    of the prompt's own samples (each raw or trimmed to its last finished sentence): the
+    comparisons InstructGPT's labelers made, and the only ones in which both replies are the
+    ordinary kind of answer a fine-tuned policy gives. No two pairs of a prompt compare the same
+    two samples (raw or trimmed): the data stage would rightly drop one as a near-duplicate.
+    """
     pairs = []
-    for c in cands:
+    compared: dict[int, set[frozenset[str]]] = {}  # prompt -> pairs of samples already compared
+    for n, c in enumerate(cands):
         kinds = HARMFUL_PAIR_KINDS if c.prompt.harmful else BENIGN_PAIR_KINDS
         available = [k for k in kinds if k[0] in c.replies and k[1] in c.replies
                      and c.replies[k[0]].strip() != c.replies[k[1]].strip()]
         k = min(len(available), rng.randint(*cfg.pairs_per_prompt))
         for ka, kb in rng.sample(available, k):
+            samples = frozenset((_sample_letter(ka), _sample_letter(kb)))
+            if None not in samples and samples in compared.get(n, set()):
+                continue  # (a vs b) and (a trimmed vs b): one comparison up to a trailing fragment
+            compared.setdefault(n, set()).add(samples)
             if rng.random() < 0.5:
                 ka, kb = kb, ka
             pairs.append({"prompt": c.prompt, "a": c.replies[ka], "b": c.replies[kb], "kind": f"{ka}|{kb}"})
+    for n, c in enumerate(cands):
+        if c.prompt.harmful or not cfg.ranked_pairs_per_prompt:
+            continue
+        groups = ranked_pair_kinds(c.replies, compared.get(n, set()))
+        for options in rng.sample(groups, min(len(groups), cfg.ranked_pairs_per_prompt)):
+            ka, kb = rng.choice(options)
+            if rng.random() < 0.5:
+                ka, kb = kb, ka
+            pairs.append({"prompt": c.prompt, "a": c.replies[ka], "b": c.replies[kb], "kind": f"{ka}|{kb}",
+                          "ranked": True})
     return pairs
 
 
@@ -571,7 +643,7 @@ def label_pairs(
             **p["prompt"].public(), "chosen": chosen, "rejected": rejected, "annotator_labels": labels,
             # Vote margin: 1.0 unanimous, 0.2 for 3-2 with five annotators.
             "margin": round((2 * sum(labels) - len(labels)) / len(labels), 4),
-            "_kind": p["kind"], "_gold_chosen": p["gold_a"] if a_wins else p["gold_b"],
+            "_kind": p["kind"], "_ranked": p.get("ranked", False), "_gold_chosen": p["gold_a"] if a_wins else p["gold_b"],
             "_gold_rejected": p["gold_b"] if a_wins else p["gold_a"],
         })
     stats = {
@@ -742,6 +814,23 @@ def _sample_everything(
     return sample_a, sample_b, greedy
 
 
+def _sample_ranked(
+    texts: list[str], idx_r: list[int], model: Any, tokenizer: Any, cfg: DemoDataConfig, say: Callable[[str], None],
+) -> dict[int, list[str]]:
+    """``cfg.ranked_samples`` more samples for each prompt in ``idx_r`` (seeds after the first three passes)."""
+    import torch
+
+    threads_before = torch.get_num_threads()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    try:
+        passes = [sample_all([texts[i] for i in idx_r], model, tokenizer, cfg, greedy=False,
+                             seed=cfg.seed * 3 + 3 + j, log=say) for j in range(cfg.ranked_samples)]
+    finally:
+        torch.set_num_threads(threads_before)
+    return {i: [p[n] for p in passes] for n, i in enumerate(idx_r)}
+
+
 def _load_samples(
     path: Path | str, key: dict[str, Any]
 ) -> tuple[list[str], dict[int, str], dict[int, str], float] | None:
@@ -754,6 +843,17 @@ def _load_samples(
         return None
     return (saved["sample_a"], dict(zip(key["idx_b"], saved["sample_b"], strict=True)),
             dict(zip(key["idx_g"], saved["greedy"], strict=True)), float(saved.get("sampling_seconds", 0.0)))
+
+
+def _load_ranked(path: Path | str, key: dict[str, Any]) -> tuple[dict[int, list[str]], float] | None:
+    """The ranked samples saved beside the first ones (``samples.json`` -> ``ranked``), if ``key`` matches."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    ranked = json.loads(path.read_text(encoding="utf-8")).get("ranked") or {}
+    if ranked.get("key") != key:
+        return None
+    return (dict(zip(key["idx_r"], ranked["replies"], strict=True)), float(ranked.get("sampling_seconds", 0.0)))
 
 
 def make_demo_data(
@@ -798,24 +898,43 @@ def make_demo_data(
                    "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
                    "seed": cfg.seed}
     cached = _load_samples(samples_path, samples_key) if samples_path else None
+    # The ranked samples (a later addition) have their own key, so adding them did not resample the rest.
+    idx_r = [i for i, p in enumerate(pool) if not p.harmful] if cfg.ranked_samples else []
+    ranked_key = {"idx_r": idx_r, "n": cfg.ranked_samples, "first_seed": cfg.seed * 3 + 3}
+    cached_ranked = _load_ranked(samples_path, ranked_key) if samples_path and idx_r else None
+    model = tokenizer = None
     if cached is not None:
         say(f"demo data: reusing the sampled replies in {samples_path}")
         sample_a, sample_b, greedy, sampling_s = cached
-    else:
+    if cached is None or (idx_r and cached_ranked is None):
         say(f"demo data: loading model {cfg.model.base}")
         tokenizer = load_tokenizer(cfg.model, cache)
         model = load_causal_lm(cfg.model, cache, tokenizer).eval()
+    if cached is None:
         sample_a, sample_b, greedy = _sample_everything(texts, idx_b, idx_g, model, tokenizer, cfg, say)
         sampling_s = time.perf_counter() - t_sample
-        if samples_path:
-            Path(samples_path).write_text(json.dumps({
-                "key": samples_key, "sample_a": sample_a, "sample_b": [sample_b[i] for i in idx_b],
-                "greedy": [greedy[i] for i in idx_g], "sampling_seconds": sampling_s}, ensure_ascii=False),
-                encoding="utf-8")
-    n_sampled = len(sample_a) + len(sample_b) + len(greedy)
+    if cached_ranked is not None:
+        ranked, ranked_s = cached_ranked
+    elif idx_r:
+        t_ranked = time.perf_counter()
+        ranked = _sample_ranked(texts, idx_r, model, tokenizer, cfg, say)
+        ranked_s = time.perf_counter() - t_ranked
+    else:
+        ranked, ranked_s = {}, 0.0
+    if samples_path and (cached is None or (idx_r and cached_ranked is None)):
+        saved = {"key": samples_key, "sample_a": sample_a, "sample_b": [sample_b[i] for i in idx_b],
+                 "greedy": [greedy[i] for i in idx_g], "sampling_seconds": sampling_s}
+        if idx_r:
+            saved["ranked"] = {"key": ranked_key, "replies": [ranked[i] for i in idx_r],
+                               "sampling_seconds": ranked_s}
+        Path(samples_path).write_text(json.dumps(saved, ensure_ascii=False), encoding="utf-8")
+    n_sampled = len(sample_a) + len(sample_b) + len(greedy) + sum(len(v) for v in ranked.values())
+    # seconds spent sampling the reused replies when they were made (so the stats report the real cost)
+    reused_s = (sampling_s if cached is not None else 0.0) + (ranked_s if cached_ranked is not None else 0.0)
+    sampling_s += ranked_s
     say(f"demo data: sampled {n_sampled} replies in {sampling_s:.0f}s")
 
-    cands = build_candidates(pool, sample_a, sample_b, greedy, rng)
+    cands = build_candidates(pool, sample_a, sample_b, greedy, rng, ranked)
 
     # Demonstrations: the best (by gold) finished version of the model's own replies, a
     # rejection-sampling style demonstration; harmful prompts get a good refusal.
@@ -834,6 +953,7 @@ def make_demo_data(
     clean_labels = [r["annotator_labels"] for r in pref_rows]
     kinds = Counter(r["_kind"] for r in pref_rows)
     gold_agree = sum(r["_gold_chosen"] >= r["_gold_rejected"] for r in pref_rows) / max(1, len(pref_rows))
+    ranked_rows = [r for r in pref_rows if r["_ranked"]]
 
     demo_rows, demo_planted = finalize(plant_demonstration_defects(demos, pool, cfg, rng), "demo", rng)
     pref_final, pref_planted = finalize(plant_preference_defects(pref_rows, cands, cfg, rng), "pref", rng)
@@ -862,6 +982,9 @@ def make_demo_data(
             "measured_file": round(pairwise_agreement(file_labels), 4),
             "majority_agrees_with_gold": round(gold_agree, 4),
             "unanimous_share": round(sum(abs(r["margin"]) == 1.0 for r in pref_rows) / max(1, len(pref_rows)), 4),
+            "ranked_pairs": len(ranked_rows),
+            "ranked_majority_agrees_with_gold": round(
+                sum(r["_gold_chosen"] >= r["_gold_rejected"] for r in ranked_rows) / max(1, len(ranked_rows)), 4),
         },
         "pair_kinds": dict(sorted(kinds.items())),
         "benign_refusals_chosen_by_panel": sum(
@@ -870,7 +993,7 @@ def make_demo_data(
         "rl_prompts_per_user_top5": users.most_common(5),
         "generation": {
             "model": cfg.model.base, "sampled_replies": n_sampled, "sampling_seconds": round(sampling_s, 1),
-            "total_seconds": round(time.perf_counter() - t0 + (sampling_s if cached is not None else 0.0), 1), "torch": torch.__version__,
+            "total_seconds": round(time.perf_counter() - t0 + reused_s, 1), "torch": torch.__version__,
             "transformers": transformers.__version__, "python": platform.python_version(),
             "machine": platform.machine(),
         },
@@ -889,7 +1012,7 @@ def regenerate_command(out_dir: Path | str, cfg: DemoDataConfig, samples_path: P
     """
     default = DemoDataConfig()
     parts = [f"python -m data_checks.demo --out {out_dir} --seed {cfg.seed}"]
-    for name in ("n_prompts_per_topic", "n_rl_prompts_per_topic", "threads"):
+    for name in ("n_prompts_per_topic", "n_rl_prompts_per_topic", "ranked_samples", "threads"):
         if getattr(cfg, name) != getattr(default, name):
             parts.append(f"--{name.replace('_', '-')} {getattr(cfg, name)}")
     if cfg.model.base != default.model.base:
@@ -942,7 +1065,13 @@ Counts include the planted defects (raw files; the data stage curates them).
   replies in {g['sampling_seconds']:.0f} s ({g['total_seconds']:.0f} s in all; torch {g['torch']},
   transformers {g['transformers']}). Bad replies: refusals of benign prompts, loops (greedy decoding or a
   repeated opening clause), off-topic replies (another topic's reply). Harmful prompts: good refusals vs the
-  model's own compliance. Demonstrations are the best finished version (by gold score) of the model's replies.
+  model's own compliance. Demonstrations are the best finished version (by gold score) of the model's first
+  replies (the ranked samples below are only compared, never demonstrated).
+- **Ranked comparisons** (InstructGPT's labelers ranked K outputs of the model): {cfg['ranked_samples']} more
+  samples for every benign prompt, and {a['ranked_pairs']} pairs ({cfg['ranked_pairs_per_prompt']} per prompt) that
+  compare two of a prompt's own samples, each raw or trimmed to its last finished sentence. These are the
+  pairs in which both replies are ordinary answers, as a fine-tuned policy's are; the panel's majority
+  agrees with the gold scorer on {a['ranked_majority_agrees_with_gold']:.1%} of them.
 - **Preference labels**: a simulated panel of {a['n_annotators']} annotators. Annotator k prefers A with
   probability `sigmoid((gold(A) - gold(B)) / (tau * t_k) + b_k * tanh(dwords / 40) + p_k)` (gold score from
   `rlhf_core/gold.py`, per-annotator temperature t_k, length bias b_k, position bias p_k); tau = {a['tau']}
@@ -971,13 +1100,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--n-prompts-per-topic", type=int, default=28, help="benign prompts with replies per topic")
     parser.add_argument("--n-rl-prompts-per-topic", type=int, default=27)
+    parser.add_argument("--ranked-samples", type=int, default=DemoDataConfig().ranked_samples,
+                        help="extra samples per benign prompt, compared with each other (on-policy pairs)")
     parser.add_argument("--model", default=None, help="model source (default: smollm2-135m-instruct; 'tiny' for tests)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads while sampling")
     parser.add_argument("--samples", type=Path, default=None,
                         help="JSON file of raw sampled replies: reused if it matches, written otherwise")
     parser.add_argument("--cache-dir", type=Path, default=Path(".rlhf/models"), help="model cache directory")
     args = parser.parse_args(argv)
-    overrides: dict[str, Any] = {"n_rl_prompts_per_topic": args.n_rl_prompts_per_topic, "threads": args.threads}
+    overrides: dict[str, Any] = {"n_rl_prompts_per_topic": args.n_rl_prompts_per_topic, "threads": args.threads,
+                                 "ranked_samples": args.ranked_samples}
     if args.model:
         overrides["model"] = ModelConfig(base=args.model)
     try:

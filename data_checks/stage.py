@@ -11,8 +11,10 @@ that step and its reason in ``dropped.jsonl``):
 5. dedup within each split: exact (normalised hash), then near (MinHash + LSH); a row is the
    same as an earlier one only when its prompt AND its reply(ies) match (see DedupConfig);
 6. cross-split contamination: eval rows whose prompt near-duplicates a training prompt;
-7. per-user cap, counted in distinct prompts;
-8. coverage: RL prompts outside the preference prompts' support.
+7. per-user cap of demonstrations and preferences, counted in distinct prompts;
+8. coverage: RL prompts outside the preference prompts' support;
+9. per-user cap of RL prompts, counted among the prompts every other step kept (a heavy user's
+   off-support or duplicate prompts do not use up their quota).
 
 Outputs in ``out_dir``: demonstrations.parquet, preferences.parquet, rl_prompts.parquet
 (train split), eval_prompts.parquet, quarantine.jsonl, dropped.jsonl, report.json, report.md.
@@ -336,13 +338,23 @@ def run_data_stage(
     # 5-6. dedup within split, then eval-vs-train contamination
     report.dedup = timed("dedup", lambda: _dedup_step(frames, cfg, ledger))
 
-    # 7. per-user cap
-    for name in pf.apply_to if pf.user_cap_inputs is None else pf.user_cap_inputs:
+    def cap(name: str) -> None:
         frames[name] = ledger.drop(frames[name], user_cap_by_prompt(frames[name], pf.max_prompts_per_user),
                                    name, "filter")
 
+    capped = pf.apply_to if pf.user_cap_inputs is None else pf.user_cap_inputs
+    # 7. per-user cap of the labelled data (before coverage: the preference prompts define the support)
+    for name in capped:
+        if name != "rl_prompts":
+            cap(name)
+
     # 8. coverage of RL prompts by the preference prompts
-    report.coverage = timed("coverage", lambda: _coverage_step(frames, cfg, ledger))
+    coverage = timed("coverage", lambda: _coverage_step(frames, cfg, ledger))
+
+    # 9. per-user cap of RL prompts, among the prompts that passed every other step
+    if "rl_prompts" in capped:
+        cap("rl_prompts")
+    report.coverage = coverage(frames["rl_prompts"].index)  # what PPO is left with, after the cap
 
     # outputs
     rl = frames["rl_prompts"]
@@ -379,18 +391,22 @@ def run_data_stage(
     return report
 
 
-def _coverage_step(frames: dict[str, pd.DataFrame], cfg: DataConfig, ledger: _Ledger) -> dict[str, Any]:
+def _coverage_step(
+    frames: dict[str, pd.DataFrame], cfg: DataConfig, ledger: _Ledger
+) -> Callable[[pd.Index], dict[str, Any]]:
+    """Drop the RL prompts outside the support; return the summary as a function of the RL rows finally kept."""
     pf = cfg.prompt_filter
     rl, prefs = frames["rl_prompts"], frames["preferences"]
     if pf.coverage_method == "off":
-        return {"skipped": "prompt_filter.coverage_method is 'off'"}
+        return lambda _kept: {"skipped": "prompt_filter.coverage_method is 'off'"}
     if prefs.empty:
-        return {"skipped": "no preference prompts left to define the support"}
+        return lambda _kept: {"skipped": "no preference prompts left to define the support"}
     if rl.empty:
-        return {"skipped": "no RL prompts left"}
+        return lambda _kept: {"skipped": "no RL prompts left"}
     ref = prefs.drop_duplicates("prompt")  # rankings expand to many pairs per prompt
     cov = compute_coverage(list(rl["prompt"]), list(ref["prompt"]), list(ref["topic"]), method=pf.coverage_method,
                            threshold=pf.effective_coverage_threshold, n_topics=pf.coverage_topics)
     frames["rl_prompts"] = ledger.drop(rl, cov.reasons(rl.index), "rl_prompts", "filter")
     # "Reached" counts the RL prompts that train PPO: kept (inside) and in the train split.
-    return cov.summary(kept=cov.inside & ~_is_eval(rl).to_numpy())
+    train = ~_is_eval(rl).to_numpy()
+    return lambda kept: cov.summary(kept=cov.inside & train & rl.index.isin(kept))

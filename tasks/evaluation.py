@@ -153,7 +153,7 @@ def comparison_markdown(comparison: MethodComparison) -> str:
         lines += ["", (
             f"Reward model vs gold scorer on samples of the SFT model (pairs of best-of-N candidates, "
             f"{agreement.n} prompts): agree on {agreement.value:.3f} [{agreement.ci_low:.3f}, {agreement.ci_high:.3f}] "
-            "of the pairs (0.5 = chance). Near chance, optimising the reward cannot raise the gold score."
+            "of the pairs (0.5 = chance: the nearer to it, the less optimising the reward can raise the gold score)."
         )]
     return "\n".join(lines) + "\n"
 

@@ -276,3 +276,21 @@ def test_user_cap_inputs_and_duplicate_reasons(tmp_path):
     dropped = {d["id"]: d for d in map(json.loads, (tmp_path / "dropped.jsonl").read_text().splitlines())}
     assert "id 'pref-1'" in dropped["pref-dup-1"]["reason"]  # a duplicate names the row it repeats
     assert "id 'rl-near-1'" in dropped["rl-near-2"]["reason"]
+
+
+def test_user_cap_counts_only_prompts_every_other_step_kept(tmp_path):
+    """A heavy user's off-support prompt is dropped for coverage and does not use up their quota."""
+    rows = [json.loads(line) for line in (STAGE / "rl_prompts.jsonl").read_text(errors="replace").splitlines()
+            if line.startswith("{") and '"rl-bytes"' not in line]
+    ood = next(r for r in rows if r["id"] == "rl-ood-1")
+    rows.remove(ood)
+    first_cap = next(i for i, r in enumerate(rows) if r["id"] == "rl-cap-1")
+    rows.insert(first_cap, {**ood, "user_id": "u9"})  # u9's first prompt, ahead of rl-cap-1..4
+    path = tmp_path / "rl.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    run_data_stage(_cfg(rl_prompts=[path]), tmp_path / "out")
+    dropped = {d["id"]: d for d in map(json.loads, (tmp_path / "out" / "dropped.jsonl").read_text().splitlines())}
+    assert (dropped["rl-ood-1"]["stage"], dropped["rl-ood-1"]["rule"]) == ("filter", "coverage")
+    kept = set(pd.read_parquet(tmp_path / "out" / "rl_prompts.parquet")["id"])
+    assert {"rl-cap-1", "rl-cap-2", "rl-cap-3"} <= kept  # cap 3, counted among u9's in-support prompts
+    assert dropped["rl-cap-4"]["rule"] == "user_cap"

@@ -19,11 +19,14 @@ from data_checks.demo import (
     TOPICS,
     Annotator,
     DemoDataConfig,
+    Candidates,
+    build_pairs,
     build_prompts,
     calibrate_tau,
     expected_agreement,
     make_demo_data,
     pairwise_agreement,
+    ranked_pair_kinds,
     trim_to_last_sentence,
 )
 from rlhf_core.config import ModelConfig
@@ -78,7 +81,9 @@ def test_shipped_files_parse_and_match_stats(demo):
 
 def test_sizes_are_in_the_planned_ranges(demo):
     assert 400 <= len(demo["demonstrations"]) <= 600
-    assert 600 <= len(demo["preferences"]) <= 1000
+    # 2-3 constructed pairs per reply prompt + 2 ranked (sample vs sample) pairs per benign one
+    assert 1200 <= len(demo["preferences"]) <= 2000
+    assert 0.35 <= demo["stats"]["agreement"]["ranked_pairs"] / len(demo["preferences"]) <= 0.5
     assert 300 <= len(demo["rl_prompts"]) <= 500
     assert 80 <= sum(r.get("split") == "eval" for r in demo["rl_prompts"]) <= 150
     topics = {r.get("topic") for r in demo["preferences"]}
@@ -267,6 +272,41 @@ def test_trim_to_last_sentence():
     assert trim_to_last_sentence(long) == "Put the egg in a pot of cold water and bring it to a boil."
     listy = "Here is a plan that is easy to follow for anyone:\n\n1. Save money each month.\n\n2."
     assert trim_to_last_sentence(listy).endswith("Save money each month.")
+
+
+def test_ranked_pairs_compare_two_different_samples_once_each():
+    replies = {"sample_a": "A reply that is cut", "sample_b": "Another", "sample_c": "Third reply. And cut",
+               "trimmed_a": "A reply.", "trimmed_c": "Third reply.", "loop": "x x x", "refusal": "no"}
+    groups = ranked_pair_kinds(replies)
+    letters = [frozenset(k.split("_")[1] for k in options[0]) for options in groups]
+    assert sorted(map(sorted, letters)) == [["a", "b"], ["a", "c"], ["b", "c"]]  # never a sample vs its own trim
+    by_letters = dict(zip(letters, groups, strict=True))
+    assert sorted(by_letters[frozenset("ac")]) == sorted(
+        [("sample_a", "sample_c"), ("sample_a", "trimmed_c"), ("trimmed_a", "sample_c"), ("trimmed_a", "trimmed_c")])
+    # a pair of samples the prompt's other pairs already compare is not compared again (its twin
+    # up to a trailing fragment would be dropped as a near-duplicate by the data stage)
+    assert len(ranked_pair_kinds(replies, {frozenset("ab")})) == 2
+    same = {"sample_a": "Same.", "sample_c": "Same."}
+    assert ranked_pair_kinds(same) == []
+
+
+def test_build_pairs_adds_ranked_pairs_for_benign_prompts_only():
+    cfg = DemoDataConfig(ranked_pairs_per_prompt=2)
+    pool, _ = build_prompts(cfg, random.Random(0))
+    benign = next(p for p in pool if not p.harmful)
+    harmful = next(p for p in pool if p.harmful)
+    replies = {"sample_a": "One reply here", "sample_b": "Two", "sample_c": "Three", "sample_d": "Four",
+               "trimmed_a": "One reply.", "loop": "l l l", "refusal": "I can't help with that.",
+               "refusal_2": "No.", "off_topic": "Other"}
+    cands = [Candidates(benign, dict(replies)), Candidates(harmful, dict(replies))]
+    pairs = build_pairs(cands, cfg, random.Random(1))
+    ranked = [p for p in pairs if p.get("ranked")]
+    assert len(ranked) == 2 and all(p["prompt"] is benign for p in ranked)
+    compared = [frozenset(k.partition("_")[2] for k in p["kind"].split("|")) for p in pairs if p["prompt"] is benign]
+    sample_pairs = [c for c in compared if c <= set("abcd") and len(c) == 2]
+    assert len(sample_pairs) == len(set(sample_pairs))  # no two pairs compare the same two samples
+    assert len(build_pairs(cands, cfg.model_copy(update={"ranked_pairs_per_prompt": 0}), random.Random(1))) == (
+        len(pairs) - 2)
 
 
 def test_prompts_are_unique_and_split_by_subject():
