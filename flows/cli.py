@@ -239,20 +239,31 @@ def data_prepare(
 def data_make_demo(
     out: Annotated[Path, typer.Option(help="Output directory.")] = Path("data/demo"),
     seed: int = 0,
-    n_prompts_per_topic: Annotated[int, typer.Option(min=1, help="Benign prompts with replies per topic.")] = 30,
+    n_prompts_per_topic: Annotated[int, typer.Option(min=1, help="Benign prompts with replies per topic.")] = 28,
     n_rl_prompts_per_topic: Annotated[int, typer.Option(min=1)] = 27,
+    ranked_samples: Annotated[
+        int, typer.Option(min=0, max=8, help="Extra samples per benign prompt, compared with each other (on-policy pairs).")
+    ] = 2,
     model: Annotated[Optional[str], typer.Option(help="Model source for the replies (default: the base model).")] = None,
+    threads: Annotated[Optional[int], typer.Option(min=1, help="torch CPU threads while sampling.")] = None,
+    samples: Annotated[
+        Optional[Path], typer.Option(help="JSON file of raw sampled replies: reused where it matches, written otherwise.")
+    ] = None,
     cache_dir: Annotated[Path, typer.Option(help="Model cache.")] = Path(".rlhf/models"),
 ) -> None:
-    """Regenerate the shipped demo data set (replies sampled from the base model; ~20 min on 2 cores)."""
+    """Regenerate the shipped demo data set (1,248 replies sampled from the base model: ~17 min at 1 thread).
+
+    With --samples data/demo/samples.json (the shipped replies) it rebuilds the shipped files in seconds.
+    """
     from data_checks.demo import make_demo_data
     from rlhf_core.config import ModelConfig
 
-    overrides: dict = {"n_rl_prompts_per_topic": n_rl_prompts_per_topic}
+    overrides: dict = {"n_rl_prompts_per_topic": n_rl_prompts_per_topic, "ranked_samples": ranked_samples,
+                       "threads": threads}
     if model:
         overrides["model"] = ModelConfig(base=model)
     stats = make_demo_data(
-        out, seed=seed, n_prompts_per_topic=n_prompts_per_topic, cache_dir=cache_dir,
+        out, seed=seed, n_prompts_per_topic=n_prompts_per_topic, cache_dir=cache_dir, samples_path=samples,
         log=lambda line: _console().print(line), **overrides,
     )
     _console().print(f"[green]demo data written[/] to {out}: {stats.get('sizes', stats)}")

@@ -381,3 +381,24 @@ def test_shipped_files_rebuild_byte_for_byte_from_the_shipped_samples(demo, tmp_
     for name in FILES:
         assert (tmp_path / "out" / f"{name}.jsonl").read_bytes() == (DEMO / f"{name}.jsonl").read_bytes(), name
     assert stats["planted"] == demo["stats"]["planted"]
+
+
+def test_make_demo_cli_rebuilds_the_shipped_files_from_the_shipped_samples(tmp_path):
+    """`rlhf data make-demo` has the generator's defaults (ranked samples included) and reuses --samples."""
+    import subprocess
+    import sys
+
+    samples = tmp_path / "samples.json"
+    samples.write_bytes((DEMO / "samples.json").read_bytes())
+    out = subprocess.run(
+        [sys.executable, "-m", "flows.cli", "data", "make-demo", "--out", str(tmp_path / "out"), "--threads", "1",
+         "--samples", str(samples), "--cache-dir", str(tmp_path / "no-models")],
+        capture_output=True, text=True, cwd=DEMO.parent.parent, timeout=300,
+    )
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert "loading model" not in out.stdout  # nothing sampled: every reply came from samples.json
+    for name in FILES:
+        assert (tmp_path / "out" / f"{name}.jsonl").read_bytes() == (DEMO / f"{name}.jsonl").read_bytes(), name
+    bad = subprocess.run([sys.executable, "-m", "flows.cli", "data", "make-demo", "--ranked-samples", "9"],
+                         capture_output=True, text=True, cwd=DEMO.parent.parent, timeout=120)
+    assert bad.returncode == 2 and "ranked-samples" in bad.stderr and "Traceback" not in bad.stderr
