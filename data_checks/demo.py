@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pydantic import Field
+from pydantic import Field, ValidationError
 
 from rlhf_core.config import ModelConfig, StrictModel
 from rlhf_core.errors import ConfigError, UserError
@@ -879,7 +879,12 @@ def make_demo_data(
 
     from rlhf_core.models import load_causal_lm, load_tokenizer
 
-    cfg = DemoDataConfig(seed=seed, n_prompts_per_topic=n_prompts_per_topic, **overrides)
+    try:
+        cfg = DemoDataConfig(seed=seed, n_prompts_per_topic=n_prompts_per_topic, **overrides)
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or 'config'}: {e['msg']} (got {e.get('input')!r})"
+                             for e in exc.errors())
+        raise ConfigError(f"demo data: {problems}") from exc
     say = log or (lambda msg: print(msg, file=sys.stderr, flush=True))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)

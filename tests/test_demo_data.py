@@ -328,6 +328,9 @@ def test_bad_generator_configs_are_clear_errors():
 
     with pytest.raises(ConfigError, match="n_annotators must be odd"):
         label_pairs([], DemoDataConfig(n_annotators=4), random.Random(0))
+    # out-of-range settings are one-line errors naming the field, before any model is loaded
+    with pytest.raises(ConfigError, match=r"demo data: ranked_samples: .*greater than or equal to 0 \(got -1\)"):
+        make_demo_data(Path("/nonexistent/never-written"), ranked_samples=-1)
 
 
 def _tiny_run(out: Path, model_cache: Path, seed: int = 3) -> dict:
