@@ -903,10 +903,11 @@ def make_demo_data(
                    "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
                    "seed": cfg.seed}
     cached = _load_samples(samples_path, samples_key) if samples_path else None
-    # The ranked samples (a later addition) have their own key, so adding them did not resample the rest.
+    # The ranked samples (a later addition) have their own key, so adding them did not resample the
+    # rest; they are reused only beside matching first samples (same prompts, model and settings).
     idx_r = [i for i, p in enumerate(pool) if not p.harmful] if cfg.ranked_samples else []
     ranked_key = {"idx_r": idx_r, "n": cfg.ranked_samples, "first_seed": cfg.seed * 3 + 3}
-    cached_ranked = _load_ranked(samples_path, ranked_key) if samples_path and idx_r else None
+    cached_ranked = _load_ranked(samples_path, ranked_key) if samples_path and idx_r and cached else None
     model = tokenizer = None
     if cached is not None:
         say(f"demo data: reusing the sampled replies in {samples_path}")
