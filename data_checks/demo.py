@@ -28,6 +28,7 @@ the generated files are shipped rather than regenerated in CI.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import math
 import platform
@@ -36,7 +37,7 @@ import re
 import sys
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -793,24 +794,31 @@ def _write_jsonl(path: Path, rows: list[dict[str, Any]]) -> None:
             f.write(json.dumps(r, ensure_ascii=False) + "\n")
 
 
+@contextlib.contextmanager
+def _torch_threads(n: int | None) -> Iterator[None]:
+    """torch's CPU thread count set to ``n`` (None: unchanged) inside the block, restored after."""
+    import torch
+
+    before = torch.get_num_threads()
+    if n:
+        torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def _sample_everything(
     texts: list[str], idx_b: list[int], idx_g: list[int], model: Any, tokenizer: Any, cfg: DemoDataConfig,
     say: Callable[[str], None],
 ) -> tuple[list[str], dict[int, str], dict[int, str]]:
     """First samples for every prompt, second samples for ``idx_b``, greedy replies for ``idx_g``."""
-    import torch
-
-    threads_before = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with _torch_threads(cfg.threads):
         sample_a = sample_all(texts, model, tokenizer, cfg, greedy=False, seed=cfg.seed * 3, log=say)
         sample_b = dict(zip(idx_b, sample_all([texts[i] for i in idx_b], model, tokenizer, cfg, greedy=False,
                                               seed=cfg.seed * 3 + 1, log=say), strict=True))
         greedy = dict(zip(idx_g, sample_all([texts[i] for i in idx_g], model, tokenizer, cfg, greedy=True,
                                             seed=cfg.seed * 3 + 2, log=say), strict=True))
-    finally:
-        torch.set_num_threads(threads_before)
     return sample_a, sample_b, greedy
 
 
@@ -818,16 +826,9 @@ def _sample_ranked(
     texts: list[str], idx_r: list[int], model: Any, tokenizer: Any, cfg: DemoDataConfig, say: Callable[[str], None],
 ) -> dict[int, list[str]]:
     """``cfg.ranked_samples`` more samples for each prompt in ``idx_r`` (seeds after the first three passes)."""
-    import torch
-
-    threads_before = torch.get_num_threads()
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
-    try:
+    with _torch_threads(cfg.threads):
         passes = [sample_all([texts[i] for i in idx_r], model, tokenizer, cfg, greedy=False,
                              seed=cfg.seed * 3 + 3 + j, log=say) for j in range(cfg.ranked_samples)]
-    finally:
-        torch.set_num_threads(threads_before)
     return {i: [p[n] for p in passes] for n, i in enumerate(idx_r)}
 
 
