@@ -832,26 +832,26 @@ def _sample_ranked(
     return {i: [p[n] for p in passes] for n, i in enumerate(idx_r)}
 
 
+def _read_samples(path: Path | str | None) -> dict[str, Any]:
+    """The raw replies an earlier run saved (``samples.json``), or {} if there is no such file."""
+    if not path or not Path(path).is_file():
+        return {}
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
 def _load_samples(
-    path: Path | str, key: dict[str, Any]
+    saved: dict[str, Any], key: dict[str, Any]
 ) -> tuple[list[str], dict[int, str], dict[int, str], float] | None:
     """Replies saved by an earlier run with the same prompts and sampling settings, else None."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    saved = json.loads(path.read_text(encoding="utf-8"))
     if saved.get("key") != key:
         return None
     return (saved["sample_a"], dict(zip(key["idx_b"], saved["sample_b"], strict=True)),
             dict(zip(key["idx_g"], saved["greedy"], strict=True)), float(saved.get("sampling_seconds", 0.0)))
 
 
-def _load_ranked(path: Path | str, key: dict[str, Any]) -> tuple[dict[int, list[str]], float] | None:
+def _load_ranked(saved: dict[str, Any], key: dict[str, Any]) -> tuple[dict[int, list[str]], float] | None:
     """The ranked samples saved beside the first ones (``samples.json`` -> ``ranked``), if ``key`` matches."""
-    path = Path(path)
-    if not path.is_file():
-        return None
-    ranked = json.loads(path.read_text(encoding="utf-8")).get("ranked") or {}
+    ranked = saved.get("ranked") or {}
     if ranked.get("key") != key:
         return None
     return (dict(zip(key["idx_r"], ranked["replies"], strict=True)), float(ranked.get("sampling_seconds", 0.0)))
@@ -903,12 +903,13 @@ def make_demo_data(
     samples_key = {"prompts": texts, "idx_b": idx_b, "idx_g": idx_g, "model": cfg.model.base,
                    "max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature, "top_p": cfg.top_p,
                    "seed": cfg.seed}
-    cached = _load_samples(samples_path, samples_key) if samples_path else None
+    saved_samples = _read_samples(samples_path)
+    cached = _load_samples(saved_samples, samples_key)
     # The ranked samples (a later addition) have their own key, so adding them did not resample the
     # rest; they are reused only beside matching first samples (same prompts, model and settings).
     idx_r = [i for i, p in enumerate(pool) if not p.harmful] if cfg.ranked_samples else []
     ranked_key = {"idx_r": idx_r, "n": cfg.ranked_samples, "first_seed": cfg.seed * 3 + 3}
-    cached_ranked = _load_ranked(samples_path, ranked_key) if samples_path and idx_r and cached else None
+    cached_ranked = _load_ranked(saved_samples, ranked_key) if idx_r and cached else None
     model = tokenizer = None
     if cached is not None:
         say(f"demo data: reusing the sampled replies in {samples_path}")
