@@ -17,6 +17,8 @@ from typing import Annotated, Optional
 
 import typer
 
+from rlhf_core.redact import redact_text
+
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
 
 
@@ -52,7 +54,7 @@ def _restore_signals(previous: dict) -> None:
 
 
 def _follow(path: Path, position: int) -> int:
-    """Echo what was appended to ``path`` since ``position``; return the new position."""
+    """Echo the lines appended to ``path`` since ``position``, secrets masked; return the new position."""
     try:
         with open(path, "rb") as fh:
             fh.seek(position)
@@ -60,9 +62,12 @@ def _follow(path: Path, position: int) -> int:
     except OSError:
         return position
     if chunk:
-        sys.stdout.write(chunk.decode("utf-8", errors="replace"))
+        # Whole lines only, so a secret split across two reads is still masked.
+        whole = chunk[: chunk.rfind(b"\n") + 1]
+        sys.stdout.write(redact_text(whole.decode("utf-8", errors="replace")))
         sys.stdout.flush()
-    return position + len(chunk)
+        return position + len(whole)
+    return position
 
 
 def _block(procs, follow: Path | None = None) -> None:
@@ -110,7 +115,7 @@ def register(app: typer.Typer) -> None:
                 f"[yellow]warning:[/] listening on {host}: neither UI has authentication; "
                 "put a reverse proxy with auth in front (infra/README.md)"
             )
-        console.print(f"starting the Prefect and MLflow servers for workspace [bold]{workspace.resolve()}[/] ...")
+        console.print(f"starting the Prefect and MLflow servers for workspace [bold]{workspace.resolve()}[/] ...", soft_wrap=True)
         previous = _install_stop_signals()
         try:
             servers = start_servers(
@@ -125,12 +130,14 @@ def register(app: typer.Typer) -> None:
             took = ", ".join(f"{name} {sec:.0f} s" for name, sec in servers.startup_seconds.items())
             console.print(f"[green]both servers are healthy[/] ({took})")
             console.print(f"  Prefect UI:  [bold]{servers.prefect_url}[/]")
-            console.print(f"  MLflow UI:   [bold]{servers.mlflow_url}[/]")
+            # The experiments list in "Model training" mode: MLflow 3 otherwise opens its GenAI view.
+            console.print(f"  MLflow UI:   [bold]{servers.mlflow_url}/#/experiments?workflowType=machine_learning[/]", soft_wrap=True)
             console.print("to use them from another shell:")
-            console.print(f"  export PREFECT_API_URL={servers.prefect_api_url}")
-            console.print(f"  rlhf deploy --workspace {workspace} --tracking-uri {servers.mlflow_url}")
-            console.print(f"  rlhf run --set tracking.tracking_uri={servers.mlflow_url}")
-            console.print(f"logs: {servers.prefect.log_path.parent}   (Ctrl-C to stop)")
+            # Commands to copy: one line each, however narrow the terminal (a wrapped one breaks the paste).
+            console.print(f"  export PREFECT_API_URL={servers.prefect_api_url}", soft_wrap=True)
+            console.print(f"  rlhf deploy --workspace {workspace} --tracking-uri {servers.mlflow_url}", soft_wrap=True)
+            console.print(f"  rlhf run --set tracking.tracking_uri={servers.mlflow_url}", soft_wrap=True)
+            console.print(f"logs: {servers.prefect.log_path.parent}   (Ctrl-C to stop)", soft_wrap=True)
             _block([servers.prefect, servers.mlflow])
         except (KeyboardInterrupt, _Terminated):
             pass
@@ -152,9 +159,15 @@ def register(app: typer.Typer) -> None:
         workspace: Annotated[
             Optional[Path], typer.Option("--workspace", "-w", help="Workspace the scheduled runs write to (default: the config's).")
         ] = None,
-        cron: Annotated[str, typer.Option(help="Default schedule, cron syntax in UTC ('' for none).")] = "0 3 * * *",
+        cron: Annotated[
+            Optional[str],
+            typer.Option(help="The pipeline's schedule, cron syntax in UTC (default '0 3 * * *' = 03:00 daily; '' for none)."),
+        ] = None,
+        interval: Annotated[
+            Optional[float], typer.Option(help="Instead of --cron: run the pipeline every SECONDS.", metavar="SECONDS")
+        ] = None,
         paused: Annotated[
-            bool, typer.Option("--paused/--active", help="Register the schedule paused (turn it on in the UI) or active.")
+            bool, typer.Option("--paused/--active", help="Register the schedule off (turn it on in the UI) or on.")
         ] = True,
         pool: Annotated[str, typer.Option(help="Prefect process work pool (created if missing).")] = "rlhf-process",
         name: Annotated[Optional[str], typer.Option(help="Deployment name (default: the config's name).")] = None,
@@ -166,17 +179,20 @@ def register(app: typer.Typer) -> None:
         ] = None,
         worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Start a worker and run until Ctrl-C.")] = True,
     ) -> None:
-        """Register a deployment per flow (with a cron schedule) and start a worker for them."""
+        """Register a deployment per flow (the pipeline's with a schedule) and start a worker for them.
+
+        Every flow (the whole pipeline and each stage) can be run by hand from the Prefect UI; the schedule goes on the pipeline only. Relative data paths resolve against the current directory, else the repository (the presets' data/demo files); a missing file is refused.
+        """
         from flows.config import load_config
-        from flows.servers import preflight
+        from flows.deploy import DEFAULT_CRON, absolutize_paths, deploy_flows, make_schedule, resolve_inputs
+        from flows.servers import preflight, start_worker
 
-        from flows.deploy import absolutize_paths, check_cron, deploy_flows
-        from flows.servers import start_worker
-
+        schedule = make_schedule(DEFAULT_CRON if cron is None and interval is None else cron, interval, not paused)
         cfg = load_config(config, set_ or [])
         if workspace is not None:
             cfg.workspace = workspace
         # Absolute: the worker runs flows from the repository directory, not from here.
+        resolve_inputs(cfg, Path.cwd())
         absolutize_paths(cfg, Path.cwd())
         if tracking_uri:
             from pydantic import ValidationError
@@ -189,23 +205,26 @@ def register(app: typer.Typer) -> None:
             except ValidationError as exc:
                 raise ConfigError(format_validation_error(exc, "--tracking-uri")) from exc
         api = prefect_api_url or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api"
-        if cron:
-            check_cron(cron)
         preflight(cfg.tracking.tracking_uri, api)
 
         console = _console()
-        deployed = deploy_flows(cfg, api, pool=pool, cron=cron or None, paused=paused, deployment_name=name)
-        state = "no schedule" if not cron else f"schedule '{cron}' (UTC), {'paused' if paused else 'active'}"
+        deployed = deploy_flows(cfg, api, pool=pool, schedule=schedule, deployment_name=name)
+        console.print(f"[green]deployed[/] {len(deployed)} flows as '{deployed[0].deployment_name}' on work pool '{pool}':")
+        width = max(len(d.flow_name) for d in deployed)
         for d in deployed:
-            console.print(f"[green]deployed[/] {d.full_name} on pool '{pool}': {state}")
-            console.print(f"  {d.url}")
-        console.print(f"runs write to workspace {cfg.workspace}; tracking: {cfg.tracking.tracking_uri or 'the workspace sqlite store'}")
+            console.print(f"  {d.flow_name:<{width}}  {d.schedule}", soft_wrap=True)
+        console.print(f"{deployed[0].flow_name} in the Prefect UI:")
+        console.print(deployed[0].url, soft_wrap=True)  # one line, even where the terminal is narrower
+        console.print(f"runs write to {cfg.workspace}", soft_wrap=True)
+        console.print(f"tracking: {redact_text(cfg.tracking.tracking_uri or 'the workspace sqlite store')}", soft_wrap=True)
         if not worker:
-            console.print(f"start a worker with: PREFECT_API_URL={api} prefect worker start --pool {pool}")
+            console.print("start a worker with:")
+            console.print(f"  PREFECT_API_URL={api} prefect worker start --pool {pool}", soft_wrap=True)
             return
         previous = _install_stop_signals()
         proc = start_worker(pool, api, cfg.workspace)
-        console.print(f"worker started on pool '{pool}' (log: {proc.log_path}); Ctrl-C to stop")
+        console.print(f"worker started on pool '{pool}'; Ctrl-C to stop; log:")
+        console.print(str(proc.log_path), soft_wrap=True)
         try:
             _block([proc], follow=proc.log_path)
         except (KeyboardInterrupt, _Terminated):
@@ -225,8 +244,6 @@ def main() -> None:
     try:
         app(standalone_mode=False)
     except UserError as exc:
-        from rlhf_core.redact import redact_text
-
         for line in redact_text(str(exc)).splitlines() or [type(exc).__name__]:
             _console(stderr=True).print(f"[bold red]error:[/] {line}", soft_wrap=True)
         sys.exit(exc.exit_code)

@@ -6,7 +6,9 @@ in :data:`FLOW_MODULES` becomes one deployment named after the config
 
 - the config as its default parameters (the UI shows them as a form and validates
   edits against the pydantic schema before a run is created),
-- a cron schedule (UTC), paused by default so nothing runs until a user turns it on,
+- on the pipeline flow only, a schedule (cron in UTC, or a fixed interval), registered
+  inactive by default so nothing runs until a user turns it on (the stage flows are for runs
+  by hand: scheduled too, each would redo its stage beside the scheduled pipeline),
 - code pulled from this repository directory (``flow.from_source(<repo>, entrypoint)``):
   a process worker on the same machine runs it with the same virtualenv.
 
@@ -35,6 +37,7 @@ REPO_DIR = Path(__file__).resolve().parent.parent
 FLOW_MODULES: tuple[tuple[str, str], ...] = (("flows.stages", "flows/stages.py"),)
 DEFAULT_POOL = "rlhf-process"
 DEFAULT_CRON = "0 3 * * *"  # 03:00 UTC daily: off-hours for a shared machine
+SCHEDULED_FLOW = "rlhf-pipeline"  # the one flow a schedule goes on
 # What every flow run started by a worker should have, whatever the worker's shell had.
 RUN_ENV = {
     "DO_NOT_TRACK": "1",
@@ -63,6 +66,7 @@ class DeployedFlow:
     deployment_name: str
     deployment_id: str
     url: str | None
+    schedule: str = "no schedule"
 
     @property
     def full_name(self) -> str:
@@ -103,10 +107,11 @@ def default_parameters(entry: FlowEntry, cfg: PipelineConfig) -> dict[str, Any]:
 
 
 def absolutize_paths(model: BaseModel, base: Path) -> None:
-    """Make every relative ``Path`` field (nested, or in a list) absolute against ``base``, in place.
+    """Make every relative ``Path`` field (nested) absolute against ``base``, in place.
 
     A deployment's runs start in the worker's working directory, not where the user typed
-    `rlhf deploy`; resolving here keeps "data/demo/x.jsonl" meaning what the user meant.
+    `rlhf deploy`; resolving here keeps ".rlhf" meaning what the user meant. Lists of paths
+    (the data inputs, which may also be hub ids) are :func:`resolve_inputs`' job.
     """
     for name in type(model).model_fields:
         value = getattr(model, name)
@@ -114,8 +119,40 @@ def absolutize_paths(model: BaseModel, base: Path) -> None:
             absolutize_paths(value, base)
         elif isinstance(value, Path) and not value.is_absolute():
             setattr(model, name, (base / value.expanduser()).resolve())
-        elif isinstance(value, list) and any(isinstance(v, Path) for v in value):
-            setattr(model, name, [(base / v.expanduser()).resolve() if isinstance(v, Path) and not v.is_absolute() else v for v in value])
+
+
+def resolve_inputs(cfg: PipelineConfig, cwd: Path, fallback: Path = REPO_DIR) -> None:
+    """Absolute paths for the config's data inputs, in place; a missing input is a ConfigError.
+
+    A deployment's runs start in the worker's directory, not where the user typed
+    `rlhf deploy`, and may start weeks later: a path is fixed here, once. A relative path
+    resolves against ``cwd``; where nothing is there but the repository has it (the shipped
+    ``data/demo`` files of the presets), against the repository. Hub ids stay as they are.
+    """
+    from data_checks.importers import looks_like_hub_id
+    from rlhf_core.errors import ConfigError
+
+    missing = []
+    for key in ("demonstrations", "preferences", "rl_prompts"):
+        resolved = []
+        for i, path in enumerate(getattr(cfg.data, key)):
+            source = str(path)
+            path = path.expanduser()
+            candidates = [path] if path.is_absolute() else [cwd / path, fallback / path]
+            found = next((c for c in candidates if c.exists()), None)
+            if found is not None:
+                resolved.append(found.resolve())
+            elif source.startswith("hf:") or (not path.is_absolute() and looks_like_hub_id(source)):
+                resolved.append(Path(source))
+            else:
+                where = "" if path.is_absolute() else f" (looked in {cwd} and {fallback})"
+                missing.append(f"data.{key}[{i}]: {source}: no such file{where}")
+        setattr(cfg.data, key, resolved)
+    if missing:
+        raise ConfigError(
+            "; ".join(missing) + ": scheduled runs would fail at the data stage; fix the paths "
+            "(relative ones resolve against the directory `rlhf deploy` runs in) and deploy again"
+        )
 
 
 def _api_settings(prefect_api_url: str):
@@ -153,13 +190,46 @@ def ensure_work_pool(name: str, prefect_api_url: str) -> bool:
     return False
 
 
+@dataclass(frozen=True)
+class ScheduleSpec:
+    """A deployment schedule as the user gave it: cron (UTC) or an interval in seconds."""
+
+    cron: str | None = None
+    interval_s: float | None = None
+    active: bool = False
+
+    def to_prefect(self):
+        from prefect.schedules import Cron, Interval
+
+        if self.interval_s is not None:
+            return Interval(self.interval_s, timezone="UTC", active=self.active)
+        return Cron(self.cron, timezone="UTC", active=self.active)
+
+    def describe(self) -> str:
+        when = f"every {self.interval_s:g} s" if self.interval_s is not None else f"cron '{self.cron}' (UTC)"
+        return f"{when}, {'active' if self.active else 'off'}"
+
+
+def make_schedule(cron: str | None, interval_s: float | None, active: bool) -> ScheduleSpec | None:
+    """The schedule for ``--cron`` / ``--interval`` (None: no schedule); a bad one is a ServerError."""
+    if interval_s is not None:
+        if cron:
+            raise ServerError("give --cron or --interval, not both")
+        if interval_s < 1:
+            raise ServerError(f"--interval {interval_s:g}: must be at least 1 second")
+        return ScheduleSpec(interval_s=float(interval_s), active=active)
+    if not cron:
+        return None
+    check_cron(cron)
+    return ScheduleSpec(cron=cron, active=active)
+
+
 def deploy_flows(
     cfg: PipelineConfig,
     prefect_api_url: str,
     *,
     pool: str = DEFAULT_POOL,
-    cron: str | None = DEFAULT_CRON,
-    paused: bool = True,
+    schedule: ScheduleSpec | None = ScheduleSpec(cron=DEFAULT_CRON),
     deployment_name: str | None = None,
     source_dir: Path = REPO_DIR,
     env: Mapping[str, str] | None = None,
@@ -167,36 +237,42 @@ def deploy_flows(
 ) -> list[DeployedFlow]:
     """Create or update one deployment per discovered flow; return what was registered.
 
-    ``cfg.workspace`` should be absolute: the worker runs flows from ``source_dir``.
+    ``schedule`` goes on the :data:`SCHEDULED_FLOW` deployment only. Its on/off state is the
+    schedule's own ``active`` flag, and deployments are never paused: the Prefect UI then shows
+    one consistent state (the deployments list, the schedule toggle and the deployment toggle),
+    as for ``infra/prefect.yaml``. ``cfg.workspace`` should be absolute: the worker runs flows
+    from ``source_dir``. Prints nothing (Prefect's ``deploy`` prints a table per deployment).
     """
-    if cron is not None:
-        check_cron(cron)
     check_reachable(prefect_api_url, name="Prefect API", kind="prefect")
     ensure_work_pool(pool, prefect_api_url)
     from prefect import Flow
 
     name = deployment_name or cfg.name
+    ui = prefect_api_url.rstrip("/").removesuffix("/api")
     deployed = []
     with _api_settings(prefect_api_url):
         for entry in discover_flows(modules):
             remote: Flow = Flow.from_source(source=str(source_dir), entrypoint=entry.entrypoint)
-            deployment_id = remote.deploy(
+            scheduled = schedule is not None and entry.flow_name == SCHEDULED_FLOW
+            deployment = remote.to_deployment(
                 name=name,
-                work_pool_name=pool,
-                cron=cron,
-                paused=paused,
+                schedules=[schedule.to_prefect()] if scheduled else [],
+                paused=False,
                 parameters=default_parameters(entry, cfg),
                 job_variables={"env": {**RUN_ENV, **(env or {})}},
                 description=(remote.description or "").strip().splitlines()[0] if remote.description else None,
                 tags=["rlhf", cfg.name],
-                print_next_steps=False,
-                ignore_warnings=True,  # the "try .serve" hint: a worker is what lets the UI schedule runs
             )
-            ui = prefect_api_url.removesuffix("/api")
-            deployed.append(DeployedFlow(entry.flow_name, name, str(deployment_id), f"{ui}/deployments/deployment/{deployment_id}"))
+            deployment_id = deployment.apply(work_pool_name=pool)
+            deployed.append(
+                DeployedFlow(
+                    entry.flow_name, name, str(deployment_id), f"{ui}/deployments/deployment/{deployment_id}",
+                    schedule.describe() if scheduled else "no schedule (run by hand)",
+                )
+            )
     if not deployed:
         raise ServerError(f"no Prefect flows found in {', '.join(p for _, p in modules)}: nothing to deploy")
-    return deployed
+    return sorted(deployed, key=lambda d: d.flow_name != SCHEDULED_FLOW)  # the pipeline first
 
 
 def check_cron(cron: str) -> None:

@@ -167,6 +167,37 @@ def find_credential(value: str) -> str | None:
     return None
 
 
+def _any_case(word: str) -> str:
+    """``word`` as a case-insensitive regex without inline flags (JSON Schema patterns have none)."""
+    return "".join(f"[{c.lower()}{c.upper()}]" if c.isalpha() else c if c in "_-" else re.escape(c) for c in word)
+
+
+def _credential_pattern() -> str:
+    """One regex that matches every value :func:`find_credential` flags (and a little more).
+
+    It goes into the JSON schema of every string config field (``not: {pattern: ...}``), which is
+    what Prefect's server checks a deployment's parameters against *before* it creates a flow
+    run: a credential typed into the UI's form is refused there, never stored. Pydantic's own
+    validator (:func:`find_credential`) runs only after the run exists. In query strings it is
+    stricter than :func:`is_secret_key` (a parameter name merely containing a secret word
+    matches), so the schema refuses at least what the validator refuses.
+    """
+    name_chars = r"[^=&#;\s]*"
+    words = sorted(_SECRET_WORDS | {"api_key", "api-key", "access_key", "private_key", "auth"})
+    secret_name = f"{name_chars}(?:{'|'.join(_any_case(w) for w in words)}){name_chars}"
+    signature = "|".join(_any_case(p) for p in sorted(_SIGNATURE_PARAMS))
+    return "|".join(
+        (
+            r"[A-Za-z][A-Za-z0-9+.\-]*://[^:/?#@\s]*:[^@/?#\s]+@",  # scheme://user:password@
+            rf"[?&;](?:{secret_name}|{signature})=[^&#;\s]+",  # ?token=..., ?X-Amz-Signature=...
+            r"\bhf_[A-Za-z0-9]{20,}\b",  # a Hugging Face access token
+        )
+    )
+
+
+CREDENTIAL_PATTERN = _credential_pattern()
+
+
 def find_credentials_in(tree: Any, prefix: str = "") -> list[tuple[str, str]]:
     """Every ``(dotted.key, reason)`` in a config tree whose value carries a credential."""
     found: list[tuple[str, str]] = []

@@ -30,12 +30,13 @@ import logging
 import math
 import random
 import shutil
+import sys
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 import torch
@@ -284,6 +285,75 @@ def _resolve_resume(resume: bool | str | Path, root: Path, stage: str) -> Path |
     return path
 
 
+PROGRESS_INTERVAL_S = 10.0  # off a terminal: at most one progress line per this many seconds
+
+
+class StepProgress:
+    """A training loop's progress, one :meth:`update` per optimizer step, on stderr.
+
+    On a terminal, a tqdm bar (``ppo:  19%|██  | 3/16 [01:33<06:45, 31.2s/step, reward=0.1235, kl=0.04512]``).
+    Anywhere else (a CI log, ``| tee``, a file) tqdm's carriage-return redraws pile up into one
+    ever-longer line that log viewers show only once the stage is over, so there each report is
+    a line of its own, no wider than the terminal (``COLUMNS``, else 80), for the first step,
+    the last, and in between at most one every ``PROGRESS_INTERVAL_S`` seconds:
+    ``ppo: step 3/16, 31.2 s/step, 6m45s left | reward 0.1235, kl 0.04512``.
+    It reads a clock and formats numbers it is given: no RNG, no tensors, so a loop trains the
+    same with it or without.
+    """
+
+    def __init__(self, stage: str, total: int, initial: int = 0, *, stream: TextIO | None = None) -> None:
+        self.stage, self.total, self.done, self._first = stage, total, initial, initial
+        self.stream = stream if stream is not None else sys.stderr
+        self._started = self._printed = time.monotonic()
+        self._bar = None
+        isatty = getattr(self.stream, "isatty", None)
+        if isatty is not None and isatty():
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, initial=initial, desc=stage, unit="step", dynamic_ncols=True, file=self.stream)
+
+    def update(self, stats: dict[str, float] | None = None) -> None:
+        """One step done; ``stats``: a few numbers to show (``ppo/kl`` shows as ``kl``)."""
+        self.done += 1
+        shown = {key.rsplit("/", 1)[-1]: f"{value:.4g}" for key, value in (stats or {}).items()}
+        if self._bar is not None:
+            self._bar.set_postfix(shown, refresh=False)
+            self._bar.update(1)
+            return
+        now = time.monotonic()
+        if self.done == self._first + 1 or self.done >= self.total or now - self._printed >= PROGRESS_INTERVAL_S:
+            self._printed = now
+            self.stream.write(self.line(now - self._started, shown) + "\n")
+            self.stream.flush()
+
+    def line(self, elapsed: float, shown: dict[str, str]) -> str:
+        """``stage: step i/N, rate, time left | stats``, dropping stats (then cutting) to fit the width."""
+        per_step = elapsed / max(1, self.done - self._first)
+        head = f"{self.stage}: step {self.done}/{self.total}, {per_step:.3g} s/step"
+        if self.done < self.total:
+            head += f", {_duration(per_step * (self.total - self.done))} left"
+        parts = [f"{key} {value}" for key, value in shown.items()]
+        width = shutil.get_terminal_size((80, 24)).columns
+        while parts and len(head) + 3 + len(", ".join(parts)) > width:
+            parts.pop()
+        text = f"{head} | {', '.join(parts)}" if parts else head
+        return text if len(text) <= width else text[: width - 1] + "…"
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+def _duration(seconds: float) -> str:
+    """``42s``, ``6m45s``, ``1h02m``."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
 def run_training_loop(
     *,
     stage: str,
@@ -372,11 +442,7 @@ def run_training_loop(
     # order and the gradient, stay those of the configuration.
     micro_size = int(state.get("micro_batch_size", optim.batch_size))
 
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=optim.max_steps, initial=start_step, desc=stage, unit="step", dynamic_ncols=True)
+    bar = StepProgress(stage, optim.max_steps, start_step) if progress else None
 
     train_model = dist.wrap(model) if dist is not None else model  # DDP wrapper: forward syncs gradients
     model.train()
@@ -438,9 +504,7 @@ def run_training_loop(
                 tracker.log_metrics(metrics, step=number)
             if bar is not None:
                 loss_key = next((k for k in stats if k.endswith("/loss")), None)
-                if loss_key:
-                    bar.set_postfix({loss_key: f"{stats[loss_key]:.4f}"}, refresh=False)
-                bar.update(1)
+                bar.update({loss_key: stats[loss_key]} if loss_key else None)
             if optim.checkpoint_every and number % optim.checkpoint_every == 0 and number < optim.max_steps:
                 if main:
                     last_ckpt = save_checkpoint(

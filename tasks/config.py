@@ -49,7 +49,14 @@ class TrackingConfig(StrictModel):
 class RegistryConfig(StrictModel):
     """Model registry: every stage model becomes a `candidate`; `champion` moves on evidence."""
 
-    enabled: bool = Field(True, description="Log models and register rlhf-sft / rlhf-reward / rlhf-policy versions.")
+    enabled: bool = Field(
+        True, description="Log models and register versions of <model_prefix>-sft / -reward / -policy."
+    )
+    model_prefix: str | None = Field(
+        None, min_length=1,
+        description="Registered model names start with this; default: the pipeline's `name` (rlhf-demo-policy), "
+        "so pipelines never move each other's `candidate`/`champion` aliases.",
+    )
     champion_metric: str = Field(
         "eval/mean_gold", description="Evaluation metric compared with the current champion's (higher is better)."
     )

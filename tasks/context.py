@@ -30,6 +30,7 @@ class StageContext:
     tracking_enabled: bool = True
     tracking_flush_timeout_s: float = tracking.DEFAULT_FLUSH_TIMEOUT_S
     log_checkpoints: bool = True
+    model_prefix: str = "rlhf-pipeline"  # registered models are <model_prefix>-sft/-reward/-policy
 
     @property
     def run(self) -> RunDir:
@@ -49,18 +50,28 @@ class StageContext:
         spool = self.run.path / tracking.SPOOL_DIR / f"pipeline-{self.parent_run_id}.jsonl"
         return tracking.MlflowTracker(self.parent_run_id, self.tracking_uri, spool=spool, stage="pipeline")
 
-    def mlflow_run_link(self, run_id: str) -> str:
-        """A link to an MLflow run for a person: the UI URL with a server, else the run id."""
+    def mlflow_run_link(self, run_id: str, label: str = "MLflow run") -> str:
+        """A Markdown link to a run's page in the MLflow UI (see :meth:`mlflow_note`)."""
         if not self.tracking_enabled:
             return "tracking off"
-        return tracking.run_link(self.tracking_uri, self.experiment_id, run_id)
+        return tracking.run_link(self.tracking_uri, self.experiment_id, run_id, label)
+
+    def mlflow_note(self) -> str:
+        """What must run for the MLflow links to open ('' with a tracking server)."""
+        return tracking.ui_note(self.tracking_uri) if self.tracking_enabled else ""
+
+    def registered_model(self, kind: str) -> str:
+        """The registry name of this pipeline's ``kind`` model (sft, reward, policy): pipelines never share one."""
+        from tasks.registry import registered_model_name
+
+        return registered_model_name(self.model_prefix, kind)
 
     def register(self, tracker: tracking.MlflowTracker, model_dir: Path, kind: str) -> None:
-        """Log a stage's HF-format model and register it as `rlhf-<kind>` with the `candidate` alias."""
+        """Log a stage's HF-format model and register it as `<model_prefix>-<kind>` with the `candidate` alias."""
         if self.register_models and self.tracking_enabled:
             from tasks.registry import register_candidate
 
-            register_candidate(tracker, model_dir, f"rlhf-{kind}")
+            register_candidate(tracker, model_dir, self.registered_model(kind))
 
     def log_checkpoint(self, tracker: tracking.MlflowTracker, checkpoint_dir: Path | str | None) -> None:
         """The stage's final training checkpoint as the artifact ``checkpoints/<step-N>`` (when configured)."""
@@ -76,24 +87,23 @@ class StageContext:
         if _in_prefect_run():
             create_markdown_artifact(redact_text(markdown), key=key, description=redact_text(description))
 
-    def publish_agreement(self, metrics: dict[str, float], n_pairs: int) -> None:
-        """The reward-model agreement table on the Prefect flow-run page."""
+    def publish_agreement(self, metrics: dict[str, float], n_pairs: int, run_id: str | None) -> None:
+        """The reward-model agreement table on the Prefect flow-run page, headline rows first;
+        ``run_id``: the reward stage's MLflow run it links to."""
         from prefect.artifacts import create_table_artifact
+
+        from rlhf_core.redact import redact_text
+        from tasks.summary import agreement_rows
 
         if not _in_prefect_run():
             return
-        rows = [
-            {"metric": name, "value": round(value, 4)}
-            for name, value in metrics.items()
-            if name.startswith("rm/agreement") or name in ("rm/annotator_pairwise_agreement", "rm/ece", "rm/ceiling_gap")
-        ]
-        from rlhf_core.redact import redact_text
-
+        link = self.mlflow_run_link(run_id, "reward stage run") if run_id else "tracking off"
+        note = self.mlflow_note()
         create_table_artifact(
-            rows, key="reward-model-agreement",
+            agreement_rows(metrics), key="reward-model-agreement",
             description=redact_text(
-                f"Reward-model agreement on {n_pairs} held-out pairs, beside the annotators' own ceiling "
-                f"(MLflow: {self.mlflow_run_link(self.parent_run_id)})"
+                f"Reward-model agreement on {n_pairs} held-out pairs, beside the annotators' own ceiling. "
+                f"MLflow: {link}" + (f". {note}" if note else "")
             ),
         )
 

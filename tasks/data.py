@@ -13,6 +13,16 @@ from tasks.context import STAGE_CACHE, StageContext
 CURATED_FILES = ("demonstrations", "preferences", "rl_prompts", "eval_prompts")
 
 
+def log_curated_inputs(tracker, data_outputs: dict[str, str], names: tuple[str, ...], context: str) -> None:
+    """Show on a stage's MLflow run the curated files it trains or evaluates on (``context``: "training",
+    "evaluation"), with the same name and digest as on the data stage's run."""
+    import pandas as pd
+
+    for name in names:
+        path = Path(data_outputs[name])
+        tracker.log_dataset(pd.read_parquet(path), path, name, context)
+
+
 def data_metrics(report: dict) -> dict[str, float]:
     """The data report (report.json) as `data/...` metrics (names dashboards rely on)."""
     by_reason: dict[str, int] = {}
@@ -58,8 +68,11 @@ def prepare_data(
             path = out_dir / f"{name}.parquet"
             tracker.log_dataset(pd.read_parquet(path), path, name)
         tracker.log_artifact(out_dir, "data")
+        note = ctx.mlflow_note()
         ctx.publish_markdown(
-            "data-report", result.to_markdown() + f"\n\nMLflow: {ctx.mlflow_run_link(tracker.run_id)}",
+            "data-report",
+            result.to_markdown() + f"\n\nMLflow: {ctx.mlflow_run_link(tracker.run_id, 'data stage run')}"
+            + (f"\n\n{note}" if note else ""),
             "Rows in / kept / dropped per reason, dedup, coverage",
         )
     outputs = {name: str(out_dir / f"{name}.parquet") for name in CURATED_FILES}

@@ -5,6 +5,7 @@
 the registry decision and the summary on the Prefect run page. Outputs in ``out_dir``:
 
 * ``eval.json``        the primary policy's figures (``eval/...`` names) and the whole comparison
+                       (every method's estimates with their 95% intervals)
 * ``comparison.md``    the comparison table (one row per method) in Markdown
 * ``samples.jsonl``    one row per (method, prompt): prompt, SFT response, the method's response,
                        gold and reward-model scores, KL
@@ -25,6 +26,7 @@ from rlhf_core.errors import DataError, ModelLoadError
 from rlhf_core.evaluation import EvalConfig, MethodComparison, ppo_checkpoint_steps
 from rlhf_core.tracking import NullTracker, Tracker
 from tasks.context import STAGE_CACHE, StageContext
+from tasks.data import log_curated_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -33,6 +35,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from flows.config import PipelineConfig
 
 PRIMARY = "ppo"  # the policy whose figures get the plain eval/... names, when present
+AGREEMENT_ON_POLICY = "eval/rm_gold_agreement_on_policy"
+_CI_SUFFIXES = ("_ci_low", "_ci_high")
 
 # Columns of comparison.md: (estimate, header, format)
 _TABLE_COLUMNS = (
@@ -185,8 +189,10 @@ def run_evaluation(
     ``eval_cfg`` defaults to ``cfg.eval`` (``EvalConfig()`` when the pipeline config has none).
     With ``eval_cfg.ppo_checkpoints`` the kept intermediate PPO checkpoints join the comparison
     (see :func:`with_ppo_checkpoints`). The primary policy (``ppo``, else the first given, else the
-    SFT model) is logged under the dashboard names ``eval/...``; every method also as
-    ``eval/<method>/...``. Returns the output paths and the primary metrics.
+    SFT model) is logged under the dashboard names ``eval/...`` with their 95% intervals
+    (``..._ci_low``/``..._ci_high``); every method's point estimates also as ``eval/<method>/...``,
+    their intervals in ``eval.json``, ``comparison.md`` and (with MLflow) the ``eval_comparison.json``
+    table, not as ~150 more one-point metric charts. Returns the output paths and the primary metrics.
     """
     from rlhf_core.devices import resolve_device
     from rlhf_core.evaluation import compare_methods, metric_safe
@@ -215,9 +221,11 @@ def run_evaluation(
     )
 
     primary = PRIMARY if PRIMARY in comparison.reports else next(iter(policy_dirs), "sft")
+    every_method = comparison.metrics()
     primary_metrics = comparison.reports[primary].metrics()
-    metrics = {**comparison.metrics(), **primary_metrics}
-    tracker.log_metrics(metrics, step=0)
+    if AGREEMENT_ON_POLICY in every_method:
+        primary_metrics[AGREEMENT_ON_POLICY] = every_method[AGREEMENT_ON_POLICY]
+    tracker.log_metrics({**point_estimates(every_method), **primary_metrics}, step=0)
 
     eval_json = out / "eval.json"
     eval_json.write_text(json.dumps(_jsonable({
@@ -237,7 +245,7 @@ def run_evaluation(
     plot = plot_gold_vs_sqrt_kl(comparison.points(), out / "gold_vs_kl.png")
     for path in (eval_json, table_md, samples_path, plot):
         tracker.log_artifact(path)
-    _log_samples_table(tracker, sample_rows)
+    _log_tables(tracker, sample_rows, comparison.table())
     return {
         "eval_json": str(eval_json),
         "comparison_md": str(table_md),
@@ -249,17 +257,26 @@ def run_evaluation(
     }
 
 
-def _log_samples_table(tracker: Tracker, rows: list[dict[str, Any]]) -> None:
-    """With MLflow, the samples also as a table the UI shows in its Evaluation/Artifacts view (mlflow.log_table)."""
+def point_estimates(metrics: Mapping[str, float]) -> dict[str, float]:
+    """``metrics`` without the 95% interval bounds (``..._ci_low`` / ``..._ci_high``)."""
+    return {k: v for k, v in metrics.items() if not k.endswith(_CI_SUFFIXES)}
+
+
+def _log_tables(tracker: Tracker, sample_rows: list[dict[str, Any]], comparison_rows: list[dict[str, Any]]) -> None:
+    """With MLflow, the samples and the comparison (every method's estimates and intervals) also as
+    tables the UI shows in its Artifacts view (mlflow.log_table)."""
     from tasks.tracking import MlflowTracker
 
-    if not isinstance(tracker, MlflowTracker) or not rows:
+    if not isinstance(tracker, MlflowTracker):
         return
     import pandas as pd
 
-    columns = ["method", "id", "prompt", "harmful", "sft_response", "policy_response",
-               "sft_gold", "policy_gold", "sft_rm", "policy_rm", "kl"]
-    tracker.client.log_table(tracker.run_id, pd.DataFrame(rows)[columns], artifact_file="eval_samples.json")
+    if sample_rows:
+        columns = ["method", "id", "prompt", "harmful", "sft_response", "policy_response",
+                   "sft_gold", "policy_gold", "sft_rm", "policy_rm", "kl"]
+        tracker.client.log_table(tracker.run_id, pd.DataFrame(sample_rows)[columns], artifact_file="eval_samples.json")
+    if comparison_rows:
+        tracker.client.log_table(tracker.run_id, pd.DataFrame(comparison_rows), artifact_file="eval_comparison.json")
 
 
 @_prefect_task(name="eval", cache_policy=STAGE_CACHE, persist_result=True)
@@ -272,15 +289,20 @@ def evaluate_stage(cfg: Any, run_dir: str, ctx: StageContext) -> dict[str, str]:
     out_dir = run.stage("eval")
     with ctx.stage_run("eval") as tracker:
         tracker.log_params({"eval": cfg.eval.model_dump(mode="json")})
+        log_curated_inputs(tracker, data, ("eval_prompts",), context="evaluation")
         result = run_evaluation(
             cfg, sft["model_dir"], policy_dirs, reward["model_dir"], data["eval_prompts"], out_dir, tracker
         )
         decision = _promotion(cfg, ctx, tracker, policy_dirs.get("ppo"), result["metrics"])
         summary = Path(result["comparison_md"]).read_text(encoding="utf-8")
+        links = "tracking off"
+        if tracker.run_id is not None:
+            links = (f"{ctx.mlflow_run_link(tracker.run_id, 'evaluation stage run')} · "
+                     f"{ctx.mlflow_run_link(ctx.parent_run_id, 'pipeline run')}")  # fmt: skip
+        note = ctx.mlflow_note()
         ctx.publish_markdown(
             "evaluation",
-            f"# Evaluation\n\n{summary}\n\nRegistry: {decision}\n\n"
-            f"MLflow: eval run {ctx.mlflow_run_link(tracker.run_id)}; pipeline run {ctx.mlflow_run_link(ctx.parent_run_id)}",
+            f"# Evaluation\n\n{summary}\n\nRegistry: {decision}\n\nMLflow: {links}" + (f"\n\n{note}" if note else ""),
             "PPO / DPO / best-of-N vs SFT on held-out prompts (gold scorer, reward model, KL)",
         )
     outputs = {k: result[k] for k in ("eval_json", "comparison_md", "samples", "plot")}
@@ -288,22 +310,23 @@ def evaluate_stage(cfg: Any, run_dir: str, ctx: StageContext) -> dict[str, str]:
 
 
 def _promotion(cfg: Any, ctx: StageContext, tracker: Any, ppo_dir: str | None, metrics: dict[str, float]) -> str:
-    """Move the `champion` alias of rlhf-policy only when the evaluation says the new policy is better."""
+    """Move the `champion` alias of this pipeline's policy model only when the evaluation says the new policy is better."""
     if not (ppo_dir and cfg.registry.enabled and ctx.tracking_enabled):
         return "no PPO policy registered in this run (registry or tracking off)"
     from tasks.registry import find_version, promote_if_better
 
-    version = find_version(tracker.client, "rlhf-policy", ppo_dir)
+    name = ctx.registered_model("policy")
+    version = find_version(tracker.client, name, ppo_dir)
     if version is None:
-        return "no registered rlhf-policy version for this run's PPO model"
+        return f"no registered {name} version for this run's PPO model"
     rule = cfg.registry
     ci_low = metrics.get("eval/gold_delta_ci_low", float("nan"))
     gate = (ci_low > 0) if rule.require_gold_ci_above_zero else True
     gate_reason = f"gold(policy) - gold(SFT) 95% CI low {ci_low:.4f} > 0" if rule.require_gold_ci_above_zero else "no gate"
     score = metrics.get(rule.champion_metric, float("nan"))
     _, decision = promote_if_better(
-        tracker.client, "rlhf-policy", version, score, metric=rule.champion_metric,
+        tracker.client, name, version, score, metric=rule.champion_metric,
         min_improvement=rule.min_improvement, gate=gate and math.isfinite(score), gate_reason=gate_reason,
     )
     tracker.set_tags({"registry.decision": decision})
-    return f"rlhf-policy v{version}: {decision}"
+    return f"{name} v{version}: {decision}"

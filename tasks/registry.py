@@ -1,8 +1,10 @@
 """MLflow model registry: every new stage model is a `candidate`; `champion` moves on evidence.
 
-Models are logged as HF-format directories (safetensors + tokenizer + `rlhf_stage.json`)
-under the stage run's `model/` artifact path and registered from there, so
-`models:/rlhf-policy@champion` resolves to a directory `from_pretrained` can load.
+Each pipeline registers its own models, named after it (:func:`registered_model_name`:
+`rlhf-demo-sft`, `rlhf-demo-reward`, `rlhf-demo-policy` for the pipeline `rlhf-demo`), so a smoke
+run never moves the demo's aliases. Models are logged as HF-format directories (safetensors +
+tokenizer + `rlhf_stage.json`) under the stage run's `model/` artifact path and registered from
+there, so `models:/rlhf-demo-policy@champion` resolves to a directory `from_pretrained` can load.
 """
 
 from __future__ import annotations
@@ -12,6 +14,14 @@ from pathlib import Path
 from tasks.tracking import MlflowTracker
 
 CANDIDATE, CHAMPION = "candidate", "champion"
+MODEL_KINDS = ("sft", "reward", "policy")
+
+
+def registered_model_name(prefix: str, kind: str) -> str:
+    """``<prefix>-<kind>``: the prefix is ``registry.model_prefix``, by default the pipeline's name."""
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind '{kind}' (known: {', '.join(MODEL_KINDS)})")
+    return f"{prefix}-{kind}"
 
 
 def register_candidate(tracker: MlflowTracker, model_dir: Path, name: str) -> str:

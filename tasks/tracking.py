@@ -433,8 +433,9 @@ class MlflowTracker:
         for key, value in tags.items():
             self.client.set_tag(self.run_id, key, str(value))
 
-    def log_dataset(self, frame: Any, path: Path, name: str) -> None:
-        """Record a dataset a stage used as an MLflow run input (with its digest)."""
+    def log_dataset(self, frame: Any, path: Path, name: str, context: str | None = None) -> None:
+        """Record a dataset a stage used as an MLflow run input (with its digest); ``context`` (the UI's
+        "training", "evaluation" badge) defaults to ``name``."""
         import warnings
 
         import mlflow.data
@@ -444,7 +445,7 @@ class MlflowTracker:
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=str(path), name=name)
         # what mlflow.log_input does, bound to this run instead of the thread's active run
-        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", name)])
+        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context or name)])
         self.client.log_inputs(self.run_id, datasets=[entity])
 
 
@@ -506,7 +507,7 @@ class NullStageTracker(NullTracker):
     def set_tags(self, tags: Mapping[str, Any]) -> None:
         return None
 
-    def log_dataset(self, frame: Any, path: Path, name: str) -> None:
+    def log_dataset(self, frame: Any, path: Path, name: str, context: str | None = None) -> None:
         return None
 
 
@@ -517,13 +518,43 @@ def configure(tracking_uri: str, artifact_root: Path, experiment: str) -> str:
     mlflow.set_tracking_uri(tracking_uri)
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is not None:
+        stale = stale_artifact_location(tracking_uri, existing.artifact_location, artifact_root)
+        if stale is not None and stale not in _warned_stale:
+            _warned_stale.add(stale)
+            log.warning(
+                "MLflow experiment '%s' keeps its artifacts in %s, outside this workspace's %s: the workspace was "
+                "copied or moved from elsewhere, and new runs' models and checkpoints would be written there. "
+                "Run with --set tracking.experiment=<new name> (a new experiment in this store, artifacts inside "
+                "the workspace) or use a fresh workspace", experiment, stale, artifact_root.resolve(),
+            )  # fmt: skip
         return existing.experiment_id
     artifact_root.mkdir(parents=True, exist_ok=True)
-    # Without the kind tag MLflow 3 opens a new experiment in its GenAI "Evaluations" view.
+    # The kind tag says "model training" to MLflow versions whose UI reads it (3.0-3.x); 3.17's UI
+    # ignores it and goes by the browser's GenAI / Model-training toggle, hence ML_VIEW in our links.
     return mlflow.create_experiment(
         experiment, artifact_location=artifact_root.resolve().as_uri(),
         tags={"mlflow.experimentKind": "custom_model_development"},
     )
+
+
+_warned_stale: set[str] = set()  # one warning per location and process (configure runs several times per run)
+
+
+def stale_artifact_location(tracking_uri: str, artifact_location: str, artifact_root: Path) -> str | None:
+    """The experiment's local artifact location when it lies outside ``artifact_root`` although the store
+    is the workspace's own sqlite file (a copied or moved workspace: the location is an absolute path
+    recorded when the experiment was created); None when it is fine or not ours to judge (a server's)."""
+    from urllib.parse import urlparse
+
+    from mlflow.utils.file_utils import local_file_uri_to_path
+
+    root = artifact_root.resolve()
+    if not tracking_uri.startswith("sqlite:///") or urlparse(artifact_location).scheme not in ("", "file"):
+        return None
+    if Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent != root.parent:
+        return None  # a store outside the workspace: its experiments' locations are its own business
+    location = Path(local_file_uri_to_path(artifact_location)).resolve()
+    return None if location == root else str(location)
 
 
 @contextmanager
@@ -649,8 +680,67 @@ def end_run(run_id: str, status: str = "FINISHED") -> None:
     MlflowClient().set_terminated(run_id, status=status)
 
 
-def run_link(tracking_uri: str, experiment_id: str, run_id: str) -> str:
-    """The MLflow UI page of a run when tracking goes to a server; otherwise how to open it."""
-    if tracking_uri.startswith(("http://", "https://")):
-        return f"{tracking_uri.rstrip('/')}/#/experiments/{experiment_id}/runs/{run_id}"
-    return f"run {run_id} in {tracking_uri} (open with `rlhf ui`)"
+# MLflow 3.17's UI shows an experiment in its GenAI layout (traces, token usage) or its
+# "Model training" layout (runs, metrics) by the `workflowType` URL parameter, else by a per-browser
+# toggle that starts on GenAI: the experiment's `mlflow.experimentKind` tag no longer decides it
+# (mlflow/server/js: useExperimentKind returns the toggle's kind whenever the toggle is shown, which
+# is always). Every link we print carries the parameter so it lands on the runs, not on GenAI.
+ML_VIEW = "workflowType=machine_learning"
+# Where `rlhf ui` (flows/servers.py, DEFAULT_MLFLOW_PORT) and `mlflow ui` serve a local store by default.
+LOCAL_UI_URL = "http://127.0.0.1:5000"
+
+
+def is_server_uri(tracking_uri: str) -> bool:
+    return tracking_uri.startswith(("http://", "https://"))
+
+
+def ui_base_url(tracking_uri: str) -> str:
+    """The MLflow UI showing this store: the tracking server itself, else where `rlhf ui` serves it."""
+    return tracking_uri.rstrip("/") if is_server_uri(tracking_uri) else LOCAL_UI_URL
+
+
+def run_url(tracking_uri: str, experiment_id: str, run_id: str) -> str:
+    """The MLflow UI page of one run (Model-training layout)."""
+    return f"{ui_base_url(tracking_uri)}/#/experiments/{experiment_id}/runs/{run_id}?{ML_VIEW}"
+
+
+def experiment_url(tracking_uri: str, experiment_id: str) -> str:
+    """The experiment's runs table (Model-training layout)."""
+    return f"{ui_base_url(tracking_uri)}/#/experiments/{experiment_id}/runs?{ML_VIEW}"
+
+
+def workspace_of_store(tracking_uri: str) -> Path | None:
+    """The workspace whose sqlite store this is (``sqlite:///<ws>/mlflow/mlflow.db``), else None."""
+    if not tracking_uri.startswith("sqlite:///"):
+        return None
+    db = Path(tracking_uri.removeprefix("sqlite:///"))
+    return db.parent.parent if db.name == "mlflow.db" and db.parent.name == "mlflow" else None
+
+
+def ui_note(tracking_uri: str) -> str:
+    """What must run for the links to open: nothing for a server; `rlhf ui` for a workspace's local store."""
+    if is_server_uri(tracking_uri):
+        return ""
+    workspace = workspace_of_store(tracking_uri)
+    start = (f"`rlhf ui --workspace {workspace}`" if workspace is not None
+             else f"`mlflow ui --backend-store-uri {tracking_uri}`")
+    return f"The MLflow links open the UI on {LOCAL_UI_URL} (the default port): start it first with {start}."
+
+
+def run_link(tracking_uri: str, experiment_id: str, run_id: str, label: str) -> str:
+    """A Markdown link to a run's MLflow page (see :func:`ui_note` for a local store)."""
+    return f"[{label}]({run_url(tracking_uri, experiment_id, run_id)})"
+
+
+def stage_run_ids(parent_run_id: str, experiment_id: str, tracking_uri: str | None = None) -> dict[str, str]:
+    """The newest MLflow run of each stage under a pipeline's parent run (a re-run stage has several)."""
+    from mlflow.tracking import MlflowClient
+
+    runs = MlflowClient(tracking_uri).search_runs(
+        [experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'",
+        order_by=["attributes.start_time DESC"], max_results=1000,
+    )  # fmt: skip
+    found: dict[str, str] = {}
+    for run in runs:
+        found.setdefault(run.data.tags.get("rlhf.stage", run.info.run_name), run.info.run_id)
+    return found

@@ -16,6 +16,7 @@ from flows.config import PipelineConfig
 from rlhf_core.config import ModelConfig
 from tasks.artifacts import RunDir
 from tasks.context import STAGE_CACHE, StageContext
+from tasks.data import log_curated_inputs
 
 
 @task(name="fetch-base-model", retries=2, retry_delay_seconds=[5, 30])
@@ -93,9 +94,10 @@ def stage_metric(stage: str) -> str:
 def train_sft_stage(cfg: PipelineConfig, base_dir: str, run_dir: str, ctx: StageContext) -> dict[str, str]:
     """Supervised fine-tuning on the curated demonstrations (data-parallel when distributed.num_processes > 1)."""
     run = ctx.run
-    run.require("data")
+    data = run.require("data")
     with ctx.stage_run("sft") as tracker:
         tracker.log_params({"sft": cfg.sft.model_dump(mode="json"), "base_model": base_dir})
+        log_curated_inputs(tracker, data, ("demonstrations",), context="training")
         if cfg.distributed.enabled:
             result = _fit_distributed("sft", cfg, base_dir, run, tracker, ctx.tracking_uri)
         else:
@@ -145,6 +147,8 @@ def train_reward_stage(cfg: PipelineConfig, policy_dir: str, run_dir: str, ctx: 
     out_dir = run.stage("reward")
     with ctx.stage_run("reward") as tracker:
         tracker.log_params({"reward": cfg.reward.model_dump(mode="json"), "init_from": policy_dir})
+        # its train split trains the model; its eval split measures the agreement
+        log_curated_inputs(tracker, data, ("preferences",), context="training")
         if cfg.distributed.enabled:
             result = _fit_distributed("reward", cfg, policy_dir, run, tracker, ctx.tracking_uri)
             reward_model = RewardModel.from_pretrained(result.model_dir, trust_remote_code=cfg.model.trust_remote_code)
@@ -170,6 +174,7 @@ def train_reward_stage(cfg: PipelineConfig, policy_dir: str, run_dir: str, ctx: 
         )
         agreement = report.to_dict()
         agreement["held_out"] = "eval split" if len(eval_pairs) else "train split (no eval pairs: optimistic)"
+        agreement["metrics"] = report.metrics()  # as logged: the pipeline summary reads them back (tasks/summary.py)
         tracker.log_metrics({**report.metrics(), "rm/wall_seconds": result.wall_seconds}, step=result.steps)
         (out_dir / "agreement.json").write_text(json.dumps(agreement, indent=2, default=float))
         plot_reliability(report, out_dir / "reliability.png")
@@ -178,7 +183,7 @@ def train_reward_stage(cfg: PipelineConfig, policy_dir: str, run_dir: str, ctx: 
             tracker.log_artifact(out_dir / name)
         ctx.log_checkpoint(tracker, result.checkpoint_dir)
         ctx.register(tracker, result.model_dir, "reward")
-        ctx.publish_agreement(report.metrics(), len(held_out))
+        ctx.publish_agreement(report.metrics(), len(held_out), tracker.run_id)
     return run.record_outputs(
         "reward", {"model_dir": str(result.model_dir), "agreement": str(out_dir / "agreement.json")}
     )
@@ -208,11 +213,12 @@ def train_ppo_stage(cfg: PipelineConfig, policy_dir: str, run_dir: str, ctx: Sta
     harmful = dict(zip(prompts["prompt"], prompts["harmful"].fillna(False))) if "harmful" in prompts else {}
     with ctx.stage_run("ppo") as tracker:
         tracker.log_params({"ppo": cfg.ppo.model_dump(mode="json"), "policy_init": policy_dir})
+        log_curated_inputs(tracker, data, ("rl_prompts",), context="training")
         result = train_ppo(
             cfg.ppo, policy, tokenizer, reward_model, tokenizer, prompts,
             output_dir=run.stage("ppo"), tracker=tracker, seed=cfg.seed,
             gold_fn=lambda p, r: gold_score(p, r, harmful=bool(harmful.get(p, False))),
-            reward_prompt_format=cfg.reward.prompt_format,
+            reward_prompt_format=cfg.reward.prompt_format, progress=True,  # as SFT's and the reward model's
         )
         tracker.log_metrics({"ppo/wall_seconds": result.wall_seconds, "ppo/stopped_early": float(result.stopped_early)}, step=result.steps)
         if result.stopped_early:
@@ -236,7 +242,8 @@ def train_dpo_stage(cfg: PipelineConfig, policy_dir: str, run_dir: str, ctx: Sta
     train_pairs, _ = _split(pd.read_parquet(data["preferences"]), "preferences")
     with ctx.stage_run("dpo") as tracker:
         tracker.log_params({"dpo": cfg.dpo.model_dump(mode="json"), "policy_init": policy_dir})
-        result = train_dpo(cfg.dpo, policy, tokenizer, train_pairs, output_dir=run.stage("dpo"), tracker=tracker, seed=cfg.seed)
+        log_curated_inputs(tracker, data, ("preferences",), context="training")
+        result = train_dpo(cfg.dpo, policy, tokenizer, train_pairs, output_dir=run.stage("dpo"), tracker=tracker, seed=cfg.seed, progress=True)
         tracker.log_metrics({"dpo/wall_seconds": result.wall_seconds}, step=result.steps)
         ctx.log_checkpoint(tracker, result.checkpoint_dir)
     return run.record_outputs("dpo", {"model_dir": str(result.model_dir)})

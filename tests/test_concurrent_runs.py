@@ -37,7 +37,7 @@ VARIANTS = {
     "b": ["sft.optim.max_steps=3", "data.dedup.near=false"],
 }
 STAGES = {"data", "sft", "reward", "ppo", "eval"}
-REGISTERED = {"rlhf-sft": "sft", "rlhf-reward": "reward", "rlhf-policy": "ppo"}
+REGISTERED = {"rlhf-smoke-sft": "sft", "rlhf-smoke-reward": "reward", "rlhf-smoke-policy": "ppo"}  # <pipeline name>-<kind>
 TIMEOUT_S = 600
 
 

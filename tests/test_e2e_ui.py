@@ -1,10 +1,12 @@
 """End to end, as a user lives with the product: real servers, a real worker, a real browser.
 
 1. `rlhf ui` starts the Prefect server and the MLflow server (free ports, a tmp workspace).
-2. `rlhf deploy --config smoke` registers the deployments (paused daily schedule) on a
+2. `rlhf deploy --config smoke` registers the deployments (daily schedule, off) on a
    process work pool and runs a worker.
-3. The smoke pipeline is triggered through the Prefect REST API exactly as the UI's
-   "Run > Quick run" does, and runs on the worker, tracking into the MLflow server.
+3. A second `rlhf deploy --interval 60 --active` registers the pipeline on a one-minute
+   schedule; the Prefect *scheduler* (not the test) creates a run, the worker runs it, and the
+   test turns the schedule off as the UI's toggle does. (SQLAlchemy 2.1 broke the scheduler
+   while every run triggered through the API still worked.)
 4. Headless Chromium opens the Prefect flow-run page and the MLflow run pages and checks
    what a person would see there; screenshots go to $RLHF_E2E_SCREENSHOTS
    (default <repo>/.rlhf/e2e-screenshots, not committed).
@@ -38,6 +40,8 @@ pytestmark = [pytest.mark.e2e, pytest.mark.timeout(1800)]
 SCREENSHOTS = Path(os.environ.get("RLHF_E2E_SCREENSHOTS", REPO / ".rlhf" / "e2e-screenshots"))
 POOL = "rlhf-e2e"
 CRON = "0 3 * * *"
+SCHEDULED = "rlhf-smoke-every-minute"  # the deployment whose schedule must fire by itself
+FIRE_TIMEOUT = 300.0  # scheduler loop (60 s) + the next interval slot (60 s) + the worker's poll (15 s)
 SERVER_TIMEOUT = 300.0  # two servers starting together on 2 shared cores: ~30-50 s measured
 RUN_TIMEOUT = 1200.0  # the smoke pipeline plus a cold Python process for the flow run
 STAGES = ("data", "sft", "reward")  # nested MLflow runs the smoke preset must produce
@@ -148,13 +152,39 @@ def deployment(stack):
 
 
 @pytest.fixture(scope="module")
-def flow_run(stack, deployment):
-    """Trigger the smoke pipeline like the UI's Quick run; wait until it ends (any final state)."""
+def scheduled_deployment(stack):
+    """The smoke pipeline on an active one-minute schedule (`rlhf deploy --interval 60 --active`)."""
+    ws, deploy = stack["ws"], Command(
+        ["deploy", "--config", "smoke", "--workspace", str(stack["ws"]), "--set", f"model.cache_dir={MODEL_CACHE}",
+         "--prefect-api-url", f"{stack['prefect_url']}/api", "--tracking-uri", stack["mlflow_url"], "--pool", POOL,
+         "--interval", "60", "--active", "--name", SCHEDULED, "--no-worker"],
+        stack["ws"] / "deploy-scheduled.out",
+    )  # fmt: skip
+    assert deploy.proc.wait(timeout=180) == 0, deploy.output()
+    return stack["prefect"].deployment("rlhf-pipeline", SCHEDULED)
+
+
+@pytest.fixture(scope="module")
+def flow_run(stack, scheduled_deployment):
+    """The first run the scheduler creates; the schedule is then turned off; wait until the run ends."""
     prefect: PrefectAPI = stack["prefect"]
-    created = prefect.run_deployment(deployment["id"])
     started = time.monotonic()
-    run = prefect.wait_for_terminal(created["id"], RUN_TIMEOUT)
+    picked = None
+    while picked is None:
+        runs = prefect.flow_runs_of(scheduled_deployment["id"])
+        picked = next((r for r in runs if r["state_type"] not in ("SCHEDULED",)), None)
+        assert time.monotonic() - started < FIRE_TIMEOUT, (
+            f"the active schedule created no run that started within {FIRE_TIMEOUT:.0f} s "
+            f"(runs: {[(r['name'], r['state_type']) for r in runs]}); scheduler errors in the server log:\n"
+            + "\n".join(line for line in (stack["ws"] / "logs" / "prefect-server.log").read_text().splitlines() if "Error" in line)[-3000:]
+        )  # fmt: skip
+        time.sleep(2)
+    fired = time.monotonic() - started
+    prefect.set_schedule_active(scheduled_deployment, False)  # as the schedule's toggle in the UI
+    run = prefect.wait_for_terminal(picked["id"], RUN_TIMEOUT)
     run["_seconds"] = time.monotonic() - started
+    run["_fired_after"] = fired
+    run["_left_scheduled"] = [r["name"] for r in prefect.flow_runs_of(scheduled_deployment["id"]) if r["state_type"] == "SCHEDULED"]
     return run
 
 
@@ -164,17 +194,45 @@ def browser(tmp_path_factory):
         yield driver
 
 
-def test_deployment_has_paused_daily_schedule_on_process_pool(stack, deployment):
+def test_deployment_has_a_daily_schedule_that_is_off_on_process_pool(stack, deployment):
     assert deployment["work_pool_name"] == POOL
-    assert deployment["paused"] is True
-    assert [s["schedule"].get("cron") for s in deployment["schedules"]] == [CRON]
+    # One switch, shown the same everywhere in the UI: the schedule's own; the deployment is not paused.
+    assert deployment["paused"] is False
+    assert [(s["schedule"].get("cron"), s["schedule"].get("timezone"), s["active"]) for s in deployment["schedules"]] == [(CRON, "UTC", False)]
     config = deployment["parameters"]["config"]
     assert config["name"] == "rlhf-smoke"
     assert Path(config["workspace"]) == stack["ws"].resolve()
     assert config["tracking"]["tracking_uri"] == stack["mlflow_url"]
+    # Data paths resolved once, at deploy time (runs start in the worker's directory).
+    assert all(Path(p).is_absolute() and Path(p).is_file() for p in config["data"]["preferences"])
     # The UI renders a form from this schema and rejects bad values before a run is created.
     assert deployment["enforce_parameter_schema"] is True
     assert "config" in deployment["parameter_openapi_schema"]["properties"]
+    # The stage flows are for runs by hand: scheduled too, each would redo its stage at 03:00.
+    stage = stack["prefect"].deployment("sft", "rlhf-smoke")
+    assert stage["schedules"] == [] and stage["paused"] is False
+
+
+def test_a_credential_typed_into_the_form_is_refused_before_a_run_exists(stack, deployment):
+    """The form's check (/ui/schemas/validate) and its submit (create_flow_run) both refuse it; nothing is stored."""
+    prefect: PrefectAPI = stack["prefect"]
+    secret = "FAKE-e2e-pw-31337"
+    params = json.loads(json.dumps(deployment["parameters"]))
+    params["config"]["tracking"]["tracking_uri"] = f"http://rlhf:{secret}@127.0.0.1:5000"
+    params["config"]["model"]["revision"] = f"main?token={secret}"
+    checked = prefect.http.post(
+        "/ui/schemas/validate", json={"schema": deployment["parameter_openapi_schema"], "values": params}
+    )
+    assert checked.status_code == 200, checked.text
+    assert checked.json()["valid"] is False and "no credential" in checked.text, checked.text
+    before = {r["id"] for r in prefect.flow_runs_of(deployment["id"])}
+    r = prefect.http.post(f"/deployments/{deployment['id']}/create_flow_run", json={"parameters": params, "state": {"type": "SCHEDULED"}})
+    assert r.status_code in (409, 422), r.text
+    assert "no credential" in r.text, r.text
+    runs = prefect.flow_runs_of(deployment["id"])
+    assert {r["id"] for r in runs} == before, "a flow run was created from parameters holding a password"
+    all_runs = prefect.http.post("/flow_runs/filter", json={"limit": 200})
+    assert secret not in all_runs.text, "a password reached Prefect's stored flow-run parameters"
 
 
 def test_an_invalid_parameter_is_rejected_before_a_run_exists(stack, deployment):
@@ -188,14 +246,16 @@ def test_an_invalid_parameter_is_rejected_before_a_run_exists(stack, deployment)
     assert "max_steps" in r.text
 
 
-def test_smoke_pipeline_completes_on_the_worker(stack, flow_run):
+def test_an_active_schedule_fires_by_itself_and_its_run_completes(stack, flow_run):
     prefect: PrefectAPI = stack["prefect"]
+    assert flow_run["auto_scheduled"] is True and flow_run["created_by"]["type"] == "SCHEDULE", flow_run["created_by"]
+    assert flow_run["_left_scheduled"] == [], "turning the schedule off left scheduled runs behind"
     assert flow_run["state_type"] == "COMPLETED", (
         f"flow run {flow_run['name']} ended {flow_run['state_type']}: {flow_run['state']['message']}\n"
         f"--- flow-run logs ---\n{prefect.logs(flow_run['id'])[-6000:]}\n--- worker ---\n{stack['deploy'].output()[-3000:]}"
     )
-    print(f"\nflow run {flow_run['name']}: {flow_run['state_type']} in {flow_run['_seconds']:.0f} s "
-          f"(servers healthy after {stack['server_seconds']:.0f} s)")  # fmt: skip
+    print(f"\nscheduled flow run {flow_run['name']}: started {flow_run['_fired_after']:.0f} s after deploying, "
+          f"{flow_run['state_type']} after {flow_run['_seconds']:.0f} s (servers healthy after {stack['server_seconds']:.0f} s)")  # fmt: skip
 
 
 def test_prefect_ui_shows_the_completed_run_and_its_stages(stack, flow_run, browser):
@@ -203,7 +263,7 @@ def test_prefect_ui_shows_the_completed_run_and_its_stages(stack, flow_run, brow
     stages = prefect.subflow_runs(flow_run["id"])  # flow name -> subflow run
     browser.get(f"{stack['prefect_url']}/runs/flow-run/{flow_run['id']}")
     try:
-        body = wait_for_texts(browser, [flow_run["name"], "rlhf-pipeline", "rlhf-smoke", POOL], timeout=90)
+        body = wait_for_texts(browser, [flow_run["name"], "rlhf-pipeline", SCHEDULED, POOL], timeout=90)
         # The run's own state badge is the first state word after its name in the header
         # (task and subflow rows further down carry their own states).
         header = body.split(flow_run["name"], 1)[1]
@@ -284,3 +344,43 @@ def test_prefect_yaml_deploys_the_same_flows_with_prefect_deploy(stack):
     # The default pull step: run from the repository root, where the flows and data live.
     steps = [step.get("prefect.deployments.steps.set_working_directory", {}) for step in demo["pull_steps"]]
     assert any(Path(s.get("directory", "")) == REPO for s in steps), demo["pull_steps"]
+
+
+def test_the_mlflow_links_in_the_prefect_artifacts_land_on_the_runs(stack, flow_run, browser):
+    """Follow the product's own links, as a person clicks them: Prefect's run page -> Artifacts ->
+    the pipeline summary -> its MLflow links. Each must open a run page (or the runs table) showing
+    the run's metrics, not MLflow's empty GenAI overview (traces, token usage)."""
+    assert flow_run["state_type"] == "COMPLETED", "the pipeline run did not complete (see the test above)"
+    from selenium.webdriver.common.by import By
+
+    browser.get(f"{stack['prefect_url']}/runs/flow-run/{flow_run['id']}")
+    wait_for_texts(browser, [flow_run["name"]], timeout=90)
+    click_text(browser, "Artifacts")
+    try:
+        wait_for_texts(browser, ["pipeline-summary"], timeout=60)
+    finally:
+        screenshot(browser, SCREENSHOTS / "prefect-parent-artifacts.png")
+    click_text(browser, "pipeline-summary")
+    try:
+        body = wait_for_texts(browser, ["gold win rate", "reward model agrees"], timeout=60)
+    finally:
+        screenshot(browser, SCREENSHOTS / "prefect-pipeline-summary.png")
+    links = {a.text.strip(): a.get_attribute("href") for a in browser.find_elements(By.CSS_SELECTOR, f"a[href^='{stack['mlflow_url']}']")}
+    assert links, f"the summary has no link into the MLflow UI at {stack['mlflow_url']}:\n{body[:2000]}"
+    runs = stack["mlflow"].runs_tagged("prefect.flow_run_id", flow_run["id"])
+    by_id = {r["info"]["run_id"]: r for r in runs}
+    followed = 0
+    for text, href in links.items():
+        run_id = next((rid for rid in by_id if rid in href), None)
+        browser.get(href)  # the link opens in a new tab when clicked; the same URL here
+        metric = "rm/agreement_majority" if by_id.get(run_id, {}).get("info", {}).get("run_name") == "reward" else None
+        expected = [by_id[run_id]["info"]["run_name"], "Metrics"] if run_id else ["Run Name"]
+        try:
+            page = wait_for_texts(browser, expected + ([metric] if metric else []), timeout=60)
+        finally:
+            screenshot(browser, SCREENSHOTS / f"mlflow-from-artifact-{followed}.png")
+        assert "Token Usage" not in page and "/overview" not in browser.current_url, (
+            f"the link {text!r} ({href}) opened MLflow's GenAI overview ({browser.current_url}):\n{page[:1500]}"
+        )
+        followed += 1
+    assert followed >= 2, links  # the parent run and at least one stage run

@@ -396,9 +396,15 @@ def test_run_evaluation_writes_report_and_logs(tmp_path, tok, models):
     assert out["methods"] == ["sft", "best-of-1", "best-of-2", "ppo-step-000001", "ppo"]
     logged = tracker.metrics[0][1]
     assert set(DASHBOARD) <= set(logged) and "eval/ppo-step-000001/kl_to_ref" in logged
+    # every method's point estimates; 95% bounds only for the primary's (the rest are in eval.json)
+    assert "eval/best-of-2/gold_delta" in logged and "eval/gold_win_rate_vs_sft_ci_high" in logged
+    assert not [k for k in logged if k.count("/") > 1 and k.endswith(("_ci_low", "_ci_high"))]
     assert {p.name for p in tracker.artifacts} == {"eval.json", "comparison.md", "samples.jsonl", "gold_vs_kl.png"}
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["metrics"]["eval/gold_delta"] == logged["eval/gold_delta"]
+    assert report["metrics"]["eval/rm_gold_agreement_on_policy"] == logged["eval/rm_gold_agreement_on_policy"]
+    best_of_2 = next(row for row in report["table"] if row["method"] == "best-of-2")
+    assert best_of_2["gold_delta_ci_low"] is not None  # the bounds not logged as metrics are kept here
     rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
     assert len(rows) == 5 * len(ROWS) and {r["method"] for r in rows} == set(out["methods"])
     assert "| ppo |" in (tmp_path / "eval" / "comparison.md").read_text()

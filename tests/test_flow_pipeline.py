@@ -19,9 +19,11 @@ from .conftest import MODEL_CACHE, REPO
 
 @pytest.fixture(scope="module")
 def smoke_runs(tmp_path_factory):
-    """The smoke pipeline, then the same run directory re-run (resume), in one Prefect harness."""
+    """The smoke pipeline, then the same run directory re-run (resume), in one Prefect harness;
+    and the Prefect artifacts and flow runs the first run left."""
     workspace = tmp_path_factory.mktemp("ws")
     os.environ.setdefault("PREFECT_HOME", str(workspace / "prefect"))
+    from prefect.client.orchestration import get_client
     from prefect.testing.utilities import prefect_test_harness
 
     from flows.stages import rlhf_pipeline
@@ -32,17 +34,19 @@ def smoke_runs(tmp_path_factory):
     try:
         with prefect_test_harness(server_startup_timeout=180):
             first = rlhf_pipeline(cfg)
+            with get_client(sync_client=True) as client:
+                prefect = {"artifacts": client.read_artifacts(), "flow_runs": {f.id: f for f in client.read_flow_runs()}}
             sft_weights = os.path.join(first["outputs"]["sft model"], "model.safetensors")
             mtime = os.path.getmtime(sft_weights)
             again = rlhf_pipeline(cfg, resume_run=os.path.basename(first["run_dir"]))
     finally:
         os.chdir(cwd)
-    return cfg, first, again, (sft_weights, mtime)
+    return cfg, first, again, (sft_weights, mtime), prefect
 
 
 @pytest.fixture(scope="module")
 def smoke_run(smoke_runs):
-    cfg, first, _, _ = smoke_runs
+    cfg, first, _, _, _ = smoke_runs
     return cfg, first
 
 
@@ -104,9 +108,91 @@ def test_mlflow_has_parent_and_nested_stage_runs(smoke_run):
                  "eval/refusal_rate_benign", "eval/repetition_rate"):
         assert name in ev, name
     assert {a.path for a in client.list_artifacts(by_stage["eval"].info.run_id)} >= {"gold_vs_kl.png", "eval.json"}
-    # every new model is a registry candidate
-    for name in ("rlhf-sft", "rlhf-reward", "rlhf-policy"):
+    # every new model is a registry candidate, under names that carry the pipeline's (no two pipelines share one)
+    registered = {m.name for m in client.search_registered_models()}
+    assert registered == {"rlhf-smoke-sft", "rlhf-smoke-reward", "rlhf-smoke-policy"}
+    for name in registered:
         assert client.get_model_version_by_alias(name, "candidate")
+    assert "registry.rlhf-smoke-policy" in by_stage["ppo"].data.tags
+
+
+def _stage_runs(client, parent_run_id: str) -> dict:
+    parent = client.get_run(parent_run_id)
+    children = client.search_runs(
+        [parent.info.experiment_id], filter_string=f"tags.mlflow.parentRunId = '{parent_run_id}'"
+    )
+    return {r.data.tags["rlhf.stage"]: r for r in children}
+
+
+def test_the_parent_run_carries_the_headline_figures_of_its_stages(smoke_run):
+    from mlflow.tracking import MlflowClient
+
+    cfg, result = smoke_run
+    client = MlflowClient(tracking_uri=result["tracking_uri"])
+    parent = client.get_run(result["mlflow_run_id"]).data.metrics
+    by_stage = _stage_runs(client, result["mlflow_run_id"])
+    rm, ev = by_stage["reward"].data.metrics, by_stage["eval"].data.metrics
+    for name in ("rm/agreement_majority", "rm/agreement_gold", "rm/agreement_ceiling", "rm/agreement_majority_loo",
+                 "rm/ceiling_gap"):
+        assert parent[name] == rm[name], name  # the reward stage's own value, not a recomputation
+    for name in ("eval/gold_win_rate_vs_sft", "eval/gold_win_rate_vs_sft_ci_low", "eval/gold_win_rate_vs_sft_ci_high",
+                 "eval/gold_delta", "eval/gold_delta_ci_low", "eval/gold_delta_ci_high", "eval/kl_to_ref"):
+        assert parent[name] == ev[name], name
+    assert parent["pipeline/wall_seconds"] > 0
+    assert len(parent) <= 25  # a handful, not every stage's metrics again
+    # the eval run: every method's point estimates, intervals only for the headline (primary) figures;
+    # the other intervals are in its eval_comparison.json table
+    assert "eval/ppo/gold_delta" in ev and "eval/dpo/gold_win_rate_vs_sft" in ev
+    assert not [k for k in ev if k.count("/") > 1 and k.endswith(("_ci_low", "_ci_high"))]
+    assert "eval_comparison.json" in {a.path for a in client.list_artifacts(by_stage["eval"].info.run_id)}
+
+
+def test_each_stage_run_shows_the_datasets_it_used(smoke_run):
+    from mlflow.tracking import MlflowClient
+
+    cfg, result = smoke_run
+    by_stage = _stage_runs(MlflowClient(tracking_uri=result["tracking_uri"]), result["mlflow_run_id"])
+    inputs = {stage: {i.dataset.name: (i.dataset.digest, {t.key: t.value for t in i.tags}.get("mlflow.data.context"))
+                      for i in run.inputs.dataset_inputs} for stage, run in by_stage.items()}
+    expected = {"sft": ("demonstrations", "training"), "reward": ("preferences", "training"),
+                "ppo": ("rl_prompts", "training"), "dpo": ("preferences", "training"),
+                "eval": ("eval_prompts", "evaluation")}
+    assert set(inputs["data"]) == {"demonstrations", "preferences", "rl_prompts", "eval_prompts"}
+    for stage, (name, context) in expected.items():
+        assert list(inputs[stage]) == [name], stage
+        digest, logged_context = inputs[stage][name]
+        assert logged_context == context and digest == inputs["data"][name][0], stage  # the same curated file
+
+
+def test_the_prefect_run_pages_link_to_the_right_mlflow_pages(smoke_runs):
+    from mlflow.tracking import MlflowClient
+
+    cfg, result, _, _, prefect = smoke_runs
+    client = MlflowClient(tracking_uri=result["tracking_uri"])
+    by_stage = _stage_runs(client, result["mlflow_run_id"])
+    artifacts = {a.key: a for a in prefect["artifacts"]}
+    exp, parent_id = result["experiment_id"], result["mlflow_run_id"]
+
+    def url(run_id: str) -> str:
+        return f"http://127.0.0.1:5000/#/experiments/{exp}/runs/{run_id}?workflowType=machine_learning"
+
+    # the parent rlhf-pipeline flow run has the summary (its subflows have the stage artifacts)
+    summary = artifacts["pipeline-summary"]
+    assert prefect["flow_runs"][summary.flow_run_id].parent_task_run_id is None
+    rm = by_stage["reward"].data.metrics["rm/agreement_majority"]
+    assert f"| reward model agrees with the annotators' majority | {rm:.3f} [" in summary.data
+    assert f"[pipeline run]({url(parent_id)})" in summary.data
+    for stage, run in by_stage.items():
+        assert f"[{stage}]({url(run.info.run_id)})" in summary.data, stage
+    assert f"rlhf ui --workspace {Path(cfg.workspace).resolve()}" in summary.data  # a local store: how to open the links
+    # the agreement table links to the reward stage's run, headline rows first
+    agreement = artifacts["reward-model-agreement"]
+    assert url(by_stage["reward"].info.run_id) in agreement.description and url(parent_id) not in agreement.description
+    rows = json.loads(agreement.data) if isinstance(agreement.data, str) else agreement.data
+    assert [row["metric"] for row in rows[:3]] == ["rm/agreement_majority", "rm/agreement_gold", "rm/agreement_ceiling"]
+    evaluation = artifacts["evaluation"].data
+    assert f"[evaluation stage run]({url(by_stage['eval'].info.run_id)})" in evaluation and "run run" not in evaluation
+    assert f"[data stage run]({url(by_stage['data'].info.run_id)})" in artifacts["data-report"].data
 
 
 def test_a_stage_run_on_its_own_leaves_the_parent_run_finished(smoke_run):
@@ -134,7 +220,7 @@ def test_a_stage_run_on_its_own_leaves_the_parent_run_finished(smoke_run):
 
 
 def test_rerunning_the_run_directory_skips_finished_stages(smoke_runs):
-    cfg, first, again, (sft_weights, mtime) = smoke_runs
+    cfg, first, again, (sft_weights, mtime), _ = smoke_runs
     assert again["run_dir"] == first["run_dir"] and again["mlflow_run_id"] == first["mlflow_run_id"]
     assert os.path.getmtime(sft_weights) == mtime  # the cached SFT stage was not recomputed
     assert again["outputs"] == first["outputs"]

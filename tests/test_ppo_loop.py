@@ -293,6 +293,29 @@ def test_exact_resume_is_bitwise(tok, tmp_path, adaptive):
     assert full.history[-1]["ppo/reward"] == resumed.history[-1]["ppo/reward"]
 
 
+def test_progress_reports_every_step_and_changes_nothing(tok, tmp_path, capsys, monkeypatch):
+    """As in a CI log (stderr not a terminal, 80 columns): one line per step, and the same training."""
+    import rlhf_core.training
+
+    monkeypatch.setattr(rlhf_core.training, "PROGRESS_INTERVAL_S", 0.0)  # unthrottled: a line per step
+    monkeypatch.setenv("COLUMNS", "80")
+    cfg = ppo_cfg(optim={"max_steps": 3})
+    quiet, reported = tiny_llama(tok), tiny_llama(tok)
+    off = train_ppo(cfg, quiet, tok, TokenFractionReward(5, n=8), tok, PROMPTS, output_dir=tmp_path / "off")
+    assert "ppo: step" not in capsys.readouterr().err
+    on = train_ppo(cfg, reported, tok, TokenFractionReward(5, n=8), tok, PROMPTS, output_dir=tmp_path / "on",
+                   progress=True)
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("ppo: step")]
+    assert [line.split(",")[0] for line in lines] == ["ppo: step 1/3", "ppo: step 2/3", "ppo: step 3/3"]
+    for line, h in zip(lines, on.history, strict=True):
+        assert line.endswith(f"| reward {h['ppo/reward']:.4g}, kl {h['ppo/kl']:.4g}") and len(line) <= 80, line
+    assert "left" in lines[0] and "left" not in lines[-1]
+    for (name, a), (_, b) in zip(quiet.named_parameters(), reported.named_parameters(), strict=True):
+        assert torch.equal(a, b), name
+    assert off.history == [{**h, **{k: off.history[i][k] for k in h if k.startswith("time/")}}
+                           for i, h in enumerate(on.history)]  # timings aside, every number equal
+
+
 def test_out_of_memory_retries_with_smaller_micro_batch(tok, tmp_path, caplog):
     """A (simulated) OOM whenever >2 rows go through a non-generation forward (scoring passes and the
     update): each is redone in micro-batches of 2, and the run equals one configured with 2."""

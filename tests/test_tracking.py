@@ -68,7 +68,7 @@ def test_tracking_off_gives_a_null_stage_run(tmp_path):
         tracker.log_metrics({"sft/loss": 1.0}, step=0)
         tracker.log_artifact(tmp_path, "x")
         assert tracker.run_id is None
-    assert ctx.mlflow_run_link("abc") == "tracking off"
+    assert ctx.mlflow_run_link("abc") == "tracking off" and ctx.mlflow_note() == ""
     assert not (tmp_path / "mlflow").exists()
 
 
@@ -79,25 +79,26 @@ def test_champion_moves_only_on_evidence(store, tmp_path):
 
     ws, experiment_id = store
     client = MlflowClient()
+    policy = "rlhf-demo-policy"
     versions = []
     for i in range(3):
         model_dir = tmp_path / f"model{i}"
         model_dir.mkdir()
         (model_dir / "config.json").write_text("{}")
         with tracking.stage_run(tracking.start_parent_run(experiment_id, f"p{i}").run_id, experiment_id, "ppo") as t:
-            versions.append(register_candidate(t, model_dir, "rlhf-policy"))
-        assert client.get_model_version_by_alias("rlhf-policy", CANDIDATE).version == versions[-1]
-        assert find_version(client, "rlhf-policy", str(model_dir)) == versions[-1]
+            versions.append(register_candidate(t, model_dir, policy))
+        assert client.get_model_version_by_alias(policy, CANDIDATE).version == versions[-1]
+        assert find_version(client, policy, str(model_dir)) == versions[-1]
     kw = {"metric": "eval/mean_gold", "min_improvement": 0.0, "gate_reason": "ci low > 0"}
-    assert promote_if_better(client, "rlhf-policy", versions[0], 0.30, gate=True, **kw)[0]
+    assert promote_if_better(client, policy, versions[0], 0.30, gate=True, **kw)[0]
     # better score but the gate (CI above zero) fails: champion stays
-    promoted, decision = promote_if_better(client, "rlhf-policy", versions[1], 0.50, gate=False, **kw)
+    promoted, decision = promote_if_better(client, policy, versions[1], 0.50, gate=False, **kw)
     assert not promoted and "gate failed" in decision
-    assert client.get_model_version_by_alias("rlhf-policy", CHAMPION).version == versions[0]
+    assert client.get_model_version_by_alias(policy, CHAMPION).version == versions[0]
     # gate holds but the score is worse: champion stays; then a better one moves it
-    assert not promote_if_better(client, "rlhf-policy", versions[1], 0.20, gate=True, **kw)[0]
-    assert promote_if_better(client, "rlhf-policy", versions[2], 0.40, gate=True, **kw)[0]
-    champion = client.get_model_version_by_alias("rlhf-policy", CHAMPION)
+    assert not promote_if_better(client, policy, versions[1], 0.20, gate=True, **kw)[0]
+    assert promote_if_better(client, policy, versions[2], 0.40, gate=True, **kw)[0]
+    champion = client.get_model_version_by_alias(policy, CHAMPION)
     assert champion.version == versions[2] and "promoted" in champion.tags["promotion_decision"]
     assert "eval/mean_gold" in champion.tags["promotion_rule"]
 
@@ -131,7 +132,7 @@ def test_a_stage_model_is_hard_linked_into_a_local_artifact_store_and_registered
     with tracking.stage_run(parent.run_id, experiment_id, "sft") as tracker:
         tracker.log_artifact(model_dir)  # as the trainers do
         tracker.log_artifact(data_dir, "data")
-        version = register_candidate(tracker, model_dir, "rlhf-sft")
+        version = register_candidate(tracker, model_dir, "rlhf-demo-sft")
     local = tracker.local_artifact_dir()
     assert local is not None and local.is_relative_to(ws.mlflow_artifacts.resolve())
     logged = local / "model" / "model.safetensors"
@@ -145,7 +146,7 @@ def test_a_stage_model_is_hard_linked_into_a_local_artifact_store_and_registered
     listed = {a.path for a in client.list_artifacts(tracker.run_id, "model")}
     assert listed == {"model/model.safetensors", "model/tokenizer", f"model/{tracking.STAGE_MARKER}"}  # no temp names
     # the registered version resolves to the same bytes
-    fetched = mlflow.artifacts.download_artifacts(f"models:/rlhf-sft/{version}", dst_path=str(tmp_path / "dl"))
+    fetched = mlflow.artifacts.download_artifacts(f"models:/rlhf-demo-sft/{version}", dst_path=str(tmp_path / "dl"))
     assert (Path(fetched) / "model.safetensors").read_bytes() == payload
     assert (Path(fetched) / tracking.STAGE_MARKER).is_file()
     # a re-trained model replaces the stage directory (new inodes): the logged artifact keeps its bytes
@@ -217,3 +218,145 @@ def test_a_new_workspace_store_is_prepared_while_prefect_starts(tmp_path):
     import mlflow
 
     mlflow.set_tracking_uri(None)
+
+
+# ----------------------------------------------------------------------------- links, registry names, summary
+def test_links_open_the_model_training_pages_of_the_mlflow_ui(tmp_path):
+    """MLflow 3.17 shows an experiment in its GenAI layout unless the URL says workflowType=machine_learning
+    (the experimentKind tag is no longer read): every link we print carries it."""
+    from flows.servers import DEFAULT_MLFLOW_PORT
+
+    server = "http://mlflow.example:8080/"
+    assert tracking.run_url(server, "3", "abc") == "http://mlflow.example:8080/#/experiments/3/runs/abc?workflowType=machine_learning"
+    assert tracking.experiment_url(server, "3") == "http://mlflow.example:8080/#/experiments/3/runs?workflowType=machine_learning"
+    assert tracking.ui_note(server) == ""
+    # a workspace's local store: the URL where `rlhf ui` serves that store, and how to start it
+    ws = workspace_from(tmp_path / "ws")
+    assert tracking.LOCAL_UI_URL == f"http://127.0.0.1:{DEFAULT_MLFLOW_PORT}"
+    link = tracking.run_link(ws.mlflow_uri, "1", "abc", "reward stage run")
+    assert link == "[reward stage run](http://127.0.0.1:5000/#/experiments/1/runs/abc?workflowType=machine_learning)"
+    assert f"`rlhf ui --workspace {(tmp_path / 'ws').resolve()}`" in tracking.ui_note(ws.mlflow_uri)
+    # another local store: `rlhf ui` does not serve it, `mlflow ui` does (on the same default port)
+    assert "`mlflow ui --backend-store-uri sqlite:///x.db`" in tracking.ui_note("sqlite:///x.db")
+
+
+def test_stage_context_links_name_the_run_and_registry_names_carry_the_pipeline(tmp_path):
+    from flows.config import load_config
+    from tasks.registry import registered_model_name
+
+    ctx = StageContext(run_dir=str(tmp_path), parent_run_id="p1", experiment_id="7", tracking_uri="http://h:1",
+                       model_prefix="rlhf-smoke")
+    assert ctx.mlflow_run_link("r1", "eval stage run") == "[eval stage run](http://h:1/#/experiments/7/runs/r1?workflowType=machine_learning)"
+    assert [ctx.registered_model(k) for k in ("sft", "reward", "policy")] == ["rlhf-smoke-sft", "rlhf-smoke-reward", "rlhf-smoke-policy"]
+    with pytest.raises(ValueError, match="unknown model kind 'ppo'"):
+        registered_model_name("rlhf-smoke", "ppo")
+    # the prefix defaults to the pipeline's name; registry.model_prefix overrides it
+    assert load_config("smoke").registry.model_prefix is None
+    assert load_config("demo", ["registry.model_prefix=team-a"]).registry.model_prefix == "team-a"
+
+
+def test_a_copied_workspace_reports_that_its_experiment_keeps_artifacts_in_the_original(tmp_path, caplog):
+    import logging
+    import shutil
+
+    import mlflow
+
+    original, copy = workspace_from(tmp_path / "original"), workspace_from(tmp_path / "copy")
+    try:
+        experiment_id = tracking.configure(original.mlflow_uri, original.mlflow_artifacts, "exp")
+        assert tracking.stale_artifact_location(
+            original.mlflow_uri, mlflow.get_experiment(experiment_id).artifact_location, original.mlflow_artifacts
+        ) is None
+        shutil.copytree(original.root, copy.root)
+        caplog.set_level(logging.WARNING, logger="rlhf.tracking")
+        assert tracking.configure(copy.mlflow_uri, copy.mlflow_artifacts, "exp") == experiment_id
+        location = mlflow.get_experiment(experiment_id).artifact_location
+        assert tracking.stale_artifact_location(copy.mlflow_uri, location, copy.mlflow_artifacts) == str(
+            original.mlflow_artifacts.resolve()
+        )
+        (warning,) = [r.getMessage() for r in caplog.records if r.name == "rlhf.tracking"]
+        assert str(original.mlflow_artifacts.resolve()) in warning and "tracking.experiment=" in warning
+        # a new experiment in the copied store keeps its artifacts inside the copy
+        fresh = tracking.configure(copy.mlflow_uri, copy.mlflow_artifacts, "exp-2")
+        assert tracking.stale_artifact_location(
+            copy.mlflow_uri, mlflow.get_experiment(fresh).artifact_location, copy.mlflow_artifacts
+        ) is None
+        # a tracking server's experiment locations are not judged against the local workspace
+        assert tracking.stale_artifact_location("http://h:1", location, copy.mlflow_artifacts) is None
+    finally:
+        mlflow.set_tracking_uri(None)
+
+
+def test_headline_metrics_pick_the_figures_a_person_compares():
+    from tasks.summary import HEADLINES, WALL_SECONDS, headline_metrics
+
+    logged = {
+        "rm/agreement_majority": 0.7, "rm/agreement_majority_ci_low": 0.65, "rm/agreement_majority_ci_high": 0.75,
+        "rm/agreement_ceiling": 0.73, "rm/ceiling_gap": 0.03, "rm/agreement_topic/cooking": 0.5, "rm/loss": 0.6,
+        "eval/gold_win_rate_vs_sft": 0.62, "eval/gold_win_rate_vs_sft_ci_low": 0.53, "eval/gold_win_rate_vs_sft_ci_high": 0.72,
+        "eval/gold_delta": 0.08, "eval/kl_to_ref": 3.2, "eval/kl_to_ref_ci_low": 2.9, "eval/mean_rm": 1.0,
+        "eval/best-of-4/gold_delta": 0.1, "eval/rm_gold_agreement_on_policy": float("nan"), WALL_SECONDS: 600.0,
+    }
+    picked = headline_metrics(logged)
+    assert picked == {
+        "rm/agreement_majority": 0.7, "rm/agreement_majority_ci_low": 0.65, "rm/agreement_majority_ci_high": 0.75,
+        "rm/agreement_ceiling": 0.73, "rm/ceiling_gap": 0.03,
+        "eval/gold_win_rate_vs_sft": 0.62, "eval/gold_win_rate_vs_sft_ci_low": 0.53, "eval/gold_win_rate_vs_sft_ci_high": 0.72,
+        "eval/gold_delta": 0.08, "eval/kl_to_ref": 3.2, WALL_SECONDS: 600.0,
+    }  # no per-topic, per-method or training metric, no NaN, and only the intervals of figures that carry one
+    assert len(HEADLINES) <= 12  # a handful: the parent run's metrics must stay readable
+
+
+def test_summary_markdown_shows_values_intervals_and_links():
+    from tasks.summary import PipelineSummary, summary_markdown
+
+    summary = PipelineSummary(
+        {"rm/agreement_majority": 0.7, "rm/agreement_majority_ci_low": 0.65, "rm/agreement_majority_ci_high": 0.75,
+         "eval/gold_delta": 0.081, "eval/gold_delta_ci_low": 0.022, "eval/gold_delta_ci_high": 0.137},
+        policy="dpo", parent_link="[pipeline run](http://u/p)", runs_table="http://u/t",
+        stage_links={"reward": "[reward](http://u/r)"}, note="start `rlhf ui` first", registered=["rlhf-demo-sft"],
+    )
+    text = summary_markdown(summary)
+    assert "| reward model agrees with the annotators' majority | 0.700 [0.650, 0.750] | `rm/agreement_majority` |" in text
+    assert "| gold score Δ, dpo − SFT | +0.081 [+0.022, +0.137] | `eval/gold_delta` |" in text
+    assert "| KL of dpo to the SFT model (nats) | – | `eval/kl_to_ref` |" in text  # not measured: a dash, not 0
+    assert "[pipeline run](http://u/p)" in text and "[all runs](http://u/t)" in text and "[reward](http://u/r)" in text
+    assert "start `rlhf ui` first" in text and "`rlhf-demo-sft`" in text
+    assert "tracking is off" in summary_markdown(PipelineSummary({}))
+
+
+def test_agreement_table_puts_the_headline_rows_first():
+    from tasks.summary import agreement_rows
+
+    metrics = {f"rm/agreement_topic/t{i:02d}": 0.5 for i in range(15)}
+    metrics |= {f"rm/agreement_gold_topic/t{i:02d}": 0.6 for i in range(15)}
+    metrics |= {"rm/agreement_majority": 0.69, "rm/agreement_majority_ci_low": 0.63, "rm/agreement_majority_ci_high": 0.75,
+                "rm/agreement_gold": 0.73, "rm/agreement_ceiling": 0.74, "rm/ceiling_gap": 0.05, "rm/ece": 0.1}
+    rows = agreement_rows(metrics)
+    assert [r["metric"] for r in rows[:4]] == ["rm/agreement_majority", "rm/agreement_gold", "rm/agreement_ceiling", "rm/ceiling_gap"]
+    assert rows[0]["95% CI"] == "[0.630, 0.750]" and rows[1]["95% CI"] == ""
+    assert not any(r["metric"].endswith(("_ci_low", "_ci_high")) for r in rows)  # bounds are a column, not rows
+    assert rows[5]["metric"] == "rm/agreement_topic/t00" and rows[-1]["metric"] == "rm/agreement_gold_topic/t14"
+    assert len(rows) == 5 + 30
+
+
+def test_the_summary_reads_back_what_the_stages_logged(tmp_path):
+    """From reward/agreement.json and eval/eval.json (the values logged, not recomputed), tracking on or off."""
+    import json
+
+    from tasks.summary import pipeline_summary, summary_markdown
+
+    run = workspace_from(tmp_path).new_run("p")
+    (run.stage("reward") / "agreement.json").write_text(json.dumps(
+        {"agreement_majority": {"value": 0.1}, "metrics": {"rm/agreement_majority": 0.69, "rm/ceiling_gap": 0.04}}))
+    (run.stage("eval") / "eval.json").write_text(json.dumps(
+        {"primary": "dpo", "metrics": {"eval/gold_delta": 0.08, "eval/gold_delta_ci_low": None, "eval/length": 40.0}}))
+    ctx = StageContext(run_dir=str(run.path), parent_run_id="", experiment_id="", tracking_uri="", tracking_enabled=False)
+    summary = pipeline_summary(ctx, 12.5)
+    assert summary.metrics == {"rm/agreement_majority": 0.69, "rm/ceiling_gap": 0.04, "eval/gold_delta": 0.08,
+                               "pipeline/wall_seconds": 12.5}
+    assert summary.policy == "dpo" and "gold score Δ, dpo − SFT | +0.080 |" in summary_markdown(summary)
+    # a run whose stages did not get that far: only the wall time
+    empty = workspace_from(tmp_path).new_run("q")
+    bare = StageContext(run_dir=str(empty.path), parent_run_id="", experiment_id="", tracking_uri="", tracking_enabled=False)
+    assert pipeline_summary(bare, 1.0).metrics == {"pipeline/wall_seconds": 1.0}

@@ -69,6 +69,7 @@ from rlhf_core.ppo.score import (
 from rlhf_core.ppo.value import PolicyWithValue, build_policy_with_value
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (
+    StepProgress,
     TrainResult,
     _resolve_resume,
     apply_lora,
@@ -359,11 +360,7 @@ def train_ppo(
     started = time.perf_counter()
     tokens_total = 0
     number = start_step
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=optim.max_steps, initial=start_step, desc=STAGE, unit="step", dynamic_ncols=True)
+    bar = StepProgress(STAGE, optim.max_steps, start_step) if progress else None
     try:
         for step in range(start_step, optim.max_steps):
             number = step + 1
@@ -538,8 +535,7 @@ def train_ppo(
             if number % optim.log_every == 0 or number == optim.max_steps:
                 tracker.log_metrics(metrics, step=number)
             if bar is not None:
-                bar.set_postfix({"reward": f"{metrics['ppo/reward']:.3f}", "kl": f"{mean_kl:.3f}"}, refresh=False)
-                bar.update(1)
+                bar.update({"reward": metrics["ppo/reward"], "kl": mean_kl})
             if optim.checkpoint_every and number % optim.checkpoint_every == 0 and number < optim.max_steps:
                 last_ckpt = checkpoint(number)
                 saved_at = number

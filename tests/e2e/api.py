@@ -49,6 +49,21 @@ class PrefectAPI:
         r.raise_for_status()
         return r.json()
 
+    def flow_runs_of(self, deployment_id: str) -> list[dict[str, Any]]:
+        """Every flow run of a deployment (any state), oldest expected start first."""
+        r = self.http.post(
+            "/flow_runs/filter",
+            json={"deployments": {"id": {"any_": [deployment_id]}}, "sort": "EXPECTED_START_TIME_ASC"},
+        )
+        r.raise_for_status()
+        return r.json()
+
+    def set_schedule_active(self, deployment: dict[str, Any], active: bool) -> None:
+        """What the schedule's toggle on the deployment page does."""
+        for schedule in deployment["schedules"]:
+            r = self.http.patch(f"/deployments/{deployment['id']}/schedules/{schedule['id']}", json={"active": active})
+            r.raise_for_status()
+
     def flow_run(self, flow_run_id: str) -> dict[str, Any]:
         r = self.http.get(f"/flow_runs/{flow_run_id}")
         r.raise_for_status()
