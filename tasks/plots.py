@@ -141,6 +141,7 @@ def plot_gold_vs_sqrt_kl(points: list[Mapping[str, Any]], path: str | Path, *, t
                     ax.plot(xs, ys, marker="o", label=name)
                 for x, y, q in zip(xs, ys, pts):
                     ax.annotate(str(q["label"]).replace(f"{name}-", ""), (x, y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+            ax.margins(x=0.15, y=0.1)  # room for the labels of the outermost points (they were clipped)
             ax.set_xlabel("sqrt(KL to SFT model)  [sqrt(nats)]")
             ax.set_ylabel(ylabel)
             ax.legend(fontsize=8)

@@ -156,6 +156,28 @@ def test_from_causal_lm_dir_copies_trunk_and_inits_head(tmp_path: Path) -> None:
         RewardModel.from_causal_lm_dir(tmp_path / "rm", dtype=torch.float32, device="cpu")
 
 
+def test_the_expected_missing_score_head_is_not_reported_and_verbosity_is_restored(tmp_path: Path) -> None:
+    """A fresh head is the point of from_causal_lm_dir: transformers' "LOAD REPORT ... MISSING"
+    warning (printed in every pipeline run before) would only alarm a reader of the log."""
+    import io
+    import logging
+
+    from transformers.utils import logging as hf_logging
+
+    tiny_causal_lm(5, hidden=64).save_pretrained(tmp_path / "sft")
+    before = hf_logging.get_verbosity()
+    seen = io.StringIO()
+    handler = logging.StreamHandler(seen)  # transformers' own handler holds the stderr it first saw
+    hf_logging.get_logger().addHandler(handler)
+    try:
+        RewardModel.from_causal_lm_dir(tmp_path / "sft", dtype="float32", device="cpu")
+        hf_logging.get_logger("transformers.modeling_utils").warning("still heard")  # the handler works
+    finally:
+        hf_logging.get_logger().removeHandler(handler)
+    assert "LOAD REPORT" not in seen.getvalue() and "still heard" in seen.getvalue(), seen.getvalue()
+    assert hf_logging.get_verbosity() == before
+
+
 def test_gradient_checkpointing_passthrough_gives_same_grads() -> None:
     ids, mask = pad_batch(random_sequences(6), "right")
 

@@ -418,6 +418,12 @@ class RewardModel(torch.nn.Module):
                 f"{directory} is a reward model checkpoint (rlhf_stage.json stage='reward'); "
                 "load it with RewardModel.from_pretrained, or point at an SFT/base model"
             )
+        from transformers.utils import logging as hf_logging
+
+        # The score head is missing from an SFT/base checkpoint by design (init_reward_head sets it):
+        # transformers' "LOAD REPORT ... score.weight MISSING" warning would only alarm.
+        verbosity = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()
         try:
             backbone = AutoModelForSequenceClassification.from_pretrained(
                 str(directory),
@@ -428,6 +434,8 @@ class RewardModel(torch.nn.Module):
             )
         except Exception as exc:  # transformers raises many types for a bad directory
             raise ModelLoadError(f"cannot load a reward model backbone from {directory}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            hf_logging.set_verbosity(verbosity)
         init_reward_head(backbone.score, seed=seed)
         rm = cls(backbone)
         rm.set_pad_token_id(pad_token_id)
