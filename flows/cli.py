@@ -89,9 +89,15 @@ def run(
     Data-parallel SFT and reward model: --set distributed.num_processes=2 (DDP under torchrun; distributed.strategy=fsdp or deepspeed on CUDA). An impossible setup is refused before any stage starts.
     """
     from flows.pipeline import run_pipeline
+    from flows.runtime import Interrupted
 
     cfg = _load(config, set_, workspace)
-    summary = run_pipeline(cfg, resume_run=resume)
+    try:
+        summary = run_pipeline(cfg, resume_run=resume)
+    except Interrupted as exc:
+        if exc.run_id:
+            exc.resume = _same_command(["run", "--resume", exc.run_id], config, set_, workspace)
+        raise _stopped(exc) from None
     console = _console()
     console.print(f"[bold green]pipeline finished[/] in {summary.wall_seconds:.1f} s")
     console.print(f"run directory: [bold]{summary.run_dir}[/]")
@@ -112,12 +118,43 @@ def eval_(
     with bootstrap intervals; writes eval/comparison.md, eval.json, samples and the gold-vs-sqrt(KL) plot.
     """
     from flows.pipeline import run_stage
+    from flows.runtime import Interrupted
 
     cfg = _load(config, set_, workspace)
-    result = run_stage(cfg, "eval", run_id)
+    try:
+        result = run_stage(cfg, "eval", run_id)
+    except Interrupted as exc:
+        exc.resume = _same_command(["eval", run_id], config, set_, workspace)
+        raise _stopped(exc) from None
     console = _console()
     console.print(Path(result["comparison_md"]).read_text(encoding="utf-8"), soft_wrap=True)
     console.print(f"report: [bold]{result['eval_json']}[/]; plot: {result['plot']}", soft_wrap=True)
+
+
+def _stopped(exc) -> typer.Exit:
+    """Say in one line what an interrupt stopped and how to carry on; the exit (130 Ctrl-C, 143 SIGTERM) to raise.
+
+    Printed here: typer turns a KeyboardInterrupt that leaves a command into a silent exit 130.
+    """
+    from flows.runtime import exit_hard_on_next_signal
+
+    exit_hard_on_next_signal(exc.exit_code)  # a second Ctrl-C while the servers stop: out at once
+    _console(stderr=True).print(exc.describe(), style="yellow", soft_wrap=True, markup=False)
+    return typer.Exit(exc.exit_code)
+
+
+def _same_command(head: list[str], config: str | None, set_: list[str] | None, workspace: Path | None) -> str:
+    """`rlhf <head...>` with this call's --config/--set/--workspace, quoted for a shell."""
+    import shlex
+
+    argv = ["rlhf", *head]
+    if config:
+        argv += ["-c", config]
+    for assignment in set_ or []:
+        argv += ["--set", assignment]
+    if workspace is not None:
+        argv += ["-w", str(workspace)]
+    return " ".join(shlex.quote(a) for a in argv)
 
 
 @config_app.command("show")
@@ -130,8 +167,16 @@ def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
 
 @config_app.command("validate")
 def config_validate(config: ConfigOpt = None, set_: SetOpt = None) -> None:
-    """Validate a config; exit 2 with one line per problem if it is invalid."""
+    """Validate a config; exit 2 with one line per problem if it is invalid.
+
+    Beyond the schema, what `rlhf run` checks before it starts: the data files exist (and are
+    files or `datasets` directories), the inputs the enabled stages need are not empty, the model
+    is where the config says (not a corrupt GGUF, not pickled weights only), the lengths fit its context.
+    """
+    from flows.config import preflight_config
+
     cfg = _load(config, set_)
+    preflight_config(cfg)
     _console().print(f"[green]ok[/]: config '{cfg.name}' is valid")
 
 
@@ -197,10 +242,11 @@ def data_check(
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the machine-readable report here.")] = None,
     docs_dir: Annotated[Optional[Path], typer.Option(help="Write Great Expectations Data Docs (HTML) here.")] = None,
 ) -> None:
-    """Run the Great Expectations suites on data files.
+    """Run the Great Expectations suites on data files (JSONL, JSON, CSV, also .gz; Parquet).
 
-    Exit codes: 0 every expectation met; 1 some expectation failed (table printed);
-    2 an input is unusable (missing, empty, unreadable, unknown layout).
+    Prints one block per failed expectation, cut to the terminal width, with the file's own row numbers. As strict as `rlhf data prepare`: the rows it would quarantine fail here. --json and --docs-dir never replace anything this command did not write.
+
+    Exit codes: 0 every expectation met; 1 some expectation failed; 2 an input is unusable (missing, empty, unreadable, unknown layout, no readable row) or an output path is refused.
     """
     from data_checks.check import run_check
 
@@ -219,14 +265,20 @@ def data_prepare(
     workspace: WorkspaceOpt = None,
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default: a new run directory).")] = None,
 ) -> None:
-    """Run the data stage alone: import, validate, scrub refusals, dedup, filter prompts; write the report."""
+    """Run the data stage alone: import, validate, scrub refusals, dedup, filter prompts; write the report.
+
+    --out must be new, empty or an earlier output of this command; the outputs appear when the stage has finished. Exit 2 when an input is unusable or has no usable row (the report and quarantine.jsonl are still written then, naming every bad row's file, row and rule).
+    """
     from data_checks.stage import run_data_stage
     from tasks.artifacts import workspace_from
 
     cfg = _load(config, set_, workspace)
     out_dir = out or workspace_from(cfg.workspace).new_run(f"{cfg.name}-data").stage("data")
     tokenizer = cfg.model if cfg.model.base != "tiny" else None
-    report = run_data_stage(cfg.data, out_dir, tokenizer=tokenizer, model_cache=cfg.model_cache)
+    # Refuses an --out holding files it did not write; an input with no usable row exits 2 (the
+    # report and quarantine still written). Outputs appear only when the stage has finished.
+    report = run_data_stage(cfg.data, out_dir, tokenizer=tokenizer, model_cache=cfg.model_cache,
+                            option="--out" if out else "output directory")
     console = _console()
     console.print(
         f"[green]data stage done[/] in {report.seconds:.1f} s: {report.rows_in} rows in, "
@@ -316,8 +368,10 @@ def tracking_flush(
 
 def main() -> None:
     """Console-script entry point: run the app, turning user errors into one line."""
+    from flows.runtime import Interrupted, exit_hard_on_next_signal, handle_termination
     from rlhf_core.errors import UserError
 
+    handle_termination()  # SIGTERM/SIGHUP unwind as Ctrl-C does: states recorded, servers stopped
     try:
         # Outside standalone mode click returns the code of `typer.Exit(code)` instead of exiting.
         code = app(standalone_mode=False)
@@ -327,10 +381,15 @@ def main() -> None:
         console = _console(stderr=True)
         for line in redact_text(str(exc)).splitlines() or [type(exc).__name__]:
             console.print(f"[bold red]error:[/] {line}", soft_wrap=True)
+        if exc.log_file:
+            console.print(f"full log (with the traceback): {exc.log_file}", soft_wrap=True, markup=False)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        _console(stderr=True).print("[yellow]interrupted[/]")
-        sys.exit(130)
+    except KeyboardInterrupt as exc:  # outside a command (typer makes one inside a silent exit 130)
+        if not isinstance(exc, Interrupted):
+            exc = Interrupted()
+        exit_hard_on_next_signal(exc.exit_code)
+        _console(stderr=True).print(exc.describe(), style="yellow", soft_wrap=True, markup=False)
+        sys.exit(exc.exit_code)
     except Exception as exc:  # usage errors and aborts
         usage, exits, aborts = _cli_exception_types()
         if isinstance(exc, usage):

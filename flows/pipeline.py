@@ -7,6 +7,7 @@ directory, runs the flow, and returns a summary of where everything went.
 
 from __future__ import annotations
 
+import functools
 import logging
 import threading
 import time
@@ -27,29 +28,69 @@ class RunSummary:
 
 
 def run_pipeline(cfg: PipelineConfig, resume_run: str | None = None) -> RunSummary:
-    """Run the whole pipeline on ``cfg`` in a new run directory (or resume ``resume_run``)."""
+    """Run the whole pipeline on ``cfg`` in a new run directory (or resume ``resume_run``).
+
+    Everything the config alone can tell is checked first, before anything is written or any
+    server starts: the config itself (flows.config.preflight_config), and for a resume the run
+    id and that the run was made with this config. The run directory is made before the flow
+    starts, so an interrupt can name the run to resume (:class:`flows.runtime.Interrupted`); a
+    stage's error reaches the caller as itself, its traceback kept in ``<run>/run.log``
+    (``exc.log_file``) instead of on the console.
+    """
+    from flows.config import check_resume_config, preflight_config
+    from rlhf_core.errors import UserError
+    from tasks.artifacts import workspace_from
+
+    preflight_config(cfg)
+    ws = workspace_from(cfg.workspace)
+    run = None
     if resume_run is not None:
-        from tasks.artifacts import workspace_from
+        run = ws.existing_run(resume_run, option="--resume")
+        check_resume_config(cfg, run.path)
+    try:
+        prepare_environment(cfg.workspace)
+        start_up(cfg)
+        from flows.runtime import quiet_console, run_log
+        from flows.stages import rlhf_pipeline
 
-        runs = workspace_from(cfg.workspace).runs
-        if not (runs / resume_run).is_dir():
-            from rlhf_core.errors import UserError
-
-            raise UserError(f"--resume {resume_run}: no such run in {runs}")
-    prepare_environment(cfg.workspace)
-    start_up(cfg)
-    from flows.stages import rlhf_pipeline
-
-    started = time.perf_counter()
-    result = rlhf_pipeline(cfg, resume_run=resume_run)
+        run = run or ws.new_run(cfg.name)
+        quiet_console()
+        started = time.perf_counter()
+        with run_log(run.path / RUN_LOG) as log_file:
+            try:
+                result = rlhf_pipeline(cfg, resume_run=run.run_id)
+            except UserError as exc:
+                exc.log_file = str(log_file)
+                raise
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, run) from None
     wall = time.perf_counter() - started
     run_dir = Path(result["run_dir"])
     lines = [f"{stage}: {where}" for stage, where in result["outputs"].items()]
     if result.get("mlflow_run_id"):
+        from tasks import tracking
+
         lines.append(f"MLflow run: {result['mlflow_run_id']} (store: {result['tracking_uri']})")
-        lines.append(f"open the UIs: rlhf ui --workspace {cfg.workspace}")
+        page = tracking.run_url(result["tracking_uri"], result["experiment_id"], result["mlflow_run_id"])
+        lines.append(f"its page: {page}")
+        lines.append(tracking.ui_note(result["tracking_uri"]) or f"open the UIs: rlhf ui --workspace {cfg.workspace}")
         lines.append(f"resume this run after a failure: rlhf run --resume {run_dir.name} (same --config/--set)")
     return RunSummary(run_dir, wall, result.get("mlflow_run_id"), result["outputs"], lines)
+
+
+RUN_LOG = "run.log"  # in the run directory: everything logged, tracebacks included
+
+
+def _interrupted(exc: KeyboardInterrupt, run):
+    """``exc`` (Ctrl-C, or SIGTERM as flows.runtime.Interrupted) as an Interrupted naming ``run``."""
+    import signal
+
+    from flows.runtime import Interrupted
+
+    signum = getattr(exc, "signum", signal.SIGINT)
+    if run is None or not run.path.is_dir():
+        return Interrupted(signum, note="before the run started: nothing to resume")
+    return Interrupted(signum, run.run_id)
 
 
 def start_up(cfg: PipelineConfig) -> None:
@@ -108,9 +149,8 @@ def _preflight(cfg: PipelineConfig) -> None:
     import os
 
     from flows.servers import preflight, reconcile_runs
-    from rlhf_core.distributed import check_distributed
 
-    check_distributed(cfg.distributed)  # a setup this machine cannot run is refused before any stage
+    # (a distributed setup this machine cannot run was refused before, by preflight_config)
     api = os.environ.get("PREFECT_API_URL")
     preflight(cfg.tracking.tracking_uri, api, reconcile=False)
     reconcile_runs(api)
@@ -130,7 +170,47 @@ def _ephemeral_api():
         return None  # a real server: it owns its database
     from prefect.server.api.server import SubprocessASGIServer
 
-    return SubprocessASGIServer()
+    current = SubprocessASGIServer._instances.get(None)
+    if current is not None and not current.running and not isinstance(current, _guarded_server_class()):
+        SubprocessASGIServer._instances.pop(None)  # made but never started: ours replaces it
+    return _guarded_server_class()()
+
+
+@functools.cache
+def _guarded_server_class():
+    """Prefect's ephemeral API server, started apart from the run's signals and dying with it.
+
+    Prefect's ``SubprocessASGIServer`` starts uvicorn in the caller's process group: Ctrl-C on
+    `rlhf run` killed it too, and a SIGKILL of the run left it running. This one starts it in
+    its own session (the run stops it at exit, Prefect's atexit hook) through rlhf_core.processes.GUARD
+    (SIGTERM when the run dies). Prefect keeps one instance per port, so the flow's client finds
+    this one and reuses it. Command and environment as Prefect 3.8's ``_run_uvicorn_command``.
+    """
+    import os
+    import subprocess
+    import sys
+
+    import prefect
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import get_current_settings
+
+    from flows.runtime import guarded
+
+    class GuardedASGIServer(SubprocessASGIServer):
+        def _run_uvicorn_command(self) -> subprocess.Popen:
+            argv = [
+                sys.executable, "-m", "uvicorn", "--app-dir", str(prefect.__module_path__.parent),
+                "--factory", "prefect.server.api.server:create_app", "--host", "127.0.0.1", "--port", str(self.port),
+                "--log-level", "error", "--lifespan", "on",
+            ]  # fmt: skip
+            env = {
+                **os.environ,
+                "PREFECT_UI_ENABLED": "0", "PREFECT__SERVER_EPHEMERAL": "1", "PREFECT__SERVER_FINAL": "1",
+                **get_current_settings().to_environment_variables(exclude_unset=True),
+            }  # fmt: skip
+            return subprocess.Popen(guarded(argv), env=env, start_new_session=True)
+
+    return GuardedASGIServer
 
 
 def _start_ephemeral_api(workspace: Path, server) -> None:
@@ -153,15 +233,24 @@ def _start_ephemeral_api(workspace: Path, server) -> None:
 
 def run_stage(cfg: PipelineConfig, stage: str, run_id: str) -> dict[str, str]:
     """Run one stage flow on an existing run directory (its earlier stages must have finished)."""
+    from flows.config import preflight_config
+    from rlhf_core.errors import UserError
     from tasks.artifacts import workspace_from
 
-    run = workspace_from(cfg.workspace).run(run_id)
-    if not run.path.is_dir():
-        from rlhf_core.errors import UserError
+    preflight_config(cfg, data=False)  # the stage reads the run's curated data, not the config's files
+    run = workspace_from(cfg.workspace).existing_run(run_id, option=f"rlhf {stage}")
+    try:
+        prepare_environment(cfg.workspace)
+        start_up(cfg)
+        from flows.runtime import quiet_console, run_log
+        from flows.stages import STAGE_FLOWS
 
-        raise UserError(f"run '{run_id}' not found in {run.path.parent}")
-    prepare_environment(cfg.workspace)
-    start_up(cfg)
-    from flows.stages import STAGE_FLOWS
-
-    return STAGE_FLOWS[stage](cfg, str(run.path))
+        quiet_console()
+        with run_log(run.path / RUN_LOG) as log_file:
+            try:
+                return STAGE_FLOWS[stage](cfg, str(run.path))
+            except UserError as exc:
+                exc.log_file = str(log_file)
+                raise
+    except KeyboardInterrupt as exc:
+        raise _interrupted(exc, run) from None

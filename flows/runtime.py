@@ -11,9 +11,16 @@ imported inside those functions only).
 
 from __future__ import annotations
 
+import logging
 import os
+import signal
+import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+
+from rlhf_core.processes import GUARD, guarded  # noqa: F401 - the Prefect API server starts through it
 
 
 EXTRA_LOGGERS = "rlhf,rlhf_core,tasks"
@@ -83,6 +90,156 @@ def lower_server_priority(pid: int) -> int | None:
         _log().warning("could not lower the priority of the Prefect API server (pid %s): %s", pid, exc)
         return None
     return niceness
+
+
+# --- Ending a run: Ctrl-C, SIGTERM, SIGKILL ---------------------------------------------
+# The ephemeral Prefect API server is a child of `rlhf run`. Started as Prefect starts it, it
+# shares the terminal's foreground process group: Ctrl-C stopped it at the same moment as the
+# run, which then spent minutes retrying the dead API to report the interrupt; after a SIGKILL
+# of `rlhf run` it lived on as an orphan. So it starts in its own session (no Ctrl-C reaches it;
+# the run stops it at exit) through rlhf_core.processes.GUARD, which asks the kernel to SIGTERM
+# it when its parent dies and then execs the server.
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C (SIGINT), SIGTERM or SIGHUP ended the command; ``run_id`` is the run it stopped.
+
+    A KeyboardInterrupt, so Prefect records the flow run Crashed ("aborted by an interrupt
+    signal") and every ``except BaseException`` on the way marks its MLflow run FAILED.
+    """
+
+    def __init__(self, signum: int = signal.SIGINT, run_id: str | None = None, resume: str | None = None,
+                 note: str | None = None) -> None:
+        super().__init__(signal.Signals(signum).name)
+        self.signum = int(signum)
+        self.run_id = run_id
+        self.resume = resume  # the command that carries on, e.g. `rlhf run --resume RUN_ID -c smoke`
+        self.note = note
+
+    @property
+    def exit_code(self) -> int:
+        return 128 + self.signum  # the shell's convention: 130 for SIGINT, 143 for SIGTERM
+
+    def describe(self) -> str:
+        """The one line the CLI prints."""
+        how = "interrupted (Ctrl-C)" if self.signum == signal.SIGINT else f"stopped by {signal.Signals(self.signum).name}"
+        then = f"; carry on with: {self.resume}" if self.resume else ""
+        if self.run_id is not None:
+            return f"{how}: run {self.run_id} stopped (finished stages and checkpoints are kept){then}"
+        return f"{how}{': ' + self.note if self.note else ''}{then}"
+
+
+def handle_termination() -> None:
+    """SIGTERM and SIGHUP end a command as Ctrl-C does (an :class:`Interrupted` exception), not at once.
+
+    Python's default for SIGTERM is to die on the spot: no flow-run state, no MLflow status, no
+    cleanup. Prefect's flow engine swaps in its own SIGTERM handler while a flow runs and, once
+    it has recorded the crash, sends the signal again to the handler set here. A second signal
+    while the command unwinds exits at once. Main thread only (signal handlers live there).
+    """
+    seen: list[int] = []
+
+    def on_signal(signum: int, _frame) -> None:
+        if seen:
+            os._exit(128 + signum)
+        seen.append(signum)
+        raise Interrupted(signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, on_signal)
+
+
+def exit_hard_on_next_signal(code: int) -> None:
+    """After an interrupt was reported: another Ctrl-C/SIGTERM during the clean-up exits at once."""
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda *_: os._exit(code))
+
+
+# --- What the console shows when a run fails -----------------------------------------------
+# Prefect logs a failing task or flow run with its traceback, on every level of nesting (task,
+# stage subflow, pipeline: ~180 lines), then the CLI prints the one-line error. For our own
+# errors (UserError: bad input, a failed training check) and interrupts those records stay in
+# the run's log file and on the Prefect run page, and the console gets the one line.
+
+_LOG_FORMAT = "%(asctime)s | %(levelname)-7s | %(name)s - %(message)s"
+
+
+def _user_error_names() -> set[str]:
+    from rlhf_core.errors import UserError
+
+    names, todo = set(), [UserError]
+    while todo:
+        cls = todo.pop()
+        names.add(cls.__name__)
+        todo += cls.__subclasses__()
+    return names
+
+
+class QuietKnownFailures(logging.Filter):
+    """Drops, on the console only, Prefect's echo of an error the CLI reports in one line itself."""
+
+    STATE_NOISE = ("Execution was aborted by an interrupt signal", "Execution was aborted by a termination signal")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from rlhf_core.errors import UserError
+
+        exc = record.exc_info[1] if record.exc_info else None
+        if isinstance(exc, (UserError, KeyboardInterrupt)) or type(exc).__name__ == "TerminationSignal":
+            return False
+        if not record.name.startswith(("prefect", "rlhf", "tasks")):
+            return True
+        message = record.getMessage()
+        if message.startswith("Stopping temporary server"):
+            return False  # printed at exit, after the CLI's last line
+        if message.startswith(("Finished in state Failed(", "Finished in state Crashed(", "Crash detected!")):
+            if any(noise in message for noise in self.STATE_NOISE):
+                return False
+            return not any(f"exception {name}:" in message or f"exception: {name}:" in message
+                           for name in _user_error_names())
+        return True
+
+
+def quiet_console() -> None:
+    """Attach :class:`QuietKnownFailures` to Prefect's console handlers (once; after Prefect set up logging)."""
+    from prefect.logging.configuration import ensure_logging_setup
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    ensure_logging_setup()
+    for name in ("", "uvicorn"):
+        for handler in logging.getLogger(name).handlers:
+            if isinstance(handler, PrefectConsoleHandler) and not any(
+                isinstance(f, QuietKnownFailures) for f in handler.filters
+            ):
+                handler.addFilter(QuietKnownFailures())
+
+
+class _RedactingFormatter(logging.Formatter):
+    """Log lines as everything else we write: secrets masked (rlhf_core.redact)."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        from rlhf_core.redact import redact_text
+
+        return redact_text(super().format(record))
+
+
+@contextmanager
+def run_log(path: Path) -> Iterator[Path]:
+    """Everything logged in this process (Prefect's run logs with tracebacks, ours) also goes to ``path``.
+
+    Appends: a resumed run adds to the file of its earlier attempts. Added after Prefect has set
+    up logging: a handler on the root logger before that makes Prefect drop its console handler.
+    """
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handler = logging.FileHandler(path, encoding="utf-8")
+    handler.setFormatter(_RedactingFormatter(_LOG_FORMAT))
+    handler.setLevel(logging.INFO)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    try:
+        yield path
+    finally:
+        root.removeHandler(handler)
+        handler.close()
 
 
 # --- Crashed flow runs -------------------------------------------------------------------

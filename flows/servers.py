@@ -267,6 +267,9 @@ def start_prefect_server(workspace: Path, port: int = DEFAULT_PREFECT_PORT, host
             "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home / 'prefect.db'}",
             "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
             "DO_NOT_TRACK": "1",
+            # The v2 UI (the default at /) fetches its session-replay config from an analytics
+            # host on every page load whatever the setting above says; the v1 UI makes no such call.
+            "PREFECT_SERVER_UI_V2_ENABLED": "false",
             # The UI calls the API at this address; it must match where the server listens.
             "PREFECT_UI_API_URL": f"{url}/api",
         }

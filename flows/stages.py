@@ -26,6 +26,7 @@ from tasks.artifacts import RunDir, workspace_from
 from tasks.context import StageContext
 from tasks.data import prepare_data
 from tasks.evaluation import evaluate_stage
+from tasks.summary import pipeline_summary, summary_markdown
 from tasks.training import fetch_base_model, train_dpo_stage, train_ppo_stage, train_reward_stage, train_sft_stage
 
 PIPELINE_STATE = "pipeline.json"  # the run's MLflow parent id, so a resumed run logs into the same parent
@@ -87,6 +88,7 @@ def _context(config: PipelineConfig, run_dir: str) -> StageContext:
         run_dir=str(run.path), parent_run_id=parent_id, experiment_id=experiment_id, tracking_uri=tracking_uri,
         prefect_flow_run_id=prefect_id, register_models=config.registry.enabled,
         tracking_flush_timeout_s=config.tracking.flush_timeout_s, log_checkpoints=config.tracking.log_checkpoints,
+        model_prefix=config.registry.model_prefix or config.name,
     )
 
 
@@ -179,17 +181,20 @@ STAGE_FLOWS = {"data": data_flow, "sft": sft_flow, "reward": reward_flow, "ppo":
 
 @flow(name="rlhf-pipeline", log_prints=True)
 def rlhf_pipeline(config: PipelineConfig, resume_run: str | None = None) -> dict:
-    """data -> SFT -> reward model -> PPO (+ DPO) -> evaluation, each a subflow and a nested MLflow run."""
+    """data -> SFT -> reward model -> PPO (+ DPO) -> evaluation, each a subflow and a nested MLflow run.
+
+    ``resume_run``: a run id under <workspace>/runs to (re-)run, finished stages cached; `rlhf run`
+    always passes one (it makes the directory first, so an interrupt can name it). None = a new run.
+    """
     logger = get_run_logger()
     started = time.perf_counter()
     preflight(config.tracking.tracking_uri, reconcile=False)  # runs started by a worker come straight here
     _apply_threads(config)
     ws = workspace_from(config.workspace)
-    run = ws.run(resume_run) if resume_run else ws.new_run(config.name)
-    if resume_run and not run.path.is_dir():
-        from rlhf_core.errors import UserError
-
-        raise UserError(f"--resume {resume_run}: no such run in {ws.runs}")
+    # A run id, never a path (`..` wrote into the workspace root). `rlhf run --resume` has also
+    # refused a config other than the run's; here (a deployment, a test) a changed config may go
+    # on, and training refuses a checkpoint it no longer fits.
+    run = ws.existing_run(resume_run, option="resume_run") if resume_run else ws.new_run(config.name)
     run.config.write_text(dump_config(config), encoding="utf-8")
     logger.info("run directory: %s", run.path)
     ctx = _context(config, str(run.path))
@@ -211,9 +216,16 @@ def rlhf_pipeline(config: PipelineConfig, resume_run: str | None = None) -> dict
         if config.eval.enabled and config.sft.enabled and config.reward.enabled:
             result = eval_flow(config, str(run.path), ctx)
             outputs["evaluation"] = result["comparison_md"]
+        # The headline figures on the parent MLflow run (to compare pipelines in the runs table)
+        # and as one artifact on this flow run's page.
+        summary = pipeline_summary(ctx, time.perf_counter() - started)
+        ctx.publish_markdown(
+            "pipeline-summary", summary_markdown(summary),
+            "Headline figures (reward-model agreement vs the annotators' ceiling, gold win rate, KL) and MLflow links",
+        )
         if ctx.tracking_enabled:
             parent = ctx.parent_tracker()
-            parent.log_metrics({"pipeline/wall_seconds": time.perf_counter() - started}, step=0)
+            parent.log_metrics(summary.metrics, step=0)
             parent.finish("FINISHED", config.tracking.flush_timeout_s)
     except BaseException:
         if ctx.tracking_enabled:

@@ -9,9 +9,14 @@ from __future__ import annotations
 
 
 class UserError(Exception):
-    """A problem with the user's input (config, data, paths, checkpoints)."""
+    """A problem with the user's input (config, data, paths, checkpoints).
+
+    ``log_file``: where the full log (the traceback) went, when the error ended a run whose
+    log has one (`rlhf run` sets it); the CLI names it on a second line.
+    """
 
     exit_code: int = 2
+    log_file: str | None = None
 
 
 class ConfigError(UserError):

@@ -70,6 +70,26 @@ class Workspace:
     def run(self, run_id: str) -> RunDir:
         return RunDir(self.runs / run_id)
 
+    def existing_run(self, run_id: str, *, option: str = "--resume") -> RunDir:
+        """The run ``run_id`` names: a plain directory name under ``runs/`` that exists (UserError otherwise).
+
+        ``..``, a path, a run of another workspace: refused, so nothing is ever written outside
+        ``runs/<run_id>``. ``option`` is how the user gave the id (named in the message).
+        """
+        from rlhf_core.errors import UserError
+
+        separators = {"/", os.sep, os.altsep, "\0"} - {None}
+        if run_id in ("", ".", "..") or any(s in run_id for s in separators):
+            raise UserError(f"{option} {run_id!r}: expected a run id (a directory name under {self.runs}), not a path")
+        run = RunDir(self.runs / run_id)
+        if not run.path.is_dir() or run.path.resolve().parent != self.runs.resolve():
+            recent = sorted((p.name for p in self.runs.iterdir() if p.is_dir()), reverse=True)[:3] \
+                if self.runs.is_dir() else []
+            known = f"latest: {', '.join(recent)}" if recent else "it has no runs yet"
+            raise UserError(f"{option} {run_id}: no such run in {self.runs} ({known}); "
+                            "a run of another workspace needs --workspace")
+        return run
+
     def lock(self, name: str):
         """``with ws.lock("mlflow-store"):`` one process at a time, among all runs using this workspace."""
         return file_lock(self.root / "locks" / f"{name}.lock")

@@ -30,6 +30,7 @@ from typing import Any
 
 from rlhf_core.distributed import DistributedConfig, check_distributed, resolve_backend
 from rlhf_core.errors import TrainingError
+from rlhf_core.processes import guarded, stop_tree
 
 STAGES = ("sft", "reward")
 
@@ -100,12 +101,20 @@ def train_distributed(
     with open(log_path, "w") as log:
         log.write(f"$ {' '.join(command)}\n")
         log.flush()
+        # Guarded: a SIGKILL of this process SIGTERMs the launcher, which stops its workers. Any
+        # other way out (Ctrl-C, SIGTERM, a timeout) stops the launcher and, after a grace period,
+        # every worker it had: they run in sessions of their own and would otherwise live on.
+        proc = subprocess.Popen(guarded(command), stdout=log, stderr=subprocess.STDOUT, env=env)
         try:
-            proc = subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, env=env, timeout=dist.timeout_s)
+            proc.wait(timeout=dist.timeout_s)
         except subprocess.TimeoutExpired as exc:
+            stop_tree(proc)
             raise TrainingError(
                 f"{stage}: the {dist.num_processes}-process run did not finish in {dist.timeout_s} s; log: {log_path}"
             ) from exc
+        except BaseException:
+            stop_tree(proc)
+            raise
     if proc.returncode != 0 or not result_path.is_file():
         cause = worker_error(log_path.read_text(errors="replace"))
         raise TrainingError(
