@@ -1,8 +1,9 @@
 """Read data files in the common RLHF layouts into canonical frames.
 
-Sources: local JSONL, JSON, Parquet and CSV files, and anything ``datasets.load_dataset``
-reads (a local dataset directory or script, a ``save_to_disk`` directory, or a hub id,
-written ``hf:org/name`` or plainly ``org/name``).
+Sources: local JSONL, JSON, Parquet and CSV files (JSONL, JSON and CSV also gzip-compressed:
+``.jsonl.gz``, as Anthropic publishes HH-RLHF), and anything ``datasets.load_dataset`` reads
+(a local dataset directory or script, a ``save_to_disk`` directory, or a hub id, written
+``hf:org/name`` or plainly ``org/name``).
 
 Layouts recognised (by column names):
 
@@ -17,16 +18,28 @@ Layouts recognised (by column names):
   (+ ``score_chosen``/``score_rejected`` -> ``margin``);
 * rankings: ``prompt`` + ``responses`` (best first), expanded to all K·(K−1)/2 pairs.
 
-Row-level problems (invalid JSON, non-UTF-8 bytes, a row whose shape fits no layout) become
-:class:`Quarantined` rows naming ``file:row``; file-level problems (missing file, empty file,
-a directory, no recognisable layout) raise one-line :class:`DataError` s.
+Row-level problems (invalid JSON, non-UTF-8 bytes, a duplicate key, a row whose shape fits no
+layout) become :class:`Quarantined` rows naming the file and the row, where a row is the
+file's own line for JSONL and CSV (the header is line 1), the element of the array for JSON
+(1 = the first) and the row for Parquet and ``datasets`` sources. File-level problems (missing
+file, symlink loop, not a regular file, empty file, a file that is really gzip, UTF-16, a JSON
+array in a .jsonl file, no recognisable layout) raise one-line :class:`DataError` s.
+
+Every file is opened once (a named pipe cannot be read twice) and must be a regular file.
 """
 
 from __future__ import annotations
 
+import csv
+import errno
 import io
 import json
+import os
 import re
+import stat
+import sys
+import zlib
+from collections import Counter
 from dataclasses import dataclass, field
 from itertools import combinations
 from pathlib import Path
@@ -35,16 +48,45 @@ from typing import Any
 import pandas as pd
 
 from data_checks.config import Kind
-from data_checks.schemas import CANONICAL_COLUMNS
+from data_checks.schemas import CANONICAL_COLUMNS, is_finite_number
 from rlhf_core.errors import DataError
 
 FILE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet",
                  ".csv": "csv"}
+_GZ_FORMATS = ("jsonl", "json", "csv")  # Parquet compresses inside the file
 _DATASET_DIR_MARKERS = ("*.jsonl", "*.json", "*.parquet", "*.csv", "*.arrow", "*.py", "*.txt")
 _HH_ASSISTANT = "\n\nAssistant:"
 _HH_TURN = re.compile(r"\n\n(Human|Assistant):")
 _ID_ALIASES = ("id", "prompt_id", "uid")
 _MAX_RECORD_CHARS = 2_000  # how much of a bad row the quarantine file keeps
+_SNIFF_BYTES = 8192
+
+
+def file_format(path: Path | str) -> tuple[str | None, bool]:
+    """(format, gzipped) from a file name: ``p.jsonl.gz`` -> ``("jsonl", True)``; unknown -> ``(None, ...)``."""
+    suffixes = [s.lower() for s in Path(str(path)).suffixes]
+    gz = bool(suffixes) and suffixes[-1] == ".gz"
+    base = suffixes[-2] if gz and len(suffixes) >= 2 else (suffixes[-1] if suffixes and not gz else None)
+    fmt = FILE_SUFFIXES.get(base) if base else None
+    if gz and fmt not in _GZ_FORMATS:
+        fmt = None
+    return fmt, gz
+
+
+def row_unit(file: str) -> str:
+    """What a row number of ``file`` counts: ``line`` (JSONL, CSV), ``element`` (JSON array) or ``row``."""
+    fmt, _ = file_format(file)
+    return {"jsonl": "line", "csv": "line", "json": "element"}.get(fmt or "", "row")
+
+
+def location(file: str, row: int) -> str:
+    """Where a row is, as people and editors read it: ``p.jsonl:3``, ``p.json: element 3 of the JSON array``."""
+    unit = row_unit(file)
+    if unit == "line":
+        return f"{file}:{row}"
+    if unit == "element":
+        return f"{file}: element {row} of the JSON array"
+    return f"{file}: row {row}"
 
 
 @dataclass
@@ -61,7 +103,7 @@ class Quarantined:
 
     @property
     def message(self) -> str:
-        return f"{self.file}:{self.row}: {self.rule}: {self.detail}"
+        return f"{location(self.file, self.row)}: {self.rule}: {self.detail}"
 
     def to_json(self) -> dict[str, Any]:
         return {"file": self.file, "row": self.row, "kind": self.kind, "stage": self.stage, "rule": self.rule,
@@ -85,6 +127,8 @@ def clip_record(value: Any) -> Any:
         return {str(k): clip_record(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
         return [clip_record(v) for v in value[:50]]
+    if isinstance(value, (bytes, bytearray)):
+        return clip_record(bytes(value[:_MAX_RECORD_CHARS]).decode("utf-8", errors="replace"))
     if hasattr(value, "tolist"):
         return clip_record(value.tolist())
     if isinstance(value, float) and value != value:
@@ -92,19 +136,161 @@ def clip_record(value: Any) -> Any:
     return value
 
 
-# ---------------------------------------------------------------------------- reading
+def count_rules(rows: list[Quarantined]) -> str:
+    """``"2 invalid_json, 1 utf8"``: how many rows broke each rule, most first."""
+    counts = Counter(q.rule for q in rows)
+    return ", ".join(f"{n} {rule}" for rule, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
 
 
-def _read_bytes(path: Path) -> bytes:
+# ---------------------------------------------------------------------------- opening
+
+
+_NOT_REGULAR = ((stat.S_ISFIFO, "a named pipe (FIFO)"), (stat.S_ISCHR, "a character device"),
+                (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"))
+
+
+def _not_regular(mode: int) -> str | None:
+    return next((what for test, what in _NOT_REGULAR if test(mode)), None if stat.S_ISREG(mode) else "not a regular file")
+
+
+def stat_source(path: Path) -> os.stat_result:
+    """``os.stat`` with one-line errors: no such file, broken symlink, symlink loop, permission."""
     try:
-        data = path.read_bytes()
+        return os.stat(path)
+    except FileNotFoundError as exc:
+        if os.path.islink(path):
+            raise DataError(f"{path}: broken symlink (it points to {os.readlink(path)}, which does not exist)") from exc
+        raise DataError(f"{path}: no such file") from exc
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            raise DataError(f"{path}: symlink loop (the link leads back to itself)") from exc
+        if exc.errno == errno.ENOTDIR:
+            raise DataError(f"{path}: no such file (a parent in the path is a file, not a directory)") from exc
+        if exc.errno == errno.EACCES:
+            raise DataError(f"{path}: cannot read file (permission denied)") from exc
+        raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+
+
+def _read_once(path: Path) -> bytes:
+    """The whole file, opened once and without blocking: anything but a regular file is refused."""
+    st = stat_source(path)
+    what = _not_regular(st.st_mode)
+    if what and not stat.S_ISDIR(st.st_mode):
+        raise DataError(f"{path}: is {what}, not a regular file; copy the data into a file first")
+    try:
+        # O_NONBLOCK: if the path was swapped for a FIFO since the stat, open() must not wait for a writer.
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
     except PermissionError as exc:
         raise DataError(f"{path}: cannot read file (permission denied)") from exc
     except OSError as exc:
         raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+    with os.fdopen(fd, "rb") as fh:
+        what = _not_regular(os.fstat(fh.fileno()).st_mode)
+        if what:
+            raise DataError(f"{path}: is {what}, not a regular file; copy the data into a file first")
+        try:
+            return fh.read()
+        except OSError as exc:
+            raise DataError(f"{path}: cannot read file ({exc.strerror or exc})") from exc
+
+
+def _gunzip(path: Path, data: bytes) -> bytes:
+    """Decompress a .gz file; a file that is not gzip, or is cut short, is one clear error."""
+    plain = path.name[:-3]
+    if data[:2] != b"\x1f\x8b":
+        seen = _what_it_is(data, Path(plain))
+        hint = f"; it {seen}" if seen else ""
+        raise DataError(f"{path}: not gzip data{hint} (if it is plain text, name it {plain})")
+    out = bytearray()
+    rest = data
+    while rest:  # one gzip member after another (``cat a.gz b.gz`` is valid gzip)
+        unzip = zlib.decompressobj(wbits=16 + zlib.MAX_WBITS)
+        try:
+            for i in range(0, len(rest), 1 << 16):  # in chunks, so a cut-off file keeps what it had
+                out += unzip.decompress(rest[i:i + (1 << 16)])
+                if unzip.eof:
+                    break
+        except zlib.error as exc:
+            line = out.count(b"\n") + 1
+            raise DataError(f"{path}: corrupt gzip data at line {line} of the uncompressed text ({exc})") from exc
+        if not unzip.eof:
+            out += unzip.flush()
+            line = out.count(b"\n") + 1
+            raise DataError(f"{path}: truncated gzip data: the file ends inside line {line} of the "
+                            f"uncompressed text ({line - 1} complete lines); download or copy it again")
+        rest = unzip.unused_data
+        if rest and rest[:2] != b"\x1f\x8b":
+            if rest.strip(b"\x00"):
+                line = out.count(b"\n") + 1
+                raise DataError(f"{path}: corrupt gzip data: {len(rest)} bytes of something else after "
+                                f"the compressed data (line {line})")
+            break  # zero padding after the last member
+    return bytes(out)
+
+
+def _utf16_or_32(data: bytes) -> str | None:
+    """'UTF-16' / 'UTF-32' when the bytes are text in that encoding (by BOM, or by the NUL-byte pattern)."""
+    if data.startswith((b"\xff\xfe\x00\x00", b"\x00\x00\xfe\xff")):
+        return "UTF-32"
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        return "UTF-16"
+    head = data[:4096]
+    if len(head) < 8:
+        return None
+    if head[1::4].count(0) + head[2::4].count(0) > 0.9 * len(head) / 2 and head[3::4].count(0) > 0.9 * len(head) / 4:
+        return "UTF-32"
+    even, odd = head[0::2].count(0) / (len(head) / 2), head[1::2].count(0) / (len(head) / 2)
+    if max(even, odd) > 0.4 and min(even, odd) < 0.05:
+        return "UTF-16"
+    return None
+
+
+def _what_it_is(data: bytes, path: Path) -> str | None:
+    """If the bytes are something other than the text the file's name promises: what they are, as advice."""
+    stem = path.name.split(".")[0] or path.name
+    if data[:2] == b"\x1f\x8b":
+        return f"looks like gzip-compressed data; name it {path.name}.gz"
+    for magic, what in ((b"BZh", "bzip2"), (b"\xfd7zXZ\x00", "xz"), (b"\x28\xb5\x2f\xfd", "zstd")):
+        if data.startswith(magic) and (magic != b"BZh" or data[3:4].isdigit()):
+            return f"looks like {what}-compressed data; decompress it first (of compressed files only .gz is read)"
+    if data.startswith(b"PK\x03\x04"):
+        return "is a ZIP archive (an Excel .xlsx workbook is one); extract it, or export the sheet as CSV"
+    if data.startswith(b"PAR1"):
+        return f"looks like a Parquet file; name it {stem}.parquet"
+    encoding = _utf16_or_32(data)
+    if encoding:
+        return f"is {encoding} text; save it as UTF-8"
+    head = data[:_SNIFF_BYTES]
+    if head.count(0) >= 2:
+        # Text never holds raw NUL bytes; one bad line among good ones is that line's problem,
+        # but control bytes and broken UTF-8 all over the start of the file make it binary.
+        controls = sum(head.count(b) for b in range(32) if b not in (9, 10, 12, 13, 27))
+        broken = head.decode("utf-8", errors="replace").count("\ufffd")
+        if controls + broken > 0.05 * len(head):
+            return "holds binary data (NUL bytes), not text"
+    return None
+
+
+def _read_text_file(path: Path) -> tuple[bytes, str, bool]:
+    """(bytes, format, gzipped) of a JSONL/JSON/CSV file: decompressed, UTF-8 BOM removed, checked
+    to be what its name says (not gzip, UTF-16, binary)."""
+    fmt, gz = file_format(path)
+    data = _read_once(path)
     if not data.strip():
         raise DataError(f"{path}: empty file (no rows)")
-    return data
+    if gz:
+        data = _gunzip(path, data)
+        if not data.strip():
+            raise DataError(f"{path}: empty file (the compressed file holds no rows)")
+    if gz and data[:2] == b"\x1f\x8b":
+        raise DataError(f"{path}: compressed twice (gzip data inside the gzip file); decompress it once "
+                        f"and save it as {path.name}")
+    seen = _what_it_is(data, Path(path.name[:-3]) if gz else path)
+    if seen:
+        raise DataError(f"{path}: {seen}")
+    if data.startswith(b"\xef\xbb\xbf"):  # a UTF-8 byte-order mark (Excel, Notepad): still UTF-8
+        data = data[3:]
+    return data, fmt or "", gz
 
 
 def _bad_utf8(path: Path, row: int, exc: UnicodeDecodeError, raw: bytes) -> Quarantined:
@@ -114,9 +300,146 @@ def _bad_utf8(path: Path, row: int, exc: UnicodeDecodeError, raw: bytes) -> Quar
                        record=raw[:_MAX_RECORD_CHARS].decode("utf-8", errors="replace"))
 
 
+# ---------------------------------------------------------------------------- JSON
+
+
+class _DupKeys(dict):
+    """A JSON object in which a key appeared twice (``json`` would silently keep the last value)."""
+
+    duplicate: str = ""
+
+
+def _object_pairs(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    obj = dict(pairs)
+    if len(obj) != len(pairs):
+        seen: set[str] = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))  # type: ignore[func-returns-value]
+        obj = _DupKeys(obj)
+        obj.duplicate = dup
+    return obj
+
+
+def _constant(name: str) -> float | None:
+    """NaN means "missing" (as in pandas); ±Infinity stay numbers for the rules to reject where they matter."""
+    return None if name == "NaN" else float(name.replace("Infinity", "inf"))
+
+
+_DECODER = json.JSONDecoder(object_pairs_hook=_object_pairs, parse_constant=_constant)
+
+
+def _loads(text: str) -> Any:
+    """Parse JSON text; a JSONDecodeError (line and column in ``text``) for anything json cannot read."""
+    start = len(text) - len(text.lstrip())
+    try:
+        obj, end = _DECODER.raw_decode(text, start)
+    except RecursionError as exc:
+        raise json.JSONDecodeError("nested too deeply", text, start) from exc
+    except json.JSONDecodeError:
+        raise
+    except ValueError as exc:  # e.g. an integer of more than 4300 digits
+        raise json.JSONDecodeError(f"unreadable value ({str(exc).split(';')[0]})", text, start) from exc
+    if text[end:].strip():
+        raise json.JSONDecodeError("Extra data", text, end + len(text[end:]) - len(text[end:].lstrip()))
+    return obj
+
+
+def _duplicate_key(value: Any, depth: int = 0) -> str | None:
+    """The first key that appears twice in one object anywhere inside ``value`` (JSON path-ish), or None."""
+    if depth > 100:
+        return None
+    if isinstance(value, _DupKeys):
+        return value.duplicate
+    if isinstance(value, dict):
+        for k, v in value.items():
+            inner = _duplicate_key(v, depth + 1)
+            if inner is not None:
+                return f"{k}.{inner}"
+    elif isinstance(value, list):
+        for i, v in enumerate(value):
+            inner = _duplicate_key(v, depth + 1)
+            if inner is not None:
+                return f"{i}.{inner}"
+    return None
+
+
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F][0-9a-fA-F]{2}")
+
+
+def _unpaired_surrogate(value: Any, depth: int = 0) -> str | None:
+    """The first text inside ``value`` holding an unpaired UTF-16 surrogate (from a ``\\ud800`` escape),
+    which is not Unicode text: it cannot be written as UTF-8 (Parquet, the tokenizer)."""
+    if depth > 100:
+        return None
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"\\u{ord(value[exc.start]):04x}"
+        return None
+    items = value.values() if isinstance(value, dict) else value if isinstance(value, list) else ()
+    for v in items:
+        found = _unpaired_surrogate(v, depth + 1)
+        if found:
+            return found
+    return None
+
+
+def _record_problem(path: Path, row: int, obj: Any, record: Any, surrogates: bool = False) -> Quarantined | None:
+    """Why a parsed JSON value cannot be a row (not an object, a duplicate key, an unpaired
+    surrogate: checked only when ``surrogates``, i.e. the text holds such an escape), or None."""
+    if not isinstance(obj, dict):
+        return Quarantined(str(path), row, "import", "not_an_object",
+                           f"expected a JSON object, got {_json_type(obj)}", record=record)
+    dup = _duplicate_key(obj)
+    if dup is not None:
+        return Quarantined(str(path), row, "import", "duplicate_key",
+                           f"key '{dup}' appears twice in one object (which value is meant?)", record=record)
+    bad = _unpaired_surrogate(obj) if surrogates else None
+    if bad is not None:
+        return Quarantined(str(path), row, "import", "bad_unicode",
+                           f"text holds an unpaired surrogate {bad}, which is not Unicode text",
+                           record=json.loads(json.dumps(obj).replace(bad, "\\ufffd")))
+    return None
+
+
+def _json_type(value: Any) -> str:
+    return {dict: "an object", list: "an array", str: "a string", bool: "a boolean", type(None): "null",
+            int: "a number", float: "a number"}.get(type(value), type(value).__name__)
+
+
+def _renamed(path: Path, fmt: str, gz: bool) -> str:
+    stem = path.name[:-3] if gz else path.name
+    stem = stem.rsplit(".", 1)[0] if "." in stem else stem
+    return f"{stem}.{fmt}" + (".gz" if gz else "")
+
+
 def _read_jsonl(path: Path) -> RawRecords:
+    data, _, gz = _read_text_file(path)
+    # \n, \r\n or a lone \r (old Mac files) end a line: JSON text never holds a raw \r or \n
+    lines = data.splitlines()
+    first_no, first = next(((i, line) for i, line in enumerate(lines, start=1) if line.strip()), (0, b""))
+    head = first.strip()[:1]
+    if head in (b"[", b"{"):
+        # A pretty-printed document: one JSON value over many lines (or a JSON array on one line).
+        try:
+            _loads(first.decode("utf-8"))
+            first_ok = True
+        except (UnicodeDecodeError, json.JSONDecodeError):
+            first_ok = False
+        if head == b"[" or not first_ok:
+            try:
+                doc = _loads(data.decode("utf-8"))
+            except (UnicodeDecodeError, json.JSONDecodeError):
+                doc = None
+            if isinstance(doc, list):
+                raise DataError(f"{path}: holds a JSON array, not JSON lines (one object per line); "
+                                f"name it {_renamed(path, 'json', gz)}")
+            if isinstance(doc, dict) and not first_ok:
+                raise DataError(f"{path}: holds one JSON object spread over lines {first_no}-{len(lines)}, not JSON "
+                                f"lines (one object per line); write one object per line, or name it "
+                                f"{_renamed(path, 'json', gz)}")
     out = RawRecords([], [])
-    for lineno, raw in enumerate(_read_bytes(path).split(b"\n"), start=1):
+    for lineno, raw in enumerate(lines, start=1):
         if not raw.strip():
             continue  # blank lines are not rows
         try:
@@ -125,14 +448,14 @@ def _read_jsonl(path: Path) -> RawRecords:
             out.quarantined.append(_bad_utf8(path, lineno, exc, raw))
             continue
         try:
-            obj = json.loads(text)
+            obj = _loads(text)
         except json.JSONDecodeError as exc:
             out.quarantined.append(Quarantined(str(path), lineno, "import", "invalid_json",
                                                f"invalid JSON ({exc.msg} at column {exc.colno})", record=text))
             continue
-        if not isinstance(obj, dict):
-            out.quarantined.append(Quarantined(str(path), lineno, "import", "not_an_object",
-                                               f"expected a JSON object, got {type(obj).__name__}", record=obj))
+        problem = _record_problem(path, lineno, obj, obj, surrogates=bool(_SURROGATE_ESCAPE.search(text)))
+        if problem:
+            out.quarantined.append(problem)
             continue
         out.records.append(obj)
         out.rows.append(lineno)
@@ -140,7 +463,7 @@ def _read_jsonl(path: Path) -> RawRecords:
 
 
 def _read_json(path: Path) -> RawRecords:
-    raw = _read_bytes(path)
+    raw, _, gz = _read_text_file(path)
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -148,15 +471,23 @@ def _read_json(path: Path) -> RawRecords:
         raise DataError(f"{path}:{line}: not UTF-8 text (byte 0x{raw[exc.start:exc.start + 1].hex()}); "
                         "a .json file must be valid UTF-8 as a whole") from exc
     try:
-        obj = json.loads(text)
+        obj = _loads(text)
     except json.JSONDecodeError as exc:
-        raise DataError(f"{path}:{exc.lineno}: invalid JSON ({exc.msg} at column {exc.colno}); "
-                        "use .jsonl to quarantine bad rows one by one") from exc
+        hint = "use .jsonl to quarantine bad rows one by one"
+        first = next((line for line in text.splitlines() if line.strip()), "")
+        try:
+            if exc.msg == "Extra data" and isinstance(_loads(first), dict):
+                hint = f"it looks like JSON lines (one object per line): name it {_renamed(path, 'jsonl', gz)}"
+        except json.JSONDecodeError:
+            pass
+        line = exc.lineno
+        raise DataError(f"{path}:{line}: invalid JSON ({exc.msg}); {hint}") from exc
     if isinstance(obj, dict):
+        dup = _duplicate_key(obj) if isinstance(obj, _DupKeys) else None
         lists = [v for v in obj.values() if isinstance(v, list)]
-        if len(lists) == 1 and all(isinstance(v, list) for v in obj.values()):
+        if dup is None and len(lists) == 1 and all(isinstance(v, list) for v in obj.values()):
             obj = lists[0]  # {"data": [...]} wrapper
-        elif obj and all(isinstance(v, list) for v in obj.values()) and len({len(v) for v in obj.values()}) == 1:
+        elif dup is None and obj and all(isinstance(v, list) for v in obj.values()) and len({len(v) for v in obj.values()}) == 1:
             obj = pd.DataFrame(obj).to_dict(orient="records")  # column-oriented
         else:
             raise DataError(f"{path}: expected a JSON list of row objects (or {{\"data\": [...]}}), got an object "
@@ -166,42 +497,93 @@ def _read_json(path: Path) -> RawRecords:
     if not obj:
         raise DataError(f"{path}: empty file (the JSON list has no rows)")
     out = RawRecords([], [])
+    surrogates = bool(_SURROGATE_ESCAPE.search(text))
     for i, item in enumerate(obj, start=1):
-        if isinstance(item, dict):
-            out.records.append(item)
-            out.rows.append(i)
-        else:
-            out.quarantined.append(Quarantined(str(path), i, "import", "not_an_object",
-                                               f"expected a JSON object, got {type(item).__name__}", record=item))
+        problem = _record_problem(path, i, item, item, surrogates=surrogates)
+        if problem:
+            out.quarantined.append(problem)
+            continue
+        out.records.append(item)
+        out.rows.append(i)
     return out
 
 
-def _read_csv(path: Path) -> RawRecords:
-    raw = _read_bytes(path)
-    quarantined: list[Quarantined] = []
-    good_lines: list[bytes] = []
-    # Decode line by line so one bad byte quarantines one row, not the file.
-    for lineno, line in enumerate(raw.split(b"\n"), start=1):
+# ---------------------------------------------------------------------------- CSV
+
+
+def _csv_lines(path: Path, data: bytes, bad: dict[int, Quarantined]):
+    """Decoded lines (with their endings) for the csv module; a non-UTF-8 line is noted in ``bad``
+    (by line number) and passed on with replacement characters, so its record can be quarantined."""
+    for lineno, raw in enumerate(data.splitlines(keepends=True), start=1):
+        if b"\x00" in raw:  # valid UTF-8, but a raw NUL byte in a text file is corruption (JSON refuses it too)
+            bad[lineno] = Quarantined(str(path), lineno, "import", "nul_byte",
+                                      f"a raw NUL byte at column {raw.index(0) + 1} (binary data in a text file)",
+                                      record=raw[:_MAX_RECORD_CHARS].decode("utf-8", errors="replace"))
         try:
-            line.decode("utf-8")
+            yield raw.decode("utf-8")
         except UnicodeDecodeError as exc:
-            if lineno == 1:
-                raise DataError(f"{path}:1: CSV header is not UTF-8 text") from exc
-            quarantined.append(_bad_utf8(path, lineno, exc, line))
+            bad.setdefault(lineno, _bad_utf8(path, lineno, exc, raw))
+            yield raw.decode("utf-8", errors="replace")
+
+
+def _read_csv(path: Path) -> RawRecords:
+    data, _, gz = _read_text_file(path)
+    if data.lstrip()[:1] in (b"{", b"["):
+        fmt = "jsonl" if data.lstrip()[:1] == b"{" else "json"
+        raise DataError(f"{path}: holds JSON, not comma-separated values; name it {_renamed(path, fmt, gz)}")
+    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # replies can be long; the default is 128 KiB
+    bad_lines: dict[int, Quarantined] = {}
+    reader = csv.reader(_csv_lines(path, data, bad_lines), strict=True)
+    out = RawRecords([], [])
+    header: list[str] | None = None
+    prev_end = 0
+    while True:
+        try:
+            fields = next(reader)
+        except StopIteration:
+            break
+        except csv.Error as exc:
+            start, prev_end = prev_end + 1, reader.line_num
+            if header is None:
+                raise DataError(f"{path}:{start}: malformed CSV header ({exc})") from exc
+            if "end of data" in str(exc) or "EOF" in str(exc):
+                raise DataError(f"{path}:{start}: unclosed quote: the quoted field that starts on line {start} "
+                                "runs to the end of the file") from exc
+            out.quarantined.append(Quarantined(str(path), start, "import", "csv_syntax", f"malformed CSV ({exc})"))
             continue
-        good_lines.append(line)
-    text = b"\n".join(good_lines).decode("utf-8")
-    try:
-        frame = pd.read_csv(io.StringIO(text), dtype=str, keep_default_na=False, na_filter=False)
-    except pd.errors.EmptyDataError as exc:
-        raise DataError(f"{path}: empty file (no CSV header)") from exc
-    except pd.errors.ParserError as exc:
-        raise DataError(f"{path}: malformed CSV ({str(exc).strip().splitlines()[-1]})") from exc
-    if frame.empty:
+        start, prev_end = prev_end + 1, reader.line_num
+        if not any(f.strip() for f in fields):
+            continue  # blank lines are not rows
+        if header is None:
+            if any(n in bad_lines for n in range(start, prev_end + 1)):
+                raise DataError(f"{path}:1: CSV header is not UTF-8 text")
+            header = [h.strip() for h in fields]
+            dup = next((h for h in header if h and header.count(h) > 1), None)
+            if dup:
+                raise DataError(f"{path}:{start}: the CSV header names the column '{dup}' twice")
+            if len(header) == 1 and any(sep in header[0] for sep in (";", "\t", "|")):
+                sep = next(sep for sep in (";", "\t", "|") if sep in header[0])
+                raise DataError(f"{path}:{start}: the header is one column '{header[0][:60]}': the file looks "
+                                f"{'tab' if sep == chr(9) else repr(sep)}-separated, but only commas are read")
+            continue
+        bad = next((bad_lines[n] for n in range(start, prev_end + 1) if n in bad_lines), None)
+        if bad is not None:
+            bad.row = start
+            out.quarantined.append(bad)
+            continue
+        if len(fields) != len(header):
+            out.quarantined.append(Quarantined(
+                str(path), start, "import", "csv_fields",
+                f"{len(fields)} fields, but the header has {len(header)} (an unquoted comma, or a missing field?)",
+                record=",".join(fields)))
+            continue
+        out.records.append({k: _parse_csv_cell(k, v) for k, v in zip(header, fields)})
+        out.rows.append(start)
+    if header is None:
+        raise DataError(f"{path}: empty file (no CSV header)")
+    if not out.records and not out.quarantined:
         raise DataError(f"{path}: empty file (CSV header but no rows)")
-    records = [{k: _parse_csv_cell(k, v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
-    # Row numbers are data rows (header excluded), which matches line numbers for simple CSV.
-    return RawRecords(records, list(range(2, len(records) + 2)), quarantined)
+    return out
 
 
 _CSV_JSON_COLUMNS = {"messages", "chosen", "rejected", "prompt", "completion", "responses", "annotator_labels"}
@@ -213,28 +595,41 @@ def _parse_csv_cell(column: str, value: str) -> Any:
         return None
     if column in _CSV_JSON_COLUMNS and value.lstrip().startswith("["):
         try:
-            return json.loads(value)
+            return _loads(value)
         except json.JSONDecodeError:
             return value
     if column == "harmful":
         return {"true": True, "false": False, "1": True, "0": False}.get(value.strip().lower(), value)
     if column in ("margin", "score_chosen", "score_rejected"):
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             return value
+        return number if number == number else value  # "nan" stays text, for the margin rule to name
     return value
 
 
+# ---------------------------------------------------------------------------- Parquet, datasets
+
+
 def _read_parquet(path: Path) -> RawRecords:
-    _read_bytes(path)
+    data = _read_once(path)
+    if not data.strip():
+        raise DataError(f"{path}: empty file (no rows)")
+    if not data.startswith(b"PAR1"):
+        seen = _what_it_is(data, path)
+        if seen is None and data.lstrip()[:1] in (b"{", b"["):
+            fmt = "jsonl" if data.lstrip()[:1] == b"{" else "json"
+            seen = f"holds JSON text; name it {_renamed(path, fmt, False)}"
+        raise DataError(f"{path}: not a Parquet file" + (f": it {seen}" if seen else " (it lacks the PAR1 header)"))
     try:
-        frame = pd.read_parquet(path)
+        frame = pd.read_parquet(io.BytesIO(data))
     except Exception as exc:  # pyarrow raises several types for a corrupt file
-        raise DataError(f"{path}: unreadable Parquet file ({type(exc).__name__}: {str(exc).splitlines()[0]})") from exc
+        first = (str(exc).strip().splitlines() or [""])[0]
+        raise DataError(f"{path}: unreadable Parquet file ({type(exc).__name__}: {first})") from exc
     if frame.empty:
         raise DataError(f"{path}: empty file (no rows)")
-    records = [{k: _native(v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
+    records = [{str(k): _native(v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
     return RawRecords(records, list(range(1, len(records) + 1)))
 
 
@@ -278,7 +673,7 @@ def _read_datasets(source: str, split: str) -> RawRecords:
     frame = loaded.to_pandas()
     if frame.empty:
         raise DataError(f"{source}: empty dataset (split '{split}' has no rows)")
-    records = [{k: _native(v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
+    records = [{str(k): _native(v) for k, v in rec.items()} for rec in frame.to_dict(orient="records")]
     return RawRecords(records, list(range(1, len(records) + 1)))
 
 
@@ -289,24 +684,27 @@ def looks_like_hub_id(source: str) -> bool:
 
 
 def read_records(path: Path | str, *, split: str = "train") -> RawRecords:
-    """Read raw row dicts from a file, a dataset directory or a hub id."""
+    """Read raw row dicts from a file, a dataset directory or a hub id (each file opened once)."""
     source = str(path)
     if source.startswith("hf:"):
         return _read_datasets(source[3:], split)
     path = Path(source).expanduser()
-    if not path.exists():
-        if looks_like_hub_id(source):
-            return _read_datasets(source, split)
-        raise DataError(f"{path}: no such file")
-    if path.is_dir():
+    if not os.path.lexists(path) and looks_like_hub_id(source):
+        return _read_datasets(source, split)
+    st = stat_source(path)
+    if stat.S_ISDIR(st.st_mode):
         if _is_dataset_dir(path):
             return _read_datasets(str(path), split)
         raise DataError(f"{path}: is a directory, expected a data file (.jsonl, .json, .parquet, .csv) "
                         "or a `datasets` directory with data files")
-    fmt = FILE_SUFFIXES.get(path.suffix.lower())
+    what = _not_regular(st.st_mode)
+    if what:  # a FIFO would block the read, /dev/zero never end it
+        raise DataError(f"{path}: is {what}, not a regular file; copy the data into a file first")
+    fmt, gz = file_format(path)
     if fmt is None:
-        raise DataError(f"{path}: unsupported file type '{path.suffix}' (expected one of "
-                        f"{', '.join(sorted(FILE_SUFFIXES))}, or a dataset directory)")
+        suffix = "".join(path.suffixes[-2:]) if gz else path.suffix
+        raise DataError(f"{path}: unsupported file type '{suffix}' (expected one of "
+                        f"{', '.join(sorted(FILE_SUFFIXES))}, .jsonl.gz, .json.gz, .csv.gz, or a dataset directory)")
     return {"jsonl": _read_jsonl, "json": _read_json, "csv": _read_csv, "parquet": _read_parquet}[fmt](path)
 
 
@@ -326,6 +724,16 @@ def _is_message_list(value: Any) -> bool:
                                                           for m in value)
 
 
+def _message_problem(messages: list[dict[str, Any]], column: str) -> RowError | None:
+    """A message whose role or content is not text (a list, a number, null): one RowError naming it."""
+    for i, m in enumerate(messages, start=1):
+        for key in ("role", "content"):
+            if not isinstance(m.get(key), str):
+                return RowError("bad_messages", f"{column}: message {i} has {key} of type "
+                                                f"{type(m.get(key)).__name__}, expected text")
+    return None
+
+
 def render_messages(messages: list[dict[str, Any]]) -> str:
     """A prompt as text: one user turn is its content; several turns become 'Role: content' blocks."""
     if len(messages) == 1 and messages[0].get("role") == "user":
@@ -338,6 +746,9 @@ def _final_reply(value: Any, column: str) -> tuple[list[dict[str, Any]] | None, 
     if isinstance(value, list):
         if not _is_message_list(value):
             raise RowError("bad_messages", f"{column}: expected a list of {{role, content}} messages")
+        problem = _message_problem(value, column)
+        if problem:
+            raise problem
         last = value[-1]
         if last.get("role") != "assistant":
             raise RowError("bad_messages", f"{column}: last message must be the assistant's reply, "
@@ -370,6 +781,9 @@ def _prompt_text(value: Any) -> Any:
     if isinstance(value, list):
         if not _is_message_list(value):
             raise RowError("bad_messages", "prompt: expected a string or a list of {role, content} messages")
+        problem = _message_problem(value, "prompt")
+        if problem:
+            raise problem
         return render_messages(value)
     return value
 
@@ -420,18 +834,57 @@ def infer_kind(columns: set[str]) -> Kind | None:
     return _LAYOUT_KIND[layout] if layout else None  # type: ignore[return-value]
 
 
+def missing_columns(columns: set[str]) -> tuple[str, list[str]] | None:
+    """(kind, missing columns) when ``columns`` are a broken version of a kind's layout: half a
+    preference pair, responses without a prompt, a completion without a prompt; else None."""
+    pair = {"chosen", "rejected"} & columns
+    if len(pair) == 1:
+        return "preferences", sorted({"chosen", "rejected"} - pair)
+    if "responses" in columns and "prompt" not in columns:
+        return "rankings", ["prompt"]
+    if {"completion", "response"} & columns and "prompt" not in columns and "messages" not in columns:
+        return "demonstrations", ["prompt"]
+    return None
+
+
+def _shown_columns(columns: set[str]) -> str:
+    shown = sorted(columns)
+    return ", ".join(shown[:12]) + (f", … ({len(shown)} in all)" if len(shown) > 12 else "") or "none"
+
+
+def infer_kind_of(raw: RawRecords, path: Path | str) -> Kind:
+    """The kind of a file from the columns of its rows; a one-line DataError when no layout fits,
+    naming the missing column when the file is a broken version of one (never a different kind)."""
+    columns: set[str] = set()
+    for rec in raw.records:
+        columns.update(rec)
+    broken = missing_columns(columns)
+    if broken:
+        kind, missing = broken
+        names = ", ".join(f"'{c}'" for c in missing)
+        raise DataError(f"{path}: looks like {kind} but the column {names} is missing "
+                        f"(found columns [{_shown_columns(columns)}])")
+    kind = infer_kind(columns)
+    if kind is None:
+        if not columns:
+            raise DataError(f"{path}: no columns: every row is an empty object")
+        raise DataError(f"{path}: cannot infer the data kind from columns [{_shown_columns(columns)}] "
+                        "(pass --kind prompts|demonstrations|preferences|rankings)")
+    return kind
+
+
 def _extras(rec: dict[str, Any], path: Path, row: int) -> dict[str, Any]:
     """The optional canonical columns, with defaults (id from file and row, source = file name)."""
     rid = next((rec[k] for k in _ID_ALIASES if k in rec), _MISSING)
     if rid is _MISSING:
         rid = f"{path.stem}-{row}"
-    elif isinstance(rid, int) and not isinstance(rid, bool):
+    elif _is_int(rid):
         rid = str(rid)  # integer ids are common and lossless as text
     harmful = rec.get("harmful")
     return {
         "id": rid,
         "topic": rec.get("topic"),
-        "user_id": str(rec["user_id"]) if isinstance(rec.get("user_id"), int) else rec.get("user_id"),
+        "user_id": str(rec["user_id"]) if _is_int(rec.get("user_id")) else rec.get("user_id"),
         "source": rec.get("source") if rec.get("source") is not None else path.name,
         "split": rec.get("split"),
         "harmful": False if harmful is None else harmful,
@@ -439,6 +892,10 @@ def _extras(rec: dict[str, Any], path: Path, row: int) -> dict[str, Any]:
 
 
 _MISSING = object()
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
 
 
 def _preference_row(rec: dict[str, Any], layout: str) -> dict[str, Any]:
@@ -464,11 +921,13 @@ def _preference_row(rec: dict[str, Any], layout: str) -> dict[str, Any]:
             raise RowError("no_shared_prompt", "chosen and rejected transcripts do not share the same prompt")
         prompt = c_prompt
     margin = rec.get("margin")
-    if margin is None and rec.get("score_chosen") is not None and rec.get("score_rejected") is not None:
-        try:  # UltraFeedback-binarized scores
-            margin = float(rec["score_chosen"]) - float(rec["score_rejected"])
-        except (TypeError, ValueError):
-            margin = None
+    scores = [(k, rec.get(k)) for k in ("score_chosen", "score_rejected") if rec.get(k) is not None]
+    for key, score in scores:  # UltraFeedback-binarized: each a finite number, or absent
+        if not is_finite_number(score):
+            raise RowError("bad_score", f"{key}: expected a finite number, got {type(score).__name__} "
+                                        f"{json.dumps(score, default=str)[:40]}")
+    if margin is None and len(scores) == 2:
+        margin = float(rec["score_chosen"]) - float(rec["score_rejected"])
     return {"prompt": prompt, "chosen": chosen_text, "rejected": rejected_text,
             "annotator_labels": rec.get("annotator_labels"), "margin": margin}
 
@@ -478,7 +937,7 @@ def _demonstration_row(rec: dict[str, Any], layout: str) -> dict[str, Any]:
         messages = rec.get("messages")
         if not _is_message_list(messages):
             raise RowError("bad_messages", "messages: expected a list of {role, content} messages")
-        history, response = _final_reply(messages, "messages")
+        history, response = _final_reply(messages, "messages")  # checks every message's role and content
         if not history:
             raise RowError("bad_messages", "messages: no prompt turn before the assistant reply")
         return {"prompt": render_messages(history), "response": response, "messages": messages}
@@ -496,6 +955,9 @@ def _prompt_row(rec: dict[str, Any], layout: str) -> dict[str, Any]:
         messages = rec.get("messages")
         if not _is_message_list(messages):
             raise RowError("bad_messages", "messages: expected a list of {role, content} messages")
+        problem = _message_problem(messages, "messages")
+        if problem:
+            raise problem
         history = messages[:-1] if messages[-1].get("role") == "assistant" else messages
         return {"prompt": render_messages(history)}
     if layout == "pairs_implicit_prompt":
@@ -523,7 +985,12 @@ def canonicalize(raw: RawRecords, path: Path, kind: Kind) -> tuple[pd.DataFrame,
         columns.update(rec)
     layout = detect_layout(columns)
     if layout is None or layout not in _KIND_LAYOUTS[kind]:
-        found = ", ".join(sorted(columns)[:12]) or "none"
+        found = _shown_columns(columns)
+        broken = missing_columns(columns)
+        if broken and (broken[0] == kind or (kind == "preferences" and broken[0] == "rankings")):
+            missing = ", ".join(f"'{c}'" for c in broken[1])
+            raise DataError(f"{path}: no {kind} layout recognised: the column {missing} is missing "
+                            f"(expected {_EXPECTED[kind]}; found columns [{found}])")
         raise DataError(f"{path}: no {kind} layout recognised: expected {_EXPECTED[kind]}; found columns [{found}]")
     out_kind = "preferences" if kind in ("preferences", "rankings") else kind
     rows: list[dict[str, Any]] = []
@@ -565,6 +1032,13 @@ def load_dataset_file(path: Path | str, kind: Kind, *, split: str = "train") -> 
     if kind not in CANONICAL_COLUMNS:
         raise DataError(f"{path}: unknown data kind '{kind}' (expected one of {', '.join(CANONICAL_COLUMNS)})")
     raw = read_records(path, split=split)
+    return canonical_frame(raw, path, kind)
+
+
+def canonical_frame(raw: RawRecords, path: Path | str, kind: Kind) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """:func:`load_dataset_file` on records already read (so a file is read once)."""
+    if kind not in CANONICAL_COLUMNS:
+        raise DataError(f"{path}: unknown data kind '{kind}' (expected one of {', '.join(CANONICAL_COLUMNS)})")
     if not raw.records and raw.quarantined:
         # Every row was bad: still a usable answer (all quarantined), the frame is just empty.
         out_kind = "preferences" if kind in ("preferences", "rankings") else kind

@@ -37,6 +37,9 @@ class DataReport:
     outputs: dict[str, str] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # step -> seconds
     seconds: float = 0.0
+    # Why the stage stopped (one line each: an input with no usable row, an input emptied by
+    # curation); empty when it finished. A stopped stage writes no curated files.
+    errors: list[str] = field(default_factory=list)
 
     @property
     def rows_in(self) -> int:
@@ -75,10 +78,13 @@ class DataReport:
         return json_path, md_path
 
     def to_markdown(self) -> str:
-        lines = ["# Data report", "",
-                 f"{self.rows_in} rows in, {self.rows_kept} kept, in {self.seconds:.2f} s "
-                 f"(invariant rows_in = kept + dropped: {'ok' if self.balanced else 'VIOLATED'}).", "",
-                 "| file | input | in | kept | dropped (reason: rows) |", "|---|---|---:|---:|---|"]
+        lines = ["# Data report", ""]
+        if self.errors:
+            lines += ["**The data stage stopped; no curated files were written:**", ""]
+            lines += [f"- {e}" for e in self.errors] + [""]
+        lines += [f"{self.rows_in} rows in, {self.rows_kept} {'usable' if self.errors else 'kept'}, in "
+                  f"{self.seconds:.2f} s (invariant rows_in = kept + dropped: {'ok' if self.balanced else 'VIOLATED'}).",
+                  "", "| file | input | in | kept | dropped (reason: rows) |", "|---|---|---:|---:|---|"]
         for f in self.files:
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(f.dropped.items(), key=lambda kv: -kv[1])) or "-"
             lines.append(f"| {f.file} | {f.input} | {f.rows_in} | {f.rows_kept} | {reasons} |")

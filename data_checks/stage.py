@@ -18,11 +18,17 @@ that step and its reason in ``dropped.jsonl``):
 
 Outputs in ``out_dir``: demonstrations.parquet, preferences.parquet, rl_prompts.parquet
 (train split), eval_prompts.parquet, quarantine.jsonl, dropped.jsonl, report.json, report.md.
+They appear together once the stage has finished (:mod:`data_checks.outputs`): a failure
+leaves no half-written files, and ``out_dir`` must be new, empty or an earlier output of this
+stage (nothing else is ever deleted). An input file with no usable row (every row quarantined)
+or an input left with no row after curation stops the stage with a :class:`DataError` naming
+it and the reasons; the report and the quarantine are still written, the curated files are not.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -33,7 +39,8 @@ import pandas as pd
 
 from data_checks import dedup
 from data_checks.config import DataConfig, DedupConfig
-from data_checks.importers import Quarantined, clip_record, load_dataset_file
+from data_checks.importers import Quarantined, clip_record, load_dataset_file, location
+from data_checks.outputs import claim_dir, publish_dir, staging_dir
 from data_checks.prompt_filter import (
     compute_coverage,
     language_reasons,
@@ -45,11 +52,14 @@ from data_checks.prompt_filter import (
 )
 from data_checks.refusal import refusal_reasons
 from data_checks.report import DataReport, FileReport
-from data_checks.schemas import CANONICAL_COLUMNS
+from data_checks.schemas import CANONICAL_COLUMNS, is_null
 from data_checks.validate import validate_frame, write_quarantine
 from rlhf_core.errors import DataError
 
 INPUTS = ("demonstrations", "preferences", "rl_prompts")
+WRITTEN_BY = "rlhf data prepare"
+OUTPUT_FILES = ("demonstrations.parquet", "preferences.parquet", "rl_prompts.parquet", "eval_prompts.parquet",
+                "quarantine.jsonl", "dropped.jsonl", "report.json", "report.md")
 KIND_OF_INPUT = {"demonstrations": "demonstrations", "preferences": "preferences", "rl_prompts": "prompts"}
 _MAX_CLUSTERS_REPORTED = 20
 
@@ -140,17 +150,18 @@ class _Ledger:
     def __init__(self) -> None:
         self.dropped: list[dict[str, Any]] = []
         self.quarantined: list[Quarantined] = []
-        self.per_file: dict[str, dict[str, int]] = {}
+        # (input, file) -> "<stage>:<rule>" -> rows: one file may feed several inputs (HH-RLHF does)
+        self.per_file: dict[tuple[str, str], dict[str, int]] = {}
 
-    def _count(self, file: str, key: str) -> None:
-        counts = self.per_file.setdefault(file, {})
+    def _count(self, name: str, file: str, key: str) -> None:
+        counts = self.per_file.setdefault((name, file), {})
         counts[key] = counts.get(key, 0) + 1
 
     def quarantine(self, rows: list[Quarantined], name: str) -> None:
         for q in rows:
             self.quarantined.append(q)
             key = f"{q.stage}:{q.rule}"
-            self._count(q.file, key)
+            self._count(name, q.file, key)
             self.dropped.append({"input": name, "file": q.file, "row": q.row, "id": _id_of(q.record),
                                  "stage": q.stage, "rule": q.rule, "reason": q.message, "record": clip_record(q.record)})
 
@@ -163,9 +174,9 @@ class _Ledger:
             rule, detail = reasons[idx]
             row = frame.loc[idx]
             file, line = str(row["_file"]), int(row["_row"])
-            self._count(file, f"{stage}:{rule}")
+            self._count(name, file, f"{stage}:{rule}")
             self.dropped.append({"input": name, "file": file, "row": line, "id": row["id"], "stage": stage,
-                                 "rule": rule, "reason": f"{file}:{line}: {rule}: {detail}",
+                                 "rule": rule, "reason": f"{location(file, line)}: {rule}: {detail}",
                                  "record": clip_record(row.drop(["_file", "_row"]).to_dict())})
         return frame[~mask.to_numpy()]
 
@@ -184,7 +195,11 @@ def _load_inputs(cfg: DataConfig, ledger: _Ledger, report: DataReport) -> dict[s
             files = set(frame["_file"]) | {q.file for q in quarantined} or {str(path)}
             for file in sorted(files):
                 n = int((frame["_file"] == file).sum()) + sum(q.file == file for q in quarantined)
-                report.files.append(FileReport(file=file, input=name, rows_in=n))
+                known = next((f for f in report.files if (f.input, f.file) == (name, file)), None)
+                if known:  # the same file listed twice for one input: one entry, all its rows
+                    known.rows_in += n
+                else:
+                    report.files.append(FileReport(file=file, input=name, rows_in=n))
             ledger.quarantine(quarantined, name)
             parts.append(frame)
         columns = CANONICAL_COLUMNS["preferences" if name == "preferences" else kind] + ["_file", "_row"]
@@ -270,14 +285,66 @@ def user_cap_by_prompt(frame: pd.DataFrame, cap: int | None) -> pd.Series:
     return reasons
 
 
+def _arrow_type(column: str) -> Any:
+    import pyarrow as pa
+
+    return {
+        "annotator_labels": pa.list_(pa.int64()),
+        "margin": pa.float64(),
+        "harmful": pa.bool_(),
+        "messages": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
+    }.get(column, pa.string())
+
+
 def _write_parquet(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:
-    out = frame.drop(columns=["_file", "_row"], errors="ignore").reindex(columns=columns).reset_index(drop=True)
-    if "messages" in out:  # one struct type for pyarrow: role + content only
-        out["messages"] = out["messages"].map(
-            lambda ms: [{"role": str(m["role"]), "content": str(m["content"])} for m in ms] if ms is not None else None)
-    if "harmful" in out:
-        out["harmful"] = out["harmful"].astype(bool)
-    out.to_parquet(path, index=False)
+    """Write the curated rows with a fixed Arrow type per column (the same schema whatever the input).
+
+    Validation admits only values of these types, so a failure here is a gap in the rules; it is
+    still reported as one line naming the file, row and column, never a bare Arrow traceback.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    frame = frame.reset_index(drop=True)
+    arrays = []
+    for column in columns:
+        values = list(frame[column]) if column in frame else [None] * len(frame)
+        values = [None if not isinstance(v, (list, dict)) and is_null(v) else v for v in values]
+        if column == "messages":  # one struct type: role + content only
+            values = [[{"role": m["role"], "content": m["content"]} for m in ms] if ms is not None else None
+                      for ms in values]
+        elif column == "margin":
+            values = [float(v) if v is not None else None for v in values]
+        typ = _arrow_type(column)
+        try:
+            arrays.append(pa.array(values, type=typ))
+        except (pa.ArrowException, TypeError, ValueError, OverflowError) as exc:
+            for i, v in enumerate(values):
+                try:
+                    pa.array([v], type=typ)
+                except (pa.ArrowException, TypeError, ValueError, OverflowError):
+                    where = location(str(frame.at[i, "_file"]), int(frame.at[i, "_row"])) if "_row" in frame else path
+                    raise DataError(f"{where}: {column}: value {str(v)[:60]!r} cannot be written as {typ} "
+                                    f"({str(exc).splitlines()[0]}); please report this validation gap") from exc
+            raise DataError(f"{path}: {column}: cannot be written as {typ} ({exc})") from exc
+    pq.write_table(pa.Table.from_arrays(arrays, names=columns), path)
+
+
+def legacy_output(path: Path) -> list[str] | None:
+    """An output of this stage written before the marker existed (its report.json is ours): its files."""
+    try:
+        data = json.loads((path / "report.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if not (isinstance(data, dict) and {"files", "totals", "balanced"} <= set(data)):
+        return None
+    return [name for name in OUTPUT_FILES if (path / name).is_file()]
+
+
+def _reasons(counts: dict[str, int]) -> str:
+    """``{"validate:chosen:is_string": 2, "import:invalid_json": 1}`` -> ``"2 chosen:is_string, 1 invalid_json"``."""
+    items = sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))
+    return ", ".join(f"{n} {key.split(':', 1)[1]}" for key, n in items)
 
 
 def run_data_stage(
@@ -286,17 +353,20 @@ def run_data_stage(
     tokenizer: Any = None,
     *,
     model_cache: Path | None = None,
+    option: str = "data stage output",
 ) -> DataReport:
     """Import, validate and curate every input of ``cfg``; write the clean files and the report.
 
     ``tokenizer`` counts prompt tokens for the length bounds: a ``str -> int`` callable, a
     Hugging Face tokenizer, a :class:`rlhf_core.config.ModelConfig` (loaded through
     rlhf_core.models with ``model_cache``), or None (whitespace words). Raises DataError
-    (one line) when an input is unusable as a whole (missing, empty, unknown layout).
+    (one line per problem) when an input is unusable as a whole (missing, empty, unknown
+    layout, no usable row), when curation leaves an input empty, or when ``out_dir`` holds
+    files this stage did not write (``option`` names ``out_dir`` in that message, e.g. ``--out``).
     """
     start = time.perf_counter()
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
+    claim_dir(out_dir, WRITTEN_BY, option, legacy_output)  # before any work: refuse a directory of other files
     report = DataReport()
     ledger = _Ledger()
     timings: dict[str, float] = {}
@@ -317,6 +387,10 @@ def run_data_stage(
                                                                       max_text_chars=cfg.max_text_chars))
         ledger.quarantine(quarantined, name)
         frames[name] = frame
+
+    errors = _unusable_files(report, frames, ledger, out_dir)
+    if errors:  # stop: the report and the quarantine say why; no curated files
+        return _finish(report, frames, ledger, out_dir, option, start, timings, errors=errors)
 
     # 3. prompt filters: spam, length, language
     pf = cfg.prompt_filter
@@ -356,38 +430,97 @@ def run_data_stage(
         cap("rl_prompts")
     report.coverage = coverage(frames["rl_prompts"].index)  # what PPO is left with, after the cap
 
-    # outputs
-    rl = frames["rl_prompts"]
-    is_eval = _is_eval(rl).to_numpy() if not rl.empty else np.zeros(0, dtype=bool)
-    outputs = {
-        "demonstrations": (frames["demonstrations"], "demonstrations"),
-        "preferences": (frames["preferences"], "preferences"),
-        "rl_prompts": (rl[~is_eval], "prompts"),
-        "eval_prompts": (rl[is_eval], "prompts"),
-    }
-    for out_name, (frame, kind) in outputs.items():
-        path = out_dir / f"{out_name}.parquet"
-        timed("write", lambda: _write_parquet(frame, path, CANONICAL_COLUMNS[kind]))
-        report.outputs[out_name] = str(path)
-    write_quarantine(ledger.quarantined, out_dir / "quarantine.jsonl")
-    with (out_dir / "dropped.jsonl").open("w", encoding="utf-8") as fh:
-        for row in ledger.dropped:
-            fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
-    report.outputs.update({"quarantine": str(out_dir / "quarantine.jsonl"), "dropped": str(out_dir / "dropped.jsonl")})
-
-    for f in report.files:
-        f.dropped = dict(sorted(ledger.per_file.get(f.file, {}).items()))
-        frame = frames[f.input]
-        f.rows_kept = int((frame["_file"] == f.file).sum()) if not frame.empty else 0
     report.topic_mix = {name: {"before": before[name], "after": topic_mix(frames[name]["topic"])} for name in INPUTS}
-    report.timings = {k: round(v, 4) for k, v in timings.items()}
-    report.seconds = time.perf_counter() - start
-    report.outputs.update({"report": str(out_dir / "report.json"), "report_md": str(out_dir / "report.md")})
-    report.write(out_dir)
-    if not report.balanced:  # a bug here, not bad data: never hand on a report that does not add up
-        bad = next(f for f in report.files if not f.balanced)
-        raise DataError(f"{bad.file}: data report does not balance ({bad.rows_in} in != {bad.rows_kept} kept + "
-                        f"{sum(bad.dropped.values())} dropped)")
+    errors = [f"{name}: no rows left after curation: all {n} valid rows dropped ({_reasons(counts)}); "
+              f"see {out_dir / 'dropped.jsonl'}"
+              for name, n, counts in _emptied_inputs(cfg, report, frames, ledger)]
+    return _finish(report, frames, ledger, out_dir, option, start, timings, errors=errors)
+
+
+def _unusable_files(report: DataReport, frames: dict[str, pd.DataFrame], ledger: _Ledger, out_dir: Path) -> list[str]:
+    """One line per input file that gave no usable row: every row quarantined at import or validation."""
+    errors = []
+    for f in report.files:
+        frame = frames[f.input]
+        usable = int((frame["_file"] == f.file).sum()) if not frame.empty else 0
+        if usable == 0:
+            counts = ledger.per_file.get((f.input, f.file), {})
+            errors.append(f"{f.file}: no usable rows for {f.input}: all {f.rows_in} rows quarantined "
+                          f"({_reasons(counts)}); see {out_dir / 'quarantine.jsonl'}")
+    return errors
+
+
+def _emptied_inputs(
+    cfg: DataConfig, report: DataReport, frames: dict[str, pd.DataFrame], ledger: _Ledger
+) -> list[tuple[str, int, dict[str, int]]]:
+    """(input, valid rows, drops by reason) for each configured input that curation left empty."""
+    out = []
+    for name in INPUTS:
+        if not getattr(cfg, name) or not frames[name].empty:
+            continue
+        counts: dict[str, int] = {}
+        for f in report.files:
+            if f.input == name:
+                for key, n in ledger.per_file.get((name, f.file), {}).items():
+                    if not key.startswith(("import:", "validate:")):
+                        counts[key] = counts.get(key, 0) + n
+        out.append((name, sum(counts.values()), counts))
+    return out
+
+
+def _finish(
+    report: DataReport, frames: dict[str, pd.DataFrame], ledger: _Ledger, out_dir: Path, option: str,
+    start: float, timings: dict[str, float], *, errors: list[str],
+) -> DataReport:
+    """Write every output into a staging directory, publish it to ``out_dir`` in one go, and raise
+    DataError with ``errors`` (one line each) if there are any: then only the report, the quarantine
+    and dropped.jsonl are published, no curated files."""
+    staging = staging_dir(out_dir, option)
+    try:
+        if not errors:
+            rl = frames["rl_prompts"]
+            is_eval = _is_eval(rl).to_numpy() if not rl.empty else np.zeros(0, dtype=bool)
+            outputs = {
+                "demonstrations": (frames["demonstrations"], "demonstrations"),
+                "preferences": (frames["preferences"], "preferences"),
+                "rl_prompts": (rl[~is_eval], "prompts"),
+                "eval_prompts": (rl[is_eval], "prompts"),
+            }
+            t0 = time.perf_counter()
+            for out_name, (frame, kind) in outputs.items():
+                _write_parquet(frame, staging / f"{out_name}.parquet", CANONICAL_COLUMNS[kind])
+                report.outputs[out_name] = str(out_dir / f"{out_name}.parquet")
+            timings["write"] = timings.get("write", 0.0) + time.perf_counter() - t0
+        write_quarantine(ledger.quarantined, staging / "quarantine.jsonl")
+        with (staging / "dropped.jsonl").open("w", encoding="utf-8") as fh:
+            for row in ledger.dropped:
+                fh.write(json.dumps(row, ensure_ascii=False, default=str) + "\n")
+        report.outputs.update({"quarantine": str(out_dir / "quarantine.jsonl"),
+                               "dropped": str(out_dir / "dropped.jsonl")})
+        for f in report.files:
+            f.dropped = dict(sorted(ledger.per_file.get((f.input, f.file), {}).items()))
+            frame = frames[f.input]
+            f.rows_kept = int((frame["_file"] == f.file).sum()) if not frame.empty else 0
+        report.errors = list(errors)
+        if not report.balanced and not errors:  # a bug here, not bad data: never hand on a report that does not add up
+            bad = next(f for f in report.files if not f.balanced)
+            errors = [f"{bad.file}: data report does not balance ({bad.rows_in} in != {bad.rows_kept} kept + "
+                      f"{sum(bad.dropped.values())} dropped)"]
+            report.errors = errors
+            report.outputs = {k: v for k, v in report.outputs.items() if k in ("quarantine", "dropped")}
+            for name in ("demonstrations", "preferences", "rl_prompts", "eval_prompts"):
+                (staging / f"{name}.parquet").unlink(missing_ok=True)
+        report.timings = {k: round(v, 4) for k, v in timings.items()}
+        report.seconds = time.perf_counter() - start
+        report.outputs.update({"report": str(out_dir / "report.json"), "report_md": str(out_dir / "report.md")})
+        report.write(staging)
+        publish_dir(staging, out_dir, WRITTEN_BY, option, legacy_output)
+    except OSError as exc:  # a full disk, a read-only file system: one line, and nothing half-written
+        raise DataError(f"{option} {out_dir}: cannot write the outputs ({exc.strerror or exc})") from exc
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)  # gone already once published
+    if errors:
+        raise DataError("\n".join(errors))
     return report
 
 

@@ -30,7 +30,25 @@ def _describe(column: object, check: str, value: object) -> str:
         return f"{col}text of {length} characters exceeds {check[len('max_chars('):-1]} (data.max_text_chars)"
     if check == "chosen_differs_from_rejected":
         return "chosen is identical to rejected (no preference signal)"
-    return f"{col}value {str(value)[:80]!r} fails {check}"
+    shown = _shown(value)
+    if check == "is_bool":
+        return f"{col}expected true or false, got {type(value).__name__} {shown}"
+    if check == "labels_in(0,1)":
+        return f"{col}{shown} is not a non-empty list of 0/1 integers"
+    if check == "is_finite_number":
+        return f"{col}expected a finite number, got {type(value).__name__} {shown}"
+    if check == "is_message_list":
+        return f"{col}{shown} is not a non-empty list of {{role, content}} text messages"
+    return f"{col}value {shown} fails {check}"
+
+
+def _shown(value: object) -> str:
+    """A value as JSON (``[true, false]``, ``"1"``), cut to 80 characters."""
+    try:
+        text = json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        text = repr(value)
+    return text if len(text) <= 80 else text[:79] + "…"
 
 
 def validate_frame(
