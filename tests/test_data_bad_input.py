@@ -411,9 +411,10 @@ def test_gz_that_is_not_gzip(tmp_path):
 
 def test_real_hh_rlhf_sample():
     """Anthropic's published layout (gzip JSONL of transcripts): read, with its known bad rows quarantined."""
-    sample = Path("/work/shared/data/hh-rlhf/harmless-base-sample.jsonl.gz")
+    # ../shared beside the checkout, as CI lays it out (the sample is not in the repository yet)
+    sample = Path(__file__).resolve().parents[2] / "shared/data/hh-rlhf/harmless-base-sample.jsonl.gz"
     if not sample.is_file():
-        pytest.skip("the HH-RLHF sample is not on this machine")
+        pytest.skip(f"the HH-RLHF sample is not at {sample}")
     frame, quarantined = load_dataset_file(sample, "preferences")
     assert len(frame) + len(quarantined) == 1576
     assert {q.rule for q in quarantined} == {"no_shared_prompt"} and len(quarantined) < 10
