@@ -162,7 +162,7 @@ def main(argv: list[str] | None = None) -> int:
         run = RunDir(base.path.parent / f"{base.run_id}--{name}")
         if run.path.exists():
             shutil.rmtree(run.path)
-        for stage in SHARED_STAGES:  # outputs.json holds absolute paths into the base run
+        for stage in SHARED_STAGES:  # absolute paths into the base run (outside this one: kept absolute)
             outputs = dict(base.outputs(stage))
             if stage == "data" and args.select_on == "train":
                 outputs["eval_prompts"] = outputs["rl_prompts"]

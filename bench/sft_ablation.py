@@ -178,10 +178,12 @@ def main(argv: list[str] | None = None) -> int:
         training: dict[str, Any] = {}
         timings: dict[str, float] = {}
         if args.scrubbed_run is not None:
+            from tasks.artifacts import RunDir
+
             run = args.scrubbed_run.resolve()
             _check_same_settings(cfg, run)
             data_dirs["scrubbed"] = run / "data"
-            model_dirs["scrubbed"] = json.loads((run / "sft" / "outputs.json").read_text())["model_dir"]
+            model_dirs["scrubbed"] = RunDir(run).require("sft")["model_dir"]
             training["scrubbed"] = {"reused_from_run": str(run)}
         for arm in ARMS:
             if arm not in data_dirs:

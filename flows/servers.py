@@ -32,6 +32,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 from rlhf_core.errors import UserError
+from tasks.mlflow_store import relocate as relocate_store
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PREFECT_PORT = 4200
@@ -288,6 +289,7 @@ def start_mlflow_server(
     mlflow_dir = workspace / "mlflow"
     artifacts = mlflow_dir / "artifacts"
     artifacts.mkdir(parents=True, exist_ok=True)
+    relocate_store(workspace)  # a copied or moved workspace: its store must show its own artifacts
     url = format_url(host, port)
     env = _server_env(
         {

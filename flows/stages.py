@@ -14,6 +14,7 @@ import functools
 import json
 import time
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -39,9 +40,12 @@ def _apply_threads(config: PipelineConfig) -> None:
         torch.set_num_threads(config.torch_threads)
 
 
-def _cached(task, run: RunDir, stage: str):
-    """The task, told to recompute when the stage's outputs are missing (cache only what still exists)."""
-    return task.with_options(refresh_cache=run.outputs(stage) is None)
+def _run_stage(task, run: RunDir, stage: str, *args: Any) -> dict[str, str]:
+    """Run the stage's task (skipped when cached, recomputed when its outputs went missing) and return
+    the outputs this run directory records: a cached result may name the paths of the workspace it
+    was copied from."""
+    task.with_options(refresh_cache=run.outputs(stage) is None)(*args)
+    return run.require(stage)
 
 
 def _context(config: PipelineConfig, run_dir: str) -> StageContext:
@@ -68,7 +72,8 @@ def _context(config: PipelineConfig, run_dir: str) -> StageContext:
     state_file = run.path / PIPELINE_STATE
     if state_file.is_file():
         parent_id = json.loads(state_file.read_text())["mlflow_run_id"]
-        for report in tracking.flush_run_spools(run.path, timeout_s=config.tracking.flush_timeout_s):
+        # To this run's store as configured now, not the one the spool names (a copied workspace's is the original's)
+        for report in tracking.flush_run_spools(run.path, tracking_uri=tracking_uri, timeout_s=config.tracking.flush_timeout_s):
             get_run_logger().info(
                 "sent %d metric batch(es) held back by an earlier attempt from %s to MLflow run %s%s",
                 report.batches, report.spool.name, report.run_id, f" (marked {report.status})" if report.status else "",
@@ -125,7 +130,7 @@ def _standalone(stage_flow):
 def data_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """Import, validate, scrub refusals, dedup and filter prompts; write the data report."""
     fetch_base_model(config.model, str(config.model_cache))  # the tokenizer counts prompt tokens
-    return _cached(prepare_data, ctx.run, "data")(config.data, config.model, str(config.model_cache), run_dir, ctx)
+    return _run_stage(prepare_data, ctx.run, "data", config.data, config.model, str(config.model_cache), run_dir, ctx)
 
 
 @flow(name="sft", log_prints=True)
@@ -134,7 +139,7 @@ def sft_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = No
     """Supervised fine-tuning of the base model on the curated demonstrations."""
     _apply_threads(config)
     base_dir = fetch_base_model(config.model, str(config.model_cache))
-    return _cached(train_sft_stage, ctx.run, "sft")(config, base_dir, run_dir, ctx)
+    return _run_stage(train_sft_stage, ctx.run, "sft", config, base_dir, run_dir, ctx)
 
 
 def _policy_init(config: PipelineConfig, run: RunDir) -> str:
@@ -149,7 +154,7 @@ def _policy_init(config: PipelineConfig, run: RunDir) -> str:
 def reward_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """Reward model from the SFT model on the preference pairs, with its agreement rates."""
     _apply_threads(config)
-    return _cached(train_reward_stage, ctx.run, "reward")(config, _policy_init(config, ctx.run), run_dir, ctx)
+    return _run_stage(train_reward_stage, ctx.run, "reward", config, _policy_init(config, ctx.run), run_dir, ctx)
 
 
 @flow(name="ppo", log_prints=True)
@@ -157,7 +162,7 @@ def reward_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None =
 def ppo_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """PPO of the SFT policy against the reward model with a KL penalty to the SFT model."""
     _apply_threads(config)
-    return _cached(train_ppo_stage, ctx.run, "ppo")(config, _policy_init(config, ctx.run), run_dir, ctx)
+    return _run_stage(train_ppo_stage, ctx.run, "ppo", config, _policy_init(config, ctx.run), run_dir, ctx)
 
 
 @flow(name="dpo", log_prints=True)
@@ -165,7 +170,7 @@ def ppo_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = No
 def dpo_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """DPO/IPO from the SFT model on the same preference pairs (the baseline next to PPO)."""
     _apply_threads(config)
-    return _cached(train_dpo_stage, ctx.run, "dpo")(config, _policy_init(config, ctx.run), run_dir, ctx)
+    return _run_stage(train_dpo_stage, ctx.run, "dpo", config, _policy_init(config, ctx.run), run_dir, ctx)
 
 
 @flow(name="eval", log_prints=True)
@@ -173,7 +178,7 @@ def dpo_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = No
 def eval_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """PPO (and DPO) vs SFT vs best-of-N on held-out prompts: gold score, reward, KL, refusals; registry decision."""
     _apply_threads(config)
-    return _cached(evaluate_stage, ctx.run, "eval")(config, run_dir, ctx)
+    return _run_stage(evaluate_stage, ctx.run, "eval", config, run_dir, ctx)
 
 
 STAGE_FLOWS = {"data": data_flow, "sft": sft_flow, "reward": reward_flow, "ppo": ppo_flow, "dpo": dpo_flow, "eval": eval_flow}

@@ -8,6 +8,7 @@ fails loudly instead of being ignored (lm-human-preferences shipped that bug).
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -31,6 +32,7 @@ class StrictModel(BaseModel):
     def __get_pydantic_json_schema__(cls, core_schema: Any, handler: GetJsonSchemaHandler) -> dict[str, Any]:
         schema = handler(core_schema)
         _no_credentials(handler.resolve_ref_schema(schema))
+        _form_labels(handler.resolve_ref_schema(schema))
         return schema
 
 
@@ -65,6 +67,26 @@ def _no_credentials(node: Any) -> None:
     elif isinstance(node, list):
         for value in node:
             _no_credentials(value)
+
+
+_MARKUP = re.compile(r"``(.+?)``|`(.+?)`|\*\*(.+?)\*\*|(?<![\w*])\*(?!\s)(.+?)(?<!\s)\*(?![\w*])")
+
+
+def plain_text(doc: str) -> str:
+    """Docstring prose as a form shows it: reST/Markdown inline markup (````x````, `x`, *x*) dropped."""
+    return _MARKUP.sub(lambda m: next(g for g in m.groups() if g is not None), doc)
+
+
+def _form_labels(node: dict[str, Any]) -> None:
+    """Label the Prefect UI form (this schema) by config key, the names used in YAML and ``--set``:
+    each field's title is its key (a section's too, not its class name); descriptions are plain text,
+    a section's only its docstring's first paragraph (the rest is for readers of the code)."""
+    if node.get("description"):
+        node["description"] = plain_text(node["description"].split("\n\n", 1)[0]).replace("\n", " ")
+    for key, prop in node.get("properties", {}).items():
+        prop["title"] = key
+        if prop.get("description"):
+            prop["description"] = plain_text(prop["description"])
 
 
 class TinyModelConfig(StrictModel):

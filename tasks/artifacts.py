@@ -135,10 +135,19 @@ class RunDir:
         return self.stage(stage) / "checkpoints"
 
     def record_outputs(self, stage: str, outputs: dict[str, str]) -> dict[str, str]:
-        """Mark a stage finished: its outputs (name -> path) are written last, atomically."""
+        """Mark a stage finished: its outputs (name -> path) are written last, atomically.
+
+        Paths inside the run directory are stored relative to it, so a copied or moved workspace
+        still finds its own outputs (not the original's).
+        """
         path = self.stage(stage) / OUTPUTS_FILE
+        root = self.path.resolve()
+        stored = {
+            name: Path(p).resolve().relative_to(root).as_posix() if Path(p).resolve().is_relative_to(root) else str(p)
+            for name, p in outputs.items()
+        }
         tmp = path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(outputs, indent=2), encoding="utf-8")
+        tmp.write_text(json.dumps(stored, indent=2), encoding="utf-8")
         tmp.replace(path)
         return outputs
 
@@ -147,7 +156,8 @@ class RunDir:
         path = self.path / stage / OUTPUTS_FILE
         if not path.is_file():
             return None
-        outputs = json.loads(path.read_text(encoding="utf-8"))
+        stored = json.loads(path.read_text(encoding="utf-8"))
+        outputs = {name: str(self.path / p) for name, p in stored.items()}  # an absolute p stays as it is
         return outputs if all(Path(p).exists() for p in outputs.values()) else None
 
     def require(self, stage: str) -> dict[str, str]:

@@ -6,15 +6,45 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
-from prefect.cache_policies import INPUTS, TASK_SOURCE
+from typing import Any
+
+from prefect.cache_policies import TASK_SOURCE, CacheKeyFnPolicy
+from prefect.utilities.hashing import hash_objects
+from pydantic import BaseModel
 
 from tasks import tracking
 from tasks.artifacts import RunDir
 
-# A finished stage is skipped on re-runs of the same run directory with the same config
-# and code; `ctx` (MLflow ids) is not part of the key. The flow refreshes the cache when
-# a stage's recorded outputs have gone missing (see flows/stages.py).
-STAGE_CACHE = (INPUTS - "ctx") + TASK_SOURCE
+
+
+def _workspace_relative(value: Any, root: str) -> Any:
+    """``value`` with every path inside the workspace ``root`` written relative to it."""
+    if isinstance(value, BaseModel):
+        value = value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {k: _workspace_relative(v, root) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_workspace_relative(v, root) for v in value]
+    if isinstance(value, str) and (value == root or value.startswith(root + "/")):
+        return "<workspace>" + value[len(root):]
+    return value
+
+
+def stage_inputs_key(task_ctx: Any, parameters: dict[str, Any]) -> str | None:
+    """The stage's inputs, ``ctx`` (MLflow ids) left out, hashed with the workspace's own paths made
+    relative: a copied or moved workspace resumes with its finished stages skipped."""
+    run_dir = parameters.get("run_dir")
+    if not run_dir:
+        return None
+    root = str(Path(run_dir).resolve().parent.parent)
+    inputs = {k: _workspace_relative(v, root) for k, v in parameters.items() if k != "ctx"}
+    return hash_objects(inputs, raise_on_failure=True)
+
+
+# A finished stage is skipped on re-runs of the same run directory (in this workspace or a copy
+# of it) with the same config and code. The flow refreshes the cache when a stage's recorded
+# outputs have gone missing (see flows/stages.py).
+STAGE_CACHE = CacheKeyFnPolicy(cache_key_fn=stage_inputs_key) + TASK_SOURCE
 
 
 @dataclass(frozen=True)

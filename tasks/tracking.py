@@ -515,6 +515,12 @@ def configure(tracking_uri: str, artifact_root: Path, experiment: str) -> str:
     """Point MLflow at the store and make sure the experiment exists; return its id."""
     import mlflow
 
+    if tracking_uri.startswith("sqlite:///") and (
+        Path(tracking_uri.removeprefix("sqlite:///")).resolve().parent == artifact_root.resolve().parent
+    ):
+        from tasks.mlflow_store import relocate
+
+        relocate(artifact_root.resolve().parent.parent)  # the workspace's own store, copied or moved here
     mlflow.set_tracking_uri(tracking_uri)
     existing = mlflow.get_experiment_by_name(experiment)
     if existing is not None:

@@ -19,6 +19,8 @@ from pathlib import Path
 
 import pytest
 
+from tasks.artifacts import RunDir
+
 from .conftest import MODEL_CACHE, REPO
 
 # Smaller than the preset (the test runs two pipelines on 2 shared cores), same stages but DPO.
@@ -114,7 +116,8 @@ def test_both_runs_finish_in_their_own_complete_run_directory(finished):
         assert run_dir.parent == workspace / "runs"
         assert _config(run_dir)["sft"]["optim"]["max_steps"] == {"a": 2, "b": 3}[name]
         for stage in STAGES:
-            outputs = json.loads((run_dir / stage / "outputs.json").read_text())
+            outputs = RunDir(run_dir).outputs(stage)
+            assert outputs is not None, stage
             for path in outputs.values():  # every output exists, inside this run's directory
                 assert Path(path).exists() and Path(path).is_relative_to(run_dir), (stage, path)
         assert (run_dir / "sft" / "model" / "model.safetensors").is_file()

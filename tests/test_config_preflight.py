@@ -199,3 +199,39 @@ def test_a_stage_that_fails_prints_one_error_line_and_the_log_file_not_traceback
     assert "Traceback" in log.read_text() and "over max_length 16" in log.read_text()
     assert text.rstrip().endswith(log_line)  # nothing after it
     assert "Beginning subflow run" in text  # Prefect's progress lines still show
+
+
+@pytest.mark.slow
+def test_a_copied_workspace_resumes_from_its_own_outputs_with_finished_stages_skipped(tmp_path):
+    """`cp -r` of a workspace, the original moved away, `rlhf run --resume` in the copy: every finished
+    stage is skipped (nothing retrained) and every output, and the MLflow store, is the copy's own."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    from tasks.artifacts import workspace_from
+
+    small = ["--set", SMOKE[0], "--set", "dpo.enabled=false", "--set", "eval.enabled=false"]
+    original, copy = tmp_path / "original", tmp_path / "copy"
+    first = _rlhf("run", "-c", "smoke", "-w", str(original), *small, timeout=600)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    (run_id,) = [p.name for p in (original / "runs").iterdir()]
+    shutil.copytree(original, copy)
+    shutil.move(original, tmp_path / "gone")
+    weights = copy / "runs" / run_id / "sft" / "model" / "model.safetensors"
+    before = (weights.stat().st_mtime_ns, hashlib.sha256(weights.read_bytes()).hexdigest())
+
+    again = _rlhf("run", "-c", "smoke", "-w", str(copy), "--resume", run_id, *small, timeout=600)
+    out = again.stdout + again.stderr
+    assert again.returncode == 0, out[-3000:]
+    assert out.count("Finished in state Cached") == 4, out[-3000:]  # data, sft, reward, ppo: none ran again
+    assert (weights.stat().st_mtime_ns, hashlib.sha256(weights.read_bytes()).hexdigest()) == before
+    listed = [line.split(": ", 1)[1] for line in out.splitlines() if line.strip().endswith(("model", ".json"))
+              and line.startswith("  ") and ": /" in line]
+    assert len(listed) >= 4 and all(p.startswith(str(copy)) for p in listed), listed
+    assert "copied or moved from" in out and not (tmp_path / "original").exists()
+    ws = workspace_from(copy)
+    experiment = MlflowClient(ws.mlflow_uri).get_experiment_by_name("rlhf-smoke")
+    assert experiment.artifact_location == ws.mlflow_artifacts.resolve().as_uri()
+    runs = MlflowClient(ws.mlflow_uri).search_runs([experiment.experiment_id])
+    assert runs and all(r.info.artifact_uri.startswith(experiment.artifact_location) for r in runs)

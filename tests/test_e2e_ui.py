@@ -246,6 +246,26 @@ def test_an_invalid_parameter_is_rejected_before_a_run_exists(stack, deployment)
     assert "max_steps" in r.text
 
 
+def test_the_custom_run_form_is_labelled_by_config_key_in_plain_text(stack, deployment, browser):
+    """Run -> Custom run on the pipeline deployment: sections and fields carry the keys a user writes in
+    YAML and --set (`ppo`, `optim`, `learning_rate`), not class names; no reST markup is shown."""
+    browser.get(f"{stack['prefect_url']}/deployments/deployment/{deployment['id']}/run")
+    try:
+        body = wait_for_texts(browser, ["kl_coef", "rollout_batch_size", "learning_rate"], timeout=90)
+        height = browser.execute_script(  # the form scrolls inside the page's main pane
+            "return Math.max(...Array.from(document.querySelectorAll('*'), e => e.scrollHeight))")
+        inputs = browser.execute_script("return document.querySelectorAll('input, select, textarea, [role=switch]').length")
+    finally:
+        screenshot(browser, SCREENSHOTS / "prefect-custom-run-form.png")
+    (SCREENSHOTS / "prefect-custom-run-form.json").write_text(json.dumps({"height_px": height, "inputs": inputs}))
+    for class_name in ("PPOConfig", "OptimConfig", "DataConfig", "Learning Rate", "Kl Coef"):
+        assert class_name not in body, f"the form shows {class_name!r}: labels should be config keys"
+    for markup in ("``", "`tiny`"):
+        assert markup not in body, f"the form shows raw markup {markup!r}"
+    for key in ("ppo", "optim", "dedup", "registry"):
+        assert re.search(rf"(?m)^\s*{key}( \(Optional\))?\s*$", body), f"no section labelled {key!r} in the form"
+
+
 def test_an_active_schedule_fires_by_itself_and_its_run_completes(stack, flow_run):
     prefect: PrefectAPI = stack["prefect"]
     assert flow_run["auto_scheduled"] is True and flow_run["created_by"]["type"] == "SCHEDULE", flow_run["created_by"]

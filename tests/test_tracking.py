@@ -255,34 +255,53 @@ def test_stage_context_links_name_the_run_and_registry_names_carry_the_pipeline(
     assert load_config("demo", ["registry.model_prefix=team-a"]).registry.model_prefix == "team-a"
 
 
-def test_a_copied_workspace_reports_that_its_experiment_keeps_artifacts_in_the_original(tmp_path, caplog):
+def test_a_copied_workspace_points_its_store_at_its_own_artifacts(tmp_path, caplog):
+    """`cp -r` of a workspace, original moved away: the copy's MLflow store finds every artifact in the copy."""
     import logging
     import shutil
 
     import mlflow
+    from mlflow.tracking import MlflowClient
+
+    from tasks.mlflow_store import relocate
 
     original, copy = workspace_from(tmp_path / "original"), workspace_from(tmp_path / "copy")
     try:
         experiment_id = tracking.configure(original.mlflow_uri, original.mlflow_artifacts, "exp")
-        assert tracking.stale_artifact_location(
-            original.mlflow_uri, mlflow.get_experiment(experiment_id).artifact_location, original.mlflow_artifacts
-        ) is None
+        client = MlflowClient(original.mlflow_uri)
+        run = client.create_run(experiment_id, tags={"rlhf.run_dir": str(original.runs.resolve() / "r1")})
+        client.log_param(run.info.run_id, "workspace", str(original.root.resolve()))
+        weights = tmp_path / "model" / "model.safetensors"
+        weights.parent.mkdir()
+        weights.write_bytes(b"weights")
+        client.log_artifact(run.info.run_id, str(weights), "model")
+        client.create_registered_model("exp-sft")
+        version = client.create_model_version("exp-sft", f"{run.info.artifact_uri}/model", run.info.run_id)
+        client.set_model_version_tag("exp-sft", version.version, "model_dir", str(original.runs.resolve() / "r1/sft/model"))
+        client.set_terminated(run.info.run_id)
+
         shutil.copytree(original.root, copy.root)
+        shutil.move(original.root, tmp_path / "gone")  # nothing may still point there
         caplog.set_level(logging.WARNING, logger="rlhf.tracking")
         assert tracking.configure(copy.mlflow_uri, copy.mlflow_artifacts, "exp") == experiment_id
-        location = mlflow.get_experiment(experiment_id).artifact_location
-        assert tracking.stale_artifact_location(copy.mlflow_uri, location, copy.mlflow_artifacts) == str(
-            original.mlflow_artifacts.resolve()
-        )
-        (warning,) = [r.getMessage() for r in caplog.records if r.name == "rlhf.tracking"]
-        assert str(original.mlflow_artifacts.resolve()) in warning and "tracking.experiment=" in warning
-        # a new experiment in the copied store keeps its artifacts inside the copy
-        fresh = tracking.configure(copy.mlflow_uri, copy.mlflow_artifacts, "exp-2")
-        assert tracking.stale_artifact_location(
-            copy.mlflow_uri, mlflow.get_experiment(fresh).artifact_location, copy.mlflow_artifacts
-        ) is None
+        (message,) = [r.getMessage() for r in caplog.records if r.name == "rlhf.tracking"]
+        assert str(original.root.resolve()) in message and str(copy.mlflow_artifacts.resolve()) in message
+
+        own = copy.mlflow_artifacts.resolve().as_uri()
+        client = MlflowClient(copy.mlflow_uri)
+        assert client.get_experiment(experiment_id).artifact_location == own
+        moved = client.get_run(run.info.run_id)
+        assert moved.info.artifact_uri.startswith(own + "/")
+        assert moved.data.tags["rlhf.run_dir"] == str(copy.runs.resolve() / "r1")
+        assert moved.data.params["workspace"] == str(original.root.resolve())  # params record what was run
+        fetched = client.download_artifacts(run.info.run_id, "model/model.safetensors", str(tmp_path / "dl"))
+        assert Path(fetched).read_bytes() == b"weights"
+        mv = client.get_model_version("exp-sft", version.version)
+        assert mv.source.startswith(own + "/") and mv.tags["model_dir"] == str(copy.runs.resolve() / "r1/sft/model")
+        assert tracking.stale_artifact_location(copy.mlflow_uri, own, copy.mlflow_artifacts) is None
+        assert relocate(copy.root) == []  # done once; a second open changes nothing
         # a tracking server's experiment locations are not judged against the local workspace
-        assert tracking.stale_artifact_location("http://h:1", location, copy.mlflow_artifacts) is None
+        assert tracking.stale_artifact_location("http://h:1", str(tmp_path / "gone"), copy.mlflow_artifacts) is None
     finally:
         mlflow.set_tracking_uri(None)
 
