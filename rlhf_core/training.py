@@ -32,8 +32,8 @@ import random
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
-from contextlib import nullcontext
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
@@ -82,8 +82,8 @@ def build_optimizer(model: torch.nn.Module, optim: OptimConfig) -> torch.optim.A
     if not decay and not no_decay:
         raise ConfigError("no trainable parameters: the model is entirely frozen")
     groups = [{"params": decay, "weight_decay": optim.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-    # The fused kernel updates all parameters in one pass: on 135M parameters it took 0.11 vs
-    # 0.70 CPU-s per step for the default per-tensor loop (bench/README.md, TRL comparison).
+    # The fused kernel updates all parameters in one pass: several times less CPU time per step
+    # than the default per-tensor loop (bench/README.md, TRL comparison).
     fused = all(p.device.type in ("cpu", "cuda") for p in decay + no_decay)
     return torch.optim.AdamW(
         [g for g in groups if g["params"]],
@@ -260,31 +260,6 @@ def _to_device(batch: Batch, device: torch.device) -> Batch:
     return {k: v.to(device, non_blocking=True) for k, v in batch.items()}
 
 
-def _resolve_resume(resume: bool | str | Path, root: Path, stage: str) -> Path | None:
-    if resume is False:
-        if root.exists():  # starting over: stale checkpoints would be picked up by a later resume
-            for path in list_checkpoints(root):  # never delete another stage's work
-                try:
-                    other = json.loads((path / "manifest.json").read_text()).get("stage")
-                except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
-                    continue
-                if other != stage:
-                    raise TrainingError(
-                        f"{root} holds checkpoints of stage '{other}', not '{stage}'; "
-                        "use a separate output directory per stage"
-                    )
-            shutil.rmtree(root)
-        return None
-    if resume is True:  # the newest checkpoint that verifies (corrupt ones are moved aside)
-        return latest_valid_checkpoint(root, stage=stage)
-    path = Path(resume)
-    if not path.exists():
-        raise TrainingError(f"cannot resume {stage}: checkpoint {path} does not exist")
-    if not (path / "manifest.json").exists() and (found := latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)):
-        return found  # an output_dir or checkpoints/ dir was given: take its newest checkpoint
-    return path
-
-
 PROGRESS_INTERVAL_S = 10.0  # off a terminal: at most one progress line per this many seconds
 
 
@@ -354,6 +329,169 @@ def _duration(seconds: float) -> str:
     return f"{s // 3600}h{s % 3600 // 60:02d}m"
 
 
+# --------------------------------------------------------------------------- run state
+
+
+def resolve_resume(resume: bool | str | Path, root: Path, stage: str) -> Path | None:
+    """The checkpoint a run resumes from, or None to start fresh.
+
+    ``True``: the newest checkpoint under ``root`` that verifies (corrupt ones are moved aside);
+    ``False``: none, and ``root``'s old checkpoints are removed (refused if another stage's);
+    a path: that checkpoint, or the newest one in an output or checkpoints directory.
+    """
+    if resume is False:
+        if root.exists():  # starting over: stale checkpoints would be picked up by a later resume
+            for path in list_checkpoints(root):  # never delete another stage's work
+                try:
+                    other = json.loads((path / "manifest.json").read_text()).get("stage")
+                except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+                    continue
+                if other != stage:
+                    raise TrainingError(
+                        f"{root} holds checkpoints of stage '{other}', not '{stage}'; "
+                        "use a separate output directory per stage"
+                    )
+            shutil.rmtree(root)
+        return None
+    if resume is True:  # the newest checkpoint that verifies (corrupt ones are moved aside)
+        return latest_valid_checkpoint(root, stage=stage)
+    path = Path(resume)
+    if not path.exists():
+        raise TrainingError(f"cannot resume {stage}: checkpoint {path} does not exist")
+    if not (path / "manifest.json").exists() and (found := latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)):
+        return found  # an output_dir or checkpoints/ dir was given: take its newest checkpoint
+    return path
+
+
+class RunState:
+    """What every training loop keeps besides the model: one instance per run, used in this order.
+
+    1. :meth:`resume` — find the checkpoint (:func:`resolve_resume`), refuse it if the run's
+       fingerprint changed, restore weights, optimizer, scheduler and RNG; the trainer state.
+    2. :meth:`steps` — the step indices still to run, with a progress bar / progress lines and
+       the wall clock around them.
+    3. :meth:`record` after each step — history, tracker (every ``log_every`` steps and the
+       last), progress, a checkpoint every ``checkpoint_every`` steps.
+    4. :meth:`finish` — the final checkpoint, unless the last step wrote it.
+
+    A checkpoint's trainer state is ``history``, ``fingerprint`` and what ``extra_state()``
+    returns (the loop's own position: data order, micro-batch size, KL controller...).
+    Data-parallel: only the main process writes; ``barrier`` waits for it.
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        output_dir: Path,
+        optim: OptimConfig,
+        *,
+        fingerprint: dict[str, Any],
+        tracker: Tracker,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        scheduler: torch.optim.lr_scheduler.LRScheduler,
+        extra_state: Callable[[], dict[str, Any]],
+        is_main: bool = True,
+        barrier: Callable[[], None] | None = None,
+    ) -> None:
+        self.stage, self.optim, self.fingerprint, self.tracker = stage, optim, fingerprint, tracker
+        self.root = Path(output_dir) / "checkpoints"
+        self.model, self.optimizer, self.scheduler, self.extra_state = model, optimizer, scheduler, extra_state
+        self.is_main, self.barrier = is_main, barrier
+        self.history: list[dict[str, float]] = []  # one dict per optimizer step (with "step")
+        self.start_step = 0
+        self.last_checkpoint: Path | None = None
+        self.saved_at = -1  # the step the newest checkpoint holds
+        self.wall_seconds = 0.0  # of :meth:`steps`, this process only
+        self._bar: StepProgress | None = None
+
+    def resume(
+        self,
+        resume: bool | str | Path,
+        *,
+        fingerprint_defaults: dict[str, Any] | None = None,
+        first: AbstractContextManager[Any] | None = None,
+    ) -> dict[str, Any] | None:
+        """Restore the checkpoint ``resume`` names (see :func:`resolve_resume`); its trainer state, or None.
+
+        ``fingerprint_defaults``: values of fingerprint keys that older checkpoints lack.
+        ``first``: a context to resolve the checkpoint in (data-parallel: rank 0 first).
+        """
+        with first if first is not None else nullcontext():
+            self.last_checkpoint = resolve_resume(resume, self.root, self.stage)
+        if self.last_checkpoint is None:
+            return None
+
+        def same_run(saved: dict[str, Any]) -> None:
+            before = {**(fingerprint_defaults or {}), **saved.get("fingerprint", {})}
+            differs = {k: (before.get(k), v) for k, v in self.fingerprint.items() if before.get(k) != v}
+            if differs:
+                detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differs.items())
+                raise TrainingError(
+                    f"cannot resume {self.stage} from {self.last_checkpoint}: the run changed ({detail}); "
+                    "pass resume=False (or a fresh output_dir) to start over"
+                )
+
+        state = load_checkpoint(
+            self.last_checkpoint, stage=self.stage, model=self.model, optimizer=self.optimizer,
+            scheduler=self.scheduler, check_state=same_run,
+        )
+        self.history = list(state["history"])
+        self.start_step = self.saved_at = int(state["step"])
+        return state
+
+    @contextmanager
+    def steps(self, progress: bool) -> Iterator[range]:
+        """The 0-based indices of the steps still to run; progress on stderr when ``progress`` (main process)."""
+        self._bar = StepProgress(self.stage, self.optim.max_steps, self.start_step) if progress and self.is_main else None
+        started = time.perf_counter()
+        try:
+            yield range(self.start_step, self.optim.max_steps)
+        finally:
+            if self._bar is not None:
+                self._bar.close()
+            self.wall_seconds = time.perf_counter() - started
+
+    def record(self, number: int, metrics: dict[str, float], shown: dict[str, float] | None = None) -> None:
+        """Step ``number`` (1-based) is done: history, tracker, progress (``shown``), checkpoint cadence."""
+        self.history.append({"step": float(number), **metrics})
+        if number % self.optim.log_every == 0 or number == self.optim.max_steps:
+            self.tracker.log_metrics(metrics, step=number)
+        if self._bar is not None:
+            self._bar.update(shown)
+        if self.optim.checkpoint_every and number % self.optim.checkpoint_every == 0 and number < self.optim.max_steps:
+            self.checkpoint(number)
+
+    def checkpoint(self, number: int) -> None:
+        """Write the checkpoint of step ``number`` (main process; the others wait at the barrier)."""
+        if self.is_main:
+            self.last_checkpoint = save_checkpoint(
+                self.root, stage=self.stage, step=number, model=self.model, optimizer=self.optimizer,
+                scheduler=self.scheduler, keep=self.optim.keep_checkpoints,
+                trainer_state={"history": self.history, "fingerprint": self.fingerprint, **self.extra_state()},
+            )
+        if self.barrier is not None:
+            self.barrier()
+        self.saved_at = number
+
+    def finish(self, final_step: int) -> Path | None:
+        """The checkpoint of ``final_step`` (written unless it is the newest already); its path."""
+        if self.saved_at != final_step and self.is_main:
+            self.last_checkpoint = save_checkpoint(
+                self.root, stage=self.stage, step=final_step, model=self.model, optimizer=self.optimizer,
+                scheduler=self.scheduler, keep=self.optim.keep_checkpoints,
+                trainer_state={"history": self.history, "fingerprint": self.fingerprint, **self.extra_state()},
+            )
+        if self.barrier is not None:
+            self.barrier()
+        return self.last_checkpoint
+
+    @property
+    def last_metrics(self) -> dict[str, float]:
+        """The newest step's metrics (without ``step``); {} before the first."""
+        return {k: v for k, v in (self.history[-1] if self.history else {}).items() if k != "step"}
+
+
 def run_training_loop(
     *,
     stage: str,
@@ -383,76 +521,36 @@ def run_training_loop(
     only rank 0 tracks, checkpoints and evaluates.
     """
     main = dist is None or dist.is_main
-    tracker = (tracker or NullTracker()) if main else NullTracker()
-    progress = progress and main
     output_dir = Path(output_dir)
     check_output_dir(output_dir, stage)
-    root = output_dir / "checkpoints"
     device = next(model.parameters()).device
     amp = autocast_dtype(optim, model)
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, optim)
-    step_size = optim.batch_size * optim.grad_accum_steps
-    if dist is not None and step_size < dist.world_size:
-        raise ConfigError(
-            f"{stage}: a step batch of {step_size} examples (batch_size x grad_accum_steps) cannot be split "
-            f"over {dist.world_size} processes; raise batch_size or lower distributed.num_processes"
-        )
-    sampler = LengthBucketedBatches(lengths, step_size, window=optim.length_bucket_window, seed=seed)
+    sampler = LengthBucketedBatches(lengths, _step_size(stage, optim, dist), window=optim.length_bucket_window, seed=seed)
     run_fp = {
-        "stage": stage,
-        "seed": seed,
-        "batch_size": optim.batch_size,
-        "grad_accum_steps": optim.grad_accum_steps,
-        "length_bucket_window": optim.length_bucket_window,
-        "examples": len(lengths),
-        **(fingerprint or {}),
+        "stage": stage, "seed": seed, "batch_size": optim.batch_size, "grad_accum_steps": optim.grad_accum_steps,
+        "length_bucket_window": optim.length_bucket_window, "examples": len(lengths), **(fingerprint or {}),
     }
-
-    state: dict[str, Any] = {"epoch": 0, "batch_index": 0, "sampler_seed": seed, "history": [], "fingerprint": run_fp}
-    start_step = 0
-    with dist.main_first() if dist is not None else nullcontext():  # rank 0 prunes / sets aside first
-        last_ckpt = _resolve_resume(resume, root, stage)
-    if last_ckpt is not None:
-
-        def same_run(saved: dict[str, Any]) -> None:
-            before = saved.get("fingerprint", {})
-            differs = {k: (before.get(k), v) for k, v in run_fp.items() if before.get(k) != v}
-            if differs:
-                detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differs.items())
-                raise TrainingError(
-                    f"cannot resume {stage} from {last_ckpt}: the run changed ({detail}); "
-                    "pass resume=False (or a fresh output_dir) to start over"
-                )
-
-        state = load_checkpoint(
-            last_ckpt, stage=stage, model=model, optimizer=optimizer, scheduler=scheduler, check_state=same_run
-        )
-        start_step = int(state["step"])
-    history: list[dict[str, float]] = list(state["history"])
-    epoch, batch_index = int(state["epoch"]), int(state["batch_index"])
+    run = RunState(
+        stage, output_dir, optim, fingerprint=run_fp, tracker=(tracker or NullTracker()) if main else NullTracker(),
+        model=model, optimizer=optimizer, scheduler=scheduler, is_main=main,
+        barrier=dist.barrier if dist is not None else None,
+        extra_state=lambda: {"epoch": epoch, "batch_index": batch_index, "sampler_seed": seed, "micro_batch_size": micro_size},
+    )
+    state = run.resume(resume, first=dist.main_first() if dist is not None else None) or {}  # rank 0 prunes first
+    epoch, batch_index = int(state.get("epoch", 0)), int(state.get("batch_index", 0))
     order = sampler.epoch(epoch)
-
-    def trainer_state() -> dict[str, Any]:
-        return {"epoch": epoch, "batch_index": batch_index, "sampler_seed": seed, "history": history,
-                "fingerprint": run_fp, "micro_batch_size": micro_size}
-
     # Shrinks (never grows back) after an out-of-memory error; the step batch, and so the data
     # order and the gradient, stay those of the configuration.
     micro_size = int(state.get("micro_batch_size", optim.batch_size))
-
-    bar = StepProgress(stage, optim.max_steps, start_step) if progress else None
-
     train_model = dist.wrap(model) if dist is not None else model  # DDP wrapper: forward syncs gradients
     model.train()
     tokens_total = units_total = 0
-    last_metrics: dict[str, float] = history[-1] if history else {}
     eval_metrics: dict[str, float] = {}
-    saved_at = start_step if last_ckpt is not None else -1
-    started = time.perf_counter()
-    try:
-        for step in range(start_step, optim.max_steps):
+    with run.steps(progress) as steps:
+        for step in steps:
             number = step + 1  # 1-based: what users and trackers see
             if batch_index >= len(order):
                 epoch, batch_index = epoch + 1, 0
@@ -460,28 +558,11 @@ def run_training_loop(
             indices = order[batch_index]
             batch_index += 1
             t0 = time.perf_counter()
-
-            def accumulate(n: int) -> tuple[dict[str, float], int, int]:
-                return _accumulate_step(
-                    stage, number, train_model, indices, n, collate, units_of, loss_fn, device, amp, unit_name, last_ckpt,
-                    dist,
-                )
-
-            if dist is None:  # an out-of-memory error redoes the step with half the micro-batch
-                (stats, step_units, step_tokens), micro_size = retry_smaller_on_oom(
-                    accumulate, micro_size, stage=stage, step=number, total=len(indices), model=model, device=device
-                )
-            else:  # not data-parallel: the other processes would already be inside a collective
-                stats, step_units, step_tokens = accumulate(micro_size)
-            grad_norm = float(torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm))
-            if not math.isfinite(grad_norm):
-                raise TrainingError(
-                    f"{stage}: gradient norm is {grad_norm} at step {number}; stopped before the update, "
-                    f"last checkpoint: {last_ckpt or 'none'}; lower optim.learning_rate or check the data"
-                )
-            lr = optimizer.param_groups[0]["lr"]
-            optimizer.step()
-            scheduler.step()
+            stats, step_units, step_tokens, micro_size = _step_gradients(
+                stage, number, model, train_model, indices, micro_size, collate=collate, units_of=units_of,
+                loss_fn=loss_fn, device=device, amp=amp, unit_name=unit_name, last_checkpoint=run.last_checkpoint, dist=dist,
+            )
+            grad_norm, lr = _optimizer_step(stage, number, params, optimizer, scheduler, optim, run.last_checkpoint)
             seconds = time.perf_counter() - t0
             tokens_total += step_tokens
             units_total += step_units
@@ -498,48 +579,88 @@ def run_training_loop(
             if main and evaluate is not None and optim.eval_every and number % optim.eval_every == 0 and number < optim.max_steps:
                 eval_metrics = _run_eval(model, evaluate, device, amp)
                 metrics.update(eval_metrics)
-            history.append({"step": float(number), **metrics})
-            last_metrics = metrics
-            if number % optim.log_every == 0 or number == optim.max_steps:
-                tracker.log_metrics(metrics, step=number)
-            if bar is not None:
-                loss_key = next((k for k in stats if k.endswith("/loss")), None)
-                bar.update({loss_key: stats[loss_key]} if loss_key else None)
-            if optim.checkpoint_every and number % optim.checkpoint_every == 0 and number < optim.max_steps:
-                if main:
-                    last_ckpt = save_checkpoint(
-                        root, stage=stage, step=number, model=model, optimizer=optimizer, scheduler=scheduler,
-                        trainer_state=trainer_state(), keep=optim.keep_checkpoints,
-                    )
-                if dist is not None:
-                    dist.barrier()
-                saved_at = number
-    finally:
-        if bar is not None:
-            bar.close()
-    wall = time.perf_counter() - started
-    final_step = max(start_step, optim.max_steps)
-    if saved_at != final_step and main:
-        last_ckpt = save_checkpoint(
-            root, stage=stage, step=final_step, model=model, optimizer=optimizer, scheduler=scheduler,
-            trainer_state=trainer_state(), keep=optim.keep_checkpoints,
-        )
-    if dist is not None:
-        dist.barrier()
+            loss_key = next((k for k in stats if k.endswith("/loss")), None)
+            run.record(number, metrics, {loss_key: stats[loss_key]} if loss_key else None)
+    final_step = max(run.start_step, optim.max_steps)
+    run.finish(final_step)
     if evaluate is not None and main:
         eval_metrics = _run_eval(model, evaluate, device, amp)
-        tracker.log_metrics(eval_metrics, step=final_step)
+        run.tracker.log_metrics(eval_metrics, step=final_step)
     return LoopOutcome(
-        steps=final_step,
-        resumed_from_step=start_step,
-        history=history,
-        last_metrics={k: v for k, v in last_metrics.items() if k != "step"},
-        eval_metrics=eval_metrics,
-        wall_seconds=wall,
-        tokens=tokens_total,
-        units=units_total,
-        checkpoint=last_ckpt,
+        steps=final_step, resumed_from_step=run.start_step, history=run.history, last_metrics=run.last_metrics,
+        eval_metrics=eval_metrics, wall_seconds=run.wall_seconds, tokens=tokens_total, units=units_total,
+        checkpoint=run.last_checkpoint,
     )
+
+
+def _step_size(stage: str, optim: OptimConfig, dist: DataParallel | None) -> int:
+    """Examples per optimizer step (``batch_size x grad_accum_steps``); ConfigError if the processes cannot share it."""
+    step_size = optim.batch_size * optim.grad_accum_steps
+    if dist is not None and step_size < dist.world_size:
+        raise ConfigError(
+            f"{stage}: a step batch of {step_size} examples (batch_size x grad_accum_steps) cannot be split "
+            f"over {dist.world_size} processes; raise batch_size or lower distributed.num_processes"
+        )
+    return step_size
+
+
+def _step_gradients(
+    stage: str,
+    number: int,
+    model: torch.nn.Module,
+    train_model: torch.nn.Module,
+    indices: Sequence[int],
+    micro_size: int,
+    *,
+    collate: Callable[[list[int]], Batch],
+    units_of: Callable[[Batch], int],
+    loss_fn: LossFn,
+    device: torch.device,
+    amp: torch.dtype | None,
+    unit_name: str,
+    last_checkpoint: Path | None,
+    dist: DataParallel | None,
+) -> tuple[dict[str, float], int, int, int]:
+    """The step batch's gradients (:func:`_accumulate_step`); (stats, units, tokens, micro-batch size).
+
+    An out-of-memory error redoes the step with half the micro-batch, except data-parallel: the
+    other processes would already be inside a collective.
+    """
+
+    def accumulate(n: int) -> tuple[dict[str, float], int, int]:
+        return _accumulate_step(
+            stage, number, train_model, indices, n, collate, units_of, loss_fn, device, amp, unit_name, last_checkpoint,
+            dist,
+        )
+
+    if dist is not None:
+        return (*accumulate(micro_size), micro_size)
+    (stats, units, tokens), micro_size = retry_smaller_on_oom(
+        accumulate, micro_size, stage=stage, step=number, total=len(indices), model=model, device=device
+    )
+    return stats, units, tokens, micro_size
+
+
+def _optimizer_step(
+    stage: str,
+    number: int,
+    params: Sequence[torch.nn.Parameter],
+    optimizer: torch.optim.Optimizer,
+    scheduler: torch.optim.lr_scheduler.LRScheduler,
+    optim: OptimConfig,
+    last_checkpoint: Path | None,
+) -> tuple[float, float]:
+    """Clip, check, step the optimizer and the schedule; (gradient norm, the learning rate the step used)."""
+    grad_norm = float(torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm))
+    if not math.isfinite(grad_norm):
+        raise TrainingError(
+            f"{stage}: gradient norm is {grad_norm} at step {number}; stopped before the update, "
+            f"last checkpoint: {last_checkpoint or 'none'}; lower optim.learning_rate or check the data"
+        )
+    lr = optimizer.param_groups[0]["lr"]
+    optimizer.step()
+    scheduler.step()
+    return grad_norm, lr
 
 
 def _accumulate_step(

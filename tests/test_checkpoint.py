@@ -165,3 +165,59 @@ def test_latest_valid_checkpoint_falls_back_past_corrupt_ones(tmp_path):
     with pytest.raises(TrainingError, match="written by stage 'sft', not 'reward'"):
         latest_valid_checkpoint(tmp_path, stage="reward")  # another stage's checkpoint is an error, not corruption
     assert latest_valid_checkpoint(tmp_path / "none", stage="sft") is None
+
+
+# ----------------------------------------------------------------------------- RunState (every training loop's)
+def _run_state(tmp_path, optim_cfg, net, opt, sched, fingerprint, tracker=None):
+    from rlhf_core.tracking import InMemoryTracker
+    from rlhf_core.training import RunState
+
+    return RunState(
+        "sft", tmp_path, optim_cfg, fingerprint=fingerprint, tracker=tracker or InMemoryTracker(), model=net,
+        optimizer=opt, scheduler=sched, extra_state=lambda: {"position": 42},
+    )
+
+
+def test_run_state_cadence_final_checkpoint_and_resume(tmp_path):
+    from rlhf_core.tracking import InMemoryTracker
+
+    net, opt, sched, _ = _trained()
+    cfg = OptimConfig(learning_rate=1e-2, max_steps=5, checkpoint_every=2, log_every=2, keep_checkpoints=5)
+    tracker = InMemoryTracker()
+    run = _run_state(tmp_path, cfg, net, opt, sched, {"data": "abc"}, tracker)
+    assert run.resume(True) is None and run.start_step == 0
+    with run.steps(progress=False) as steps:
+        assert list(steps) == [0, 1, 2, 3, 4]
+        for number in range(1, 6):
+            run.record(number, {"sft/loss": float(number)})
+    # a checkpoint every 2 steps before the last; the tracker every 2 steps and at the last
+    assert [p.name for p in list_checkpoints(tmp_path / "checkpoints")] == ["step-000002", "step-000004"]
+    assert [step for step, _ in tracker.metrics] == [2, 4, 5]
+    assert run.finish(5).name == "step-000005" and run.last_metrics == {"sft/loss": 5.0}
+    assert run.finish(5).name == "step-000005"  # the newest already: not written twice
+    state = json.loads((tmp_path / "checkpoints" / "step-000005" / "trainer_state.json").read_text())
+    assert state["position"] == 42 and state["fingerprint"] == {"data": "abc"} and len(state["history"]) == 5
+
+    again = _run_state(tmp_path, cfg, net, opt, sched, {"data": "abc"})
+    assert again.resume(True)["position"] == 42
+    assert again.start_step == again.saved_at == 5 and [h["step"] for h in again.history] == [1, 2, 3, 4, 5]
+    with again.steps(progress=False) as steps:
+        assert list(steps) == []
+
+
+def test_run_state_refuses_a_changed_run_and_fills_old_fingerprints(tmp_path):
+    net, opt, sched, _ = _trained()
+    cfg = OptimConfig(learning_rate=1e-2, max_steps=2)
+    run = _run_state(tmp_path, cfg, net, opt, sched, {"data": "abc"})
+    run.resume(True)
+    run.finish(2)
+    changed = _run_state(tmp_path, cfg, net, opt, sched, {"data": "xyz"})
+    with pytest.raises(TrainingError, match=r"cannot resume sft from .*step-000002: the run changed \(data: checkpoint "
+                                            r"'abc' vs now 'xyz'\); pass resume=False"):
+        changed.resume(True)
+    newer = _run_state(tmp_path, cfg, net, opt, sched, {"data": "abc", "samples": 1})
+    with pytest.raises(TrainingError, match=r"samples: checkpoint None vs now 1"):
+        newer.resume(True)
+    assert newer.resume(True, fingerprint_defaults={"samples": 1})["step"] == 2
+    fresh = _run_state(tmp_path, cfg, net, opt, sched, {"data": "xyz"})
+    assert fresh.resume(False) is None and not (tmp_path / "checkpoints").exists()

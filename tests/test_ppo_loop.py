@@ -75,7 +75,7 @@ def ppo_cfg(**overrides) -> PPOConfig:
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
     # tiny models: one intra-op thread is faster, and on a shared 2-core box torch's spinning
-    # worker threads make a step ~10x slower (measured: 1.2 s vs 0.12 s per PPO step)
+    # worker threads make a step many times slower (bench/README.md)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

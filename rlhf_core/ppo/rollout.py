@@ -4,8 +4,7 @@ Shapes: ``B`` prompts, ``P`` prompt tokens (left-padded), ``R`` response tokens 
 after the first EOS), ``V`` vocabulary.
 
 Sampling is a manual loop over a ``DynamicCache`` rather than ``model.generate``. On CPU the
-two run at the same speed (measured on the tiny model: 16 x 32 tokens, 1.8-2.3 s both under
-load), but the manual loop (a) applies exactly the temperature / top-k / top-p written here,
+two run at the same speed (bench/README.md), but the manual loop (a) applies exactly the temperature / top-k / top-p written here,
 so the distribution the tokens come from is the one :func:`policy_logprobs` scores, (b) draws
 from the global torch RNG only through :func:`sample_from_probs`, which a checkpoint restores
 (exact resume), and (c) stops as soon as every row has emitted EOS.
@@ -18,11 +17,10 @@ Log-probabilities for PPO come from one of two places (``PPOConfig.rollout_logpr
   (:func:`sample_tokens` with ``score_tokens=True``), and, for a value head sharing the
   policy's backbone, the values off its final hidden states (``keep_hidden=True``). This
   skips a whole forward pass of the policy per step. The incremental KV-cache pass rounds
-  differently from a full pass: in fp32 the two differ by up to ~3e-5 nats per token
-  (SmolLM2-135M, 256 sampled tokens: mean 2.2e-6, max 1.9e-5; demo PPO steps with LoRA: 1.5-2.7e-5; the trainer logs the largest
-  difference it sees as ``ppo/logprob_mismatch``). bf16 keeps ~3 significant digits, so
-  there the two passes can differ by far more (not measured here: no GPU), which is why
-  ``auto`` recomputes in half precision.
+  differently from a full pass: in fp32 the two differ by float rounding only (figures in
+  bench/README.md; the trainer logs the largest difference it sees as
+  ``ppo/logprob_mismatch``). bf16 keeps ~3 significant digits, so there the two passes can
+  differ by far more, which is why ``auto`` recomputes in half precision.
 """
 
 from __future__ import annotations
@@ -135,9 +133,9 @@ def sample_next_token(
 def sample_from_probs(probs: torch.Tensor) -> torch.Tensor:
     """One index per row of (B, V) probabilities -> (B,), by inverting the CDF with one uniform per row.
 
-    Same distribution as ``torch.multinomial(probs, 1)`` but ~35x faster on CPU for a 49k
-    vocabulary (0.8 ms vs 30 ms for 16 rows, measured): multinomial's CPU kernel dominates
-    the sampling loop of a small model otherwise. ``right=True`` picks the first index whose
+    Same distribution as ``torch.multinomial(probs, 1)`` but much faster on CPU for a large
+    vocabulary (bench/README.md): multinomial's CPU kernel dominates the sampling loop of a
+    small model otherwise. ``right=True`` picks the first index whose
     CDF exceeds ``u``, so a zero-probability (filtered) token can never be drawn.
     """
     cdf = probs.cumsum(-1)  # (B, V)

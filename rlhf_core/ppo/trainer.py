@@ -1,14 +1,12 @@
-"""The PPO loop: the numbered recipe, step by step, each step a function from this package.
+"""The PPO loop: the numbered recipe, each step a named phase from this package.
 
 Per PPO step (``optim.max_steps`` of them)::
 
-    1. rollout      sample responses to a batch of prompts              rollout.rollout
-    2. score        reward model on prompt + response (- missing-EOS)   score.*
-    3. KL penalty   per-token KL to the frozen reference in the reward  kl.kl_penalized_rewards
-    4. values, GAE  critic values, advantages + returns, whitening      value.*, gae.compute_gae
-    5. update       ppo_epochs x minibatches: clipped policy + value    loss.*
-                    loss - entropy bonus (+ ptx), grad clipping, AdamW
-    6. log          one tracker call per step; checkpoint; KL controller update
+    1-4. experience  rollout, score (- missing EOS), KL-penalised rewards,    experience.make_experience
+                     values, GAE + whitening; one finiteness check
+    5.   update      ppo_epochs x minibatches: clipped policy + value loss    ppo_update
+                     - entropy bonus (+ ptx), grad clipping, AdamW
+    6.   log         the step's metrics, KL controller, checkpoint cadence     step_metrics, RunState.record
 
 Timings logged per step: ``time/generation`` (sampling + decoding), ``time/scoring`` (reward
 model, gold function), ``time/update`` (log-probs, values, reference, GAE and the PPO epochs).
@@ -23,17 +21,19 @@ the recomputed log-probs equal the first minibatch's and the PPO ratio starts at
 
 Exact resume: the prompt order is a pure function of ``(seed, prompt position)``; sampling
 and minibatch shuffles draw from the global torch RNG, which the checkpoint restores with
-the weights (policy + critic), optimizer, scheduler and the KL controller.
+the weights (policy + critic), optimizer, scheduler and the KL controller
+(:class:`rlhf_core.training.RunState`, shared with the other stages' loop).
 """
 
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import tempfile
 import time
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -41,37 +41,32 @@ import numpy as np
 import torch
 
 from rlhf_core.batching import Format, collate_sft, prompt_ids, resolve_format, rows_to_records, tokenize_sft_rows
-from rlhf_core.checkpoint import load_checkpoint, save_checkpoint
-from rlhf_core.errors import ConfigError, DataError, TrainingError
-from rlhf_core.losses import masked_mean, masked_whiten
+from rlhf_core.errors import ConfigError, DataError
+from rlhf_core.losses import masked_mean
 from rlhf_core.ppo.config import PPOConfig
-from rlhf_core.ppo.gae import compute_gae
+from rlhf_core.ppo.experience import (
+    STAGE,
+    Experience,
+    GoldFn,
+    PPOModels,
+    PromptItem,
+    check_finite,
+    make_experience,
+)
 from rlhf_core.ppo.kl import (
     AdaptiveKLController,
     FixedKLController,
     KLController,
     check_reference_matches,
     is_peft_model,
-    kl_estimate,
-    kl_penalized_rewards,
-    reference_logprobs,
 )
 from rlhf_core.ppo.loss import entropy_from_logits, explained_variance, ppo_policy_loss, ppo_value_loss, ptx_loss, token_sum
-from rlhf_core.ppo.rollout import Rollout, left_pad, rollout
-from rlhf_core.ppo.score import (
-    RewardFn,
-    apply_missing_eos_penalty,
-    centre_scores,
-    retokenize,
-    reward_scores,
-    tokenizers_match,
-)
+from rlhf_core.ppo.score import RewardFn, tokenizers_match
 from rlhf_core.ppo.value import PolicyWithValue, build_policy_with_value
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (
-    StepProgress,
+    RunState,
     TrainResult,
-    _resolve_resume,
     apply_lora,
     build_optimizer,
     build_scheduler,
@@ -85,9 +80,6 @@ from rlhf_core.training import (
 
 log = logging.getLogger(__name__)
 
-STAGE = "ppo"
-GoldFn = Callable[[str, str], float]
-
 
 @dataclass
 class PPOResult(TrainResult):
@@ -95,13 +87,6 @@ class PPOResult(TrainResult):
 
     stopped_early: bool = False
     stop_reason: str | None = None
-
-
-@dataclass(frozen=True)
-class PromptItem:
-    row_id: str
-    text: str
-    ids: list[int]
 
 
 # ----------------------------------------------------------------------------- inputs
@@ -162,48 +147,6 @@ def eos_token_ids(tokenizer: Any, policy: torch.nn.Module) -> list[int]:
     return sorted(ids)
 
 
-def _check_finite(name: str, tensor: torch.Tensor, number: int, mask: torch.Tensor | None = None) -> None:
-    """TrainingError naming the step and the quantity when any (unmasked) value is NaN/inf."""
-    values = tensor.detach()
-    if mask is not None:
-        values = values[mask.bool()]
-    bad = ~torch.isfinite(values)
-    if bool(bad.any()):
-        raise TrainingError(
-            f"ppo: {name} is not finite at step {number} ({int(bad.sum())} of {values.numel()} values NaN/inf); "
-            "stopped before the update; lower optim.learning_rate or check the reward model"
-        )
-
-
-# ----------------------------------------------------------------------------- recipe helpers
-@torch.no_grad()
-def rollout_logprobs_values(
-    model: PolicyWithValue, ro: Rollout, *, temperature: float, batch_size: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Log-probs (B, R) and values (B, R) of a rollout under the current policy/critic, in micro-batches."""
-    ids, attn, start = ro.query_response_ids, ro.attention_mask, ro.response_start
-    lps, vals = [], []
-    for i in range(0, ids.shape[0], batch_size):
-        out, values = model(ids[i : i + batch_size], attn[i : i + batch_size], start, temperature)
-        lps.append(out.logprobs)
-        vals.append(values)
-    return torch.cat(lps), torch.cat(vals)
-
-
-@torch.no_grad()
-def rollout_values(model: PolicyWithValue, ro: Rollout, *, batch_size: int) -> torch.Tensor:
-    """Values (B, R) of a rollout: the shared head on the sampler's hidden states, or the critic in micro-batches."""
-    if model.value_head is not None:
-        if ro.hidden is None:
-            raise ValueError("rollout_values: a shared value head needs the rollout's hidden states (keep_hidden=True)")
-        return model.value_head(ro.hidden)
-    ids, attn, start = ro.query_response_ids, ro.attention_mask, ro.response_start
-    return torch.cat([
-        model.critic(ids[i : i + batch_size], attn[i : i + batch_size])[:, start - 1 : -1]
-        for i in range(0, ids.shape[0], batch_size)
-    ])
-
-
 def use_sampler_logprobs(cfg: PPOConfig, policy: torch.nn.Module) -> bool:
     """Resolve ``cfg.rollout_logprobs``: 'auto' reads them off the sampler when the policy computes in fp32."""
     if cfg.rollout_logprobs != "auto":
@@ -211,20 +154,224 @@ def use_sampler_logprobs(cfg: PPOConfig, policy: torch.nn.Module) -> bool:
     return next(policy.parameters()).dtype == torch.float32
 
 
-@torch.no_grad()
-def rollout_reference_logprobs(
-    policy: torch.nn.Module, ref_model: torch.nn.Module | None, ro: Rollout, *, temperature: float, batch_size: int
-) -> torch.Tensor:
-    ids, attn, start = ro.query_response_ids, ro.attention_mask, ro.response_start
-    return torch.cat([
-        reference_logprobs(policy, ref_model, ids[i : i + batch_size], attn[i : i + batch_size], start, temperature)
-        for i in range(0, ids.shape[0], batch_size)
-    ])
+def prepare_inputs(
+    cfg: PPOConfig, policy: torch.nn.Module, tokenizer: Any, prompts: Any, ptx_examples: Any, fmt: Format
+) -> tuple[list[PromptItem], list[Any]]:
+    """(tokenised prompts, tokenised PPO-ptx demonstrations), each fitted to the policy's context."""
+    optim = cfg.optim
+    context = optim.max_length
+    max_pos = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
+    if isinstance(max_pos, int):
+        context = min(context, max_pos)
+    if cfg.max_new_tokens >= context:
+        raise ConfigError(f"ppo.max_new_tokens ({cfg.max_new_tokens}) leaves no room for a prompt in a {context}-token context")
+    items = prepare_prompts(
+        prompts, tokenizer, fmt, max_prompt_tokens=context - cfg.max_new_tokens, truncate=optim.truncate_prompt
+    )
+    if cfg.ptx_coef > 0 and ptx_examples is None:
+        raise ConfigError("ppo.ptx_coef > 0 needs demonstration rows (ptx_examples) for the SFT term")
+    ptx = (
+        tokenize_sft_rows(ptx_examples, tokenizer, fmt=fmt, max_length=context, truncate=optim.truncate_prompt, source="ptx")
+        if cfg.ptx_coef > 0
+        else []
+    )
+    return items, ptx
 
 
+def build_models(
+    cfg: PPOConfig,
+    policy: torch.nn.Module,
+    tokenizer: Any,
+    reward_model: RewardFn,
+    reward_tokenizer: Any,
+    *,
+    ref_model: torch.nn.Module | None,
+    value_model: torch.nn.Module | None,
+    reward_prompt_format: str | None,
+    seed: int,
+) -> PPOModels:
+    """LoRA adapters, the frozen reference, policy + critic in eval mode, and how each model reads its input."""
+    device = next(policy.parameters()).device
+    same_tokenizer = tokenizers_match(tokenizer, reward_tokenizer)
+    reward_fmt = None if same_tokenizer else resolve_format(reward_tokenizer, reward_prompt_format or "auto")
+    eos_ids = eos_token_ids(tokenizer, policy)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
+    if cfg.optim.lora.enabled and not is_peft_model(policy):
+        policy = apply_lora(policy, cfg.optim.lora, task_type="CAUSAL_LM")
+    if ref_model is None and not is_peft_model(policy):
+        # full fine-tuning without a given reference: freeze a copy of the starting policy (2x memory)
+        ref_model = copy.deepcopy(policy)
+    if ref_model is not None:
+        check_reference_matches(policy, ref_model)
+        ref_model.eval().requires_grad_(False)
+    model = build_policy_with_value(
+        policy, kind=cfg.value_model, init=cfg.value_init, reward_model=reward_model, value_model=value_model, seed=seed
+    ).to(device)
+    model.eval()  # dropout off for the whole run (see module docstring); gradients still flow
+    if isinstance(reward_model, torch.nn.Module):
+        reward_model.eval()
+    return PPOModels(
+        model=model, ref_model=ref_model, reward_model=reward_model, tokenizer=tokenizer,
+        reward_tokenizer=reward_tokenizer, reward_fmt=reward_fmt, eos_ids=eos_ids, pad_id=pad_id,
+        from_sampler=use_sampler_logprobs(cfg, model.policy), device=device,
+    )
+
+
+def kl_stop_reason(exp: Experience, cfg: PPOConfig, number: int) -> str | None:
+    """Why step ``number`` must not train (the policy drifted past ``cfg.max_kl``), or None."""
+    if exp.mean_kl <= cfg.max_kl:
+        return None
+    return (
+        f"ppo: stopped early at step {number}: mean KL to the reference {exp.mean_kl:.3f} nats exceeds "
+        f"max_kl {cfg.max_kl} (the policy drifted too far; lower optim.learning_rate or raise kl_coef)"
+    )
+
+
+# ----------------------------------------------------------------------------- 5. update
+@dataclass
+class UpdateStats:
+    """What the PPO epochs of one step report."""
+
+    minibatches: list[dict[str, float]] = field(default_factory=list)  # loss statistics, one dict per minibatch
+    grad_norms: list[float] = field(default_factory=list)  # one per optimizer step
+    mismatch: list[float] = field(default_factory=list)  # |forward - rollout log-prob|, first minibatch
+
+
+def minibatch_gradients(
+    micro: int,
+    *,
+    model: PolicyWithValue,
+    optimizer: torch.optim.Optimizer,
+    exp: Experience,
+    rows: torch.Tensor,
+    cfg: PPOConfig,
+    epoch: int,
+    number: int,
+    ptx: Sequence[Any],
+    ptx_cursor: int,
+    pad_id: int,
+    mismatch: list[float] | None,
+) -> tuple[dict[str, float], int]:
+    """Gradients of minibatch ``rows`` in micro-batches of ``micro`` (zeroed first); (stats, ptx position after).
+
+    Each micro-batch's loss is weighted by its share of the minibatch's response tokens, so the
+    sum is the token mean over the minibatch exactly. ``mismatch``: where to note the largest
+    |forward - rollout log-prob| of each micro-batch (the step's first minibatch only).
+    """
+    cursor = ptx_cursor
+    optimizer.zero_grad(set_to_none=True)
+    stats_sum: dict[str, float] = {}
+    mb_tokens = int(exp.response_mask[rows].sum())
+    micro_chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)]
+    for idx in micro_chunks:
+        part = exp.select(idx)
+        m = part.response_mask  # (b, R)
+        weight = int(m.sum()) / mb_tokens
+        out, new_values = model(part.query_response_ids, part.attention_mask, part.response_start, cfg.temperature,
+                                keep_logits=True)
+        if mismatch is not None:  # no update yet this step: the two should agree
+            gap = (out.logprobs.detach() - part.logprobs).abs()[m]
+            mismatch.append(float(gap.max()) if gap.numel() else 0.0)
+        pg, pg_stats = ppo_policy_loss(out.logprobs, part.logprobs, part.advantages, m, clip_range=cfg.clip_range)
+        vf, vf_stats = ppo_value_loss(new_values, part.values, part.returns, m, clip_range_value=cfg.clip_range_value)
+        loss = weight * (pg + cfg.vf_coef * vf)
+        micro_stats = {**pg_stats, **vf_stats}
+        if cfg.entropy_coef:
+            entropy = masked_mean(entropy_from_logits(out.logits, m), m)
+            loss = loss - weight * cfg.entropy_coef * entropy
+            micro_stats["ppo/entropy"] = float(entropy.detach())
+        elif epoch == 0:  # only a statistic: the rollout policy's entropy, once per step
+            with torch.no_grad():
+                micro_stats["ppo/entropy"] = float(masked_mean(entropy_from_logits(out.logits, m), m))
+        if ptx:  # one demonstration micro-batch per PPO micro-batch, averaged over the minibatch
+            chosen = [ptx[(cursor + j) % len(ptx)] for j in range(micro)]
+            cursor += micro
+            batch = {n: t.to(exp.query_ids.device) for n, t in collate_sft(chosen, pad_id).items()}
+            logits = model.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+            ptx_term, ptx_stats = ptx_loss(logits, batch["labels"], coef=cfg.ptx_coef)
+            loss = loss + ptx_term / len(micro_chunks)
+            for key, v in ptx_stats.items():  # plain mean over micro-batches
+                stats_sum[key] = stats_sum.get(key, 0.0) + v / len(micro_chunks)
+        check_finite(number, [("loss", loss, None)])
+        loss.backward()
+        for key, v in micro_stats.items():
+            stats_sum[key] = stats_sum.get(key, 0.0) + weight * v
+    return stats_sum, cursor
+
+
+def ppo_update(
+    models: PPOModels,
+    optimizer: torch.optim.Optimizer,
+    exp: Experience,
+    cfg: PPOConfig,
+    *,
+    number: int,
+    micro: int,
+    ptx: Sequence[Any] = (),
+) -> tuple[UpdateStats, int]:
+    """Recipe step 5: ``cfg.ppo_epochs`` passes over ``exp`` in shuffled minibatches; (stats, micro).
+
+    One optimizer step per minibatch of ``cfg.minibatch_size`` rows (clipped policy + value loss,
+    entropy bonus, PPO-ptx; global-norm clipping). ``micro``: the micro-batch, halved after an
+    out-of-memory error (the smaller size is returned). Step ``number`` (1-based) picks the
+    demonstrations, so a resumed run uses the same ones.
+    """
+    model, B = models.model, exp.batch_size
+    params = [p for p in model.parameters() if p.requires_grad]
+    update = UpdateStats()
+    ptx_cursor = (number - 1) * cfg.ppo_epochs * B  # a function of the step (exact resume)
+    for epoch in range(cfg.ppo_epochs):
+        for k, rows in enumerate(exp.minibatch_indices(cfg.minibatch_size)):
+            gradients = functools.partial(
+                minibatch_gradients, model=model, optimizer=optimizer, exp=exp, rows=rows, cfg=cfg, epoch=epoch,
+                number=number, ptx=ptx, ptx_cursor=ptx_cursor, pad_id=models.pad_id,
+                mismatch=update.mismatch if epoch == 0 and k == 0 else None,
+            )
+            (stats, ptx_cursor), micro = retry_smaller_on_oom(
+                gradients, micro, stage=STAGE, step=number, total=len(rows), model=model, device=models.device
+            )
+            grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
+            check_finite(number, [("gradient norm", grad_norm, None)])
+            optimizer.step()
+            update.grad_norms.append(float(grad_norm))
+            update.minibatches.append(stats)
+    return update, micro
+
+
+# ----------------------------------------------------------------------------- 6. log
 def _mean_stats(rows: Sequence[dict[str, float]]) -> dict[str, float]:
     keys = {k for r in rows for k in r}
     return {k: float(np.mean([r[k] for r in rows if k in r])) for k in sorted(keys)}
+
+
+def step_metrics(exp: Experience, update: UpdateStats, *, lr: float, update_seconds: float) -> dict[str, float]:
+    """The metrics one PPO step logs (``ppo/*``, ``train/*``, ``time/*``; ``ppo/gold`` with a gold function)."""
+    from rlhf_core.gold import is_refusal
+
+    mask = exp.response_mask
+    metrics = {
+        "ppo/reward": float(exp.raw_scores.mean()),
+        "ppo/score": float(exp.scores.mean()),
+        "ppo/kl": exp.mean_kl,
+        "ppo/kl_coef": exp.kl_coef,
+        "ppo/non_score_reward": float(token_sum(exp.rewards, mask).mean() - exp.rl_scores.mean()),
+        "ppo/explained_variance": explained_variance(exp.values, exp.returns, mask),
+        "ppo/response_length": float(mask.sum(-1).float().mean()),
+        "ppo/no_eos_rate": float((~exp.has_eos).float().mean()),
+        "ppo/refusal_rate": float(np.mean([is_refusal(t) for t in exp.texts])),
+        "ppo/value_mean": float(masked_mean(exp.values, mask)),
+        "ppo/logprob_mismatch": max(update.mismatch, default=0.0),
+        "ppo/return_mean": float(masked_mean(exp.returns, mask)),
+        **_mean_stats(update.minibatches),
+        "train/lr": lr,
+        "train/grad_norm": float(np.mean(update.grad_norms)),
+        "time/generation": exp.seconds["generation"],
+        "time/scoring": exp.seconds["scoring"],
+        "time/update": exp.seconds["preparation"] + update_seconds,
+    }
+    if exp.gold is not None:
+        metrics["ppo/gold"] = float(np.mean(exp.gold))
+    return metrics
 
 
 # ----------------------------------------------------------------------------- the loop
@@ -259,311 +406,74 @@ def train_ppo(
     differs from the policy's (default "auto": chat when the reward tokenizer has a template, as RM training does).
     Writes checkpoints under ``output_dir/checkpoints`` and the final policy to ``output_dir/model``.
     """
-    tracker = tracker or NullTracker()
-    output_dir = Path(output_dir)
-    optim = cfg.optim
+    tracker, optim, B, per_prompt = tracker or NullTracker(), cfg.optim, cfg.rollout_size, cfg.samples_per_prompt
     set_seed(seed)
-    fmt = resolve_format(tokenizer, cfg.prompt_format)
-    device = next(policy.parameters()).device
-
-    # -- inputs -----------------------------------------------------------------------
-    context = optim.max_length
-    max_pos = getattr(getattr(policy, "config", None), "max_position_embeddings", None)
-    if isinstance(max_pos, int):
-        context = min(context, max_pos)
-    if cfg.max_new_tokens >= context:
-        raise ConfigError(f"ppo.max_new_tokens ({cfg.max_new_tokens}) leaves no room for a prompt in a {context}-token context")
-    items = prepare_prompts(
-        prompts, tokenizer, fmt, max_prompt_tokens=context - cfg.max_new_tokens, truncate=optim.truncate_prompt
-    )
-    if cfg.ptx_coef > 0 and ptx_examples is None:
-        raise ConfigError("ppo.ptx_coef > 0 needs demonstration rows (ptx_examples) for the SFT term")
-    ptx = (
-        tokenize_sft_rows(ptx_examples, tokenizer, fmt=fmt, max_length=context, truncate=optim.truncate_prompt, source="ptx")
-        if cfg.ptx_coef > 0
-        else []
-    )
-    same_tokenizer = tokenizers_match(tokenizer, reward_tokenizer)
-    reward_fmt = None if same_tokenizer else resolve_format(reward_tokenizer, reward_prompt_format or "auto")
-    eos_ids = eos_token_ids(tokenizer, policy)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_ids[0]
-
-    # -- models -----------------------------------------------------------------------
-    if optim.lora.enabled and not is_peft_model(policy):
-        policy = apply_lora(policy, optim.lora, task_type="CAUSAL_LM")
-    if ref_model is None and not is_peft_model(policy):
-        # full fine-tuning without a given reference: freeze a copy of the starting policy (2x memory)
-        ref_model = copy.deepcopy(policy)
-    if ref_model is not None:
-        check_reference_matches(policy, ref_model)
-        ref_model.eval().requires_grad_(False)
-    model = build_policy_with_value(
-        policy, kind=cfg.value_model, init=cfg.value_init, reward_model=reward_model, value_model=value_model, seed=seed
-    ).to(device)
-    model.eval()  # dropout off for the whole run (see module docstring); gradients still flow
-    if isinstance(reward_model, torch.nn.Module):
-        reward_model.eval()
-    from_sampler = use_sampler_logprobs(cfg, model.policy)
-    optimizer = build_optimizer(model, optim)
+    items, ptx = prepare_inputs(cfg, policy, tokenizer, prompts, ptx_examples, resolve_format(tokenizer, cfg.prompt_format))
+    models = build_models(cfg, policy, tokenizer, reward_model, reward_tokenizer, ref_model=ref_model,
+                          value_model=value_model, reward_prompt_format=reward_prompt_format, seed=seed)
+    optimizer = build_optimizer(models.model, optim)
     scheduler = build_scheduler(optimizer, optim)
     kl_ctl: KLController = (
         AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
     )
+    run = RunState(
+        STAGE, Path(output_dir), optim, fingerprint=run_fingerprint(cfg, items, seed), tracker=tracker,
+        model=models.model, optimizer=optimizer, scheduler=scheduler,
+        extra_state=lambda: {"kl_controller": kl_ctl.state_dict(), "micro_batch_size": micro},
+    )
+    state = run.resume(resume, fingerprint_defaults={"samples_per_prompt": 1})  # older checkpoints: 1
+    if state is not None:
+        kl_ctl.load_state_dict(state["kl_controller"])
+    # the micro-batch of the scoring passes and the update: halved after an out-of-memory error
+    micro = int((state or {}).get("micro_batch_size") or optim.batch_size)
+    tracker.log_params(config_params(cfg, STAGE))
+    stop_reason, number, tokens = None, run.start_step, 0
+    with run.steps(progress) as steps:
+        for step in steps:
+            number = step + 1
+            # a prompt's samples sit next to each other (centre_scores' groups)
+            batch = [items[i] for i in prompt_indices(step, B // per_prompt, len(items), seed) for _ in range(per_prompt)]
+            # 1-4. rollout, score, KL-penalised rewards, values + GAE
+            exp, micro = make_experience(models, cfg, batch, kl_coef=kl_ctl.value, number=number, micro=micro, gold_fn=gold_fn)
+            if stop_reason := kl_stop_reason(exp, cfg, number):
+                log.warning(stop_reason)
+                number = step  # this step did not train
+                break
+            # 5. PPO epochs over minibatches, then the schedule and the KL controller
+            t0 = time.perf_counter()
+            update, micro = ppo_update(models, optimizer, exp, cfg, number=number, micro=micro, ptx=ptx)
+            lr = optimizer.param_groups[0]["lr"]
+            scheduler.step()
+            kl_ctl.update(exp.mean_kl, B)
+            # 6. log, progress, checkpoint
+            tokens += int(exp.attention_mask.sum())
+            metrics = step_metrics(exp, update, lr=lr, update_seconds=time.perf_counter() - t0)
+            run.record(number, metrics, {"reward": metrics["ppo/reward"], "kl": exp.mean_kl})
+    final_step = number if stop_reason else max(run.start_step, optim.max_steps)
+    checkpoint = run.finish(final_step)
+    model_dir = save_policy(models.model.policy, tokenizer, Path(output_dir) / "model", step=final_step)
+    tracker.log_artifact(model_dir)
+    return PPOResult(
+        stage=STAGE, model_dir=model_dir, steps=final_step, resumed_from_step=run.start_step,
+        metrics=run.last_metrics, history=run.history, wall_seconds=run.wall_seconds,
+        tokens_per_second=tokens / run.wall_seconds if run.wall_seconds > 0 else 0.0, examples=len(items),
+        checkpoint_dir=checkpoint, trainable_parameters=count_trainable(models.model)[0],
+        stopped_early=stop_reason is not None, stop_reason=stop_reason,
+    )
 
-    # -- resume -----------------------------------------------------------------------
-    root = output_dir / "checkpoints"
-    run_fp = {
+
+def run_fingerprint(cfg: PPOConfig, items: Sequence[PromptItem], seed: int) -> dict[str, Any]:
+    """What a resumed run must share with its checkpoint."""
+    return {
         "stage": STAGE,
         "seed": seed,
         "rollout_size": cfg.rollout_size,
         "samples_per_prompt": cfg.samples_per_prompt,
         "minibatch_size": cfg.minibatch_size,
-        "batch_size": optim.batch_size,
+        "batch_size": cfg.optim.batch_size,
         "value_model": cfg.value_model,
         "prompts": dataset_fingerprint([it.ids for it in items]),
     }
-    history: list[dict[str, float]] = []
-    start_step = 0
-    micro_restored = None
-    last_ckpt = _resolve_resume(resume, root, STAGE)
-    if last_ckpt is not None:
-        state = load_checkpoint(last_ckpt, stage=STAGE, model=model, optimizer=optimizer, scheduler=scheduler)
-        saved = {"samples_per_prompt": 1, **state["fingerprint"]}  # checkpoints from before the option: 1
-        differs = {k: (saved.get(k), v) for k, v in run_fp.items() if saved.get(k) != v}
-        if differs:
-            detail = ", ".join(f"{k}: checkpoint {a!r} vs now {b!r}" for k, (a, b) in differs.items())
-            raise TrainingError(
-                f"cannot resume ppo from {last_ckpt}: the run changed ({detail}); pass resume=False (or a fresh output_dir)"
-            )
-        kl_ctl.load_state_dict(state["kl_controller"])
-        history = list(state["history"])
-        micro_restored = state.get("micro_batch_size")
-        start_step = int(state["step"])
-    tracker.log_params(config_params(cfg, STAGE))
-
-    def checkpoint(number: int) -> Path:
-        return save_checkpoint(
-            root, stage=STAGE, step=number, model=model, optimizer=optimizer, scheduler=scheduler,
-            trainer_state={"history": history, "kl_controller": kl_ctl.state_dict(), "fingerprint": run_fp,
-                           "micro_batch_size": micro},
-            keep=optim.keep_checkpoints,
-        )
-
-    # -- the loop ---------------------------------------------------------------------
-    params = [p for p in model.parameters() if p.requires_grad]
-    B, mb_size = cfg.rollout_size, cfg.minibatch_size
-    per_prompt = cfg.samples_per_prompt  # a prompt's samples sit next to each other (centre_scores' groups)
-    # the micro-batch of the scoring passes and the update: halved after an out-of-memory error
-    micro = int(micro_restored or optim.batch_size)
-    stopped, reason = False, None
-    saved_at = start_step if last_ckpt is not None else -1
-    started = time.perf_counter()
-    tokens_total = 0
-    number = start_step
-    bar = StepProgress(STAGE, optim.max_steps, start_step) if progress else None
-    try:
-        for step in range(start_step, optim.max_steps):
-            number = step + 1
-            prompts_now = prompt_indices(step, B // per_prompt, len(items), seed)
-            batch_items = [items[i] for i in prompts_now for _ in range(per_prompt)]
-
-            # 1. rollout
-            t0 = time.perf_counter()
-            q_ids, q_mask = left_pad([it.ids for it in batch_items], pad_id)
-            ro = rollout(
-                model.policy, q_ids.to(device), q_mask.to(device), max_new_tokens=cfg.max_new_tokens,
-                eos_id=eos_ids, pad_id=pad_id, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-                score_tokens=from_sampler, keep_hidden=from_sampler and model.value_head is not None,
-            )
-            mask = ro.response_mask  # (B, R)
-            texts = tokenizer.batch_decode(torch.where(mask, ro.response_ids, pad_id), skip_special_tokens=True)
-            t_gen = time.perf_counter() - t0
-
-            # 2. score
-            t0 = time.perf_counter()
-            if same_tokenizer:
-                rm_ids, rm_mask = ro.query_response_ids, ro.attention_mask
-            else:
-                rm_ids, rm_mask = retokenize([it.text for it in batch_items], texts, reward_tokenizer, reward_fmt)
-            raw_scores, micro = retry_smaller_on_oom(
-                lambda n: reward_scores(reward_model, rm_ids.to(device), rm_mask.to(device), batch_size=n),
-                micro, stage=STAGE, step=number, total=B, model=model, device=device,
-            )  # (B,)
-            _check_finite("reward model score", raw_scores, number)
-            scores = apply_missing_eos_penalty(raw_scores, ro.has_eos, cfg.missing_eos_penalty)
-            gold = [gold_fn(it.text, t) for it, t in zip(batch_items, texts, strict=True)] if gold_fn else None
-            t_score = time.perf_counter() - t0
-
-            # 3. KL-penalised rewards; 4a. values
-            t0 = time.perf_counter()
-            if from_sampler:
-                logprobs = ro.logprobs
-                values, micro = retry_smaller_on_oom(
-                    lambda n: rollout_values(model, ro, batch_size=n),
-                    micro, stage=STAGE, step=number, total=B, model=model, device=device,
-                )
-                ro.hidden = None  # (B, R, H): not needed past this point
-            else:
-                (logprobs, values), micro = retry_smaller_on_oom(
-                    lambda n: rollout_logprobs_values(model, ro, temperature=cfg.temperature, batch_size=n),
-                    micro, stage=STAGE, step=number, total=B, model=model, device=device,
-                )
-            ref_lp, micro = retry_smaller_on_oom(
-                lambda n: rollout_reference_logprobs(model.policy, ref_model, ro, temperature=cfg.temperature, batch_size=n),
-                micro, stage=STAGE, step=number, total=B, model=model, device=device,
-            )
-            _check_finite("policy log-probs", logprobs, number, mask)
-            _check_finite("reference log-probs", ref_lp, number, mask)
-            _check_finite("values", values, number, mask)
-            seq_kl = token_sum(kl_estimate(logprobs, ref_lp, "k1"), mask)  # (B,)
-            mean_kl = float(seq_kl.mean())
-            if mean_kl > cfg.max_kl:
-                stopped = True
-                reason = (
-                    f"ppo: stopped early at step {number}: mean KL to the reference {mean_kl:.3f} nats exceeds "
-                    f"max_kl {cfg.max_kl} (the policy drifted too far; lower optim.learning_rate or raise kl_coef)"
-                )
-                log.warning(reason)
-                number = step  # this step did not train
-                break
-            kl_coef = kl_ctl.value
-            rl_scores = centre_scores(scores, cfg.samples_per_prompt) if cfg.center_scores else scores  # (B,)
-            rewards = kl_penalized_rewards(rl_scores, logprobs, ref_lp, mask, kl_coef, cfg.kl_estimator)  # (B, R)
-
-            # 4b. GAE + whitening
-            advantages, returns = compute_gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
-            if cfg.whiten_advantages:
-                advantages = masked_whiten(advantages, mask)
-            _check_finite("advantages", advantages, number, mask)
-            ev = explained_variance(values, returns, mask)
-
-            # 5. PPO epochs over minibatches
-            ids, attn, start = ro.query_response_ids, ro.attention_mask, ro.response_start
-            update_stats: list[dict[str, float]] = []
-            grad_norms = []
-            mismatch: list[float] = []  # |forward - rollout log-prob| on the step's first minibatch
-            # demonstrations for PPO-ptx: a position that is a function of the step (exact resume)
-            ptx_cursor = step * cfg.ppo_epochs * B
-            for epoch in range(cfg.ppo_epochs):
-                perm = torch.randperm(B).to(device)
-                for m0 in range(0, B, mb_size):
-                    mb = perm[m0 : m0 + mb_size]
-                    mb_tokens = int(mask[mb].sum())
-
-                    def minibatch_gradients(micro: int) -> tuple[dict[str, float], int]:
-                        """Gradients of this minibatch in micro-batches of ``micro``; (stats, ptx position after)."""
-                        cursor = ptx_cursor
-                        optimizer.zero_grad(set_to_none=True)
-                        stats_sum: dict[str, float] = {}
-                        micro_chunks = [mb[i : i + micro] for i in range(0, len(mb), micro)]
-                        for idx in micro_chunks:
-                            m = mask[idx]
-                            weight = int(m.sum()) / mb_tokens  # token-mean over the minibatch, exactly
-                            out, new_values = model(ids[idx], attn[idx], start, cfg.temperature, keep_logits=True)
-                            if epoch == 0 and m0 == 0:  # no update yet this step: the two should agree
-                                gap = (out.logprobs.detach() - logprobs[idx]).abs()[m]
-                                mismatch.append(float(gap.max()) if gap.numel() else 0.0)
-                            pg, pg_stats = ppo_policy_loss(out.logprobs, logprobs[idx], advantages[idx], m, clip_range=cfg.clip_range)
-                            vf, vf_stats = ppo_value_loss(
-                                new_values, values[idx], returns[idx], m, clip_range_value=cfg.clip_range_value
-                            )
-                            loss = weight * (pg + cfg.vf_coef * vf)
-                            micro_stats = {**pg_stats, **vf_stats}
-                            if cfg.entropy_coef:
-                                entropy = masked_mean(entropy_from_logits(out.logits, m), m)
-                                loss = loss - weight * cfg.entropy_coef * entropy
-                                micro_stats["ppo/entropy"] = float(entropy.detach())
-                            elif epoch == 0:  # only a statistic: the rollout policy's entropy, once per step
-                                with torch.no_grad():
-                                    micro_stats["ppo/entropy"] = float(masked_mean(entropy_from_logits(out.logits, m), m))
-                            if ptx:  # one demonstration micro-batch per PPO micro-batch, averaged over the minibatch
-                                chosen = [ptx[(cursor + j) % len(ptx)] for j in range(micro)]
-                                cursor += micro
-                                batch = {n: t.to(device) for n, t in collate_sft(chosen, pad_id).items()}
-                                logits = model.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-                                ptx_term, ptx_stats = ptx_loss(logits, batch["labels"], coef=cfg.ptx_coef)
-                                loss = loss + ptx_term / len(micro_chunks)
-                                for key, v in ptx_stats.items():  # plain mean over micro-batches
-                                    stats_sum[key] = stats_sum.get(key, 0.0) + v / len(micro_chunks)
-                            _check_finite("loss", loss, number)
-                            loss.backward()
-                            for key, v in micro_stats.items():
-                                stats_sum[key] = stats_sum.get(key, 0.0) + weight * v
-                        return stats_sum, cursor
-
-                    (stats_sum, ptx_cursor), micro = retry_smaller_on_oom(
-                        minibatch_gradients, micro, stage=STAGE, step=number, total=len(mb), model=model, device=device,
-                    )
-                    grad_norm = torch.nn.utils.clip_grad_norm_(params, optim.max_grad_norm)
-                    _check_finite("gradient norm", grad_norm, number)
-                    optimizer.step()
-                    grad_norms.append(float(grad_norm))
-                    update_stats.append(stats_sum)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            kl_ctl.update(mean_kl, B)
-            t_update = time.perf_counter() - t0
-
-            # 6. log
-            from rlhf_core.gold import is_refusal
-
-            lengths = mask.sum(-1).float()
-            tokens_total += int(ro.attention_mask.sum())
-            metrics = {
-                "ppo/reward": float(raw_scores.mean()),
-                "ppo/score": float(scores.mean()),
-                "ppo/kl": mean_kl,
-                "ppo/kl_coef": kl_coef,
-                "ppo/non_score_reward": float(token_sum(rewards, mask).mean() - rl_scores.mean()),
-                "ppo/explained_variance": ev,
-                "ppo/response_length": float(lengths.mean()),
-                "ppo/no_eos_rate": float((~ro.has_eos).float().mean()),
-                "ppo/refusal_rate": float(np.mean([is_refusal(t) for t in texts])),
-                "ppo/value_mean": float(masked_mean(values, mask)),
-                "ppo/logprob_mismatch": max(mismatch, default=0.0),
-                "ppo/return_mean": float(masked_mean(returns, mask)),
-                **_mean_stats(update_stats),
-                "train/lr": lr,
-                "train/grad_norm": float(np.mean(grad_norms)),
-                "time/generation": t_gen,
-                "time/scoring": t_score,
-                "time/update": t_update,
-            }
-            if gold is not None:
-                metrics["ppo/gold"] = float(np.mean(gold))
-            history.append({"step": float(number), **metrics})
-            if number % optim.log_every == 0 or number == optim.max_steps:
-                tracker.log_metrics(metrics, step=number)
-            if bar is not None:
-                bar.update({"reward": metrics["ppo/reward"], "kl": mean_kl})
-            if optim.checkpoint_every and number % optim.checkpoint_every == 0 and number < optim.max_steps:
-                last_ckpt = checkpoint(number)
-                saved_at = number
-    finally:
-        if bar is not None:
-            bar.close()
-    wall = time.perf_counter() - started
-    final_step = number if stopped else max(start_step, optim.max_steps)
-    if saved_at != final_step:
-        last_ckpt = checkpoint(final_step)
-    model_dir = save_policy(model.policy, tokenizer, output_dir / "model", step=final_step)
-    tracker.log_artifact(model_dir)
-    trainable, _ = count_trainable(model)
-    return PPOResult(
-        stage=STAGE,
-        model_dir=model_dir,
-        steps=final_step,
-        resumed_from_step=start_step,
-        metrics={k: v for k, v in (history[-1] if history else {}).items() if k != "step"},
-        history=history,
-        wall_seconds=wall,
-        tokens_per_second=tokens_total / wall if wall > 0 else 0.0,
-        examples=len(items),
-        checkpoint_dir=last_ckpt,
-        trainable_parameters=trainable,
-        stopped_early=stopped,
-        stop_reason=reason,
-    )
 
 
 def save_policy(policy: torch.nn.Module, tokenizer: Any, final: Path, *, step: int) -> Path:
