@@ -414,8 +414,8 @@ def run_rm(args: argparse.Namespace, dev: Device, tokenizer: Any, peak: float | 
 def run_gen(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, Any]:
     import torch
 
+    from rlhf_core.generation import eos_token_ids
     from rlhf_core.ppo.rollout import rollout
-    from rlhf_core.ppo.trainer import eos_token_ids
 
     dev.reset_peak()
     model = load_model(args, dev, tokenizer).eval()

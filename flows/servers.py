@@ -143,13 +143,6 @@ def format_url(host: str, port: int) -> str:
     return f"http://[{host}]:{port}" if ":" in host else f"http://{host}:{port}"
 
 
-def free_port(host: str = DEFAULT_HOST) -> int:
-    """A TCP port that is free right now on ``host`` (tests, or picking a spare port)."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as sock:
-        sock.bind((host, 0))
-        return sock.getsockname()[1]
-
-
 def ensure_port_free(host: str, port: int, what: str, option: str) -> None:
     """Raise a ServerError naming the URL and the option to change if ``port`` is taken."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET

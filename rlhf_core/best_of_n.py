@@ -28,11 +28,11 @@ import torch
 
 from rlhf_core.batching import Format, resolve_format
 from rlhf_core.errors import ConfigError
+from rlhf_core.generation import eos_token_ids, prepare_prompts
 from rlhf_core.losses import masked_sum
 from rlhf_core.ppo.kl import kl_estimate, reference_context
 from rlhf_core.ppo.rollout import left_pad, policy_logprobs, rollout
 from rlhf_core.ppo.score import RewardFn, exchange_ids, reward_scores, tokenizers_match
-from rlhf_core.ppo.trainer import eos_token_ids, prepare_prompts
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase

@@ -9,12 +9,13 @@ Layout (one directory per checkpoint under ``<output_dir>/checkpoints/``)::
       rng.pt                  torch CPU (+ CUDA) generator states (idem)
       trainer_state.json      step, data position (epoch, batch index, sampler seed), python and
                               numpy RNG states, metric history, run fingerprint
-      manifest.json           format, stage, step, sha256 of every file above (written last)
+      manifest.json           format, stage, step, sha256 of every file above (written last;
+                              the name is ``rlhf_core.stage_io.MANIFEST``)
 
 Only *trainable* parameters are stored: frozen weights never change, and the caller hands the
 same starting model to a resumed run, so the checkpoint holds exactly what training changed
 (for LoRA: the adapters, a few MB). The human-usable model in Hugging Face format is written
-by the stage at the end (``<output_dir>/model``).
+by the stage at the end (``<output_dir>/model``, :func:`rlhf_core.stage_io.save_stage_model`).
 
 A checkpoint is assembled in a hidden temp directory and renamed into place, so a crash
 mid-write leaves either the previous checkpoint or the new one, never half of one. Loading
@@ -48,9 +49,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlhf_core.errors import TrainingError
+from rlhf_core.stage_io import MANIFEST
 
 CHECKPOINT_FORMAT = "rlhf-checkpoint/1"
-MANIFEST = "manifest.json"
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
 SCHEDULER = "scheduler.pt"

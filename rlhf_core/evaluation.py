@@ -52,14 +52,14 @@ from pydantic import Field, field_validator
 from rlhf_core.config import StrictModel
 from rlhf_core.errors import DataError, TrainingError
 from rlhf_core.gold import gold_components, gold_score
-from rlhf_core.stats import bootstrap_ci
+from rlhf_core.stats import Estimate, estimate, finite_or_none
+from rlhf_core.tracking import metric_name
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
     from transformers import PreTrainedTokenizerBase
 
     from rlhf_core.ppo.score import RewardFn
-    from rlhf_core.train_config import LoraConfig
 
 # A response "loops" when the gold scorer's non-repetition factor falls below this: its
 # repetition share is then >= 20% (non_repetition = 1 - 2.5 * repetition), several times the
@@ -120,29 +120,6 @@ class EvalConfig(StrictModel):
 
 
 # ----------------------------------------------------------------------------- estimates
-@dataclass(frozen=True)
-class Estimate:
-    """A figure averaged over ``n`` prompts and its bootstrap interval (NaN when ``n == 0``)."""
-
-    value: float
-    ci_low: float
-    ci_high: float
-    n: int
-
-    def to_dict(self) -> dict[str, float | int | None]:
-        return {"value": _json_float(self.value), "ci_low": _json_float(self.ci_low),
-                "ci_high": _json_float(self.ci_high), "n": self.n}
-
-
-def estimate(values: Sequence[float] | np.ndarray, *, n_boot: int, seed: int, confidence: float = 0.95) -> Estimate:
-    """Mean of per-prompt ``values`` with its percentile-bootstrap interval; no values -> NaN."""
-    data = np.asarray(values, dtype=np.float64)
-    if data.size == 0:
-        return Estimate(math.nan, math.nan, math.nan, 0)
-    low, high = bootstrap_ci(data, n_boot=n_boot, seed=seed, confidence=confidence)
-    return Estimate(float(data.mean()), low, high, int(data.size))
-
-
 def constant(value: float, n: int) -> Estimate:
     """A figure known exactly (e.g. the analytic KL of best-of-N): a zero-width interval."""
     return Estimate(float(value), float(value), float(value), n)
@@ -292,9 +269,9 @@ class EvalReport:
         row: dict[str, Any] = {"method": self.method, "series": self.series, "kl_source": self.kl_source,
                                "n_prompts": self.n_prompts}
         for name, est in self.estimates.items():
-            row[name] = _json_float(est.value)
-            row[f"{name}_ci_low"] = _json_float(est.ci_low)
-            row[f"{name}_ci_high"] = _json_float(est.ci_high)
+            row[name] = finite_or_none(est.value)
+            row[f"{name}_ci_low"] = finite_or_none(est.ci_low)
+            row[f"{name}_ci_high"] = finite_or_none(est.ci_high)
         return row
 
     def to_dict(self, *, include_samples: bool = True) -> dict[str, Any]:
@@ -308,13 +285,9 @@ class EvalReport:
             "settings": self.settings,
         }
         if include_samples:
-            out["samples"] = [{k: _json_float(v) if isinstance(v, float) else v for k, v in row.items()}
+            out["samples"] = [{k: finite_or_none(v) if isinstance(v, float) else v for k, v in row.items()}
                               for row in self.samples]
         return out
-
-
-def _json_float(value: float) -> float | None:
-    return float(value) if value is not None and math.isfinite(value) else None
 
 
 def build_report(
@@ -496,9 +469,9 @@ class MethodComparison:
             gold, root = r.estimates["mean_gold"], r.estimates["sqrt_kl_to_ref"]
             out.append({
                 "series": r.series, "label": name, "kl_source": r.kl_source,
-                "kl": _json_float(r.estimates["kl_to_ref"].value), "sqrt_kl": _json_float(root.value),
-                "gold": _json_float(gold.value), "gold_ci_low": _json_float(gold.ci_low),
-                "gold_ci_high": _json_float(gold.ci_high), "rm": _json_float(r.estimates["mean_rm"].value),
+                "kl": finite_or_none(r.estimates["kl_to_ref"].value), "sqrt_kl": finite_or_none(root.value),
+                "gold": finite_or_none(gold.value), "gold_ci_low": finite_or_none(gold.ci_low),
+                "gold_ci_high": finite_or_none(gold.ci_high), "rm": finite_or_none(r.estimates["mean_rm"].value),
             })
         return out
 
@@ -506,7 +479,7 @@ class MethodComparison:
         """``eval/<method>/<name>`` for every method (MLflow-safe names)."""
         out: dict[str, float] = {}
         for name, report in self.reports.items():
-            out.update(report.metrics(prefix=f"eval/{metric_safe(name)}"))
+            out.update({metric_name(key): value for key, value in report.metrics(prefix=f"eval/{name}").items()})
         agreement = self.rm_gold_agreement_on_policy
         if agreement is not None and math.isfinite(agreement.value):
             out["eval/rm_gold_agreement_on_policy"] = agreement.value
@@ -521,11 +494,6 @@ class MethodComparison:
             "gold_vs_sqrt_kl": self.points(),
             "reports": {n: r.to_dict(include_samples=include_samples) for n, r in self.reports.items()},
         }
-
-
-def metric_safe(name: str) -> str:
-    """MLflow metric keys allow letters, digits, ``_ - . / `` and space: anything else becomes ``_``."""
-    return re.sub(r"[^A-Za-z0-9_\-./ ]", "_", name)
 
 
 def series_of(name: str) -> str:
@@ -641,42 +609,3 @@ def ppo_checkpoint_steps(checkpoint_root: str | Path) -> dict[int, Path]:
         if match:
             out[int(match.group(1))] = path
     return out
-
-
-def load_ppo_checkpoint_policy(
-    start_policy: torch.nn.Module, checkpoint: str | Path, *, lora: LoraConfig | None = None
-) -> torch.nn.Module:
-    """The policy of PPO training checkpoint ``checkpoint``, on ``start_policy`` (a fresh SFT model, modified).
-
-    Checkpoints hold only the trainable weights of (policy + critic) under ``policy.`` / ``critic.``
-    / ``value_head.``; the policy part is copied into ``start_policy`` (wrapped in LoRA adapters
-    first when the checkpoint holds adapters: pass the PPO run's ``lora`` config). The checkpoint is
-    verified (format, stage 'ppo', checksums); weights that do not match the model are a TrainingError.
-    """
-    import torch
-    from safetensors.torch import load_file
-
-    from rlhf_core.checkpoint import WEIGHTS, verify_checkpoint
-    from rlhf_core.training import apply_lora
-
-    path = Path(checkpoint)
-    verify_checkpoint(path, stage="ppo")
-    weights = {k[len("policy."):]: v for k, v in load_file(str(path / WEIGHTS)).items() if k.startswith("policy.")}
-    if not weights:
-        raise TrainingError(f"{path}: the checkpoint holds no policy weights (the policy was frozen?)")
-    model = start_policy
-    if any("lora_" in k for k in weights):
-        if lora is None:
-            raise TrainingError(f"{path}: the checkpoint holds LoRA adapters; pass the PPO run's optim.lora config")
-        model = apply_lora(model, lora, task_type="CAUSAL_LM")
-    params = dict(model.named_parameters())
-    unknown = sorted(set(weights) - set(params))
-    if unknown:
-        raise TrainingError(f"{path}: {len(unknown)} checkpoint weight(s) not in the policy, e.g. {unknown[:2]} "
-                            "(a checkpoint of another model or LoRA setting)")
-    with torch.no_grad():
-        for name, tensor in weights.items():
-            if tensor.shape != params[name].shape:
-                raise TrainingError(f"{path}: weight {name} has shape {tuple(tensor.shape)}, the policy {tuple(params[name].shape)}")
-            params[name].copy_(tensor)
-    return model.eval()

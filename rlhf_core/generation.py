@@ -1,11 +1,73 @@
-"""Sampling helpers shared by the CLI, the demo-data generator and evaluation."""
+"""Sampling helpers shared by the CLI, the demo-data generator, PPO, best-of-N and evaluation.
+
+torch and the tokenising code are imported inside the functions that need them.
+"""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from rlhf_core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover
+    import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
+    from rlhf_core.batching import Format
+
+
+@dataclass(frozen=True)
+class PromptItem:
+    row_id: str
+    text: str
+    ids: list[int]
+
+
+def prepare_prompts(
+    prompts: Any, tokenizer: Any, fmt: Format, *, max_prompt_tokens: int, truncate: bool, source: str = "prompts"
+) -> list[PromptItem]:
+    """Prompt rows (``id``, ``prompt``), a DataFrame or plain strings -> tokenised items.
+
+    Empty input, a blank prompt, or a prompt longer than ``max_prompt_tokens`` (unless
+    ``truncate``: keep its last tokens) is a DataError naming the prompt id.
+    """
+    from rlhf_core.batching import prompt_ids, rows_to_records
+
+    if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, str) for p in prompts):
+        prompts = [{"id": f"#{i}", "prompt": p} for i, p in enumerate(prompts)]
+    records = rows_to_records(prompts, source)
+    items = []
+    for i, row in enumerate(records):
+        row_id = str(row.get("id") if row.get("id") is not None else f"#{i}")
+        text = row.get("prompt")
+        if not isinstance(text, str) or not text.strip():
+            raise DataError(f"{source}: prompt {row_id}: column 'prompt' must be a non-empty string")
+        ids = prompt_ids(tokenizer, text, fmt)
+        if len(ids) > max_prompt_tokens:
+            if not truncate:
+                raise DataError(
+                    f"{source}: prompt {row_id} has {len(ids)} tokens, over the {max_prompt_tokens} the context leaves "
+                    "for it (optim.max_length - max_new_tokens); shorten it, raise optim.max_length, or set "
+                    "optim.truncate_prompt=true"
+                )
+            ids = ids[-max_prompt_tokens:]
+        items.append(PromptItem(row_id=row_id, text=text, ids=ids))
+    return items
+
+
+def eos_token_ids(tokenizer: Any, policy: torch.nn.Module) -> list[int]:
+    """Every id that ends a response: the tokenizer's EOS and the generation config's."""
+    ids = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(policy, "generation_config", None)
+    extra = getattr(gen, "eos_token_id", None)
+    if extra is not None:
+        ids.update([int(extra)] if isinstance(extra, int) else [int(e) for e in extra])
+    if not ids:
+        raise ConfigError("the policy tokenizer has no EOS token: PPO cannot tell when a response ends")
+    return sorted(ids)
 
 
 def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> dict:

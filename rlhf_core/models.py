@@ -277,5 +277,15 @@ def load_causal_lm(
     return model.to(device)
 
 
+def unwrap_peft(module: torch.nn.Module) -> torch.nn.Module:
+    """A peft ``PeftModel`` -> the transformers model it wraps; any other module as is.
+
+    LoRA layers are injected into that model in place, so calling it (or its trunk and head)
+    directly still runs the adapters.
+    """
+    get_base = getattr(module, "get_base_model", None)
+    return get_base() if callable(get_base) else module
+
+
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())

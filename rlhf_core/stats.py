@@ -5,7 +5,9 @@ numpy only; no torch, so evaluation code can use it on plain lists.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -52,3 +54,31 @@ def bootstrap_ci(
     alpha = 1.0 - confidence
     low, high = np.quantile(stats, [alpha / 2, 1.0 - alpha / 2])
     return float(low), float(high)
+
+
+@dataclass(frozen=True)
+class Estimate:
+    """A mean over ``n`` items (prompts, preference pairs) and its bootstrap interval (NaN when ``n == 0``)."""
+
+    value: float
+    ci_low: float
+    ci_high: float
+    n: int
+
+    def to_dict(self) -> dict[str, float | int | None]:
+        return {"value": finite_or_none(self.value), "ci_low": finite_or_none(self.ci_low),
+                "ci_high": finite_or_none(self.ci_high), "n": self.n}
+
+
+def estimate(values: Sequence[float] | np.ndarray, *, n_boot: int, seed: int, confidence: float = 0.95) -> Estimate:
+    """Mean of per-item ``values`` with its percentile-bootstrap interval (:func:`bootstrap_ci`); no values -> NaN."""
+    data = np.asarray(values, dtype=np.float64)
+    if data.size == 0:
+        return Estimate(math.nan, math.nan, math.nan, 0)
+    low, high = bootstrap_ci(data, n_boot=n_boot, seed=seed, confidence=confidence)
+    return Estimate(float(data.mean()), low, high, int(data.size))
+
+
+def finite_or_none(value: float | None) -> float | None:
+    """``value`` as a float, None when missing or NaN/inf (strict JSON has no NaN)."""
+    return float(value) if value is not None and math.isfinite(value) else None

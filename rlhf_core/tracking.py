@@ -7,9 +7,22 @@ mlflow); :class:`InMemoryTracker` keeps everything in lists for notebooks and te
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
+
+
+# MLflow's metric-name characters: alphanumerics, underscores, dashes, periods, spaces, slashes, colons.
+_METRIC_NAME_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]+")
+
+
+def metric_name(name: str) -> str:
+    """``name`` as MLflow accepts it: each run of other characters becomes one ``_``, ends trimmed of ``_``.
+
+    ``data/x/labels_in(0,1)`` -> ``data/x/labels_in_0_1``; ``ppo@10`` -> ``ppo_10``; nothing left -> ``_``.
+    """
+    return _METRIC_NAME_BAD.sub("_", name).strip("_") or "_"
 
 
 @runtime_checkable

@@ -28,6 +28,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from rlhf_core.stage_io import CHECKPOINTS_DIR, MODEL_DIR
+
 STAGES = ("data", "sft", "reward", "ppo", "dpo", "eval")
 OUTPUTS_FILE = "outputs.json"
 
@@ -129,10 +131,10 @@ class RunDir:
 
     def model_dir(self, stage: str) -> Path:
         """Where a training stage saves its final model (HF format)."""
-        return self.stage(stage) / "model"
+        return self.stage(stage) / MODEL_DIR
 
     def checkpoints(self, stage: str) -> Path:
-        return self.stage(stage) / "checkpoints"
+        return self.stage(stage) / CHECKPOINTS_DIR
 
     def record_outputs(self, stage: str, outputs: dict[str, str]) -> dict[str, str]:
         """Mark a stage finished: its outputs (name -> path) are written last, atomically.

@@ -21,7 +21,6 @@ import dataclasses
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import time
@@ -30,15 +29,9 @@ from typing import Any
 
 from rlhf_core.distributed import DistributedConfig, check_distributed, resolve_backend
 from rlhf_core.errors import TrainingError
-from rlhf_core.processes import guarded, stop_tree
+from rlhf_core.processes import free_port, guarded, stop_tree
 
 STAGES = ("sft", "reward")
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 def launch_command(cfg: DistributedConfig, worker_args: list[str], *, port: int) -> list[str]:

@@ -22,15 +22,14 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import task as _prefect_task
 
-from rlhf_core.errors import DataError, ModelLoadError
+from rlhf_core.errors import DataError
 from rlhf_core.evaluation import EvalConfig, MethodComparison, ppo_checkpoint_steps
-from rlhf_core.tracking import NullTracker, Tracker
+from rlhf_core.tracking import NullTracker, Tracker, metric_name
 from tasks.context import STAGE_CACHE, StageContext
 from tasks.data import log_curated_inputs
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
-    import torch
 
     from flows.config import PipelineConfig
 
@@ -78,48 +77,13 @@ def read_eval_prompts(path: str | Path) -> pd.DataFrame:
     return frame
 
 
-def load_policy_dir(cfg: PipelineConfig, model_dir: str | Path, sft_dir: str | Path, tokenizer: Any) -> torch.nn.Module:
-    """A policy to evaluate from a stage output directory.
-
-    * an HF model directory (PPO / DPO full fine-tuning): loaded as is;
-    * a LoRA adapter directory (``adapter_config.json``): the adapters on a fresh SFT model;
-    * a PPO training checkpoint (``manifest.json``, ``<ppo>/checkpoints/step-*``): its policy
-      weights on a fresh SFT model.
-    A reward-model directory is refused with one line.
-    """
-    from rlhf_core.evaluation import load_ppo_checkpoint_policy
-    from rlhf_core.models import load_causal_lm
-    from rlhf_core.reward.model import read_stage_marker
-
-    directory = Path(model_dir)
-    if not directory.is_dir():
-        raise ModelLoadError(f"policy directory not found: {directory}")
-
-    def fresh_sft() -> torch.nn.Module:
-        return load_causal_lm(cfg.model, cfg.model_cache, tokenizer, path=sft_dir)
-
-    if (directory / "manifest.json").is_file():
-        return load_ppo_checkpoint_policy(fresh_sft(), directory, lora=cfg.ppo.optim.lora)
-    marker = read_stage_marker(directory)
-    if marker is not None and marker["stage"] == "reward":
-        raise ModelLoadError(f"{directory} is a reward model (rlhf_stage.json stage='reward'), not a policy to evaluate")
-    if (directory / "adapter_config.json").is_file():
-        import peft
-
-        try:
-            return peft.PeftModel.from_pretrained(fresh_sft(), str(directory)).eval()
-        except Exception as exc:
-            raise ModelLoadError(f"cannot load LoRA adapters from {directory}: {type(exc).__name__}: {exc}") from exc
-    return load_causal_lm(cfg.model, cfg.model_cache, tokenizer, path=directory).eval()
-
-
 def with_ppo_checkpoints(policy_dirs: Mapping[str, str], *, final_name: str = PRIMARY) -> dict[str, str]:
     """``policy_dirs`` plus ``<final_name>-step-<k>`` for each kept PPO checkpoint before the final model.
 
     The checkpoints live next to the final model (``<ppo>/checkpoints`` beside ``<ppo>/model``);
     the one at the final model's step is the final model itself and is skipped.
     """
-    from rlhf_core.reward.model import read_stage_marker
+    from rlhf_core.stage_io import CHECKPOINTS_DIR, read_stage_marker
 
     out = dict(policy_dirs)
     if final_name not in policy_dirs:
@@ -127,7 +91,7 @@ def with_ppo_checkpoints(policy_dirs: Mapping[str, str], *, final_name: str = PR
     final = Path(policy_dirs[final_name])
     marker = read_stage_marker(final) if final.is_dir() else None
     final_step = marker.get("step") if marker else None
-    steps = ppo_checkpoint_steps(final.parent / "checkpoints")
+    steps = ppo_checkpoint_steps(final.parent / CHECKPOINTS_DIR)
     extra = {f"{final_name}-step-{k:06d}": str(p) for k, p in sorted(steps.items()) if k != final_step}
     ordered: dict[str, str] = {}
     for name, path in out.items():
@@ -195,9 +159,10 @@ def run_evaluation(
     table, not as ~150 more one-point metric charts. Returns the output paths and the primary metrics.
     """
     from rlhf_core.devices import resolve_device
-    from rlhf_core.evaluation import compare_methods, metric_safe
+    from rlhf_core.evaluation import compare_methods
     from rlhf_core.models import load_causal_lm, load_tokenizer
     from rlhf_core.reward.model import RewardModel
+    from rlhf_core.stage_io import load_stage_policy
     from tasks.plots import plot_gold_vs_sqrt_kl
 
     ecfg = eval_cfg or getattr(cfg, "eval", None) or EvalConfig()
@@ -213,7 +178,8 @@ def run_evaluation(
     reward_model = RewardModel.from_pretrained(
         reward_dir, device=resolve_device(cfg.model.device), trust_remote_code=cfg.model.trust_remote_code
     )
-    loaders = {name: (lambda d=d: load_policy_dir(cfg, d, sft_dir, tokenizer)) for name, d in dirs.items()}
+    stage_policy = dict(model=cfg.model, cache_dir=cfg.model_cache, tokenizer=tokenizer, sft_dir=sft_dir, lora=cfg.ppo.optim.lora)
+    loaders = {name: (lambda d=d: load_stage_policy(d, **stage_policy)) for name, d in dirs.items()}
     comparison = compare_methods(
         loaders, tokenizer, reference=reference, reward_model=reward_model, reward_tokenizer=tokenizer,
         prompts=prompts, cfg=ecfg, prompt_format=cfg.ppo.prompt_format, reward_prompt_format=cfg.reward.prompt_format,
@@ -253,7 +219,7 @@ def run_evaluation(
         "plot": str(plot),
         "primary": primary,
         "metrics": {k: v for k, v in primary_metrics.items() if math.isfinite(v)},
-        "methods": [metric_safe(n) for n in comparison.reports],
+        "methods": [metric_name(n) for n in comparison.reports],
     }
 
 

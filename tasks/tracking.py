@@ -33,19 +33,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from rlhf_core.errors import UserError
-from rlhf_core.tracking import NullTracker, flatten_params
+from rlhf_core.stage_io import is_stage_model, is_training_checkpoint
+from rlhf_core.tracking import NullTracker, flatten_params, metric_name
 
 # Keep MLflow quiet and local: no telemetry, no progress bars in logs.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-_METRIC_NAME_BAD = re.compile(r"[^A-Za-z0-9_\-. :/]+")
-
-
-def metric_name(name: str) -> str:
-    """MLflow accepts alphanumerics, `_ - . : /` and spaces; anything else becomes `_`."""
-    return _METRIC_NAME_BAD.sub("_", name).strip("_") or "_"
 
 
 log = logging.getLogger("rlhf.tracking")
@@ -401,14 +394,17 @@ class MlflowTracker:
     def log_artifact(self, path: str | Path, artifact_path: str | None = None) -> None:
         """A file keeps its name; a directory keeps its name too (``model/`` -> ``model``) unless ``artifact_path``.
 
-        A stage model directory (it carries ``rlhf_stage.json``) or a training checkpoint (its
-        ``manifest.json``) going to a local artifact store is hard-linked there instead of copied
+        A stage model directory (it carries the stage marker) or a training checkpoint (its
+        manifest; both named in ``rlhf_core.stage_io``) going to a local artifact store is hard-linked there instead of copied
         (:func:`link_tree`): the same bytes, no second 0.5 GB on disk, no time spent copying.
         """
         path = Path(path)
         if path.is_dir():
             dest = artifact_path if artifact_path is not None else path.name
-            immutable = (path / STAGE_MARKER).is_file() or (path / CHECKPOINT_MANIFEST).is_file()
+            # Both are written whole in a temp directory renamed into place (the marker / manifest
+            # last); pruning deletes whole directories and a corrupt checkpoint is only renamed:
+            # neither is ever rewritten in place, so hard links to their files stay valid.
+            immutable = is_stage_model(path) or is_training_checkpoint(path)
             local = self.local_artifact_dir() if immutable else None
             if local is not None:
                 link_tree(path, local / dest if dest else local)
@@ -449,12 +445,6 @@ class MlflowTracker:
         self.client.log_inputs(self.run_id, datasets=[entity])
 
 
-# Written last into a stage model's temp directory (rlhf_core.reward.model.write_stage_marker),
-# which replace_dir then renames into place whole: such a directory is never rewritten in place.
-STAGE_MARKER = "rlhf_stage.json"
-# Written last into a checkpoint's temp directory (rlhf_core.checkpoint), renamed into place whole;
-# pruning deletes whole directories and a corrupt one is only renamed: never rewritten in place.
-CHECKPOINT_MANIFEST = "manifest.json"
 _LINK_TMP_PREFIX = ".artifact.uploading."  # MLflow's own staging prefix: list_artifacts hides such names
 
 

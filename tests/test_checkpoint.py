@@ -11,7 +11,6 @@ import pytest
 import torch
 
 from rlhf_core.checkpoint import (
-    MANIFEST,
     WEIGHTS,
     latest_valid_checkpoint,
     list_checkpoints,
@@ -20,6 +19,7 @@ from rlhf_core.checkpoint import (
     verify_checkpoint,
 )
 from rlhf_core.errors import TrainingError
+from rlhf_core.stage_io import MANIFEST
 from rlhf_core.train_config import OptimConfig
 from rlhf_core.training import build_optimizer, build_scheduler
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.servers import free_port
+from rlhf_core.processes import free_port
 from tests.conftest import MODEL_CACHE, REPO
 from tests.e2e.api import MlflowAPI, PrefectAPI, metrics_of, tags_of
 from tests.e2e.browser import chromium, click_link_to, click_text, links_to, row_text, screenshot, scroll_to_text, wait_for_texts

@@ -21,7 +21,6 @@ from rlhf_core.evaluation import (
     eval_prompts,
     evaluate_policy,
     is_looping,
-    metric_safe,
     ranking_agreement,
     select_eval_prompts,
     series_of,
@@ -29,6 +28,7 @@ from rlhf_core.evaluation import (
 )
 from rlhf_core.gold import gold_score
 from rlhf_core.stats import bootstrap_ci
+from rlhf_core.tracking import metric_name
 
 DASHBOARD = (
     "eval/gold_win_rate_vs_sft", "eval/gold_delta_ci_low", "eval/gold_delta_ci_high", "eval/gold_delta",
@@ -191,7 +191,7 @@ def test_eval_config_and_names():
     with pytest.raises(ValueError):
         EvalConfig(n_promts=3)  # a typo fails loudly
     assert series_of("ppo-step-000010") == "ppo" and series_of("dpo") == "dpo"
-    assert metric_safe("ppo@10") == "ppo_10"
+    assert metric_name("ppo@10") == "ppo_10"
 
 
 def test_gold_vs_sqrt_kl_plot(tmp_path):
@@ -358,7 +358,8 @@ def _ppo_checkpoint(tmp_path, policy, step):
 
 def test_ppo_checkpoint_policy_loads_back(tmp_path, tok):
     from rlhf_core.errors import TrainingError
-    from rlhf_core.evaluation import load_ppo_checkpoint_policy, ppo_checkpoint_steps
+    from rlhf_core.evaluation import ppo_checkpoint_steps
+    from rlhf_core.stage_io import load_ppo_checkpoint_policy
 
     trained = _tiny(tok, 0)
     ckpt = _ppo_checkpoint(tmp_path, trained, step=3)
@@ -373,7 +374,7 @@ def test_ppo_checkpoint_policy_loads_back(tmp_path, tok):
 
 def test_run_evaluation_writes_report_and_logs(tmp_path, tok, models):
     from flows.config import PipelineConfig
-    from rlhf_core.reward.model import write_stage_marker
+    from rlhf_core.stage_io import write_stage_marker
     from rlhf_core.tracking import InMemoryTracker
     from tasks.evaluation import run_evaluation
 
@@ -420,8 +421,8 @@ def test_run_evaluation_writes_report_and_logs(tmp_path, tok, models):
 def test_lora_policy_without_reference_and_adapter_dirs_load(tmp_path, tok, models):
     from flows.config import PipelineConfig
     from rlhf_core.train_config import LoraConfig
+    from rlhf_core.stage_io import load_stage_policy
     from rlhf_core.training import apply_lora
-    from tasks.evaluation import load_policy_dir
 
     from .conftest import MODEL_CACHE
 
@@ -441,7 +442,7 @@ def test_lora_policy_without_reference_and_adapter_dirs_load(tmp_path, tok, mode
     adapters = tmp_path / "ppo-lora"
     policy.save_pretrained(adapters)
     cfg = PipelineConfig.model_validate({"model": {"base": "tiny", "device": "cpu", "cache_dir": str(MODEL_CACHE)}})
-    loaded = load_policy_dir(cfg, adapters, sft_dir, tok)
+    loaded = load_stage_policy(adapters, model=cfg.model, cache_dir=cfg.model_cache, tokenizer=tok, sft_dir=sft_dir)
     ids = torch.tensor([[1, 2, 3, 4]])
     with torch.no_grad():
         assert torch.allclose(loaded(input_ids=ids).logits, policy(input_ids=ids).logits, atol=1e-5)

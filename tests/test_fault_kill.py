@@ -77,6 +77,8 @@ def _announce_model_writes() -> None:
     import rlhf_core.ppo.trainer
     import rlhf_core.reward.train
     import rlhf_core.sft.train
+    import rlhf_core.stage_io
+    import rlhf_core.training
     from rlhf_core.training import replace_dir
 
     def announced(tmp: Path, final: Path) -> Path:
@@ -84,7 +86,9 @@ def _announce_model_writes() -> None:
         time.sleep(30)  # the test kills the process here
         return replace_dir(tmp, final)
 
-    for module in (rlhf_core.sft.train, rlhf_core.reward.train, rlhf_core.ppo.trainer, rlhf_core.dpo.trainer):
+    # stage_io.save_stage_model looks replace_dir up in rlhf_core.training when it is called
+    for module in (rlhf_core.training, rlhf_core.stage_io, rlhf_core.sft.train, rlhf_core.reward.train,
+                   rlhf_core.ppo.trainer, rlhf_core.dpo.trainer):
         if hasattr(module, "replace_dir"):
             module.replace_dir = announced
 

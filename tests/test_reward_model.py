@@ -10,12 +10,8 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from rlhf_core.errors import ModelLoadError
-from rlhf_core.reward.model import (
-    STAGE_MARKER,
-    RewardModel,
-    last_token_index,
-    write_stage_marker,
-)
+from rlhf_core.reward.model import RewardModel, last_token_index
+from rlhf_core.stage_io import STAGE_MARKER, write_stage_marker
 
 PAD = EOS = 2  # as in SmolLM2: the pad token is the EOS token
 REPO = Path(__file__).resolve().parents[1]

@@ -19,11 +19,11 @@ from flows.servers import (
     ServerError,
     _spawn,
     check_reachable,
-    free_port,
     preflight,
     start_servers,
     wait_healthy,
 )
+from rlhf_core.processes import free_port
 from tests.conftest import REPO
 
 

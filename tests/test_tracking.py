@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from rlhf_core.stage_io import STAGE_MARKER
+from rlhf_core.tracking import metric_name
 from tasks import tracking
 from tasks.artifacts import workspace_from
 from tasks.context import StageContext
@@ -23,8 +25,8 @@ def store(tmp_path):
 
 
 def test_metric_names_mlflow_rejects_are_made_safe():
-    assert tracking.metric_name("data/rows_dropped/validate/x/labels_in(0,1)") == "data/rows_dropped/validate/x/labels_in_0_1"
-    assert tracking.metric_name("rm/agreement_topic/home repair") == "rm/agreement_topic/home repair"
+    assert metric_name("data/rows_dropped/validate/x/labels_in(0,1)") == "data/rows_dropped/validate/x/labels_in_0_1"
+    assert metric_name("rm/agreement_topic/home repair") == "rm/agreement_topic/home repair"
 
 
 def test_data_report_becomes_the_named_metrics():
@@ -109,7 +111,7 @@ def _stage_model_dir(path, payload: bytes):
     (path / "model.safetensors").write_bytes(payload)
     (path / "tokenizer").mkdir()
     (path / "tokenizer" / "tokenizer.json").write_text('{"v": 1}')
-    (path / tracking.STAGE_MARKER).write_text('{"stage": "sft"}')
+    (path / STAGE_MARKER).write_text('{"stage": "sft"}')
     return path
 
 
@@ -144,11 +146,11 @@ def test_a_stage_model_is_hard_linked_into_a_local_artifact_store_and_registered
     assert not os.path.samefile(local / "data" / "report.json", data_dir / "report.json")
     client = MlflowClient()
     listed = {a.path for a in client.list_artifacts(tracker.run_id, "model")}
-    assert listed == {"model/model.safetensors", "model/tokenizer", f"model/{tracking.STAGE_MARKER}"}  # no temp names
+    assert listed == {"model/model.safetensors", "model/tokenizer", f"model/{STAGE_MARKER}"}  # no temp names
     # the registered version resolves to the same bytes
     fetched = mlflow.artifacts.download_artifacts(f"models:/rlhf-demo-sft/{version}", dst_path=str(tmp_path / "dl"))
     assert (Path(fetched) / "model.safetensors").read_bytes() == payload
-    assert (Path(fetched) / tracking.STAGE_MARKER).is_file()
+    assert (Path(fetched) / STAGE_MARKER).is_file()
     # a re-trained model replaces the stage directory (new inodes): the logged artifact keeps its bytes
     tmp = _stage_model_dir(tmp_path / "run" / "sft" / ".tmp-model-x", b"newer weights")
     replace_dir(tmp, model_dir)

@@ -17,7 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.servers import free_port, start_mlflow_server, wait_healthy
+from flows.servers import start_mlflow_server, wait_healthy
+from rlhf_core.processes import free_port
 from tasks import tracking
 from tasks.artifacts import workspace_from
 from tests.conftest import REPO

@@ -16,7 +16,6 @@ Each micro-batch stacks ``[chosen; rejected]`` so both go through the policy in 
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +36,7 @@ from rlhf_core.batching import (
 from rlhf_core.dpo.config import DPOConfig
 from rlhf_core.dpo.loss import dpo_loss, sequence_logprobs
 from rlhf_core.errors import DataError, TrainingError
+from rlhf_core.stage_io import MODEL_DIR, save_stage_model
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.train_config import OptimConfig
 from rlhf_core.training import (
@@ -45,7 +45,6 @@ from rlhf_core.training import (
     config_params,
     count_trainable,
     dataset_fingerprint,
-    replace_dir,
     run_training_loop,
     set_seed,
 )
@@ -251,15 +250,9 @@ def train_dpo(
         progress=progress,
         unit_name="pairs",
     )
-    from rlhf_core.reward.model import write_stage_marker
-
-    final = output_dir / "model"
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=output_dir))
-    policy.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    write_stage_marker(tmp, STAGE, step=outcome.steps, loss_type=cfg.loss_type, beta=cfg.beta)
-    model_dir = replace_dir(tmp, final)
+    model_dir = save_stage_model(
+        policy, tokenizer, output_dir / MODEL_DIR, stage=STAGE, step=outcome.steps, loss_type=cfg.loss_type, beta=cfg.beta
+    )
     tracker.log_artifact(model_dir)
     trainable, _ = count_trainable(policy)
     return TrainResult.from_outcome(STAGE, outcome, model_dir, examples=len(examples), trainable=trainable)

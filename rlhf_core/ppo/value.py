@@ -19,15 +19,11 @@ from typing import Literal
 import torch
 
 from rlhf_core.errors import ConfigError
+from rlhf_core.models import unwrap_peft
 from rlhf_core.ppo.rollout import PolicyOutput, policy_forward, position_ids_from_mask
 
 ValueModelKind = Literal["separate", "shared"]
 ValueInit = Literal["reward", "policy"]
-
-
-def _unwrap_peft(module: torch.nn.Module) -> torch.nn.Module:
-    get_base = getattr(module, "get_base_model", None)
-    return get_base() if callable(get_base) else module
 
 
 class ValueModel(torch.nn.Module):
@@ -49,7 +45,7 @@ class ValueModel(torch.nn.Module):
                 "use value_init='policy'"
             )
         backbone = copy.deepcopy(getattr(reward_model, "backbone", inner))
-        if backbone is not _unwrap_peft(backbone):
+        if backbone is not unwrap_peft(backbone):
             backbone = backbone.merge_and_unload()
         for p in backbone.parameters():
             p.requires_grad_(True)
@@ -61,7 +57,7 @@ class ValueModel(torch.nn.Module):
         from rlhf_core.reward.model import RewardModel
 
         base = model
-        if base is not _unwrap_peft(base):  # LoRA: merge into a copy, the policy keeps its adapters
+        if base is not unwrap_peft(base):  # LoRA: merge into a copy, the policy keeps its adapters
             base = copy.deepcopy(model).merge_and_unload()
         backbone = RewardModel.from_model(base, seed=seed).transformers_model
         for p in backbone.parameters():
@@ -162,7 +158,7 @@ def build_policy_with_value(
                 "value_model='shared' puts the value head on the policy's hidden states, so it cannot start from the "
                 "reward model's head: set value_init='policy' (or value_model='separate')"
             )
-        hidden = _unwrap_peft(policy).config.hidden_size
+        hidden = unwrap_peft(policy).config.hidden_size
         dtype = next(policy.parameters()).dtype
         head = ValueHead(hidden, dtype=dtype).to(next(policy.parameters()).device)
         return PolicyWithValue(policy, value_head=head)

@@ -30,13 +30,12 @@ Definitions (every per-pair figure is averaged over pairs, so each pair weighs t
   preferring ``chosen``, in ``n_bins`` equal-width bins over [0, 1]; ECE is the
   count-weighted mean |mean predicted - mean observed| over bins.
 
-Intervals are 95% percentile bootstraps over pairs (:func:`rlhf_core.stats.bootstrap_ci`).
+Intervals are 95% percentile bootstraps over pairs (:func:`rlhf_core.stats.estimate`).
 """
 
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -44,19 +43,10 @@ from typing import Any
 import numpy as np
 
 from rlhf_core.errors import DataError, TrainingError
-from rlhf_core.stats import bootstrap_ci
+from rlhf_core.stats import Estimate, estimate
+from rlhf_core.tracking import metric_name
 
 NO_TOPIC = "(none)"
-
-
-@dataclass(frozen=True)
-class Estimate:
-    """A mean over ``n`` pairs with its bootstrap interval."""
-
-    value: float
-    ci_low: float
-    ci_high: float
-    n: int
 
 
 @dataclass(frozen=True)
@@ -161,11 +151,11 @@ class AgreementReport:
             out["rm/ceiling_gap"] = self.agreement_ceiling.value - self.agreement_majority_loo.value
         out["rm/n_label_conflicts"] = float(self.n_label_conflicts)
         for row in self.topics:
-            name = metric_safe(row.topic)
-            out[f"rm/agreement_topic/{name}"] = row.agreement_majority.value
-            out[f"rm/n_topic/{name}"] = float(row.n)
+            topic = row.topic.replace("/", "_")  # a topic is one level of the name
+            out[metric_name(f"rm/agreement_topic/{topic}")] = row.agreement_majority.value
+            out[metric_name(f"rm/n_topic/{topic}")] = float(row.n)
             if row.agreement_gold is not None:
-                out[f"rm/agreement_gold_topic/{name}"] = row.agreement_gold.value
+                out[metric_name(f"rm/agreement_gold_topic/{topic}")] = row.agreement_gold.value
         if self.calibration is not None:
             out["rm/ece"] = self.calibration.ece
         dist = self.reward_distribution
@@ -174,11 +164,6 @@ class AgreementReport:
         out["rm/margin_mean"] = dist.margin.mean
         out["rm/reward_std"] = _pooled_std(dist)
         return out
-
-
-def metric_safe(name: str) -> str:
-    """MLflow metric names allow letters, digits, ``_ - . / space``: map anything else to ``_``."""
-    return re.sub(r"[^A-Za-z0-9_\-. ]", "_", name) or "_"
 
 
 def _pooled_std(dist: RewardDistribution) -> float:
@@ -260,11 +245,9 @@ def _summary(x: np.ndarray) -> Summary:
 
 
 def _estimate(values: Sequence[float] | np.ndarray, n_boot: int, seed: int) -> Estimate | None:
-    arr = np.asarray(values, dtype=np.float64)
-    if arr.size == 0:
-        return None
-    low, high = bootstrap_ci(arr, n_boot=n_boot, seed=seed)
-    return Estimate(value=float(arr.mean()), ci_low=low, ci_high=high, n=int(arr.size))
+    """The mean with its 95% interval; None for no values (the figure does not apply)."""
+    est = estimate(values, n_boot=n_boot, seed=seed)
+    return est if est.n else None
 
 
 # ----------------------------------------------------------------------------- the evaluation
@@ -290,6 +273,30 @@ def reward_model_agreement(
     """
     chosen = np.asarray(chosen_rewards, dtype=np.float64)
     rejected = np.asarray(rejected_rewards, dtype=np.float64)
+    _check_inputs(chosen, rejected, annotator_labels=annotator_labels, gold_prefers_chosen=gold_prefers_chosen,
+                  topics=topics)
+    n = chosen.size
+    score = preference_score(chosen, rejected)  # (n,)
+    gold_score = _gold_scores(score, gold_prefers_chosen) if gold_prefers_chosen is not None else None
+    labels = _check_labels(annotator_labels, n) if annotator_labels is not None else [None] * n
+    annotators = _annotator_figures(labels, score, chosen - rejected, n_bins=n_bins, n_boot=n_boot, seed=seed)
+    return AgreementReport(
+        n_pairs=n,
+        agreement_majority=_estimate(score, n_boot, seed),
+        agreement_gold=_estimate(_known(gold_score), n_boot, seed) if gold_score is not None else None,
+        **annotators,
+        topics=_topic_agreement(topics, score, gold_score, n_boot, seed) if topics is not None else [],
+        reward_distribution=_reward_distribution(chosen, rejected, hist_bins),
+        definitions=DEFINITIONS,
+    )
+
+
+def _check_inputs(
+    chosen: np.ndarray,
+    rejected: np.ndarray,
+    **per_pair: Sequence[Any] | None,
+) -> None:
+    """Two equal-length finite 1-d reward arrays, and one entry per pair in every optional input."""
     n = chosen.size
     if chosen.ndim != 1 or rejected.shape != chosen.shape:
         raise ValueError(f"reward_model_agreement: need two equal-length 1-d reward lists, got {chosen.shape} and {rejected.shape}")
@@ -299,27 +306,27 @@ def reward_model_agreement(
         bad = np.flatnonzero(~np.isfinite(arr))
         if bad.size:
             raise TrainingError(f"reward-model agreement: pair {int(bad[0])}: the {name} reward is {arr[bad[0]]} (model output is not finite)")
-    for name, seq in (("annotator_labels", annotator_labels), ("gold_prefers_chosen", gold_prefers_chosen), ("topics", topics)):
+    for name, seq in per_pair.items():
         if seq is not None and len(seq) != n:
             raise ValueError(f"reward_model_agreement: {name} has {len(seq)} entries for {n} pairs")
 
-    score = preference_score(chosen, rejected)  # (n,)
-    report: dict[str, Any] = {"n_pairs": n, "agreement_majority": _estimate(score, n_boot, seed)}
 
-    gold_score = None  # (n,), NaN where the gold scorer has no preference (a tie)
-    if gold_prefers_chosen is not None:
-        known = np.asarray([not _is_na(g) for g in gold_prefers_chosen], dtype=bool)
-        gold = np.asarray([bool(g) if k else False for g, k in zip(gold_prefers_chosen, known)])
-        gold_score = np.where(known, np.where(gold, score, 1.0 - score), np.nan)
-    report["agreement_gold"] = _estimate(_known(gold_score), n_boot, seed) if gold_score is not None else None
+def _gold_scores(score: np.ndarray, gold_prefers_chosen: Sequence[bool | None]) -> np.ndarray:
+    """The model's preference score against the gold scorer's preference: (n,), NaN where gold ties."""
+    known = np.asarray([not _is_na(g) for g in gold_prefers_chosen], dtype=bool)
+    gold = np.asarray([bool(g) if k else False for g, k in zip(gold_prefers_chosen, known)])
+    return np.where(known, np.where(gold, score, 1.0 - score), np.nan)
 
-    # annotator-based figures
-    labels = _check_labels(annotator_labels, n) if annotator_labels is not None else [None] * n
+
+def _annotator_figures(
+    labels: list[list[int] | None], score: np.ndarray, margin: np.ndarray, *, n_bins: int, n_boot: int, seed: int
+) -> dict[str, Any]:
+    """The annotator-based fields of :class:`AgreementReport` (ceiling, leave-one-out, vote groups, calibration)."""
     ceiling, loo, pairwise, unanimous, split = [], [], [], [], []
     votes: dict[tuple[int, int], list[float]] = {}
     predicted, observed = [], []
     conflicts, without = 0, 0
-    p_chosen = 1.0 / (1.0 + np.exp(-(chosen - rejected)))  # (n,) Bradley-Terry P(chosen)
+    p_chosen = 1.0 / (1.0 + np.exp(-margin))  # (n,) Bradley-Terry P(chosen)
     for i, lab in enumerate(labels):
         if not lab:
             without += 1
@@ -336,13 +343,13 @@ def reward_model_agreement(
         loo.append(model_vs_leave_one_out(lab, score[i]))
         pairwise.append(pairwise_annotator_agreement(lab))
         (unanimous if k in (0, m) else split).append(score[i])
-    report.update(
+    return dict(
         agreement_majority_loo=_estimate(loo, n_boot, seed),
         agreement_ceiling=_estimate(ceiling, n_boot, seed),
         annotator_pairwise_agreement=_estimate(pairwise, n_boot, seed),
         agreement_unanimous=_estimate(unanimous, n_boot, seed),
         agreement_split=_estimate(split, n_boot, seed),
-        n_without_annotators=without if annotator_labels is not None else n,
+        n_without_annotators=without,
         n_label_conflicts=int(conflicts),
         by_votes=[
             VoteGroup(votes_chosen=k, n_annotators=m, n=len(v), agreement_majority=float(np.mean(v)))
@@ -351,25 +358,29 @@ def reward_model_agreement(
         calibration=calibration_table(np.asarray(predicted), np.asarray(observed), n_bins) if predicted else None,
     )
 
-    # per topic
-    rows = []
-    if topics is not None:
-        names = np.asarray([NO_TOPIC if t is None or t == "" else str(t) for t in topics], dtype=object)
-        for topic in sorted(set(names)):
-            sel = names == topic
-            rows.append(
-                TopicAgreement(
-                    topic=topic,
-                    n=int(sel.sum()),
-                    agreement_majority=_estimate(score[sel], n_boot, seed),
-                    agreement_gold=_estimate(_known(gold_score[sel]), n_boot, seed) if gold_score is not None else None,
-                )
-            )
-    report["topics"] = rows
 
-    # reward distribution
+def _topic_agreement(
+    topics: Sequence[str | None], score: np.ndarray, gold_score: np.ndarray | None, n_boot: int, seed: int
+) -> list[TopicAgreement]:
+    """Agreement with the majority (and gold) per topic, topics sorted by name."""
+    names = np.asarray([NO_TOPIC if t is None or t == "" else str(t) for t in topics], dtype=object)
+    rows = []
+    for topic in sorted(set(names)):
+        sel = names == topic
+        rows.append(
+            TopicAgreement(
+                topic=topic,
+                n=int(sel.sum()),
+                agreement_majority=_estimate(score[sel], n_boot, seed),
+                agreement_gold=_estimate(_known(gold_score[sel]), n_boot, seed) if gold_score is not None else None,
+            )
+        )
+    return rows
+
+
+def _reward_distribution(chosen: np.ndarray, rejected: np.ndarray, hist_bins: int) -> RewardDistribution:
     edges = np.histogram_bin_edges(np.concatenate([chosen, rejected]), bins=hist_bins)
-    report["reward_distribution"] = RewardDistribution(
+    return RewardDistribution(
         chosen=_summary(chosen),
         rejected=_summary(rejected),
         margin=_summary(chosen - rejected),
@@ -377,8 +388,6 @@ def reward_model_agreement(
         chosen_counts=[int(c) for c in np.histogram(chosen, bins=edges)[0]],
         rejected_counts=[int(c) for c in np.histogram(rejected, bins=edges)[0]],
     )
-    report["definitions"] = DEFINITIONS
-    return AgreementReport(**report)
 
 
 def _is_na(value: Any) -> bool:

@@ -21,14 +21,13 @@ with a ConfigError naming ``reward.share_prompt`` when the results differ. The m
 layer as is, so sliding-window layers (Gemma, Mistral, Qwen2 with ``use_sliding_window``) take
 rows up to their window only, and other layer kinds (chunked, linear attention) are refused.
 
-Checkpoints carry a small ``rlhf_stage.json`` marker (``{"stage": "reward", ...}``) so a
+Saved models carry the stage marker of :mod:`rlhf_core.stage_io` (``{"stage": "reward", ...}``) so a
 directory from another stage is refused with one clear line instead of loading garbage.
 """
 
 from __future__ import annotations
 
 import copy
-import json
 import math
 from pathlib import Path
 from typing import Any
@@ -36,37 +35,14 @@ from typing import Any
 import torch
 
 from rlhf_core.errors import ConfigError, ModelLoadError
-from rlhf_core.models import refuse_pickled_weights
+from rlhf_core.models import refuse_pickled_weights, unwrap_peft
+from rlhf_core.stage_io import REWARD_STAGE, STAGE_MARKER, read_stage_marker, save_stage_model, write_stage_model
 
-STAGE_MARKER = "rlhf_stage.json"
-REWARD_STAGE = "reward"
 _FORMAT_VERSION = 1
 
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 # attention implementations that honour a custom 4D mask: sdpa (boolean), eager (additive)
 _MASKED_ATTENTION = ("sdpa", "eager")
-
-
-# ----------------------------------------------------------------------------- stage markers
-def write_stage_marker(directory: str | Path, stage: str, **extra: Any) -> Path:
-    """Write ``rlhf_stage.json`` naming which pipeline stage produced ``directory``."""
-    path = Path(directory) / STAGE_MARKER
-    path.write_text(json.dumps({"stage": stage, **extra}, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def read_stage_marker(directory: str | Path) -> dict[str, Any] | None:
-    """The stage marker of ``directory``, or None when it has none. Corrupt markers raise ModelLoadError."""
-    path = Path(directory) / STAGE_MARKER
-    if not path.is_file():
-        return None
-    try:
-        marker = json.loads(path.read_text())
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ModelLoadError(f"{path}: unreadable stage marker ({type(exc).__name__}: {exc})") from exc
-    if not isinstance(marker, dict) or not isinstance(marker.get("stage"), str):
-        raise ModelLoadError(f"{path}: stage marker must be a JSON object with a string 'stage'")
-    return marker
 
 
 # ----------------------------------------------------------------------------- helpers
@@ -76,16 +52,6 @@ def _resolve_dtype(dtype: torch.dtype | str | None) -> torch.dtype | None:
     if dtype not in _DTYPES:
         raise ValueError(f"unknown dtype '{dtype}' (use one of {sorted(_DTYPES)})")
     return _DTYPES[dtype]
-
-
-def _unwrap_peft(module: torch.nn.Module) -> torch.nn.Module:
-    """A peft ``PeftModel`` around the backbone -> the transformers model it wraps.
-
-    LoRA layers are injected into that model in place, so calling its trunk and head
-    directly still runs the adapters.
-    """
-    get_base = getattr(module, "get_base_model", None)
-    return get_base() if callable(get_base) else module
 
 
 def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
@@ -168,7 +134,7 @@ class RewardModel(torch.nn.Module):
 
     def __init__(self, backbone: torch.nn.Module) -> None:
         super().__init__()
-        inner = _unwrap_peft(backbone)
+        inner = unwrap_peft(backbone)
         if not hasattr(inner, "base_model_prefix") or not isinstance(getattr(inner, "score", None), torch.nn.Linear):
             raise TypeError(
                 f"RewardModel needs a transformers *ForSequenceClassification model with a linear "
@@ -182,7 +148,7 @@ class RewardModel(torch.nn.Module):
     @property
     def transformers_model(self) -> torch.nn.Module:
         """The ``*ForSequenceClassification`` model (under any peft wrapper)."""
-        return _unwrap_peft(self.backbone)
+        return unwrap_peft(self.backbone)
 
     @property
     def trunk(self) -> torch.nn.Module:
@@ -386,7 +352,7 @@ class RewardModel(torch.nn.Module):
         a causal LM (e.g. ``build_tiny_model``) gets the same trunk weights in a fresh
         sequence-classification model with a newly initialised head.
         """
-        if isinstance(getattr(_unwrap_peft(model), "score", None), torch.nn.Linear):
+        if isinstance(getattr(unwrap_peft(model), "score", None), torch.nn.Linear):
             rm = cls(model)
         else:
             rm = cls(_seqcls_from_causal_lm(model, seed=seed))
@@ -415,7 +381,7 @@ class RewardModel(torch.nn.Module):
         marker = read_stage_marker(directory)
         if marker is not None and marker["stage"] == REWARD_STAGE:
             raise ModelLoadError(
-                f"{directory} is a reward model checkpoint (rlhf_stage.json stage='reward'); "
+                f"{directory} is a reward model checkpoint ({STAGE_MARKER} stage='{REWARD_STAGE}'); "
                 "load it with RewardModel.from_pretrained, or point at an SFT/base model"
             )
         from transformers.utils import logging as hf_logging
@@ -477,28 +443,29 @@ class RewardModel(torch.nn.Module):
             raise ModelLoadError(f"cannot load reward model from {directory}: {type(exc).__name__}: {exc}") from exc
         return cls(backbone).to(torch.device(device))
 
-    def save_pretrained(self, path: str | Path, *, tokenizer: Any | None = None, **marker_extra: Any) -> Path:
+    def save_pretrained(
+        self, path: str | Path, *, tokenizer: Any | None = None, atomic: bool = False, **marker_extra: Any
+    ) -> Path:
         """Write HF format (config.json + model.safetensors), the tokenizer if given, and the marker.
 
-        ``marker_extra`` lands in ``rlhf_stage.json`` (e.g. ``step=...``, ``base=...``).
+        ``marker_extra`` lands in the stage marker (e.g. ``step=...``, ``base=...``). ``atomic``:
+        write beside ``path`` and rename into place (:func:`rlhf_core.stage_io.save_stage_model`,
+        a stage's final model) instead of writing into ``path``.
         """
         if self.backbone is not self.transformers_model:
             raise ValueError("RewardModel.save_pretrained: LoRA adapters are still separate; call merge_lora() first")
-        directory = Path(path)
-        directory.mkdir(parents=True, exist_ok=True)
         model = self.transformers_model
-        model.save_pretrained(str(directory))
-        if tokenizer is not None:
-            tokenizer.save_pretrained(str(directory))
-        write_stage_marker(
-            directory,
-            REWARD_STAGE,
+        save = save_stage_model if atomic else write_stage_model
+        return save(
+            model,
+            tokenizer,
+            path,
+            stage=REWARD_STAGE,
             format_version=_FORMAT_VERSION,
             architecture=type(model).__name__,
             pooling="last attention_mask token",
             **marker_extra,
         )
-        return directory
 
 
 def _check_layer_types(rm: RewardModel, length: int) -> None:
@@ -532,7 +499,7 @@ def _seqcls_from_causal_lm(causal_lm: torch.nn.Module, *, seed: int) -> torch.nn
     """Same trunk weights, one-label sequence-classification model, fresh small-normal head."""
     from transformers import AutoModelForSequenceClassification
 
-    causal_lm = _unwrap_peft(causal_lm)
+    causal_lm = unwrap_peft(causal_lm)
     config = getattr(causal_lm, "config", None)
     prefix = getattr(causal_lm, "base_model_prefix", None)
     if config is None or not prefix or not hasattr(causal_lm, prefix):

@@ -6,13 +6,12 @@ Each micro-batch of B pairs is ONE forward pass: by default over B shared-prefix
 ``[chosen; rejected]`` (``collate_pairs``). Both give the same rewards, loss and gradient up to
 float rounding; length bucketing sorts by the chosen layout's row length. Gradient accumulation
 normalises by the step's total pairs. The final model goes to ``output_dir/model`` via
-``RewardModel.save_pretrained`` (HF format + ``rlhf_stage.json`` = ``{"stage": "reward"}``); with
+``RewardModel.save_pretrained`` (HF format + the stage marker ``{"stage": "reward"}``); with
 LoRA the adapters are merged first.
 """
 
 from __future__ import annotations
 
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -32,7 +31,8 @@ from rlhf_core.batching import (
 from rlhf_core.distributed import DataParallel
 from rlhf_core.losses import bradley_terry_loss
 from rlhf_core.reward.config import RewardConfig
-from rlhf_core.reward.model import REWARD_STAGE, RewardModel
+from rlhf_core.reward.model import RewardModel
+from rlhf_core.stage_io import MODEL_DIR, REWARD_STAGE
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (
     TrainResult,
@@ -41,7 +41,6 @@ from rlhf_core.training import (
     count_trainable,
     dataset_fingerprint,
     eval_batches,
-    replace_dir,
     run_training_loop,
     set_seed,
 )
@@ -185,11 +184,11 @@ def train_reward_model(
     output_dir.mkdir(parents=True, exist_ok=True)
     if optim.lora.enabled:
         reward_model.merge_lora()
-    model_dir = output_dir / "model"
+    model_dir = output_dir / MODEL_DIR
     if main:
-        tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=output_dir))
-        reward_model.save_pretrained(tmp, tokenizer=tokenizer, step=outcome.steps, lora_merged=optim.lora.enabled)
-        model_dir = replace_dir(tmp, model_dir)
+        reward_model.save_pretrained(
+            model_dir, tokenizer=tokenizer, atomic=True, step=outcome.steps, lora_merged=optim.lora.enabled
+        )
         tracker.log_artifact(model_dir)
     if dist is not None:
         dist.barrier()

@@ -2,7 +2,8 @@
 
 ``train_sft`` tokenises the rows (labels only on response / assistant tokens, see
 ``rlhf_core.batching``), runs the shared loop (``rlhf_core.training``) and writes the final
-model in Hugging Face format to ``output_dir/model`` with ``rlhf_stage.json`` = ``{"stage": "sft"}``.
+model in Hugging Face format to ``output_dir/model`` with the stage marker ``{"stage": "sft"}``
+(``rlhf_core.stage_io``).
 With LoRA the adapters are also saved to ``output_dir/adapter`` and the model written to
 ``output_dir/model`` is the merged one, so later stages load a plain causal LM.
 """
@@ -27,8 +28,9 @@ from rlhf_core.batching import (
 )
 from rlhf_core.distributed import DataParallel
 from rlhf_core.losses import sft_loss_sum
-from rlhf_core.reward.model import write_stage_marker
+from rlhf_core.models import unwrap_peft
 from rlhf_core.sft.config import SFTConfig
+from rlhf_core.stage_io import MODEL_DIR, save_stage_model
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (
     TrainResult,
@@ -57,11 +59,6 @@ class SFTResult(TrainResult):
     """``TrainResult`` of the SFT stage (``metrics`` hold ``sft/loss``, ``sft/eval_loss``, ...)."""
 
 
-def _unwrap(model: torch.nn.Module) -> torch.nn.Module:
-    get_base = getattr(model, "get_base_model", None)  # peft: LoRA layers live inside the base model
-    return get_base() if callable(get_base) else model
-
-
 def completion_nll_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, int]:
     """Summed next-token NLL over labelled tokens, and their count.
 
@@ -70,7 +67,7 @@ def completion_nll_sum(model: torch.nn.Module, batch: dict[str, torch.Tensor]) -
     projection runs only on the N labelled positions, (N, V) logits instead of (B, T, V):
     prompts and padding need no logits (tested against the full-logits path).
     """
-    base = _unwrap(model)
+    base = unwrap_peft(model)  # peft: LoRA layers live inside the base model
     config = getattr(base, "config", None)
     labels = batch["labels"]
     if getattr(config, "model_type", None) in _HIDDEN_STATE_PATH and hasattr(base, "get_decoder"):
@@ -178,7 +175,7 @@ def train_sft(
         model_dir = _save_final(model, tokenizer, output_dir, step=outcome.steps, lora=optim.lora.enabled)
         tracker.log_artifact(model_dir)
     else:
-        model_dir = output_dir / "model"
+        model_dir = output_dir / MODEL_DIR
     if dist is not None:
         dist.barrier()
     return SFTResult.from_outcome(
@@ -191,15 +188,11 @@ def train_sft(
 def _save_final(
     model: torch.nn.Module, tokenizer: PreTrainedTokenizerBase, output_dir: Path, *, step: int, lora: bool
 ) -> Path:
-    """HF-format model + tokenizer + stage marker, written to a temp dir and renamed into place."""
+    """HF-format model + tokenizer + stage marker (``stage_io.save_stage_model``); LoRA: the adapters too, then merged."""
     output_dir.mkdir(parents=True, exist_ok=True)
     if lora:
         adapter_tmp = Path(tempfile.mkdtemp(prefix=".tmp-adapter-", dir=output_dir))
         model.save_pretrained(str(adapter_tmp))
         replace_dir(adapter_tmp, output_dir / "adapter")
         model = model.merge_and_unload()  # later stages load a plain causal LM
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-model-", dir=output_dir))
-    model.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    write_stage_marker(tmp, SFT_STAGE, step=step, lora_merged=lora)
-    return replace_dir(tmp, output_dir / "model")
+    return save_stage_model(model, tokenizer, output_dir / MODEL_DIR, stage=SFT_STAGE, step=step, lora_merged=lora)
