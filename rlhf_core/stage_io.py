@@ -23,7 +23,9 @@ only inside the loaders.
 from __future__ import annotations
 
 import json
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -92,8 +94,6 @@ def save_stage_model(model: Any, tokenizer: Any | None, final: str | Path, *, st
     ``marker`` lands in ``rlhf_stage.json`` beside ``stage`` (e.g. ``step=...``). The rename also
     removes the half-written copies a killed run left (``.tmp-<name>-*``).
     """
-    from rlhf_core.training import replace_dir
-
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
@@ -183,3 +183,21 @@ def load_stage_policy(
         except Exception as exc:
             raise ModelLoadError(f"cannot load LoRA adapters from {directory}: {type(exc).__name__}: {exc}") from exc
     return load_causal_lm(model, cache_dir, tokenizer, path=directory).eval()
+
+def replace_dir(tmp: Path, final: Path) -> Path:
+    """Move a fully written ``tmp`` directory to ``final`` (replacing it) with renames only.
+
+    Write ``tmp`` as ``final.parent / ".tmp-<final.name>-*"``: once ``final`` is in place, such
+    leftovers of a run killed mid-write (each a whole model) are removed.
+    """
+    tmp.chmod(0o755)  # mkdtemp makes it owner-only
+    if final.exists():
+        old = final.with_name(f".old-{final.name}-{time.time_ns()}")
+        final.rename(old)
+        tmp.rename(final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        tmp.rename(final)
+    for stale in [*final.parent.glob(f".tmp-{final.name}-*"), *final.parent.glob(f".old-{final.name}-*")]:
+        shutil.rmtree(stale, ignore_errors=True)
+    return final

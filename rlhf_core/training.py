@@ -51,6 +51,7 @@ from rlhf_core.checkpoint import (
 )
 from rlhf_core.distributed import DataParallel
 from rlhf_core.errors import ConfigError, TrainingError
+from rlhf_core.stage_io import CHECKPOINTS_DIR, MANIFEST, MODEL_DIR, STAGE_MARKER
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.train_config import LoraConfig, OptimConfig
 
@@ -243,7 +244,7 @@ def _autocast(device: torch.device, dtype: torch.dtype | None):
 
 def check_output_dir(output_dir: Path, stage: str) -> None:
     """Refuse an output directory whose final model belongs to another stage (it would be overwritten)."""
-    marker = Path(output_dir) / "model" / "rlhf_stage.json"
+    marker = Path(output_dir) / MODEL_DIR / STAGE_MARKER
     if marker.is_file():
         try:
             found = json.loads(marker.read_text()).get("stage")
@@ -343,7 +344,7 @@ def resolve_resume(resume: bool | str | Path, root: Path, stage: str) -> Path | 
         if root.exists():  # starting over: stale checkpoints would be picked up by a later resume
             for path in list_checkpoints(root):  # never delete another stage's work
                 try:
-                    other = json.loads((path / "manifest.json").read_text()).get("stage")
+                    other = json.loads((path / MANIFEST).read_text()).get("stage")
                 except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
                     continue
                 if other != stage:
@@ -358,7 +359,7 @@ def resolve_resume(resume: bool | str | Path, root: Path, stage: str) -> Path | 
     path = Path(resume)
     if not path.exists():
         raise TrainingError(f"cannot resume {stage}: checkpoint {path} does not exist")
-    if not (path / "manifest.json").exists() and (found := latest_checkpoint(path / "checkpoints") or latest_checkpoint(path)):
+    if not (path / MANIFEST).exists() and (found := latest_checkpoint(path / CHECKPOINTS_DIR) or latest_checkpoint(path)):
         return found  # an output_dir or checkpoints/ dir was given: take its newest checkpoint
     return path
 
@@ -395,7 +396,7 @@ class RunState:
         barrier: Callable[[], None] | None = None,
     ) -> None:
         self.stage, self.optim, self.fingerprint, self.tracker = stage, optim, fingerprint, tracker
-        self.root = Path(output_dir) / "checkpoints"
+        self.root = Path(output_dir) / CHECKPOINTS_DIR
         self.model, self.optimizer, self.scheduler, self.extra_state = model, optimizer, scheduler, extra_state
         self.is_main, self.barrier = is_main, barrier
         self.history: list[dict[str, float]] = []  # one dict per optimizer step (with "step")
@@ -772,24 +773,6 @@ def eval_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return split_micro_batches(order, batch_size)
 
-
-def replace_dir(tmp: Path, final: Path) -> Path:
-    """Move a fully written ``tmp`` directory to ``final`` (replacing it) with renames only.
-
-    Write ``tmp`` as ``final.parent / ".tmp-<final.name>-*"``: once ``final`` is in place, such
-    leftovers of a run killed mid-write (each a whole model) are removed.
-    """
-    tmp.chmod(0o755)  # mkdtemp makes it owner-only
-    if final.exists():
-        old = final.with_name(f".old-{final.name}-{time.time_ns()}")
-        final.rename(old)
-        tmp.rename(final)
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        tmp.rename(final)
-    for stale in [*final.parent.glob(f".tmp-{final.name}-*"), *final.parent.glob(f".old-{final.name}-*")]:
-        shutil.rmtree(stale, ignore_errors=True)
-    return final
 
 
 def config_params(cfg: Any, prefix: str) -> dict[str, Any]:

@@ -79,14 +79,14 @@ def _announce_model_writes() -> None:
     import rlhf_core.sft.train
     import rlhf_core.stage_io
     import rlhf_core.training
-    from rlhf_core.training import replace_dir
+    from rlhf_core.stage_io import replace_dir
 
     def announced(tmp: Path, final: Path) -> Path:
         print(MODEL_WRITE, flush=True)
         time.sleep(30)  # the test kills the process here
         return replace_dir(tmp, final)
 
-    # stage_io.save_stage_model looks replace_dir up in rlhf_core.training when it is called
+    # every module that writes a final model through replace_dir (its own name for it)
     for module in (rlhf_core.training, rlhf_core.stage_io, rlhf_core.sft.train, rlhf_core.reward.train,
                    rlhf_core.ppo.trainer, rlhf_core.dpo.trainer):
         if hasattr(module, "replace_dir"):

@@ -121,7 +121,7 @@ def test_a_stage_model_is_hard_linked_into_a_local_artifact_store_and_registered
     import mlflow
     from mlflow.tracking import MlflowClient
 
-    from rlhf_core.training import replace_dir
+    from rlhf_core.stage_io import replace_dir
     from tasks.registry import register_candidate
 
     ws, experiment_id = store

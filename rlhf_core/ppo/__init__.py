@@ -9,5 +9,8 @@ The PPO step as a numbered recipe, one module per step (import them directly; th
                 ``reference_logprobs`` (LoRA: adapters disabled, no second copy)
 4. ``value``    separate critic or shared value head; ``gae``: ``compute_gae``
 5. ``loss``     clipped policy / value losses, entropy, PPO-ptx, explained variance
-6. ``trainer``  ``train_ppo``: the loop, guards, logging, checkpoints
+6. ``experience`` ``Experience`` (one step's tensors grouped by role) and ``make_experience``:
+                rollout -> score -> KL-penalised rewards -> values/GAE, one finiteness check
+7. ``trainer``  ``train_ppo``: ``make_experience`` -> ``ppo_update`` (minibatch epochs) ->
+                ``step_metrics``, on the shared ``training.RunState`` (resume, checkpoints, progress)
 """

@@ -28,6 +28,7 @@ import torch
 
 from rlhf_core.batching import Format
 from rlhf_core.errors import TrainingError
+from rlhf_core.generation import PromptItem
 from rlhf_core.losses import masked_whiten
 from rlhf_core.ppo.config import PPOConfig
 from rlhf_core.ppo.gae import compute_gae
@@ -40,13 +41,6 @@ from rlhf_core.training import retry_smaller_on_oom
 
 STAGE = "ppo"
 GoldFn = Callable[[str, str], float]
-
-
-@dataclass(frozen=True)
-class PromptItem:
-    row_id: str
-    text: str
-    ids: list[int]
 
 
 @dataclass

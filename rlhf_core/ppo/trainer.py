@@ -30,7 +30,6 @@ from __future__ import annotations
 import copy
 import functools
 import logging
-import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -40,8 +39,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from rlhf_core.batching import Format, collate_sft, prompt_ids, resolve_format, rows_to_records, tokenize_sft_rows
-from rlhf_core.errors import ConfigError, DataError
+from rlhf_core.batching import Format, collate_sft, resolve_format, tokenize_sft_rows
+from rlhf_core.errors import ConfigError
+from rlhf_core.generation import PromptItem, eos_token_ids, prepare_prompts
 from rlhf_core.losses import masked_mean
 from rlhf_core.ppo.config import PPOConfig
 from rlhf_core.ppo.experience import (
@@ -49,7 +49,6 @@ from rlhf_core.ppo.experience import (
     Experience,
     GoldFn,
     PPOModels,
-    PromptItem,
     check_finite,
     make_experience,
 )
@@ -63,6 +62,7 @@ from rlhf_core.ppo.kl import (
 from rlhf_core.ppo.loss import entropy_from_logits, explained_variance, ppo_policy_loss, ppo_value_loss, ptx_loss, token_sum
 from rlhf_core.ppo.score import RewardFn, tokenizers_match
 from rlhf_core.ppo.value import PolicyWithValue, build_policy_with_value
+from rlhf_core.stage_io import MODEL_DIR, save_stage_model
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (
     RunState,
@@ -73,7 +73,6 @@ from rlhf_core.training import (
     config_params,
     count_trainable,
     dataset_fingerprint,
-    replace_dir,
     retry_smaller_on_oom,
     set_seed,
 )
@@ -90,36 +89,6 @@ class PPOResult(TrainResult):
 
 
 # ----------------------------------------------------------------------------- inputs
-def prepare_prompts(
-    prompts: Any, tokenizer: Any, fmt: Format, *, max_prompt_tokens: int, truncate: bool, source: str = "prompts"
-) -> list[PromptItem]:
-    """Prompt rows (``id``, ``prompt``), a DataFrame or plain strings -> tokenised items.
-
-    Empty input, a blank prompt, or a prompt longer than ``max_prompt_tokens`` (unless
-    ``truncate``: keep its last tokens) is a DataError naming the prompt id.
-    """
-    if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, str) for p in prompts):
-        prompts = [{"id": f"#{i}", "prompt": p} for i, p in enumerate(prompts)]
-    records = rows_to_records(prompts, source)
-    items = []
-    for i, row in enumerate(records):
-        row_id = str(row.get("id") if row.get("id") is not None else f"#{i}")
-        text = row.get("prompt")
-        if not isinstance(text, str) or not text.strip():
-            raise DataError(f"{source}: prompt {row_id}: column 'prompt' must be a non-empty string")
-        ids = prompt_ids(tokenizer, text, fmt)
-        if len(ids) > max_prompt_tokens:
-            if not truncate:
-                raise DataError(
-                    f"{source}: prompt {row_id} has {len(ids)} tokens, over the {max_prompt_tokens} the context leaves "
-                    "for it (optim.max_length - max_new_tokens); shorten it, raise optim.max_length, or set "
-                    "optim.truncate_prompt=true"
-                )
-            ids = ids[-max_prompt_tokens:]
-        items.append(PromptItem(row_id=row_id, text=text, ids=ids))
-    return items
-
-
 def prompt_indices(step: int, batch_size: int, n_prompts: int, seed: int) -> list[int]:
     """Prompts of PPO step ``step`` (0-based): consecutive positions of a per-epoch seeded permutation.
 
@@ -131,20 +100,6 @@ def prompt_indices(step: int, batch_size: int, n_prompts: int, seed: int) -> lis
         epoch, offset = divmod(k, n_prompts)
         out.append(int(np.random.default_rng([seed, epoch]).permutation(n_prompts)[offset]))
     return out
-
-
-def eos_token_ids(tokenizer: Any, policy: torch.nn.Module) -> list[int]:
-    """Every id that ends a response: the tokenizer's EOS and the generation config's."""
-    ids = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen = getattr(policy, "generation_config", None)
-    extra = getattr(gen, "eos_token_id", None)
-    if extra is not None:
-        ids.update([int(extra)] if isinstance(extra, int) else [int(e) for e in extra])
-    if not ids:
-        raise ConfigError("the policy tokenizer has no EOS token: PPO cannot tell when a response ends")
-    return sorted(ids)
 
 
 def use_sampler_logprobs(cfg: PPOConfig, policy: torch.nn.Module) -> bool:
@@ -451,7 +406,10 @@ def train_ppo(
             run.record(number, metrics, {"reward": metrics["ppo/reward"], "kl": exp.mean_kl})
     final_step = number if stop_reason else max(run.start_step, optim.max_steps)
     checkpoint = run.finish(final_step)
-    model_dir = save_policy(models.model.policy, tokenizer, Path(output_dir) / "model", step=final_step)
+    model_dir = save_stage_model(
+        models.model.policy, tokenizer, Path(output_dir) / MODEL_DIR, stage=STAGE, step=final_step,
+        lora=is_peft_model(models.model.policy),
+    )
     tracker.log_artifact(model_dir)
     return PPOResult(
         stage=STAGE, model_dir=model_dir, steps=final_step, resumed_from_step=run.start_step,
@@ -474,17 +432,5 @@ def run_fingerprint(cfg: PPOConfig, items: Sequence[PromptItem], seed: int) -> d
         "value_model": cfg.value_model,
         "prompts": dataset_fingerprint([it.ids for it in items]),
     }
-
-
-def save_policy(policy: torch.nn.Module, tokenizer: Any, final: Path, *, step: int) -> Path:
-    """The policy in Hugging Face format (LoRA: the adapters) + tokenizer + ``rlhf_stage.json`` (stage 'ppo')."""
-    from rlhf_core.reward.model import write_stage_marker
-
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".tmp-{final.name}-", dir=final.parent))
-    policy.save_pretrained(str(tmp))
-    tokenizer.save_pretrained(str(tmp))
-    write_stage_marker(tmp, STAGE, step=step, lora=is_peft_model(policy))
-    return replace_dir(tmp, final)  # also removes a killed run's half-written copies
 
 

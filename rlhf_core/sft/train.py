@@ -30,7 +30,7 @@ from rlhf_core.distributed import DataParallel
 from rlhf_core.losses import sft_loss_sum
 from rlhf_core.models import unwrap_peft
 from rlhf_core.sft.config import SFTConfig
-from rlhf_core.stage_io import MODEL_DIR, save_stage_model
+from rlhf_core.stage_io import MODEL_DIR, replace_dir, save_stage_model
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (
     TrainResult,
@@ -39,7 +39,6 @@ from rlhf_core.training import (
     count_trainable,
     dataset_fingerprint,
     eval_batches,
-    replace_dir,
     run_training_loop,
     set_seed,
 )
