@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlhf_core.config import DEFAULT_BASE_MODEL, ModelConfig, TinyModelConfig
+from rlhf_core.config.model import DEFAULT_BASE_MODEL, ModelConfig, TinyModelConfig
 from rlhf_core.errors import ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only

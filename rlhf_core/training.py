@@ -1,6 +1,6 @@
 """The loop machinery SFT and reward modelling share.
 
-One optimizer step = one length-bucketed *step batch* of ``batch_size * grad_accum_steps``
+One optimizer step = one length-bucketed *step batch* of ``micro_batch_size * grad_accum_steps``
 examples, split into ``grad_accum_steps`` micro-batches. Before any forward pass the step's
 total normaliser (target tokens for SFT, pairs for the reward model) is counted, and every
 micro-batch contributes ``its_sum / step_total`` to the gradient, so k micro-batches give
@@ -49,10 +49,10 @@ from rlhf_core.checkpoint import (
     load_checkpoint,
     save_checkpoint,
 )
+from rlhf_core.config.optim import LoraConfig, OptimConfig
 from rlhf_core.distributed import DataParallel
 from rlhf_core.errors import ConfigError, TrainingError
 from rlhf_core.tracking import NullTracker, Tracker
-from rlhf_core.train_config import LoraConfig, OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -393,17 +393,17 @@ def run_training_loop(
     params = [p for p in model.parameters() if p.requires_grad]
     optimizer = build_optimizer(model, optim)
     scheduler = build_scheduler(optimizer, optim)
-    step_size = optim.batch_size * optim.grad_accum_steps
+    step_size = optim.micro_batch_size * optim.grad_accum_steps
     if dist is not None and step_size < dist.world_size:
         raise ConfigError(
-            f"{stage}: a step batch of {step_size} examples (batch_size x grad_accum_steps) cannot be split "
-            f"over {dist.world_size} processes; raise batch_size or lower distributed.num_processes"
+            f"{stage}: a step batch of {step_size} examples (micro_batch_size x grad_accum_steps) cannot be split "
+            f"over {dist.world_size} processes; raise micro_batch_size or lower distributed.num_processes"
         )
     sampler = LengthBucketedBatches(lengths, step_size, window=optim.length_bucket_window, seed=seed)
     run_fp = {
         "stage": stage,
         "seed": seed,
-        "batch_size": optim.batch_size,
+        "batch_size": optim.micro_batch_size,  # the key checkpoints were written with
         "grad_accum_steps": optim.grad_accum_steps,
         "length_bucket_window": optim.length_bucket_window,
         "examples": len(lengths),
@@ -440,7 +440,7 @@ def run_training_loop(
 
     # Shrinks (never grows back) after an out-of-memory error; the step batch, and so the data
     # order and the gradient, stay those of the configuration.
-    micro_size = int(state.get("micro_batch_size", optim.batch_size))
+    micro_size = int(state.get("micro_batch_size", optim.micro_batch_size))
 
     bar = StepProgress(stage, optim.max_steps, start_step) if progress else None
 

@@ -19,8 +19,8 @@ from rlhf_core.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from rlhf_core.config.optim import OptimConfig
 from rlhf_core.errors import TrainingError
-from rlhf_core.train_config import OptimConfig
 from rlhf_core.training import build_optimizer, build_scheduler
 
 

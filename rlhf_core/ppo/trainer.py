@@ -42,9 +42,9 @@ import torch
 
 from rlhf_core.batching import Format, collate_sft, prompt_ids, resolve_format, rows_to_records, tokenize_sft_rows
 from rlhf_core.checkpoint import load_checkpoint, save_checkpoint
+from rlhf_core.config.ppo import PPOConfig
 from rlhf_core.errors import ConfigError, DataError, TrainingError
 from rlhf_core.losses import masked_mean, masked_whiten
-from rlhf_core.ppo.config import PPOConfig
 from rlhf_core.ppo.gae import compute_gae
 from rlhf_core.ppo.kl import (
     AdaptiveKLController,
@@ -61,7 +61,7 @@ from rlhf_core.ppo.rollout import Rollout, left_pad, rollout
 from rlhf_core.ppo.score import (
     RewardFn,
     apply_missing_eos_penalty,
-    centre_scores,
+    center_scores,
     retokenize,
     reward_scores,
     tokenizers_match,
@@ -318,7 +318,7 @@ def train_ppo(
         "rollout_size": cfg.rollout_size,
         "samples_per_prompt": cfg.samples_per_prompt,
         "minibatch_size": cfg.minibatch_size,
-        "batch_size": optim.batch_size,
+        "batch_size": optim.micro_batch_size,  # the key checkpoints were written with
         "value_model": cfg.value_model,
         "prompts": dataset_fingerprint([it.ids for it in items]),
     }
@@ -352,9 +352,9 @@ def train_ppo(
     # -- the loop ---------------------------------------------------------------------
     params = [p for p in model.parameters() if p.requires_grad]
     B, mb_size = cfg.rollout_size, cfg.minibatch_size
-    per_prompt = cfg.samples_per_prompt  # a prompt's samples sit next to each other (centre_scores' groups)
+    per_prompt = cfg.samples_per_prompt  # a prompt's samples sit next to each other (center_scores' groups)
     # the micro-batch of the scoring passes and the update: halved after an out-of-memory error
-    micro = int(micro_restored or optim.batch_size)
+    micro = int(micro_restored or optim.micro_batch_size)
     stopped, reason = False, None
     saved_at = start_step if last_ckpt is not None else -1
     started = time.perf_counter()
@@ -427,7 +427,7 @@ def train_ppo(
                 number = step  # this step did not train
                 break
             kl_coef = kl_ctl.value
-            rl_scores = centre_scores(scores, cfg.samples_per_prompt) if cfg.center_scores else scores  # (B,)
+            rl_scores = center_scores(scores, cfg.samples_per_prompt) if cfg.center_scores else scores  # (B,)
             rewards = kl_penalized_rewards(rl_scores, logprobs, ref_lp, mask, kl_coef, cfg.kl_estimator)  # (B, R)
 
             # 4b. GAE + whitening

@@ -29,9 +29,9 @@ from rlhf_core.batching import (
     tokenize_preference_row,
     tokenize_preference_rows,
 )
+from rlhf_core.config.reward import RewardConfig
 from rlhf_core.distributed import DataParallel
 from rlhf_core.losses import bradley_terry_loss
-from rlhf_core.reward.config import RewardConfig
 from rlhf_core.reward.model import REWARD_STAGE, RewardModel
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (

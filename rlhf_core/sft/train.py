@@ -25,10 +25,10 @@ from rlhf_core.batching import (
     resolve_format,
     tokenize_sft_rows,
 )
+from rlhf_core.config.sft import SFTConfig
 from rlhf_core.distributed import DataParallel
 from rlhf_core.losses import sft_loss_sum
 from rlhf_core.reward.model import write_stage_marker
-from rlhf_core.sft.config import SFTConfig
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (
     TrainResult,
