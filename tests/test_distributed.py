@@ -1,6 +1,6 @@
 """Data-parallel training under accelerate: 2 CPU processes (gloo, DDP) match 1 process; bad configs refused.
 
-The 2-process runs go through the real launcher (`torchrun` -> `python -m tasks.distributed`),
+The 2-process runs go through the real launcher (`torchrun` -> `python -m tasks.distributed_worker`),
 exactly as the Prefect task starts them.
 """
 
