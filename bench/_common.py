@@ -268,7 +268,7 @@ def model_dir(quick: bool) -> Path:
     found = [p for p in found if (p / "config.json").is_file()]
     if found:
         return found[-1]
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
     from rlhf_core.models import materialize
 
     return Path(materialize(ModelConfig(), MODEL_CACHE).location)  # dequantizes the GGUF once (~20 s)
@@ -279,7 +279,7 @@ def tiny_model_dir() -> Path:
     target = SCRATCH / "tiny-model"
     if (target / "config.json").is_file():
         return target
-    from rlhf_core.config import ModelConfig, TinyModelConfig
+    from rlhf_core.config.model import ModelConfig, TinyModelConfig
     from rlhf_core.models import build_tiny_model, load_tokenizer
 
     tokenizer = load_tokenizer(ModelConfig(base="tiny"), MODEL_CACHE)

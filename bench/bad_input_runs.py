@@ -159,7 +159,7 @@ def _tree_digest(root: Path) -> dict[str, str]:
 
 def _fake_run(ws: Path, *sets: str) -> str:
     """A run directory as `rlhf run` leaves it after its data stage (config.yaml, data report)."""
-    from flows.config import dump_config, load_config
+    from rlhf_core.config.pipeline import dump_config, load_config
 
     run_id = "20260101-000000-rlhf-smoke-abcdef"
     run = ws / "runs" / run_id

@@ -73,9 +73,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "eval_demo.json")
     args = parser.parse_args(argv)
 
-    from flows.config import load_config
+    from rlhf_core.config.eval import EvalConfig
+    from rlhf_core.config.pipeline import load_config
     from rlhf_core.errors import UserError
-    from rlhf_core.evaluation import EvalConfig
     from tasks.evaluation import run_evaluation
 
     run = args.run_dir.resolve()

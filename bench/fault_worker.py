@@ -93,43 +93,43 @@ def train_stage(stage: str, out: Path, steps: int, seed: int = 0) -> dict[str, A
     import torch
 
     from rlhf_core.checkpoint import OPTIMIZER, WEIGHTS
-    from rlhf_core.config import ModelConfig, TinyModelConfig
+    from rlhf_core.config.model import ModelConfig, TinyModelConfig
+    from rlhf_core.config.optim import LoraConfig, OptimConfig
     from rlhf_core.models import build_tiny_model, load_tokenizer
     from rlhf_core.reward.model import RewardModel
-    from rlhf_core.train_config import LoraConfig, OptimConfig
 
     tokenizer = load_tokenizer(ModelConfig(base="tiny"), MODEL_CACHE)
     tiny = TinyModelConfig(num_layers=1, hidden_size=32, num_heads=2, intermediate_size=64, max_position_embeddings=256)
     common = {"max_steps": steps, "checkpoint_every": 1, "max_length": 64, "warmup_steps": 2}
     kw = {"output_dir": out, "tracker": StepPrinter(), "resume": True, "seed": seed, "progress": False}
     if stage == "sft":
-        from rlhf_core.sft.config import SFTConfig
+        from rlhf_core.config.sft import SFTConfig
         from rlhf_core.sft.train import train_sft
 
         model = build_tiny_model(tiny, tokenizer)
-        cfg = SFTConfig(optim=OptimConfig(learning_rate=1e-2, batch_size=2, grad_accum_steps=2, eval_every=3,
+        cfg = SFTConfig(optim=OptimConfig(learning_rate=1e-2, micro_batch_size=2, grad_accum_steps=2, eval_every=3,
                                           lora=LoraConfig(enabled=True, r=4, dropout=0.2), **common))
         rows = _sft_rows(14)
         print("ready", flush=True)
         result = train_sft(cfg, model, tokenizer, rows, eval_rows=rows[:4], **kw)
     elif stage == "reward":
-        from rlhf_core.reward.config import RewardConfig
+        from rlhf_core.config.reward import RewardConfig
         from rlhf_core.reward.train import train_reward_model
 
         model = RewardModel.from_model(build_tiny_model(tiny, tokenizer), pad_token_id=tokenizer.pad_token_id)
-        cfg = RewardConfig(optim=OptimConfig(learning_rate=5e-3, batch_size=2, grad_accum_steps=2, eval_every=3, **common))
+        cfg = RewardConfig(optim=OptimConfig(learning_rate=5e-3, micro_batch_size=2, grad_accum_steps=2, eval_every=3, **common))
         pairs = _pairs(14)
         print("ready", flush=True)
         result = train_reward_model(cfg, model, tokenizer, pairs, eval_pairs=pairs[:4], **kw)
     elif stage == "ppo":
+        from rlhf_core.config.ppo import PPOConfig
         from rlhf_core.gold import gold_score
-        from rlhf_core.ppo.config import PPOConfig
         from rlhf_core.ppo.trainer import train_ppo
 
         model = build_tiny_model(tiny, tokenizer)
         reward = RewardModel.from_model(build_tiny_model(tiny.model_copy(update={"seed": 1}), tokenizer),
                                         pad_token_id=tokenizer.pad_token_id, seed=1)
-        cfg = PPOConfig(optim=OptimConfig(learning_rate=1e-3, batch_size=2, **common), rollout_batch_size=4,
+        cfg = PPOConfig(optim=OptimConfig(learning_rate=1e-3, micro_batch_size=2, **common), rollout_batch_size=4,
                         max_new_tokens=6, ppo_epochs=2, prompt_format="plain", temperature=1.0, adaptive_kl=True,
                         kl_target=1.0, kl_horizon=40, max_kl=1e6)
         prompts = [f"Tell me fact number {i}." for i in range(6)]

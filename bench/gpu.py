@@ -113,7 +113,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gen-repeats", type=int, default=3, help="timed rollout calls after one untimed call")
     p.add_argument("--no-ignore-eos", action="store_true", help="gen: stop rows at EOS like PPO does")
     p.add_argument("--ppo-batch", type=int, default=64, help="ppo: rollout_batch_size (= one minibatch)")
-    p.add_argument("--ppo-micro", type=int, default=16, help="ppo: optim.batch_size (micro-batch)")
+    p.add_argument("--ppo-micro", type=int, default=16, help="ppo: optim.micro_batch_size")
     p.add_argument("--ppo-epochs", type=int, default=1, help="ppo: PPO epochs per step (demo preset: 1)")
     p.add_argument("--ppo-value-model", choices=["shared", "separate"], default="shared",
                    help="ppo: value head on the policy trunk (demo preset) or a separate critic")
@@ -232,7 +232,7 @@ class Shapes:
 
 def load_model(args: argparse.Namespace, dev: Device, tokenizer: Any) -> Any:
     """The causal LM through rlhf_core.models (as every stage loads it), on the device, in the benchmark's dtype."""
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
     from rlhf_core.models import load_causal_lm
 
     dtype = "bfloat16" if args.precision == "bf16" else "float32"
@@ -286,10 +286,10 @@ class StepClock:
 
 
 def optim_config(args: argparse.Namespace, batch_size: int) -> Any:
-    from rlhf_core.train_config import OptimConfig
+    from rlhf_core.config.optim import OptimConfig
 
     return OptimConfig(
-        learning_rate=1e-5, max_steps=args.warmup + args.steps, batch_size=batch_size, grad_accum_steps=args.grad_accum,
+        learning_rate=1e-5, max_steps=args.warmup + args.steps, micro_batch_size=batch_size, grad_accum_steps=args.grad_accum,
         max_length=args.seq_len, checkpoint_every=0, keep_checkpoints=1, log_every=1,
         mixed_precision="bf16" if args.precision == "autocast" else "no",
     )
@@ -454,10 +454,10 @@ def run_gen(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, 
 
 
 def run_ppo(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, Any]:
-    from rlhf_core.ppo.config import PPOConfig
+    from rlhf_core.config.optim import OptimConfig
+    from rlhf_core.config.ppo import PPOConfig
     from rlhf_core.ppo.trainer import train_ppo
     from rlhf_core.reward.model import RewardModel
-    from rlhf_core.train_config import OptimConfig
 
     dev.reset_peak()
     policy = load_model(args, dev, tokenizer)
@@ -468,7 +468,7 @@ def run_ppo(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, 
     prompts = C.synth_prompts(args.ppo_batch * steps, args.seed)
     shared = args.ppo_value_model == "shared"
     cfg = PPOConfig(
-        optim=OptimConfig(learning_rate=1e-6, max_steps=steps, batch_size=args.ppo_micro,
+        optim=OptimConfig(learning_rate=1e-6, max_steps=steps, micro_batch_size=args.ppo_micro,
                           grad_accum_steps=args.ppo_batch // args.ppo_micro, max_length=256 + args.gen_tokens,
                           truncate_prompt=True, checkpoint_every=0, keep_checkpoints=1, log_every=1,
                           mixed_precision="bf16" if args.precision == "autocast" else "no"),
@@ -553,7 +553,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _run(args: argparse.Namespace, dev: Device, peak: float | None, peak_source: str | None) -> int:
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
     from rlhf_core.models import load_tokenizer
 
     tokenizer = load_tokenizer(ModelConfig(base=args.model), args.cache_dir)

@@ -112,8 +112,8 @@ def cpu_s():
 BARE = CPU + r"""
 import json, sys, time
 from pathlib import Path
-from flows.config import load_config
 from flows.runtime import prepare_environment
+from rlhf_core.config.pipeline import load_config
 cfg = load_config(sys.argv[1], sys.argv[2:])
 prepare_environment(cfg.workspace)
 t0 = time.perf_counter()
@@ -146,8 +146,8 @@ print(json.dumps({"stages_s": time.perf_counter() - t0, "stages_cpu_s": cpu_s() 
 
 ORCHESTRATED = CPU + r"""
 import json, sys, time
-from flows.config import load_config
 from flows.runtime import prepare_environment
+from rlhf_core.config.pipeline import load_config
 cfg = load_config(sys.argv[1], sys.argv[2:])
 prepare_environment(cfg.workspace)
 t0 = time.perf_counter()

@@ -76,8 +76,8 @@ def open_base_run(from_run: Path, stages: Sequence[str], variant_args: list[str]
 
 def variant_config(config: str, base, overrides: list[str]):
     """The variant's config, its workspace the base run's (variants live beside it), environment and threads set."""
-    from flows.config import load_config
     from flows.runtime import prepare_environment
+    from rlhf_core.config.pipeline import load_config
 
     cfg = load_config(config, [f"workspace={base.path.parent.parent}", *overrides])
     prepare_environment(cfg.workspace)

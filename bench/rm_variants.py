@@ -96,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
         keep = ("rm/ceiling_gap", "rm/agreement_majority_loo", "rm/agreement_ceiling", "rm/agreement_gold", "rm/agreement_gold_ci_low",
                 "rm/agreement_gold_ci_high", "rm/agreement_majority_loo_ci_low", "rm/agreement_majority_loo_ci_high")
         entry = {
-            "variant": name, "overrides": overrides, "steps": result.steps, "pairs_seen": result.steps * cfg.reward.optim.batch_size
+            "variant": name, "overrides": overrides, "steps": result.steps, "pairs_seen": result.steps * cfg.reward.optim.micro_batch_size
             * cfg.reward.optim.grad_accum_steps, "train_wall_s": round(wall, 1), "train_cpu_s": round(cpu, 1),
             "last_quarter_loss": round(sum(h["rm/loss"] for h in result.history[-max(1, len(result.history) // 4):])
                                        / max(1, len(result.history) // 4), 4),

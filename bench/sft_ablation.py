@@ -61,7 +61,7 @@ def _split(frame: Any) -> tuple[Any, Any]:
 
 
 def _check_same_settings(cfg: Any, run: Path) -> None:
-    from flows.config import load_config
+    from rlhf_core.config.pipeline import load_config
     from rlhf_core.errors import ConfigError
 
     run_cfg = load_config(run / "config.yaml")
@@ -159,7 +159,7 @@ def main(argv: list[str] | None = None) -> int:
     import torch
 
     from data_checks.stage import run_data_stage
-    from flows.config import dump_config, load_config
+    from rlhf_core.config.pipeline import dump_config, load_config
     from rlhf_core.errors import UserError
     from rlhf_core.evaluation import eval_prompts, estimate, select_eval_prompts
     from rlhf_core.models import load_tokenizer

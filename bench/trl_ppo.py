@@ -70,12 +70,12 @@ class _MeterTracker:
 
 
 def worker_ours(spec: dict[str, Any], out: Path, side: str = "ours") -> None:
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
+    from rlhf_core.config.optim import OptimConfig
+    from rlhf_core.config.ppo import PPOConfig
     from rlhf_core.models import load_causal_lm, load_tokenizer
-    from rlhf_core.ppo.config import PPOConfig
     from rlhf_core.ppo.trainer import train_ppo
     from rlhf_core.reward.model import RewardModel
-    from rlhf_core.train_config import OptimConfig
 
     cfg_model = ModelConfig(base=spec["model_dir"], dtype="float32", device="cpu")
     tokenizer = load_tokenizer(cfg_model, C.MODEL_CACHE)
@@ -83,7 +83,7 @@ def worker_ours(spec: dict[str, Any], out: Path, side: str = "ours") -> None:
     reward = RewardModel.from_pretrained(spec["rm_dir"], dtype="float32")
     total = spec["warmup"] + spec["steps"]
     cfg = PPOConfig(
-        optim=OptimConfig(learning_rate=spec["lr"], max_steps=total, batch_size=spec["batch"], grad_accum_steps=1,
+        optim=OptimConfig(learning_rate=spec["lr"], max_steps=total, micro_batch_size=spec["batch"], grad_accum_steps=1,
                           max_length=spec["max_length"], warmup_steps=0, checkpoint_every=0, log_every=1,
                           mixed_precision="no", max_grad_norm=1.0),
         rollout_batch_size=spec["batch"], max_new_tokens=spec["new_tokens"], ppo_epochs=spec["ppo_epochs"],

@@ -101,10 +101,10 @@ def _attach_padded(meter: C.StepMeter, batches: list[list[int]], seq_lens: list[
 
 
 def _our_optim(spec: dict[str, Any], lr: float):
-    from rlhf_core.train_config import OptimConfig
+    from rlhf_core.config.optim import OptimConfig
 
     return OptimConfig(
-        learning_rate=lr, max_steps=spec["warmup"] + spec["steps"], batch_size=spec["batch_size"], grad_accum_steps=1,
+        learning_rate=lr, max_steps=spec["warmup"] + spec["steps"], micro_batch_size=spec["batch_size"], grad_accum_steps=1,
         max_length=spec["max_length"], warmup_steps=0, weight_decay=0.0, max_grad_norm=1.0, checkpoint_every=0,
         log_every=1, mixed_precision="no", length_bucket_window=32,
     )
@@ -112,7 +112,7 @@ def _our_optim(spec: dict[str, Any], lr: float):
 
 def worker_ours(task: str, spec: dict[str, Any], out: Path) -> None:
     from rlhf_core.batching import resolve_format, tokenize_preference_rows, tokenize_sft_rows
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
     from rlhf_core.models import load_causal_lm, load_tokenizer
 
     model_dir = Path(spec["model_dir"])
@@ -124,7 +124,7 @@ def worker_ours(task: str, spec: dict[str, Any], out: Path) -> None:
     workdir = Path(tempfile.mkdtemp(prefix=f"ours-{task}-", dir=spec["scratch"]))
     try:
         if task == "sft":
-            from rlhf_core.sft.config import SFTConfig
+            from rlhf_core.config.sft import SFTConfig
             from rlhf_core.sft.train import train_sft
 
             model = load_causal_lm(cfg, C.MODEL_CACHE, tokenizer)
@@ -137,7 +137,7 @@ def worker_ours(task: str, spec: dict[str, Any], out: Path) -> None:
             train_sft(run_cfg, model, tokenizer, spec["rows"], output_dir=workdir, tracker=tracker, resume=False,
                       seed=spec["seed"], progress=False)
         else:
-            from rlhf_core.reward.config import RewardConfig
+            from rlhf_core.config.reward import RewardConfig
             from rlhf_core.reward.model import RewardModel
             from rlhf_core.reward.train import train_reward_model
 

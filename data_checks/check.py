@@ -19,10 +19,10 @@ from itertools import accumulate
 from pathlib import Path
 from typing import Any
 
-from data_checks.config import DataConfig, Kind
 from data_checks.importers import canonical_frame, count_rules, infer_kind_of, read_records, row_unit
 from data_checks.outputs import claim_dir, claim_file, publish_dir, staging_dir, write_file
 from data_checks.suites import INVALID_WORDS
+from rlhf_core.config.data import DataConfig, Kind
 from rlhf_core.errors import DataError
 
 DOCS_WRITER = "rlhf data check --docs-dir"

@@ -44,7 +44,8 @@ from typing import Any
 
 from pydantic import Field, ValidationError
 
-from rlhf_core.config import ModelConfig, StrictModel
+from rlhf_core.config.base import StrictModel
+from rlhf_core.config.model import ModelConfig
 from rlhf_core.errors import ConfigError, UserError
 from rlhf_core.gold import gold_components, gold_score, is_refusal
 

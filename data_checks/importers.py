@@ -47,8 +47,8 @@ from typing import Any
 
 import pandas as pd
 
-from data_checks.config import Kind
 from data_checks.schemas import CANONICAL_COLUMNS, is_finite_number
+from rlhf_core.config.data import Kind
 from rlhf_core.errors import DataError
 
 FILE_SUFFIXES = {".jsonl": "jsonl", ".ndjson": "jsonl", ".json": "json", ".parquet": "parquet", ".pq": "parquet",

@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from data_checks.config import PromptFilterConfig
+from rlhf_core.config.data import PromptFilterConfig
 from rlhf_core.errors import ConfigError
 
 Reason = tuple[str, str] | None
@@ -42,10 +42,10 @@ def whitespace_tokens(text: str) -> int:
 
 def make_token_counter(tokenizer: Any = None, *, model_cache: Path | None = None) -> TokenCounter:
     """A ``str -> int`` token counter from: None (whitespace words), a callable, a HF tokenizer,
-    or a :class:`rlhf_core.config.ModelConfig` (its tokenizer is loaded via rlhf_core.models)."""
+    or a :class:`rlhf_core.config.model.ModelConfig` (its tokenizer is loaded via rlhf_core.models)."""
     if tokenizer is None:
         return whitespace_tokens
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
 
     if isinstance(tokenizer, ModelConfig):
         from rlhf_core.models import load_tokenizer

@@ -14,7 +14,7 @@ from typing import Any
 
 import pandas as pd
 
-from data_checks.config import RefusalConfig
+from rlhf_core.config.data import RefusalConfig
 
 # The reply column a refusal is looked for in, per kind.
 REPLY_COLUMN = {"demonstrations": "response", "preferences": "chosen"}

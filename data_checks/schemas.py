@@ -16,7 +16,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
-from data_checks.config import Kind
+from rlhf_core.config.data import Kind
 
 # Columns every canonical frame has, in this order (plus the `_file`/`_row` provenance).
 CANONICAL_COLUMNS: dict[str, list[str]] = {

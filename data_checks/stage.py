@@ -38,9 +38,9 @@ import numpy as np
 import pandas as pd
 
 from data_checks import dedup
-from data_checks.config import DataConfig, DedupConfig
 from data_checks.importers import Quarantined, clip_record, load_dataset_file, location
 from data_checks.outputs import claim_dir, publish_dir, staging_dir
+from rlhf_core.config.data import DataConfig, DedupConfig
 from data_checks.prompt_filter import (
     compute_coverage,
     language_reasons,
@@ -358,7 +358,7 @@ def run_data_stage(
     """Import, validate and curate every input of ``cfg``; write the clean files and the report.
 
     ``tokenizer`` counts prompt tokens for the length bounds: a ``str -> int`` callable, a
-    Hugging Face tokenizer, a :class:`rlhf_core.config.ModelConfig` (loaded through
+    Hugging Face tokenizer, a :class:`rlhf_core.config.model.ModelConfig` (loaded through
     rlhf_core.models with ``model_cache``), or None (whitespace words). Raises DataError
     (one line per problem) when an input is unusable as a whole (missing, empty, unknown
     layout, no usable row), when curation leaves an input empty, or when ``out_dir`` holds

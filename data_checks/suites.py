@@ -23,7 +23,7 @@ from typing import Any
 
 import pandas as pd
 
-from data_checks.config import DEFAULT_REFUSAL_PATTERNS, Kind
+from rlhf_core.config.data import DEFAULT_REFUSAL_PATTERNS, Kind
 from data_checks.schemas import (
     OPTIONAL_TEXT_COLUMNS,
     SPLITS,

@@ -9,9 +9,9 @@ from pathlib import Path
 import pandas as pd
 import pandera.pandas as pa
 
-from data_checks.config import Kind
 from data_checks.importers import Quarantined
 from data_checks.schemas import CANONICAL_COLUMNS, schema_for
+from rlhf_core.config.data import Kind
 from rlhf_core.errors import DataError
 
 

@@ -64,7 +64,7 @@ def _console(stderr: bool = False):
 
 
 def _load(config: str | None, overrides: list[str] | None, workspace: Path | None = None):
-    from flows.config import load_config
+    from rlhf_core.config.pipeline import load_config
 
     cfg = load_config(config, overrides or [])
     if workspace is not None:
@@ -160,7 +160,7 @@ def _same_command(head: list[str], config: str | None, set_: list[str] | None, w
 @config_app.command("show")
 def config_show(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     """Print the fully resolved config (preset + overrides) as YAML."""
-    from flows.config import dump_config
+    from rlhf_core.config.pipeline import dump_config
 
     typer.echo(dump_config(_load(config, set_)), nl=False)
 
@@ -173,7 +173,7 @@ def config_validate(config: ConfigOpt = None, set_: SetOpt = None) -> None:
     files or `datasets` directories), the inputs the enabled stages need are not empty, the model
     is where the config says (not a corrupt GGUF, not pickled weights only), the lengths fit its context.
     """
-    from flows.config import preflight_config
+    from flows.preflight import preflight_config
 
     cfg = _load(config, set_)
     preflight_config(cfg)
@@ -308,7 +308,7 @@ def data_make_demo(
     With --samples data/demo/samples.json (the shipped replies) it rebuilds the shipped files in seconds.
     """
     from data_checks.demo import make_demo_data
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
 
     overrides: dict = {"n_rl_prompts_per_topic": n_rl_prompts_per_topic, "ranked_samples": ranked_samples,
                        "threads": threads}

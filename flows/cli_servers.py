@@ -72,7 +72,7 @@ def _follow(path: Path, position: int) -> int:
 
 def _block(procs, follow: Path | None = None) -> None:
     """Wait until Ctrl-C / SIGTERM; raise ServerError (with its log tail) if a process dies."""
-    from flows.servers import ServerError
+    from flows.health import ServerError
 
     position = 0
     while True:
@@ -183,9 +183,9 @@ def register(app: typer.Typer) -> None:
 
         Every flow (the whole pipeline and each stage) can be run by hand from the Prefect UI; the schedule goes on the pipeline only. Relative data paths resolve against the current directory, else the repository (the presets' data/demo files); a missing file is refused.
         """
-        from flows.config import load_config
         from flows.deploy import DEFAULT_CRON, absolutize_paths, deploy_flows, make_schedule, resolve_inputs
         from flows.servers import preflight, start_worker
+        from rlhf_core.config.pipeline import load_config
 
         schedule = make_schedule(DEFAULT_CRON if cron is None and interval is None else cron, interval, not paused)
         cfg = load_config(config, set_ or [])
@@ -197,7 +197,7 @@ def register(app: typer.Typer) -> None:
         if tracking_uri:
             from pydantic import ValidationError
 
-            from flows.config import format_validation_error
+            from rlhf_core.config.pipeline import format_validation_error
             from rlhf_core.errors import ConfigError
 
             try:  # validated like the config's own value: no password in it (rlhf_core/redact.py)

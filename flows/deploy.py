@@ -28,9 +28,9 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from flows.config import PipelineConfig
+from flows.health import ServerError, check_reachable
 from flows.runtime import EXTRA_LOGGERS
-from flows.servers import ServerError, check_reachable
+from rlhf_core.config.pipeline import PipelineConfig
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 # Modules whose flows are deployed (import path, file path relative to the repo).

@@ -14,8 +14,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flows.config import PipelineConfig
 from flows.runtime import prepare_environment
+from rlhf_core.config.pipeline import PipelineConfig
 
 
 @dataclass
@@ -31,13 +31,13 @@ def run_pipeline(cfg: PipelineConfig, resume_run: str | None = None) -> RunSumma
     """Run the whole pipeline on ``cfg`` in a new run directory (or resume ``resume_run``).
 
     Everything the config alone can tell is checked first, before anything is written or any
-    server starts: the config itself (flows.config.preflight_config), and for a resume the run
+    server starts: the config itself (flows.preflight.preflight_config), and for a resume the run
     id and that the run was made with this config. The run directory is made before the flow
     starts, so an interrupt can name the run to resume (:class:`flows.runtime.Interrupted`); a
     stage's error reaches the caller as itself, its traceback kept in ``<run>/run.log``
     (``exc.log_file``) instead of on the console.
     """
-    from flows.config import check_resume_config, preflight_config
+    from flows.preflight import check_resume_config, preflight_config
     from rlhf_core.errors import UserError
     from tasks.artifacts import workspace_from
 
@@ -233,7 +233,7 @@ def _start_ephemeral_api(workspace: Path, server) -> None:
 
 def run_stage(cfg: PipelineConfig, stage: str, run_id: str) -> dict[str, str]:
     """Run one stage flow on an existing run directory (its earlier stages must have finished)."""
-    from flows.config import preflight_config
+    from flows.preflight import preflight_config
     from rlhf_core.errors import UserError
     from tasks.artifacts import workspace_from
 

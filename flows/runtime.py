@@ -405,7 +405,7 @@ def _fail_mlflow_runs(labels: dict, flow_run_id: str, message: str) -> int:
         return 0
     try:
         if str(uri).startswith(("http://", "https://")):
-            from flows.servers import check_reachable
+            from flows.health import check_reachable
 
             check_reachable(str(uri), name="MLflow tracking server", kind="mlflow")  # not MLflow's minutes of retries
         from mlflow.tracking import MlflowClient

@@ -23,15 +23,12 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit
 
-from rlhf_core.errors import UserError
+from flows.health import ServerError, check_reachable, health_url, http_ok
 from tasks.mlflow_store import relocate as relocate_store
 
 DEFAULT_HOST = "127.0.0.1"
@@ -41,10 +38,6 @@ DEFAULT_MLFLOW_PORT = 5000
 DEFAULT_START_TIMEOUT = 180.0
 DEFAULT_STOP_TIMEOUT = 20.0
 LOG_TAIL_LINES = 25
-
-
-class ServerError(UserError):
-    """A server could not start, is unreachable, or its port is taken."""
 
 
 @dataclass
@@ -156,49 +149,6 @@ def ensure_port_free(host: str, port: int, what: str, option: str) -> None:
                 f"cannot start the {what} at {format_url(host, port)}: port {port} on {host} is already in use "
                 f"({exc.strerror}); stop whatever listens there or choose another port with {option}"
             ) from exc
-
-
-def _http_ok(url: str, timeout: float) -> tuple[bool, str]:
-    """(True, '') if GET ``url`` answers 2xx, else (False, why)."""
-    try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 - http(s) only
-            return 200 <= response.status < 300, f"HTTP {response.status}"
-    except urllib.error.HTTPError as exc:
-        return False, f"HTTP {exc.code} {exc.reason}"
-    except urllib.error.URLError as exc:
-        reason = exc.reason
-        return False, getattr(reason, "strerror", None) or str(reason)
-    except (OSError, ValueError) as exc:
-        return False, str(exc) or type(exc).__name__
-
-
-def health_url(url: str, kind: str) -> str:
-    """The health endpoint of a Prefect API URL (``.../api/health``) or an MLflow server (``/health``)."""
-    base = url.rstrip("/")
-    if kind == "prefect":
-        return base + "/health" if base.endswith("/api") else base + "/api/health"
-    if kind == "mlflow":
-        return base + "/health"
-    raise ValueError(f"unknown server kind {kind!r} (prefect or mlflow)")
-
-
-def check_reachable(url: str, *, name: str = "server", kind: str | None = None, timeout: float = 5.0) -> None:
-    """Fail fast, naming the URL, if the server at ``url`` does not answer.
-
-    ``kind`` ("prefect" or "mlflow") checks that server's health endpoint; without it any
-    HTTP answer from ``url`` itself counts. Call this before any training starts.
-    """
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ServerError(f"{name} URL {url!r} is not an http(s) URL")
-    target = health_url(url, kind) if kind else url
-    ok, why = _http_ok(target, timeout)
-    if ok:
-        return
-    if kind is None and why.startswith("HTTP "):
-        return  # it answered: reachable, even if this path is not a page
-    hint = " (start the servers with `rlhf ui`)" if parts.hostname in ("127.0.0.1", "localhost", "::1") else ""
-    raise ServerError(f"{name} at {url} is unreachable: {why} (checked {target}){hint}")
 
 
 def preflight(tracking_uri: str | None, prefect_api_url: str | None = None, *, reconcile: bool = True) -> None:
@@ -321,7 +271,7 @@ def wait_healthy(procs: Sequence[ManagedProcess], timeout: float = DEFAULT_START
                     f"the {name} at {proc.url} exited with code {proc.process.returncode} before it was healthy; "
                     f"last lines of {proc.log_path}:\n{proc.log_tail()}"
                 )
-            ok, _ = _http_ok(proc.health_url or proc.url, timeout=2.0)
+            ok, _ = http_ok(proc.health_url or proc.url, timeout=2.0)
             if ok:
                 ready[name] = time.monotonic() - proc.started_at
                 del pending[name]

@@ -10,7 +10,7 @@ Layout (one directory per checkpoint under ``<output_dir>/checkpoints/``)::
       trainer_state.json      step, data position (epoch, batch index, sampler seed), python and
                               numpy RNG states, metric history, run fingerprint
       manifest.json           format, stage, step, sha256 of every file above (written last;
-                              the name is ``rlhf_core.stage_io.MANIFEST``)
+                              the name is :data:`MANIFEST`)
 
 Only *trainable* parameters are stored: frozen weights never change, and the caller hands the
 same starting model to a resumed run, so the checkpoint holds exactly what training changed
@@ -49,9 +49,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from rlhf_core.errors import TrainingError
-from rlhf_core.stage_io import MANIFEST
 
 CHECKPOINT_FORMAT = "rlhf-checkpoint/1"
+MANIFEST = "manifest.json"  # written last: a checkpoint without it is incomplete
 WEIGHTS = "trainable.safetensors"
 OPTIMIZER = "optimizer.pt"
 SCHEDULER = "scheduler.pt"

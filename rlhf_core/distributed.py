@@ -9,7 +9,7 @@ a single process computes for the whole step batch, up to float summation order.
 AdamW then run identically everywhere. Rank 0 alone writes checkpoints, the final model and
 tracking; the others wait at a barrier.
 
-:class:`DistributedConfig` is the part of the pipeline config that asks for it;
+:class:`~rlhf_core.config.distributed.DistributedConfig` is the part of the pipeline config that asks for it;
 :func:`check_distributed` refuses, before anything starts, a setup that cannot work on this
 machine (NCCL with fewer CUDA devices than processes, FSDP/DeepSpeed without CUDA, ...).
 The Prefect task launches the processes (``torchrun`` / ``accelerate launch``, see
@@ -21,38 +21,14 @@ from __future__ import annotations
 import importlib.util
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager, nullcontext
-from typing import Any, Literal
+from typing import Any
 
-from pydantic import Field
-
-from rlhf_core.config import StrictModel
+from rlhf_core.config.distributed import DistributedConfig
 from rlhf_core.errors import ConfigError
 
 
-class DistributedConfig(StrictModel):
-    """How many processes train each of the SFT and reward-model stages, and on which engine."""
-
-    num_processes: int = Field(
-        1, ge=1, le=1024,
-        description="Data-parallel processes for the SFT and reward-model stages; 1 trains in the task's own process.",
-    )
-    backend: Literal["auto", "gloo", "nccl"] = Field(
-        "auto", description="torch.distributed backend: auto = nccl with CUDA, gloo on CPU."
-    )
-    strategy: Literal["ddp", "fsdp", "deepspeed"] = Field(
-        "ddp", description="ddp (tested here, CPU and CUDA); fsdp / deepspeed (ZeRO) via accelerate on CUDA only."
-    )
-    deepspeed_zero_stage: int = Field(2, ge=1, le=3, description="ZeRO stage when strategy is deepspeed.")
-    main_process_port: int = Field(0, ge=0, le=65535, description="Rendezvous port; 0 picks a free one.")
-    timeout_s: int = Field(3600 * 6, ge=10, description="Kill the launched processes after this many seconds.")
-
-    @property
-    def enabled(self) -> bool:
-        return self.num_processes > 1
-
-
 def _cuda_devices() -> int:
-    import torch  # here, not at import: the config class is on the CLI's light import path
+    import torch  # here, not at import: the config preflight imports this module before any training
 
     return torch.cuda.device_count()
 

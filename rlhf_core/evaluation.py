@@ -33,8 +33,8 @@ Every figure comes with a percentile-bootstrap interval over prompts (``rlhf_cor
 one draw of the largest N) and any number of policies (PPO checkpoints, DPO), which gives the
 comparison table and the gold-vs-sqrt(KL) over-optimisation picture.
 
-This module imports torch only inside the functions that sample (``flows/config.py`` imports
-:class:`EvalConfig` on the CLI's ``--help`` path).
+This module imports torch only inside the functions that sample; its config, :class:`EvalConfig`,
+lives in ``rlhf_core.config.eval``.
 """
 
 from __future__ import annotations
@@ -47,9 +47,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from pydantic import Field, field_validator
 
-from rlhf_core.config import StrictModel
+from rlhf_core.config.eval import EvalConfig
 from rlhf_core.errors import DataError, TrainingError
 from rlhf_core.gold import gold_components, gold_score
 from rlhf_core.stats import Estimate, estimate, finite_or_none
@@ -59,6 +58,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import torch
     from transformers import PreTrainedTokenizerBase
 
+    from rlhf_core.config.optim import LoraConfig
     from rlhf_core.ppo.score import RewardFn
 
 # A response "loops" when the gold scorer's non-repetition factor falls below this: its
@@ -85,38 +85,6 @@ ESTIMATES = (
 )
 
 _STEP_SUFFIX = re.compile(r"-step-(\d+)$")
-
-
-class EvalConfig(StrictModel):
-    """Held-out evaluation: sampling settings, baselines and bootstrap."""
-
-    enabled: bool = Field(True, description="Run the evaluation stage at the end of the pipeline.")
-    n_prompts: int | None = Field(
-        64, ge=1,
-        description="Evaluate at most this many held-out prompts (a seeded subset keeping the harmful share); None = all.",
-    )
-    best_of_n: list[int] = Field(
-        default_factory=lambda: [1, 4, 16],
-        description="Best-of-N baselines from the SFT model (N samples, the reward model picks); [] = none.",
-    )
-    ppo_checkpoints: bool = Field(
-        True, description="Also evaluate the kept intermediate PPO checkpoints (points of the gold-vs-sqrt(KL) plot)."
-    )
-    max_new_tokens: int = Field(48, ge=1, description="Tokens sampled per response (use PPO's).")
-    temperature: float = Field(0.7, gt=0, description="Sampling temperature (use PPO's: the KL is measured at it).")
-    top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling mass (1.0 = off, which keeps the KL exact).")
-    top_k: int = Field(0, ge=0, description="Sample only from the k most likely tokens (0 = off).")
-    batch_size: int = Field(16, ge=1, description="Responses sampled / scored per forward batch.")
-    n_boot: int = Field(1000, ge=1, description="Bootstrap resamples per interval.")
-    confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the bootstrap intervals.")
-    seed: int = Field(0, description="Seed of the prompt subset, the sampling and the bootstrap.")
-
-    @field_validator("best_of_n")
-    @classmethod
-    def _positive_sorted(cls, value: list[int]) -> list[int]:
-        if any(n < 1 for n in value):
-            raise ValueError(f"every N must be >= 1, got {value}")
-        return sorted(set(value))
 
 
 # ----------------------------------------------------------------------------- estimates

@@ -28,10 +28,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from rlhf_core.config import DEFAULT_BASE_MODEL, ModelConfig, TinyModelConfig
-from rlhf_core.errors import ModelLoadError
+from rlhf_core.config.model import DEFAULT_BASE_MODEL, ModelConfig, TinyModelConfig
+from rlhf_core.errors import ConfigError, ModelLoadError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
+    from rlhf_core.config.optim import LoraConfig
     import torch
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
@@ -289,3 +290,36 @@ def unwrap_peft(module: torch.nn.Module) -> torch.nn.Module:
 
 def count_parameters(model: torch.nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
+
+
+# --------------------------------------------------------------------------- LoRA
+
+def apply_lora(model: torch.nn.Module, lora: LoraConfig, *, task_type: str) -> torch.nn.Module:
+    """Wrap ``model`` with peft LoRA adapters (``task_type`` 'CAUSAL_LM' or 'SEQ_CLS'); only they train.
+
+    peft injects the adapter layers into ``model`` in place and freezes the base weights.
+    ``lora.top_layers = N`` puts them in the last N transformer blocks only.
+    """
+    import peft
+
+    layers = None
+    if lora.top_layers is not None:
+        n_layers = getattr(model.config, "num_hidden_layers", None)
+        if not isinstance(n_layers, int):
+            raise ConfigError("optim.lora.top_layers: the model's config has no num_hidden_layers to count blocks from")
+        if lora.top_layers > n_layers:
+            raise ConfigError(f"optim.lora.top_layers={lora.top_layers}: the model has only {n_layers} transformer blocks")
+        layers = list(range(n_layers - lora.top_layers, n_layers))
+    config = peft.LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=list(lora.target_modules),
+        layers_to_transform=layers,
+        task_type=task_type,
+        bias="none",
+    )
+    try:
+        return peft.get_peft_model(model, config)
+    except ValueError as exc:
+        raise ConfigError(f"optim.lora.target_modules {lora.target_modules}: {exc}".splitlines()[0]) from exc

@@ -13,7 +13,7 @@ The directory is assembled in a hidden temp directory beside it and renamed into
 (:func:`save_stage_model`), so a reader sees the previous model or the new one, never half of
 one. The marker names the stage that wrote it: a directory of another stage is refused with one
 line instead of loading the wrong weights. Resumable training checkpoints
-(:mod:`rlhf_core.checkpoint`) carry :data:`MANIFEST` instead; readers tell the two apart with
+(:mod:`rlhf_core.checkpoint`) carry its ``manifest.json`` instead; readers tell the two apart with
 :func:`is_stage_model` / :func:`is_training_checkpoint`.
 
 Standard library at import (tasks/tracking.py reads the names here); torch, transformers and peft
@@ -34,11 +34,10 @@ from rlhf_core.errors import ModelLoadError, TrainingError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-    from rlhf_core.config import ModelConfig
-    from rlhf_core.train_config import LoraConfig
+    from rlhf_core.config.model import ModelConfig
+    from rlhf_core.config.optim import LoraConfig
 
 STAGE_MARKER = "rlhf_stage.json"  # in a stage's final model directory
-MANIFEST = "manifest.json"  # in a training checkpoint (rlhf_core.checkpoint), written last
 MODEL_DIR = "model"  # <stage output>/model
 CHECKPOINTS_DIR = "checkpoints"  # <stage output>/checkpoints/step-NNNNNN
 REWARD_STAGE = "reward"
@@ -73,6 +72,8 @@ def is_stage_model(directory: str | Path) -> bool:
 
 def is_training_checkpoint(directory: str | Path) -> bool:
     """True for a resumable training checkpoint directory (it carries the checkpoint manifest)."""
+    from rlhf_core.checkpoint import MANIFEST
+
     return (Path(directory) / MANIFEST).is_file()
 
 
@@ -116,7 +117,7 @@ def load_ppo_checkpoint_policy(
     from safetensors.torch import load_file
 
     from rlhf_core.checkpoint import WEIGHTS, verify_checkpoint
-    from rlhf_core.training import apply_lora
+    from rlhf_core.models import apply_lora
 
     path = Path(checkpoint)
     verify_checkpoint(path, stage="ppo")

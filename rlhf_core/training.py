@@ -1,6 +1,6 @@
 """The loop machinery SFT and reward modelling share.
 
-One optimizer step = one length-bucketed *step batch* of ``batch_size * grad_accum_steps``
+One optimizer step = one length-bucketed *step batch* of ``micro_batch_size * grad_accum_steps``
 examples, split into ``grad_accum_steps`` micro-batches. Before any forward pass the step's
 total normaliser (target tokens for SFT, pairs for the reward model) is counted, and every
 micro-batch contributes ``its_sum / step_total`` to the gradient, so k micro-batches give
@@ -43,17 +43,18 @@ import torch
 
 from rlhf_core.batching import LengthBucketedBatches, split_micro_batches
 from rlhf_core.checkpoint import (
+    MANIFEST,
     latest_checkpoint,
     latest_valid_checkpoint,
     list_checkpoints,
     load_checkpoint,
     save_checkpoint,
 )
+from rlhf_core.config.optim import OptimConfig
 from rlhf_core.distributed import DataParallel
 from rlhf_core.errors import ConfigError, TrainingError
-from rlhf_core.stage_io import CHECKPOINTS_DIR, MANIFEST, MODEL_DIR, STAGE_MARKER
+from rlhf_core.stage_io import CHECKPOINTS_DIR, MODEL_DIR, STAGE_MARKER
 from rlhf_core.tracking import NullTracker, Tracker
-from rlhf_core.train_config import LoraConfig, OptimConfig
 
 log = logging.getLogger(__name__)
 
@@ -115,40 +116,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, optim: OptimConfig) -> tor
         return lr_factor(step, warmup_steps=warmup, max_steps=total, min_lr_ratio=floor)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-# --------------------------------------------------------------------------- LoRA
-
-
-def apply_lora(model: torch.nn.Module, lora: LoraConfig, *, task_type: str) -> torch.nn.Module:
-    """Wrap ``model`` with peft LoRA adapters (``task_type`` 'CAUSAL_LM' or 'SEQ_CLS'); only they train.
-
-    peft injects the adapter layers into ``model`` in place and freezes the base weights.
-    ``lora.top_layers = N`` puts them in the last N transformer blocks only.
-    """
-    import peft
-
-    layers = None
-    if lora.top_layers is not None:
-        n_layers = getattr(model.config, "num_hidden_layers", None)
-        if not isinstance(n_layers, int):
-            raise ConfigError("optim.lora.top_layers: the model's config has no num_hidden_layers to count blocks from")
-        if lora.top_layers > n_layers:
-            raise ConfigError(f"optim.lora.top_layers={lora.top_layers}: the model has only {n_layers} transformer blocks")
-        layers = list(range(n_layers - lora.top_layers, n_layers))
-    config = peft.LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,
-        lora_dropout=lora.dropout,
-        target_modules=list(lora.target_modules),
-        layers_to_transform=layers,
-        task_type=task_type,
-        bias="none",
-    )
-    try:
-        return peft.get_peft_model(model, config)
-    except ValueError as exc:
-        raise ConfigError(f"optim.lora.target_modules {lora.target_modules}: {exc}".splitlines()[0]) from exc
 
 
 def count_trainable(model: torch.nn.Module) -> tuple[int, int]:
@@ -531,7 +498,8 @@ def run_training_loop(
     scheduler = build_scheduler(optimizer, optim)
     sampler = LengthBucketedBatches(lengths, _step_size(stage, optim, dist), window=optim.length_bucket_window, seed=seed)
     run_fp = {
-        "stage": stage, "seed": seed, "batch_size": optim.batch_size, "grad_accum_steps": optim.grad_accum_steps,
+        "stage": stage, "seed": seed, "batch_size": optim.micro_batch_size,  # the key checkpoints were written with
+        "grad_accum_steps": optim.grad_accum_steps,
         "length_bucket_window": optim.length_bucket_window, "examples": len(lengths), **(fingerprint or {}),
     }
     run = RunState(
@@ -545,7 +513,7 @@ def run_training_loop(
     order = sampler.epoch(epoch)
     # Shrinks (never grows back) after an out-of-memory error; the step batch, and so the data
     # order and the gradient, stay those of the configuration.
-    micro_size = int(state.get("micro_batch_size", optim.batch_size))
+    micro_size = int(state.get("micro_batch_size", optim.micro_batch_size))
     train_model = dist.wrap(model) if dist is not None else model  # DDP wrapper: forward syncs gradients
     model.train()
     tokens_total = units_total = 0
@@ -595,12 +563,12 @@ def run_training_loop(
 
 
 def _step_size(stage: str, optim: OptimConfig, dist: DataParallel | None) -> int:
-    """Examples per optimizer step (``batch_size x grad_accum_steps``); ConfigError if the processes cannot share it."""
-    step_size = optim.batch_size * optim.grad_accum_steps
+    """Examples per optimizer step (``micro_batch_size x grad_accum_steps``); ConfigError if the processes cannot share it."""
+    step_size = optim.micro_batch_size * optim.grad_accum_steps
     if dist is not None and step_size < dist.world_size:
         raise ConfigError(
-            f"{stage}: a step batch of {step_size} examples (batch_size x grad_accum_steps) cannot be split "
-            f"over {dist.world_size} processes; raise batch_size or lower distributed.num_processes"
+            f"{stage}: a step batch of {step_size} examples (micro_batch_size x grad_accum_steps) cannot be split "
+            f"over {dist.world_size} processes; raise micro_batch_size or lower distributed.num_processes"
         )
     return step_size
 

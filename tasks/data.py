@@ -6,8 +6,8 @@ from pathlib import Path
 
 from prefect import task
 
-from data_checks.config import DataConfig
-from rlhf_core.config import ModelConfig
+from rlhf_core.config.data import DataConfig
+from rlhf_core.config.model import ModelConfig
 from tasks.context import STAGE_CACHE, StageContext
 
 CURATED_FILES = ("demonstrations", "preferences", "rl_prompts", "eval_prompts")

@@ -2,7 +2,7 @@
 
 When ``distributed.num_processes > 1`` the SFT and reward-model tasks do not train in their
 own process: :func:`train_distributed` writes the resolved config to the stage directory,
-launches ``num_processes`` copies of this module's worker (``python -m tasks.distributed``),
+launches ``num_processes`` copies of the worker (``python -m tasks.distributed_worker``),
 waits, and reads back rank 0's :class:`~rlhf_core.training.TrainResult` as JSON. The worker
 loads the same inputs the in-process task would (``tasks.training.fit_sft`` / ``fit_reward``)
 and trains with a :class:`~rlhf_core.distributed.DataParallel`; rank 0 logs to the stage's
@@ -16,7 +16,6 @@ tested here: this machine has no GPU).
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import json
 import os
@@ -27,17 +26,20 @@ import time
 from pathlib import Path
 from typing import Any
 
-from rlhf_core.distributed import DistributedConfig, check_distributed, resolve_backend
+from rlhf_core.config.distributed import DistributedConfig
+from rlhf_core.distributed import check_distributed, resolve_backend
 from rlhf_core.errors import TrainingError
 from rlhf_core.processes import free_port, guarded, stop_tree
 
 STAGES = ("sft", "reward")
+# What each launched process runs: a module of its own, since it imports tasks.training, which imports this one.
+WORKER_MODULE = "tasks.distributed_worker"
 
 
 def launch_command(cfg: DistributedConfig, worker_args: list[str], *, port: int) -> list[str]:
     """The command line that starts ``cfg.num_processes`` workers on this machine."""
     n = str(cfg.num_processes)
-    worker = ["-m", "tasks.distributed", *worker_args]
+    worker = ["-m", WORKER_MODULE, *worker_args]
     if cfg.strategy == "ddp":
         torchrun = [sys.executable, "-m", "torch.distributed.run"]
         return [*torchrun, "--master_addr=127.0.0.1", f"--master_port={port}", f"--nproc_per_node={n}", *worker]
@@ -47,7 +49,7 @@ def launch_command(cfg: DistributedConfig, worker_args: list[str], *, port: int)
         accelerate += ["--use_fsdp", "--fsdp_sharding_strategy", "FULL_SHARD"]
     else:
         accelerate += ["--use_deepspeed", "--zero_stage", str(cfg.deepspeed_zero_stage)]
-    return [*accelerate, "-m", "tasks.distributed", *worker_args]
+    return [*accelerate, "-m", WORKER_MODULE, *worker_args]
 
 
 def result_to_json(result: Any) -> dict[str, Any]:
@@ -131,54 +133,3 @@ def worker_error(log: str) -> str:
             return f"{rank}{match.group(2)}: {match.group(3)}"
     lines = [line for line in log.strip().splitlines() if line.strip("= ")]
     return lines[-1] if lines else "no output"
-
-
-# --------------------------------------------------------------------------- the worker
-
-
-def _worker(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tasks.distributed", description="One data-parallel training process.")
-    parser.add_argument("--stage", choices=STAGES, required=True)
-    parser.add_argument("--config", type=Path, required=True, help="the resolved PipelineConfig as JSON")
-    parser.add_argument("--model-dir", required=True, help="the stage's starting model ('tiny' = a fresh tiny model)")
-    parser.add_argument("--run-dir", type=Path, required=True)
-    parser.add_argument("--result", type=Path, required=True, help="where rank 0 writes the TrainResult JSON")
-    parser.add_argument("--mlflow-run-id")
-    parser.add_argument("--tracking-uri")
-    args = parser.parse_args(argv)
-
-    import torch
-
-    from flows.config import PipelineConfig
-    from rlhf_core.distributed import DataParallel
-    from tasks.artifacts import RunDir
-    from tasks.training import fit_reward, fit_sft
-
-    cfg = PipelineConfig.model_validate_json(args.config.read_text())
-    if cfg.torch_threads:
-        torch.set_num_threads(cfg.torch_threads)
-    dist = DataParallel.from_launcher()
-    run = RunDir(args.run_dir)
-    tracker = None
-    if args.mlflow_run_id and dist.is_main:  # rank 0 logs into the stage's MLflow run, through its own spool
-        from tasks.tracking import SPOOL_DIR, MlflowTracker
-
-        spool = run.path / SPOOL_DIR / f"{args.stage}-{args.mlflow_run_id}-rank0.jsonl"
-        tracker = MlflowTracker(args.mlflow_run_id, args.tracking_uri, spool=spool, stage=args.stage)
-    try:
-        fit = fit_sft if args.stage == "sft" else fit_reward
-        result = fit(cfg, args.model_dir, run, tracker, dist=dist, progress=False)[0]
-        if tracker is not None:  # an outage: the task's stage run reports it, naming this spool too
-            tracker.flush(cfg.tracking.flush_timeout_s)
-        if dist.is_main:
-            tmp = args.result.with_suffix(".tmp")
-            tmp.write_text(json.dumps({**result_to_json(result), "world_size": dist.world_size}))
-            tmp.replace(args.result)
-        dist.barrier()
-    finally:
-        dist.close()
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(_worker())

@@ -22,8 +22,9 @@ from typing import TYPE_CHECKING, Any
 
 from prefect import task as _prefect_task
 
+from rlhf_core.config.eval import EvalConfig
 from rlhf_core.errors import DataError
-from rlhf_core.evaluation import EvalConfig, MethodComparison, ppo_checkpoint_steps
+from rlhf_core.evaluation import MethodComparison, ppo_checkpoint_steps
 from rlhf_core.tracking import NullTracker, Tracker, metric_name
 from tasks.context import STAGE_CACHE, StageContext
 from tasks.data import log_curated_inputs
@@ -31,7 +32,7 @@ from tasks.data import log_curated_inputs
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
-    from flows.config import PipelineConfig
+    from rlhf_core.config.pipeline import PipelineConfig
 
 PRIMARY = "ppo"  # the policy whose figures get the plain eval/... names, when present
 AGREEMENT_ON_POLICY = "eval/rm_gold_agreement_on_policy"

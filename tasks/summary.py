@@ -13,10 +13,13 @@ import json
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 from tasks import tracking
 from tasks.artifacts import STAGES, RunDir
-from tasks.context import StageContext
+
+if TYPE_CHECKING:  # tasks.context imports this module (the agreement table): annotations only
+    from tasks.context import StageContext
 
 WALL_SECONDS = "pipeline/wall_seconds"
 

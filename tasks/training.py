@@ -12,8 +12,8 @@ from pathlib import Path
 
 from prefect import task
 
-from flows.config import PipelineConfig
-from rlhf_core.config import ModelConfig
+from rlhf_core.config.model import ModelConfig
+from rlhf_core.config.pipeline import PipelineConfig
 from tasks.artifacts import RunDir
 from tasks.context import STAGE_CACHE, StageContext
 from tasks.data import log_curated_inputs

@@ -90,7 +90,7 @@ def model_cache() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_tokenizer(model_cache):
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
     from rlhf_core.models import load_tokenizer
 
     return load_tokenizer(ModelConfig(base="tiny"), model_cache)
@@ -98,7 +98,7 @@ def tiny_tokenizer(model_cache):
 
 @pytest.fixture()
 def tiny_model(tiny_tokenizer):
-    from rlhf_core.config import TinyModelConfig
+    from rlhf_core.config.model import TinyModelConfig
     from rlhf_core.models import build_tiny_model
 
     return build_tiny_model(TinyModelConfig(), tiny_tokenizer)

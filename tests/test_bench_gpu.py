@@ -49,7 +49,7 @@ def test_peak_table_by_gpu_name(name, tflops):
 
 
 def _eager_tiny(tiny_tokenizer):
-    from rlhf_core.config import TinyModelConfig
+    from rlhf_core.config.model import TinyModelConfig
     from rlhf_core.models import build_tiny_model
 
     model = build_tiny_model(TinyModelConfig(hidden_size=128, intermediate_size=256), tiny_tokenizer)

@@ -35,7 +35,7 @@ def single_thread():
 
 @pytest.fixture(scope="module")
 def tok():
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
     from rlhf_core.models import load_tokenizer
 
     from .conftest import MODEL_CACHE
@@ -45,7 +45,7 @@ def tok():
 
 @pytest.fixture(scope="module")
 def sft(tok):
-    from rlhf_core.config import TinyModelConfig
+    from rlhf_core.config.model import TinyModelConfig
     from rlhf_core.models import build_tiny_model
 
     return build_tiny_model(TinyModelConfig(seed=0), tok)
@@ -53,7 +53,7 @@ def sft(tok):
 
 @pytest.fixture(scope="module")
 def rm(tok):
-    from rlhf_core.config import TinyModelConfig
+    from rlhf_core.config.model import TinyModelConfig
     from rlhf_core.models import build_tiny_model
     from rlhf_core.reward.model import RewardModel
 

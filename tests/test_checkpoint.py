@@ -18,9 +18,9 @@ from rlhf_core.checkpoint import (
     save_checkpoint,
     verify_checkpoint,
 )
+from rlhf_core.config.optim import OptimConfig
 from rlhf_core.errors import TrainingError
-from rlhf_core.stage_io import MANIFEST
-from rlhf_core.train_config import OptimConfig
+from rlhf_core.checkpoint import MANIFEST
 from rlhf_core.training import build_optimizer, build_scheduler
 
 

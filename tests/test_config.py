@@ -7,8 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
-from flows.config import CONFIG_DIR, PipelineConfig, dump_config, load_config
+from rlhf_core.config.pipeline import CONFIG_DIR, PipelineConfig, dump_config, load_config
 from rlhf_core.errors import ConfigError
 
 from .conftest import REPO
@@ -120,3 +121,54 @@ def test_cli_config_show_prints_resolved_yaml():
     out = _rlhf("config", "show", "--config", "smoke", "--set", "seed=11")
     assert out.returncode == 0, out.stderr
     assert "seed: 11" in out.stdout and "base: tiny" in out.stdout
+
+
+# --------------------------------------------------------------------------- renamed keys
+
+RENAMED = [("sft", "batch_size", "micro_batch_size"), ("reward", "batch_size", "micro_batch_size"),
+           ("ppo", "batch_size", "micro_batch_size"), ("dpo", "batch_size", "micro_batch_size")]
+
+
+@pytest.mark.parametrize(("stage", "old", "new"), RENAMED)
+def test_an_old_key_in_a_file_fails_with_one_line_naming_the_new_key(tmp_path, stage, old, new):
+    tree = yaml.safe_load((CONFIG_DIR / "smoke.yaml").read_text())  # the smoke preset as written before the rename
+    tree[stage]["optim"][old] = tree[stage]["optim"].pop(new)
+    path = tmp_path / "old.yaml"
+    path.write_text(yaml.safe_dump(tree))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert str(err.value) == f"{path}: {stage}.optim.{old} was renamed to {stage}.optim.{new}"
+
+
+@pytest.mark.parametrize(("stage", "old", "new"), RENAMED)
+def test_an_old_key_in_a_set_override_fails_with_one_line_naming_the_new_key(stage, old, new):
+    with pytest.raises(ConfigError) as err:
+        load_config("smoke", [f"{stage}.optim.{old}=2"])
+    message = str(err.value)
+    assert message.count("\n") == 0, message
+    assert message.endswith(f"(with --set overrides): {stage}.optim.{old} was renamed to {stage}.optim.{new}")
+
+
+def test_the_cli_names_the_new_key_of_an_old_override():
+    out = _rlhf("config", "validate", "--config", "smoke", "--set", "ppo.optim.batch_size=4")
+    assert out.returncode == 2
+    assert out.stderr.strip().splitlines()[0].endswith(
+        "ppo.optim.batch_size was renamed to ppo.optim.micro_batch_size"
+    ), out.stderr
+    assert "Traceback" not in out.stderr
+
+
+def test_every_renamed_key_points_at_a_key_that_exists_and_is_gone_itself():
+    from rlhf_core.config.pipeline import RENAMED_KEYS
+
+    flat = _flat(PipelineConfig().model_dump())
+    assert RENAMED_KEYS and all(new in flat and old not in flat for old, new in RENAMED_KEYS.items())
+
+
+def _flat(tree: dict, prefix: str = "") -> set[str]:
+    keys = set()
+    for key, value in tree.items():
+        keys.add(prefix + key)
+        if isinstance(value, dict):
+            keys |= _flat(value, f"{prefix}{key}.")
+    return keys

@@ -1,6 +1,6 @@
 """What the config alone can tell is refused before anything starts, in one line naming the key.
 
-`rlhf config validate`, `rlhf run` and `rlhf eval` share flows.config.preflight_config: data files
+`rlhf config validate`, `rlhf run` and `rlhf eval` share flows.preflight.preflight_config: data files
 that are missing, directories or empty; an input list a stage needs left empty; a model path that
 does not exist, a corrupt GGUF, pickled weights only; a length past the model's context. A resume
 must name a run of this workspace made with this config, checked before anything is written. A
@@ -20,7 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import config_differences, dump_config, load_config, preflight_config
+from flows.preflight import config_differences, preflight_config
+from rlhf_core.config.pipeline import dump_config, load_config
 from rlhf_core.errors import ConfigError
 
 from .conftest import MODEL_CACHE, REPO

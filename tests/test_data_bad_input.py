@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
-from data_checks.config import DataConfig
 from data_checks.importers import load_dataset_file
 from data_checks.validate import validate_frame
+from rlhf_core.config.data import DataConfig
 from rlhf_core.errors import DataError, UserError
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from data_checks.config import PromptFilterConfig, RefusalConfig
+from rlhf_core.config.data import PromptFilterConfig, RefusalConfig
 from data_checks.prompt_filter import (
     compute_coverage,
     language_reasons,
@@ -149,7 +149,7 @@ def test_embedding_coverage_understands_paraphrase():
 def test_length_with_the_default_model_tokenizer_via_model_config():
     from pathlib import Path
 
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
 
     cache = Path(__file__).resolve().parent.parent / ".rlhf" / "models"  # filled by `make model`
     count = make_token_counter(ModelConfig(), model_cache=cache)

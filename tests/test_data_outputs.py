@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 from data_checks.check import check_files
-from data_checks.config import DataConfig
 from data_checks.outputs import MARKER, claim_dir, publish_dir, staging_dir
 from data_checks.stage import run_data_stage
+from rlhf_core.config.data import DataConfig
 from rlhf_core.errors import DataError
 
 GOOD = [{"id": f"g{i}", "prompt": f"How long do I boil pasta number {i}?", "chosen": f"About {i + 8} minutes.",

@@ -9,10 +9,10 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data_checks.config import DataConfig, PromptFilterConfig
 from data_checks.prompt_filter import detect_languages
 from data_checks.stage import INPUTS, run_data_stage
-from flows.config import load_config
+from rlhf_core.config.data import DataConfig, PromptFilterConfig
+from rlhf_core.config.pipeline import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 OUTPUTS = ("demonstrations", "preferences", "rl_prompts", "eval_prompts")

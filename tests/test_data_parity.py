@@ -30,8 +30,8 @@ from pathlib import Path
 import pytest
 
 from data_checks.check import check_files
-from data_checks.config import DataConfig
 from data_checks.stage import run_data_stage
+from rlhf_core.config.data import DataConfig
 from rlhf_core.errors import DataError
 
 REFUSAL_COLUMNS = {"chosen_if_benign", "response_if_benign"}

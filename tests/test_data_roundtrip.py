@@ -5,8 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from data_checks.check import check_files
-from data_checks.config import DataConfig
 from data_checks.stage import run_data_stage
+from rlhf_core.config.data import DataConfig
 
 FIXTURES = Path(__file__).parent / "data" / "stage"
 

@@ -8,9 +8,9 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data_checks.config import DataConfig
 from data_checks.schemas import CANONICAL_COLUMNS
 from data_checks.stage import run_data_stage
+from rlhf_core.config.data import DataConfig
 from rlhf_core.errors import DataError
 
 DATA = Path(__file__).parent / "data"
@@ -170,8 +170,8 @@ def _prefs(rows: list[tuple[str, str, str, str]]) -> pd.DataFrame:
 
 
 def test_preference_duplicate_needs_the_prompt_and_both_replies():
-    from data_checks.config import DedupConfig
     from data_checks.stage import exact_duplicate_of, near_duplicate_of, near_duplicate_row_pairs
+    from rlhf_core.config.data import DedupConfig
 
     p = "How should a complete beginner start running?"
     frame = _prefs([
@@ -190,8 +190,8 @@ def test_preference_duplicate_needs_the_prompt_and_both_replies():
 
 
 def test_demonstration_duplicate_needs_prompt_and_response():
-    from data_checks.config import DedupConfig
     from data_checks.stage import near_duplicate_row_pairs
+    from rlhf_core.config.data import DedupConfig
 
     p = "How should a complete beginner start running?"
     frame = pd.DataFrame([("a", p, _A), ("other-reply", p, _C), ("near", p, _A.replace("ten", "fifteen")),
@@ -202,8 +202,8 @@ def test_demonstration_duplicate_needs_prompt_and_response():
 
 def test_short_prompt_edits_are_near_duplicates_but_template_siblings_are_not():
     """One typo, added or dropped word in a ~10-word prompt: char 4-grams link it, word 3-grams miss it."""
-    from data_checks.config import DedupConfig, ShingleConfig
     from data_checks.stage import near_duplicate_row_pairs
+    from rlhf_core.config.data import DedupConfig, ShingleConfig
 
     base = "How often should I water a cactus that lives on a sunny windowsill?"
     edits = [base.replace("water", "wtaer"), base.replace("a sunny", "a very sunny"),

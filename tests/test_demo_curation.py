@@ -21,11 +21,11 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data_checks.config import DataConfig
 from data_checks.dedup import normalize_text
 from data_checks.refusal import compile_patterns, first_refusal
 from data_checks.stage import INPUTS, run_data_stage
-from flows.config import load_config
+from rlhf_core.config.data import DataConfig
+from rlhf_core.config.pipeline import load_config
 
 REPO = Path(__file__).resolve().parent.parent
 DEMO = REPO / "data" / "demo"

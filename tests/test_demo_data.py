@@ -29,7 +29,7 @@ from data_checks.demo import (
     ranked_pair_kinds,
     trim_to_last_sentence,
 )
-from rlhf_core.config import ModelConfig
+from rlhf_core.config.model import ModelConfig
 from rlhf_core.errors import ConfigError
 from rlhf_core.gold import gold_score, is_refusal
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import load_config
 from flows.deploy import DEFAULT_CRON, ScheduleSpec, make_schedule, resolve_inputs
-from flows.servers import ServerError
+from flows.health import ServerError
+from rlhf_core.config.pipeline import load_config
 from rlhf_core.errors import ConfigError
 from rlhf_core.processes import free_port
 from rlhf_core.redact import find_credential

@@ -1,6 +1,6 @@
 """Data-parallel training under accelerate: 2 CPU processes (gloo, DDP) match 1 process; bad configs refused.
 
-The 2-process runs go through the real launcher (`torchrun` -> `python -m tasks.distributed`),
+The 2-process runs go through the real launcher (`torchrun` -> `python -m tasks.distributed_worker`),
 exactly as the Prefect task starts them.
 """
 
@@ -11,8 +11,9 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flows.config import load_config
-from rlhf_core.distributed import DistributedConfig, check_distributed
+from rlhf_core.config.distributed import DistributedConfig
+from rlhf_core.config.pipeline import load_config
+from rlhf_core.distributed import check_distributed
 from rlhf_core.errors import ConfigError, TrainingError
 from rlhf_core.tracking import NullTracker
 from tasks.artifacts import RunDir
@@ -23,8 +24,8 @@ from tests.conftest import MODEL_CACHE
 # Step batch 8 = 2 micro-batches of 4 (1 process) or 1 micro-batch of 4 per process (2 processes).
 COMMON = [
     f"model.cache_dir={MODEL_CACHE}", "torch_threads=1",
-    "sft.optim.max_steps=3", "sft.optim.batch_size=4", "sft.optim.grad_accum_steps=2", "sft.optim.checkpoint_every=2",
-    "reward.optim.max_steps=3", "reward.optim.batch_size=4", "reward.optim.grad_accum_steps=2", "reward.optim.checkpoint_every=2",
+    "sft.optim.max_steps=3", "sft.optim.micro_batch_size=4", "sft.optim.grad_accum_steps=2", "sft.optim.checkpoint_every=2",
+    "reward.optim.max_steps=3", "reward.optim.micro_batch_size=4", "reward.optim.grad_accum_steps=2", "reward.optim.checkpoint_every=2",
     "sft.optim.learning_rate=0.01", "reward.optim.learning_rate=0.01",
 ]
 
@@ -108,7 +109,7 @@ def test_configs_that_cannot_work_here_are_refused_before_anything_starts():
 
 def test_step_batch_smaller_than_world_is_refused(tmp_path):
     cfg = load_config("smoke", [*COMMON, f"workspace={tmp_path / 'ws'}", "distributed.num_processes=3",
-                                "sft.optim.batch_size=1", "sft.optim.grad_accum_steps=2"])
+                                "sft.optim.micro_batch_size=1", "sft.optim.grad_accum_steps=2"])
     run = _run_dir(tmp_path / "run")
     with pytest.raises(TrainingError, match=r"a step batch of 2 examples .* cannot be split over 3 processes"):
         train_distributed("sft", cfg, model_dir="tiny", run_dir=str(run.path), mlflow_run_id=None, tracking_uri=None)

@@ -7,13 +7,13 @@ import math
 import pytest
 import torch
 
-from rlhf_core.dpo.config import DPOConfig
+from rlhf_core.config.dpo import DPOConfig
+from rlhf_core.config.optim import OptimConfig
 from rlhf_core.dpo.loss import dpo_loss, sequence_logprobs
 from rlhf_core.dpo.trainer import precompute_reference, tokenize_dpo_rows, train_dpo, visited_examples
 from rlhf_core.errors import DataError
 from rlhf_core.losses import IGNORE_INDEX
 from rlhf_core.tracking import InMemoryTracker
-from rlhf_core.train_config import OptimConfig
 
 from .conftest import CrashAt
 
@@ -95,7 +95,7 @@ def test_train_dpo_tiny_learns_preference(tmp_path, loss_type):
     policy = tiny_llama(tok)
     cfg = DPOConfig(
         enabled=True, beta=0.5, loss_type=loss_type, prompt_format="plain",
-        optim=OptimConfig(learning_rate=3e-3, max_steps=12, batch_size=3, max_length=64),
+        optim=OptimConfig(learning_rate=3e-3, max_steps=12, micro_batch_size=3, max_length=64),
     )
     tracker = InMemoryTracker()
     result = train_dpo(cfg, policy, tok, pairs, output_dir=tmp_path, tracker=tracker, seed=0)
@@ -111,7 +111,7 @@ def test_train_dpo_rejects_degenerate_pairs(tmp_path):
     from tests.test_ppo_loop import char_tokenizer, tiny_llama
 
     tok = char_tokenizer()
-    cfg = DPOConfig(prompt_format="plain", optim=OptimConfig(max_steps=1, batch_size=1, max_length=16))
+    cfg = DPOConfig(prompt_format="plain", optim=OptimConfig(max_steps=1, micro_batch_size=1, max_length=16))
     with pytest.raises(DataError, match="chosen == rejected"):
         train_dpo(cfg, tiny_llama(tok), tok, [{"prompt": "a", "chosen": "b", "rejected": "b"}], output_dir=tmp_path)
     with pytest.raises(DataError, match="row q7: prompt\\+response has"):
@@ -145,7 +145,7 @@ def test_reference_precomputed_only_for_batches_the_loop_visits(tmp_path):
         seen[module.training].append([index_of[c] for c in chosen])
 
     handle = policy.register_forward_pre_hook(record, with_kwargs=True)
-    optim = OptimConfig(learning_rate=1e-3, max_steps=3, batch_size=2, grad_accum_steps=2, max_length=64)
+    optim = OptimConfig(learning_rate=1e-3, max_steps=3, micro_batch_size=2, grad_accum_steps=2, max_length=64)
     train_dpo(DPOConfig(prompt_format="plain", optim=optim), policy, tok, pairs, output_dir=tmp_path, seed=0)
     handle.remove()
 
@@ -154,7 +154,7 @@ def test_reference_precomputed_only_for_batches_the_loop_visits(tmp_path):
     assert len(seen[True]) == 3 * 2 and len(trained) == 3 * 4  # 3 steps x 2 micro-batches, within epoch 0
     assert trained <= set(referenced) and len(referenced) == len(set(referenced))  # each pair once
     # the forwards are the full pass's index-order batches of 2 that hold a visited pair, and no others
-    batches = sorted({i // optim.batch_size for i in trained})
+    batches = sorted({i // optim.micro_batch_size for i in trained})
     assert seen[False] == [[2 * b, 2 * b + 1] for b in batches]
     assert len(referenced) <= 2 * len(trained) < len(examples)
     assert visited_examples([e.length for e in examples], optim, seed=0) == sorted(trained)
@@ -175,9 +175,9 @@ def test_partial_reference_is_bitwise_the_full_pass(average):
     assert torch.equal(part[done], full[done]) and not full.isnan().any()
     # once the steps cover an epoch, every pair is visited
     lengths = [e.length for e in examples]
-    eight = visited_examples(lengths, OptimConfig(max_steps=8, batch_size=2, grad_accum_steps=2), seed=0)
+    eight = visited_examples(lengths, OptimConfig(max_steps=8, micro_batch_size=2, grad_accum_steps=2), seed=0)
     assert eight == list(range(30))
-    seven = visited_examples(lengths, OptimConfig(max_steps=7, batch_size=2, grad_accum_steps=2), seed=0)
+    seven = visited_examples(lengths, OptimConfig(max_steps=7, micro_batch_size=2, grad_accum_steps=2), seed=0)
     assert len(seven) in (26, 28)  # all step batches of 4 but one (a full one or the short one of 2)
 
 
@@ -189,7 +189,7 @@ def test_dpo_partial_reference_trains_and_resumes_bitwise_like_the_full_precompu
     pairs = varied_pairs(24)  # 6 steps per epoch: 4 steps visit 16 pairs
     cfg = DPOConfig(
         prompt_format="plain", beta=0.5,
-        optim=OptimConfig(learning_rate=3e-3, max_steps=4, batch_size=2, grad_accum_steps=2, max_length=64,
+        optim=OptimConfig(learning_rate=3e-3, max_steps=4, micro_batch_size=2, grad_accum_steps=2, max_length=64,
                           warmup_steps=1, checkpoint_every=2),
     )
     straight = tiny_llama(tok)

@@ -212,7 +212,7 @@ def test_gold_vs_sqrt_kl_plot(tmp_path):
 # ----------------------------------------------------------------------------- tier c: tiny models
 @pytest.fixture(scope="module")
 def tok():
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
     from rlhf_core.models import load_tokenizer
 
     from .conftest import MODEL_CACHE
@@ -221,7 +221,7 @@ def tok():
 
 
 def _tiny(tok, seed):
-    from rlhf_core.config import TinyModelConfig
+    from rlhf_core.config.model import TinyModelConfig
     from rlhf_core.models import build_tiny_model
 
     return build_tiny_model(TinyModelConfig(seed=seed), tok)
@@ -373,7 +373,7 @@ def test_ppo_checkpoint_policy_loads_back(tmp_path, tok):
 
 
 def test_run_evaluation_writes_report_and_logs(tmp_path, tok, models):
-    from flows.config import PipelineConfig
+    from rlhf_core.config.pipeline import PipelineConfig
     from rlhf_core.stage_io import write_stage_marker
     from rlhf_core.tracking import InMemoryTracker
     from tasks.evaluation import run_evaluation
@@ -419,10 +419,10 @@ def test_run_evaluation_writes_report_and_logs(tmp_path, tok, models):
 
 
 def test_lora_policy_without_reference_and_adapter_dirs_load(tmp_path, tok, models):
-    from flows.config import PipelineConfig
-    from rlhf_core.train_config import LoraConfig
+    from rlhf_core.config.optim import LoraConfig
+    from rlhf_core.config.pipeline import PipelineConfig
     from rlhf_core.stage_io import load_stage_policy
-    from rlhf_core.training import apply_lora
+    from rlhf_core.models import apply_lora
 
     from .conftest import MODEL_CACHE
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from flows.config import load_config
+from rlhf_core.config.pipeline import load_config
 
 from .conftest import MODEL_CACHE, REPO
 

@@ -29,8 +29,19 @@ def test_rlhf_core_never_imports_orchestration_or_tracking():
     assert not loaded & set(HEAVY_ORCHESTRATION), loaded & set(HEAVY_ORCHESTRATION)
 
 
+def test_config_package_imports_no_heavy_library():
+    """Every config module (all stage schemas, PipelineConfig, YAML loading) without torch & co."""
+    import rlhf_core.config
+
+    names = [m.name for m in pkgutil.walk_packages(rlhf_core.config.__path__, "rlhf_core.config.")]
+    assert {"rlhf_core.config.pipeline", "rlhf_core.config.ppo", "rlhf_core.config.base"} <= set(names)
+    loaded = _modules_loaded_by("\n".join(f"import {n}" for n in names) + "\nrlhf_core.config.pipeline.load_config('demo')")
+    heavy = {"torch", "transformers", "prefect", "mlflow", "great_expectations"}
+    assert not loaded & heavy, loaded & heavy
+
+
 def test_cli_help_path_imports_no_heavy_library():
-    loaded = _modules_loaded_by("import flows.cli, flows.config")
+    loaded = _modules_loaded_by("import flows.cli, flows.preflight, rlhf_core.config.pipeline")
     heavy = {"torch", "transformers", *HEAVY_ORCHESTRATION}
     assert not loaded & heavy, loaded & heavy
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from rlhf_core.config import ModelConfig, TinyModelConfig
+from rlhf_core.config.model import ModelConfig, TinyModelConfig
 from rlhf_core.devices import resolve_device, resolve_dtype
 from rlhf_core.errors import ConfigError, ModelLoadError
 from rlhf_core.generation import chat_reply, sample_replies

@@ -333,12 +333,12 @@ def test_missing_eos_penalty():
 
 @pytest.mark.parametrize("seed", SEEDS)
 @pytest.mark.parametrize("k", [1, 2, 4])
-def test_centre_scores_matches_naive_leave_one_out(seed, k):
-    from rlhf_core.ppo.score import centre_scores
+def test_center_scores_matches_naive_leave_one_out(seed, k):
+    from rlhf_core.ppo.score import center_scores
 
     gen = torch.Generator().manual_seed(seed)
     scores = torch.randn(8, generator=gen, dtype=torch.float64) * 3 + 5
-    got = centre_scores(scores, k)
+    got = center_scores(scores, k)
     s = scores.tolist()
     if k == 1:
         want = [x - sum(s) / len(s) for x in s]
@@ -350,16 +350,16 @@ def test_centre_scores_matches_naive_leave_one_out(seed, k):
     assert got.tolist() == pytest.approx(want, abs=1e-12)
     # a per-prompt offset cancels with k > 1 (and only a global one with k == 1)
     offsets = torch.arange(8, dtype=torch.float64).div(k, rounding_mode="floor") * 10 if k > 1 else torch.full((8,), 7.0)
-    assert centre_scores(scores + offsets, k).tolist() == pytest.approx(got.tolist(), abs=1e-9)
+    assert center_scores(scores + offsets, k).tolist() == pytest.approx(got.tolist(), abs=1e-9)
 
 
-def test_centre_scores_rejects_bad_groups():
-    from rlhf_core.ppo.score import centre_scores
+def test_center_scores_rejects_bad_groups():
+    from rlhf_core.ppo.score import center_scores
 
     with pytest.raises(ValueError, match="groups of 3 samples per prompt"):
-        centre_scores(torch.zeros(8), 3)
+        center_scores(torch.zeros(8), 3)
     with pytest.raises(ValueError, match=r"shape \(B,\)"):
-        centre_scores(torch.zeros(2, 4), 2)
+        center_scores(torch.zeros(2, 4), 2)
 
 
 # ----------------------------------------------------------------------------- retokenize

@@ -12,12 +12,12 @@ import math
 import pytest
 import torch
 
+from rlhf_core.config.optim import OptimConfig
+from rlhf_core.config.ppo import PPOConfig
 from rlhf_core.errors import ConfigError, DataError, TrainingError
-from rlhf_core.ppo.config import PPOConfig
 from rlhf_core.ppo.rollout import left_pad, policy_forward, policy_logprobs, rollout, sample_tokens
 from rlhf_core.ppo.trainer import train_ppo
 from rlhf_core.tracking import InMemoryTracker
-from rlhf_core.train_config import OptimConfig
 
 PROMPTS = ["hello there", "how are you", "tell me a story", "what is two plus two", "name a colour",
            "say something", "good morning", "why is the sky blue"]
@@ -64,7 +64,7 @@ class TokenFractionReward(torch.nn.Module):
 
 
 def ppo_cfg(**overrides) -> PPOConfig:
-    optim = {"learning_rate": 3e-3, "max_steps": 4, "batch_size": 4, "max_length": 64, **overrides.pop("optim", {})}
+    optim = {"learning_rate": 3e-3, "max_steps": 4, "micro_batch_size": 4, "max_length": 64, **overrides.pop("optim", {})}
     base = {
         "optim": OptimConfig(**optim), "rollout_batch_size": 8, "max_new_tokens": 8, "ppo_epochs": 2,
         "prompt_format": "plain", "temperature": 1.0, "kl_coef": 0.02, "value_init": "policy",
@@ -236,7 +236,7 @@ class OffsetReward(TokenFractionReward):
 
 
 @pytest.mark.parametrize("center", [True, False])
-def test_centred_scores_make_training_blind_to_the_reward_offset(tok, tmp_path, center):
+def test_centered_scores_make_training_blind_to_the_reward_offset(tok, tmp_path, center):
     target = tok.convert_tokens_to_ids(TARGET)
     trained = []
     for offset in (0.0, -3.0):
@@ -246,7 +246,7 @@ def test_centred_scores_make_training_blind_to_the_reward_offset(tok, tmp_path, 
         train_ppo(cfg, policy, tok, OffsetReward(target, 8, offset), tok, PROMPTS, output_dir=tmp_path / f"{offset}",
                   tracker=tracker, seed=0)
         trained.append(params_of(policy))
-        # the logged score stays the reward model's own (offset included), centred or not
+        # the logged score stays the reward model's own (offset included), centered or not
         assert tracker.metrics[0][1]["ppo/score"] < -2.0 if offset else tracker.metrics[0][1]["ppo/score"] >= 0.0
     same = all(torch.allclose(trained[0][k], trained[1][k], atol=1e-5) for k in trained[0])
     assert same == center
@@ -321,7 +321,7 @@ def test_out_of_memory_retries_with_smaller_micro_batch(tok, tmp_path, caplog):
     update): each is redone in micro-batches of 2, and the run equals one configured with 2."""
     reference_policy = tiny_llama(tok)
     # the same minibatch of 4 per optimizer update, in micro-batches of 2
-    reference = train_ppo(ppo_cfg(optim={"batch_size": 2, "grad_accum_steps": 2, "max_steps": 2}), reference_policy, tok,
+    reference = train_ppo(ppo_cfg(optim={"micro_batch_size": 2, "grad_accum_steps": 2, "max_steps": 2}), reference_policy, tok,
                           TokenFractionReward(5, n=8), tok, PROMPTS, output_dir=tmp_path / "ref")
     policy = tiny_llama(tok)
 
@@ -331,7 +331,7 @@ def test_out_of_memory_retries_with_smaller_micro_batch(tok, tmp_path, caplog):
 
     policy.register_forward_pre_hook(out_of_memory, with_kwargs=True)
     with caplog.at_level("WARNING", logger="rlhf_core.training"):
-        result = train_ppo(ppo_cfg(optim={"batch_size": 4, "max_steps": 2}), policy, tok, TokenFractionReward(5, n=8),
+        result = train_ppo(ppo_cfg(optim={"micro_batch_size": 4, "max_steps": 2}), policy, tok, TokenFractionReward(5, n=8),
                            tok, PROMPTS, output_dir=tmp_path / "oom")
     messages = [r.getMessage() for r in caplog.records]
     # the first full-sequence pass of step 1 (log-probs and values of the rollout of 8) hits it once;
@@ -377,7 +377,7 @@ class RecordingTextReward(torch.nn.Module):
 
 
 def test_reward_tokenizer_mismatch_is_retokenised(tiny_tokenizer, tok, tmp_path):
-    from rlhf_core.config import TinyModelConfig
+    from rlhf_core.config.model import TinyModelConfig
     from rlhf_core.models import build_tiny_model
 
     policy = build_tiny_model(TinyModelConfig(hidden_size=32, intermediate_size=64), tiny_tokenizer)
@@ -391,7 +391,7 @@ def test_reward_tokenizer_mismatch_is_retokenised(tiny_tokenizer, tok, tmp_path)
 
 
 def test_lora_reference_and_reward_initialised_critic(tiny_tokenizer, tmp_path):
-    from rlhf_core.config import TinyModelConfig
+    from rlhf_core.config.model import TinyModelConfig
     from rlhf_core.models import build_tiny_model
     from rlhf_core.reward.model import RewardModel
 

@@ -44,7 +44,7 @@ def setup(tok, cfg, reward=None):
 def experience(tok, cfg, *, kl_coef=0.1, reward=None, number=1):
     models, batch = setup(tok, cfg, reward)
     torch.manual_seed(3)
-    exp, micro = make_experience(models, cfg, batch, kl_coef=kl_coef, number=number, micro=cfg.optim.batch_size)
+    exp, micro = make_experience(models, cfg, batch, kl_coef=kl_coef, number=number, micro=cfg.optim.micro_batch_size)
     return models, exp, micro
 
 
@@ -55,7 +55,7 @@ def test_make_experience_shapes_and_finite_tensors(tok, rollout_logprobs):
     _, exp, micro = experience(tok, cfg)
     B, P = exp.query_ids.shape
     R = exp.response_ids.shape[1]
-    assert B == cfg.rollout_size and micro == cfg.optim.batch_size and 1 <= R <= cfg.max_new_tokens
+    assert B == cfg.rollout_size and micro == cfg.optim.micro_batch_size and 1 <= R <= cfg.max_new_tokens
     for name in ("response_mask", "logprobs", "ref_logprobs", "values", "rewards", "advantages", "returns"):
         assert getattr(exp, name).shape == (B, R), name
     for name in ("has_eos", "raw_scores", "scores", "kl", "rl_scores"):

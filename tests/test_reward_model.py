@@ -223,7 +223,7 @@ def test_lora_wrapping_through_backbone(tmp_path: Path) -> None:
 
 def test_tiny_model_with_real_tokenizer_padding_invariance(tiny_tokenizer) -> None:
     """build_tiny_model + the SmolLM2 tokenizer (pad == EOS), batches padded by the tokenizer itself."""
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
     from rlhf_core.models import build_tiny_model
 
     cfg = ModelConfig(base="tiny")

@@ -14,13 +14,13 @@ from rlhf_core.batching import (
     prompt_ids,
     tokenize_preference_rows,
 )
-from rlhf_core.config import TinyModelConfig
+from rlhf_core.config.model import TinyModelConfig
+from rlhf_core.config.optim import LoraConfig, OptimConfig
+from rlhf_core.config.reward import RewardConfig
 from rlhf_core.errors import ConfigError, TrainingError
 from rlhf_core.models import build_tiny_model
-from rlhf_core.reward.config import RewardConfig
 from rlhf_core.reward.model import RewardModel, shared_prefix_layout
 from rlhf_core.reward.train import pair_step_loss, score_pairs, train_reward_model
-from rlhf_core.train_config import LoraConfig, OptimConfig
 
 from .conftest import CrashAt
 
@@ -122,7 +122,7 @@ def test_prefix_is_longest_common_token_prefix_leaving_each_suffix_a_token(tiny_
 def test_shared_rewards_equal_two_separate_forwards(tiny_tokenizer, attn, lora):
     rm = _rm(tiny_tokenizer, attn=attn)
     if lora:
-        from rlhf_core.training import apply_lora
+        from rlhf_core.models import apply_lora
 
         rm.backbone = apply_lora(rm.backbone, LoraConfig(enabled=True, r=4), task_type="SEQ_CLS")
         with torch.no_grad():  # peft starts B at 0 (a no-op adapter); make the adapters matter
@@ -188,7 +188,7 @@ def test_score_pairs_same_in_both_layouts(tiny_tokenizer):
 
 
 def _cfg(**kw) -> RewardConfig:
-    optim = {"learning_rate": 5e-3, "max_steps": 4, "batch_size": 2, "max_length": 96, "checkpoint_every": 2}
+    optim = {"learning_rate": 5e-3, "max_steps": 4, "micro_batch_size": 2, "max_length": 96, "checkpoint_every": 2}
     return RewardConfig(optim=OptimConfig(**optim), **kw)
 
 

@@ -133,7 +133,7 @@ def test_find_credential_flags_passwords_signed_urls_and_hub_tokens_only():
     "uri", ["postgresql://rlhf:FAKE-pw-1@db:5432/mlflow", "http://u:FAKE-pw-1@mlflow.example.com", "https://h/?token=FAKE-pw-1"]
 )
 def test_a_tracking_uri_with_a_password_is_refused_in_one_line_naming_the_env_vars(uri):
-    from flows.config import load_config
+    from rlhf_core.config.pipeline import load_config
     from rlhf_core.errors import ConfigError
 
     with pytest.raises(ConfigError) as err:
@@ -146,7 +146,7 @@ def test_a_tracking_uri_with_a_password_is_refused_in_one_line_naming_the_env_va
 
 
 def test_a_credential_anywhere_in_the_config_is_refused_naming_the_key(tmp_path):
-    from flows.config import load_config
+    from rlhf_core.config.pipeline import load_config
     from rlhf_core.errors import ConfigError
 
     with pytest.raises(ConfigError, match=r"model\.base: the value embeds a password.*HF_TOKEN") as err:
@@ -161,7 +161,7 @@ def test_no_config_field_is_a_place_for_a_secret():
     """Secrets come from the environment: no field of any config may be named like one."""
     from pydantic import BaseModel
 
-    from flows.config import PipelineConfig
+    from rlhf_core.config.pipeline import PipelineConfig
 
     def fields(model: type[BaseModel], prefix: str = ""):
         for name, info in model.model_fields.items():
@@ -177,7 +177,7 @@ def test_no_config_field_is_a_place_for_a_secret():
 
 def test_config_dumps_and_cli_errors_are_redacted(monkeypatch, capsys):
     from flows import cli
-    from flows.config import PipelineConfig, dump_config, load_config
+    from rlhf_core.config.pipeline import PipelineConfig, dump_config, load_config
     from rlhf_core.errors import ConfigError
 
     cfg = load_config("smoke")
@@ -252,8 +252,8 @@ def smoke_run_with_secrets(tmp_path_factory):
     from prefect.settings import PREFECT_LOCAL_STORAGE_PATH, PREFECT_SERVER_DATABASE_CONNECTION_URL, temporary_settings
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.config import load_config
     from flows.stages import rlhf_pipeline
+    from rlhf_core.config.pipeline import load_config
 
     cfg = load_config("smoke", [f"workspace={workspace}", f"model.cache_dir={MODEL_CACHE}"])
     cwd = os.getcwd()
@@ -423,7 +423,7 @@ class _Payload:
 def test_pickle_bin_weights_are_refused_and_never_unpickled(tmp_path, tiny_model):
     import torch
 
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
     from rlhf_core.errors import ModelLoadError
     from rlhf_core.models import load_causal_lm
     from rlhf_core.reward.model import RewardModel
@@ -451,7 +451,7 @@ def test_pickle_bin_weights_are_refused_and_never_unpickled(tmp_path, tiny_model
 def test_trust_remote_code_is_a_per_model_opt_in_passed_to_transformers(tmp_path, monkeypatch, tiny_model, trust):
     import transformers
 
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
     from rlhf_core.models import load_causal_lm, load_tokenizer
 
     model_dir = tmp_path / "model"

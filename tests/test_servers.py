@@ -15,10 +15,9 @@ from pathlib import Path
 import psutil
 import pytest
 
+from flows.health import ServerError, check_reachable
 from flows.servers import (
-    ServerError,
     _spawn,
-    check_reachable,
     preflight,
     start_servers,
     wait_healthy,
@@ -150,7 +149,7 @@ def test_prefect_yaml_deployment_parameters_are_exactly_the_presets():
 
     import yaml
 
-    from flows.config import PipelineConfig, load_config
+    from rlhf_core.config.pipeline import PipelineConfig, load_config
 
     spec = yaml.safe_load((REPO / "infra" / "prefect.yaml").read_text())
     names = []

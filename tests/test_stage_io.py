@@ -34,7 +34,7 @@ def _assert_same_weights(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 # ----------------------------------------------------------------------------- stage models
 def test_stage_model_round_trips_weights_and_marker(tmp_path, tiny_model, tiny_tokenizer, model_cache):
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
 
     with torch.no_grad():
         tiny_model.model.norm.weight.add_(0.25)  # not what a fresh tiny model holds
@@ -57,7 +57,7 @@ def test_stage_model_round_trips_weights_and_marker(tmp_path, tiny_model, tiny_t
 
 
 def test_reward_model_atomic_save_round_trips(tmp_path, tiny_model, tiny_tokenizer):
-    from rlhf_core.config import ModelConfig
+    from rlhf_core.config.model import ModelConfig
     from rlhf_core.reward.model import RewardModel
 
     rm = RewardModel.from_model(tiny_model, pad_token_id=tiny_tokenizer.pad_token_id, seed=1)

@@ -200,8 +200,8 @@ def test_a_new_workspace_store_is_prepared_while_prefect_starts(tmp_path):
     """`rlhf run` creates a new workspace's MLflow store in a thread (beside Prefect's start-up)."""
     from mlflow.tracking import MlflowClient
 
-    from flows.config import load_config
     from flows.pipeline import _warm_mlflow_store
+    from rlhf_core.config.pipeline import load_config
 
     cfg = load_config("smoke", [f"workspace={tmp_path}"])
     ws = workspace_from(tmp_path)
@@ -243,7 +243,7 @@ def test_links_open_the_model_training_pages_of_the_mlflow_ui(tmp_path):
 
 
 def test_stage_context_links_name_the_run_and_registry_names_carry_the_pipeline(tmp_path):
-    from flows.config import load_config
+    from rlhf_core.config.pipeline import load_config
     from tasks.registry import registered_model_name
 
     ctx = StageContext(run_dir=str(tmp_path), parent_run_id="p1", experiment_id="7", tracking_uri="http://h:1",

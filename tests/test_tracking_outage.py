@@ -254,9 +254,9 @@ def test_a_resumed_run_first_sends_what_an_earlier_attempt_left_in_its_spools(tm
     from prefect.runtime import flow_run
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.config import load_config
     from flows.runtime import LABEL_EXPERIMENT, LABEL_PID, LABEL_TRACKING_URI
     from flows.stages import _context
+    from rlhf_core.config.pipeline import load_config
 
     cfg = load_config("smoke", [f"workspace={tmp_path}"])
     ws = workspace_from(tmp_path)

@@ -12,16 +12,16 @@ import torch
 
 from rlhf_core.batching import collate_pairs, collate_shared_pairs, tokenize_preference_rows
 from rlhf_core.checkpoint import WEIGHTS, latest_checkpoint
-from rlhf_core.config import TinyModelConfig
+from rlhf_core.config.model import TinyModelConfig
+from rlhf_core.config.optim import LoraConfig, OptimConfig
+from rlhf_core.config.reward import RewardConfig
+from rlhf_core.config.sft import SFTConfig
 from rlhf_core.errors import DataError, TrainingError
 from rlhf_core.models import build_tiny_model
-from rlhf_core.reward.config import RewardConfig
 from rlhf_core.reward.model import RewardModel
 from rlhf_core.reward.train import pair_step_loss, score_pairs, train_reward_model
-from rlhf_core.sft.config import SFTConfig
 from rlhf_core.sft.train import train_sft
 from rlhf_core.tracking import InMemoryTracker
-from rlhf_core.train_config import LoraConfig, OptimConfig
 
 from .conftest import CrashAt
 
@@ -55,7 +55,7 @@ def _rm(tokenizer, dtype=torch.float32) -> RewardModel:
 
 
 def _cfg(**optim) -> RewardConfig:
-    base = {"learning_rate": 5e-3, "max_steps": 6, "batch_size": 4, "max_length": 64}
+    base = {"learning_rate": 5e-3, "max_steps": 6, "micro_batch_size": 4, "max_length": 64}
     return RewardConfig(optim=OptimConfig(**{**base, **optim}))
 
 
@@ -131,7 +131,7 @@ def test_reward_model_learns_and_is_saved(tiny_tokenizer, tmp_path):
 
 
 def test_reward_resume_is_bitwise(tiny_tokenizer, tmp_path):
-    cfg = _cfg(max_steps=5, batch_size=2, grad_accum_steps=2, checkpoint_every=3, warmup_steps=1)
+    cfg = _cfg(max_steps=5, micro_batch_size=2, grad_accum_steps=2, checkpoint_every=3, warmup_steps=1)
     reference = _rm(tiny_tokenizer)
     train_reward_model(cfg, reference, tiny_tokenizer, _pairs(), output_dir=tmp_path / "a", seed=1, progress=False)
     with pytest.raises(KeyboardInterrupt):
@@ -145,7 +145,7 @@ def test_reward_resume_is_bitwise(tiny_tokenizer, tmp_path):
 
 
 def test_checkpoint_of_another_stage_is_refused(tiny_tokenizer, tmp_path):
-    sft_cfg = SFTConfig(optim=OptimConfig(max_steps=1, batch_size=2, max_length=64))
+    sft_cfg = SFTConfig(optim=OptimConfig(max_steps=1, micro_batch_size=2, max_length=64))
     rows = [{"id": "d1", "prompt": "Hi", "response": "Hello!"}, {"id": "d2", "prompt": "Bye", "response": "See you."}]
     train_sft(sft_cfg, build_tiny_model(SMALL, tiny_tokenizer), tiny_tokenizer, rows, output_dir=tmp_path, progress=False)
     with pytest.raises(TrainingError, match=rf"output directory {tmp_path} holds a 'sft' model"):

@@ -10,14 +10,14 @@ import torch
 
 from rlhf_core.batching import collate_sft, count_target_tokens, tokenize_sft_rows
 from rlhf_core.checkpoint import WEIGHTS, latest_checkpoint, list_checkpoints
-from rlhf_core.config import TinyModelConfig
+from rlhf_core.config.model import TinyModelConfig
+from rlhf_core.config.optim import LoraConfig, OptimConfig
+from rlhf_core.config.sft import SFTConfig
 from rlhf_core.errors import DataError, TrainingError
 from rlhf_core.losses import sft_loss_sum
 from rlhf_core.models import build_tiny_model
-from rlhf_core.sft.config import SFTConfig
 from rlhf_core.sft.train import completion_nll_sum, sft_step_loss, train_sft
 from rlhf_core.tracking import InMemoryTracker
-from rlhf_core.train_config import LoraConfig, OptimConfig
 
 from .conftest import CrashAt
 
@@ -52,7 +52,7 @@ def _rows(n: int = 12) -> list[dict]:
 
 
 def _cfg(**optim) -> SFTConfig:
-    base = {"learning_rate": 1e-2, "max_steps": 6, "batch_size": 4, "max_length": 64}
+    base = {"learning_rate": 1e-2, "max_steps": 6, "micro_batch_size": 4, "max_length": 64}
     return SFTConfig(optim=OptimConfig(**{**base, **optim}))
 
 
@@ -115,7 +115,7 @@ def test_loop_with_accumulation_reaches_the_same_weights(tiny_tokenizer, tmp_pat
     finals = []
     for bs, k in ((4, 1), (2, 2), (1, 4)):
         model = _model(tiny_tokenizer, torch.float64)
-        train_sft(_cfg(batch_size=bs, grad_accum_steps=k, max_steps=3, learning_rate=1e-3), model, tiny_tokenizer, rows,
+        train_sft(_cfg(micro_batch_size=bs, grad_accum_steps=k, max_steps=3, learning_rate=1e-3), model, tiny_tokenizer, rows,
                   output_dir=tmp_path / f"bs{bs}", progress=False)
         finals.append(_params(model))
     for other in finals[1:]:
@@ -156,7 +156,7 @@ def test_sft_loss_falls_params_change_and_model_is_saved(tiny_tokenizer, tmp_pat
 def test_resume_reproduces_an_uninterrupted_run_bitwise(tiny_tokenizer, tmp_path, lora):
     # LoRA with dropout also exercises the RNG restore (dropout masks after the resume point)
     lora_cfg = LoraConfig(enabled=True, r=4, dropout=0.2) if lora else LoraConfig()
-    cfg = _cfg(max_steps=6, batch_size=2, grad_accum_steps=2, warmup_steps=2, checkpoint_every=2, lora=lora_cfg)
+    cfg = _cfg(max_steps=6, micro_batch_size=2, grad_accum_steps=2, warmup_steps=2, checkpoint_every=2, lora=lora_cfg)
     rows = _rows()
 
     straight = _model(tiny_tokenizer)
@@ -246,7 +246,7 @@ def test_lora_trains_only_the_adapters(tiny_tokenizer, tmp_path):
 
 def test_lora_top_layers_adapts_only_the_top_blocks(tiny_tokenizer, tmp_path):
     from rlhf_core.errors import ConfigError
-    from rlhf_core.training import apply_lora
+    from rlhf_core.models import apply_lora
 
     two_blocks = SMALL.model_copy(update={"num_layers": 2})
     model = build_tiny_model(two_blocks, tiny_tokenizer)
@@ -295,7 +295,7 @@ def test_out_of_memory_retries_with_smaller_micro_batch_same_effective_batch(tin
     """A (simulated) OOM on micro-batches above 2 rows: the step is redone in micro-batches of 2."""
     rows = _rows(16)
     reference_model = _model(tiny_tokenizer)
-    reference = train_sft(_cfg(max_steps=3, batch_size=2, grad_accum_steps=4), reference_model, tiny_tokenizer, rows,
+    reference = train_sft(_cfg(max_steps=3, micro_batch_size=2, grad_accum_steps=4), reference_model, tiny_tokenizer, rows,
                           output_dir=tmp_path / "ref", progress=False)
 
     model = _model(tiny_tokenizer)
@@ -306,7 +306,7 @@ def test_out_of_memory_retries_with_smaller_micro_batch_same_effective_batch(tin
 
     handle = model.get_input_embeddings().register_forward_pre_hook(out_of_memory)
     with caplog.at_level("WARNING", logger="rlhf_core.training"):
-        result = train_sft(_cfg(max_steps=3, batch_size=8), model, tiny_tokenizer, rows, output_dir=tmp_path / "oom",
+        result = train_sft(_cfg(max_steps=3, micro_batch_size=8), model, tiny_tokenizer, rows, output_dir=tmp_path / "oom",
                            progress=False)
     messages = [r.getMessage() for r in caplog.records]
     assert "sft: out of memory at step 1 with micro-batch 8; retrying the step with micro-batch 4 (2 micro-batches, same effective batch of 8)" in messages
@@ -321,5 +321,5 @@ def test_out_of_memory_retries_with_smaller_micro_batch_same_effective_batch(tin
     model.get_input_embeddings().register_forward_pre_hook(lambda module, args: (_ for _ in ()).throw(
         torch.OutOfMemoryError("CUDA out of memory (simulated)")))
     with pytest.raises(TrainingError, match=r"sft: out of memory at step 1 even with micro-batch 1"):
-        train_sft(_cfg(max_steps=1, batch_size=2), model, tiny_tokenizer, rows, output_dir=tmp_path / "hopeless",
+        train_sft(_cfg(max_steps=1, micro_batch_size=2), model, tiny_tokenizer, rows, output_dir=tmp_path / "hopeless",
                   resume=False, progress=False)

@@ -7,7 +7,7 @@ data order is a pure function of ``(lengths, step size, window, seed)``
 (:class:`rlhf_core.batching.LengthBucketedBatches`), so :func:`visited_examples` replays it up
 front (a short smoke run over a large dataset otherwise spends most of its time here).
 Those values are bitwise what a full precompute gives: the forward passes are the full
-pass's ``batch_size`` batches, skipping the ones that hold no visited pair.
+pass's ``micro_batch_size`` batches, skipping the ones that hold no visited pair.
 A resumed run is handed the same starting model (checkpoints hold only what training
 changed), so it recomputes the same reference values, for the same steps ``[0, max_steps)``,
 before loading its checkpoint.
@@ -33,15 +33,15 @@ from rlhf_core.batching import (
     resolve_format,
     rows_to_records,
 )
-from rlhf_core.dpo.config import DPOConfig
+from rlhf_core.config.dpo import DPOConfig
+from rlhf_core.config.optim import OptimConfig
 from rlhf_core.dpo.loss import dpo_loss, sequence_logprobs
 from rlhf_core.errors import DataError, TrainingError
+from rlhf_core.models import apply_lora
 from rlhf_core.stage_io import MODEL_DIR, save_stage_model
 from rlhf_core.tracking import NullTracker, Tracker
-from rlhf_core.train_config import OptimConfig
 from rlhf_core.training import (
     TrainResult,
-    apply_lora,
     config_params,
     count_trainable,
     dataset_fingerprint,
@@ -131,11 +131,11 @@ def visited_examples(lengths: Sequence[int], optim: OptimConfig, *, seed: int) -
     """Sorted indices of the examples :func:`rlhf_core.training.run_training_loop` uses in steps ``[0, max_steps)``.
 
     Replays the loop's schedule: step ``s`` takes step-batch ``s % n`` of epoch ``s // n`` from a
-    ``LengthBucketedBatches(lengths, batch_size * grad_accum_steps, window, seed)``, where
+    ``LengthBucketedBatches(lengths, micro_batch_size * grad_accum_steps, window, seed)``, where
     ``n`` = batches per epoch. Once the steps cover an epoch every example is visited.
     """
     sampler = LengthBucketedBatches(
-        lengths, optim.batch_size * optim.grad_accum_steps, window=optim.length_bucket_window, seed=seed
+        lengths, optim.micro_batch_size * optim.grad_accum_steps, window=optim.length_bucket_window, seed=seed
     )
     per_epoch = len(sampler)
     if optim.max_steps >= per_epoch:
@@ -206,7 +206,7 @@ def train_dpo(
     lengths = [e.length for e in examples]
     visited = visited_examples(lengths, optim, seed=seed)
     ref = precompute_reference(
-        ref_model or policy, examples, pad_id, batch_size=optim.batch_size, average=average, indices=visited
+        ref_model or policy, examples, pad_id, batch_size=optim.micro_batch_size, average=average, indices=visited
     )
     computed = torch.zeros(len(examples), dtype=torch.bool)
     computed[visited] = True

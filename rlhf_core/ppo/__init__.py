@@ -1,7 +1,7 @@
 """PPO against the reward model with a KL penalty to the frozen SFT model.
 
 The PPO step as a numbered recipe, one module per step (import them directly; this package
-``__init__`` stays import-light because ``flows/config.py`` reads ``ppo.config``):
+``__init__`` stays import-light; the stage's config is ``rlhf_core.config.ppo``):
 
 1. ``rollout``  sampling with a KV cache, ``truncate_after_eos``, ``policy_logprobs``
 2. ``score``    reward model on prompt + response, re-tokenisation, missing-EOS penalty

@@ -30,12 +30,12 @@ from rlhf_core.batching import Format
 from rlhf_core.errors import TrainingError
 from rlhf_core.generation import PromptItem
 from rlhf_core.losses import masked_whiten
-from rlhf_core.ppo.config import PPOConfig
+from rlhf_core.config.ppo import PPOConfig
 from rlhf_core.ppo.gae import compute_gae
 from rlhf_core.ppo.kl import kl_estimate, kl_penalized_rewards, reference_logprobs
 from rlhf_core.ppo.loss import token_sum
 from rlhf_core.ppo.rollout import Rollout, left_pad, rollout
-from rlhf_core.ppo.score import RewardFn, apply_missing_eos_penalty, centre_scores, retokenize, reward_scores
+from rlhf_core.ppo.score import RewardFn, apply_missing_eos_penalty, center_scores, retokenize, reward_scores
 from rlhf_core.ppo.value import PolicyWithValue
 from rlhf_core.training import retry_smaller_on_oom
 
@@ -80,7 +80,7 @@ class Experience:
     # what PPO derives from it
     kl: torch.Tensor  # (B,) summed per-token k1 KL to the reference (what max_kl bounds)
     kl_coef: float  # the KL coefficient the rewards were built with
-    rl_scores: torch.Tensor  # (B,) the scores the rewards carry (centred per prompt when cfg.center_scores)
+    rl_scores: torch.Tensor  # (B,) the scores the rewards carry (centered per prompt when cfg.center_scores)
     rewards: torch.Tensor  # (B, R) rl_score at the last response token - kl_coef * KL per token
     advantages: torch.Tensor  # (B, R) GAE, whitened when cfg.whiten_advantages
     returns: torch.Tensor  # (B, R) advantages (before whitening) + values
@@ -243,7 +243,7 @@ def make_experience(
         lambda n: rollout_reference_logprobs(m.policy, models.ref_model, ro, temperature=cfg.temperature, batch_size=n)
     )
     kl = token_sum(kl_estimate(logprobs, ref_lp, "k1"), mask)  # (B,)
-    rl_scores = centre_scores(scores, cfg.samples_per_prompt) if cfg.center_scores else scores  # (B,)
+    rl_scores = center_scores(scores, cfg.samples_per_prompt) if cfg.center_scores else scores  # (B,)
     rewards = kl_penalized_rewards(rl_scores, logprobs, ref_lp, mask, kl_coef, cfg.kl_estimator)  # (B, R)
 
     # 4. GAE + whitening

@@ -112,7 +112,7 @@ def apply_missing_eos_penalty(scores: torch.Tensor, has_eos: torch.Tensor, penal
     return torch.where(has_eos, scores, scores - penalty)
 
 
-def centre_scores(scores: torch.Tensor, samples_per_prompt: int = 1) -> torch.Tensor:
+def center_scores(scores: torch.Tensor, samples_per_prompt: int = 1) -> torch.Tensor:
     """Scores (B,) minus a baseline that carries no information about the response itself.
 
     ``samples_per_prompt == 1``: the rollout batch's mean (the reward model's offset is arbitrary).
@@ -122,10 +122,10 @@ def centre_scores(scores: torch.Tensor, samples_per_prompt: int = 1) -> torch.Te
     sample is judged only against its siblings; unbiased, as no sample is its own baseline.
     """
     if scores.dim() != 1:
-        raise ValueError(f"centre_scores: expected scores of shape (B,), got {tuple(scores.shape)}")
+        raise ValueError(f"center_scores: expected scores of shape (B,), got {tuple(scores.shape)}")
     k = samples_per_prompt
     if k < 1 or scores.shape[0] % k:
-        raise ValueError(f"centre_scores: {scores.shape[0]} scores do not split into groups of {k} samples per prompt")
+        raise ValueError(f"center_scores: {scores.shape[0]} scores do not split into groups of {k} samples per prompt")
     if k == 1:
         return scores - scores.mean()
     groups = scores.view(-1, k)  # (B/k, k)

@@ -43,7 +43,8 @@ from rlhf_core.batching import Format, collate_sft, resolve_format, tokenize_sft
 from rlhf_core.errors import ConfigError
 from rlhf_core.generation import PromptItem, eos_token_ids, prepare_prompts
 from rlhf_core.losses import masked_mean
-from rlhf_core.ppo.config import PPOConfig
+from rlhf_core.config.ppo import PPOConfig
+from rlhf_core.models import apply_lora
 from rlhf_core.ppo.experience import (
     STAGE,
     Experience,
@@ -67,7 +68,6 @@ from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (
     RunState,
     TrainResult,
-    apply_lora,
     build_optimizer,
     build_scheduler,
     config_params,
@@ -380,13 +380,13 @@ def train_ppo(
     if state is not None:
         kl_ctl.load_state_dict(state["kl_controller"])
     # the micro-batch of the scoring passes and the update: halved after an out-of-memory error
-    micro = int((state or {}).get("micro_batch_size") or optim.batch_size)
+    micro = int((state or {}).get("micro_batch_size") or optim.micro_batch_size)
     tracker.log_params(config_params(cfg, STAGE))
     stop_reason, number, tokens = None, run.start_step, 0
     with run.steps(progress) as steps:
         for step in steps:
             number = step + 1
-            # a prompt's samples sit next to each other (centre_scores' groups)
+            # a prompt's samples sit next to each other (center_scores' groups)
             batch = [items[i] for i in prompt_indices(step, B // per_prompt, len(items), seed) for _ in range(per_prompt)]
             # 1-4. rollout, score, KL-penalised rewards, values + GAE
             exp, micro = make_experience(models, cfg, batch, kl_coef=kl_ctl.value, number=number, micro=micro, gold_fn=gold_fn)
@@ -428,7 +428,7 @@ def run_fingerprint(cfg: PPOConfig, items: Sequence[PromptItem], seed: int) -> d
         "rollout_size": cfg.rollout_size,
         "samples_per_prompt": cfg.samples_per_prompt,
         "minibatch_size": cfg.minibatch_size,
-        "batch_size": cfg.optim.batch_size,
+        "batch_size": cfg.optim.micro_batch_size,  # the key checkpoints were written with
         "value_model": cfg.value_model,
         "prompts": dataset_fingerprint([it.ids for it in items]),
     }

@@ -77,7 +77,7 @@ class ValueModel(torch.nn.Module):
 class ValueHead(torch.nn.Module):
     """Shared-backbone critic: ``Linear(H, 1)`` on the policy's final hidden state, starting at 0.
 
-    Zero weights and bias: every value starts at 0, which is what a centred score's return is
+    Zero weights and bias: every value starts at 0, which is what a centered score's return is
     worth on average, and no value gradient reaches the policy's trunk before the head has
     learnt something. (A random head on SmolLM2's hidden states starts O(1) off on every token:
     its noise swamped the score in the first steps' advantages, explained variance ~ -3.)

@@ -28,15 +28,15 @@ from rlhf_core.batching import (
     tokenize_preference_row,
     tokenize_preference_rows,
 )
+from rlhf_core.config.reward import RewardConfig
 from rlhf_core.distributed import DataParallel
 from rlhf_core.losses import bradley_terry_loss
-from rlhf_core.reward.config import RewardConfig
+from rlhf_core.models import apply_lora
 from rlhf_core.reward.model import RewardModel
 from rlhf_core.stage_io import MODEL_DIR, REWARD_STAGE
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (
     TrainResult,
-    apply_lora,
     config_params,
     count_trainable,
     dataset_fingerprint,

@@ -26,15 +26,14 @@ from rlhf_core.batching import (
     resolve_format,
     tokenize_sft_rows,
 )
+from rlhf_core.config.sft import SFTConfig
 from rlhf_core.distributed import DataParallel
 from rlhf_core.losses import sft_loss_sum
-from rlhf_core.models import unwrap_peft
-from rlhf_core.sft.config import SFTConfig
+from rlhf_core.models import apply_lora, unwrap_peft
 from rlhf_core.stage_io import MODEL_DIR, replace_dir, save_stage_model
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (
     TrainResult,
-    apply_lora,
     config_params,
     count_trainable,
     dataset_fingerprint,

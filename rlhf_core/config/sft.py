@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from rlhf_core.config import StrictModel
-from rlhf_core.train_config import OptimConfig, PromptFormat
+from rlhf_core.config.base import StrictModel
+from rlhf_core.config.optim import OptimConfig, PromptFormat
 
 # This stage's optimizer defaults; a partial `optim:` section in YAML keeps the ones it does not set.
 _SFT_OPTIM_DEFAULTS: dict[str, Any] = {"learning_rate": 2e-5, "max_steps": 50}

@@ -6,7 +6,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf_core.config import StrictModel
+from rlhf_core.config.base import StrictModel
 
 # How a (prompt, response) pair becomes text. "chat" renders it through the tokenizer's chat
 # template (user turn + assistant turn), which is what an instruction-tuned base model and the
@@ -52,7 +52,11 @@ class OptimConfig(StrictModel):
     adam_eps: float = Field(1e-8, gt=0, description="AdamW epsilon.")
     warmup_steps: int = Field(0, ge=0, description="Linear warmup length in optimizer steps.")
     max_steps: int = Field(100, ge=1, description="Optimizer steps (after accumulation).")
-    batch_size: int = Field(8, ge=1, description="Sequences (SFT) or preference pairs (RM) per micro-batch.")
+    micro_batch_size: int = Field(
+        8, ge=1,
+        description="Examples per forward/backward pass: sequences (SFT), preference pairs (reward, DPO) or "
+        "responses (PPO). An optimizer step takes micro_batch_size * grad_accum_steps of them.",
+    )
     grad_accum_steps: int = Field(
         1,
         ge=1,

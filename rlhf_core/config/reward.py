@@ -6,8 +6,8 @@ from typing import Any
 
 from pydantic import Field, field_validator
 
-from rlhf_core.config import StrictModel
-from rlhf_core.train_config import OptimConfig, PromptFormat
+from rlhf_core.config.base import StrictModel
+from rlhf_core.config.optim import OptimConfig, PromptFormat
 
 # This stage's optimizer defaults; a partial `optim:` section in YAML keeps the ones it does not set.
 _REWARD_OPTIM_DEFAULTS: dict[str, Any] = {"learning_rate": 1e-5, "max_steps": 50}
@@ -19,7 +19,7 @@ class RewardConfig(StrictModel):
     enabled: bool = Field(True, description="Run this stage.")
     optim: OptimConfig = Field(
         default_factory=lambda: OptimConfig(**_REWARD_OPTIM_DEFAULTS),
-        description="Optimizer, schedule, batching (batch_size counts pairs), checkpointing and LoRA settings.",
+        description="Optimizer, schedule, batching (micro_batch_size counts pairs), checkpointing and LoRA settings.",
     )
     prompt_format: PromptFormat = Field(
         "auto",

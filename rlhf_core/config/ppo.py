@@ -6,16 +6,16 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from rlhf_core.config import StrictModel
-from rlhf_core.train_config import OptimConfig, PromptFormat
+from rlhf_core.config.base import StrictModel
+from rlhf_core.config.optim import OptimConfig, PromptFormat
 
 
 class PPOConfig(StrictModel):
     """PPO against the reward model with a KL penalty to the frozen SFT model.
 
     One PPO *step* = sample ``rollout_batch_size`` responses, score them, then ``ppo_epochs``
-    passes over them in minibatches of ``optim.batch_size * optim.grad_accum_steps`` responses
-    (one optimizer update each, micro-batches of ``optim.batch_size``). ``optim.max_steps``
+    passes over them in minibatches of ``optim.micro_batch_size * optim.grad_accum_steps`` responses
+    (one optimizer update each, micro-batches of ``optim.micro_batch_size``). ``optim.max_steps``
     counts PPO steps; the learning-rate schedule (warmup + cosine) advances once per PPO step.
     """
 
@@ -33,7 +33,7 @@ class PPOConfig(StrictModel):
         None,
         ge=1,
         description=(
-            "Prompts sampled per PPO step, a multiple of optim.batch_size * optim.grad_accum_steps "
+            "Responses sampled per PPO step, a multiple of optim.micro_batch_size * optim.grad_accum_steps "
             "(None = exactly that: one minibatch per epoch)."
         ),
     )
@@ -42,7 +42,7 @@ class PPOConfig(StrictModel):
         ge=1,
         description=(
             "Responses sampled per prompt in a rollout batch (rollout_batch_size / samples_per_prompt prompts a step). "
-            "With center_scores, a score > 1 is centred on its sibling samples' mean (leave-one-out), so the "
+            "With center_scores, a score > 1 is centered on its sibling samples' mean (leave-one-out), so the "
             "advantage says which answer to the same prompt was better, not which prompt scores high."
         ),
     )
@@ -85,7 +85,7 @@ class PPOConfig(StrictModel):
         description=(
             "Subtract a baseline from each score (after the missing-EOS penalty) before it is added at the last "
             "token: the rollout batch's mean, or with samples_per_prompt > 1 the mean of the prompt's other samples. "
-            "A reward model's offset is arbitrary; centred, a value head that starts at 0 is not off by it on every "
+            "A reward model's offset is arbitrary; centered, a value head that starts at 0 is not off by it on every "
             "return, so early advantages do not depend on token position."
         ),
     )
@@ -114,7 +114,7 @@ class PPOConfig(StrictModel):
     @property
     def minibatch_size(self) -> int:
         """Responses per optimizer update."""
-        return self.optim.batch_size * self.optim.grad_accum_steps
+        return self.optim.micro_batch_size * self.optim.grad_accum_steps
 
     @property
     def rollout_size(self) -> int:
@@ -126,7 +126,7 @@ class PPOConfig(StrictModel):
         minibatch = self.minibatch_size
         if self.rollout_batch_size is not None and self.rollout_batch_size % minibatch:
             raise ValueError(
-                f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of optim.batch_size * "
+                f"rollout_batch_size ({self.rollout_batch_size}) must be a multiple of optim.micro_batch_size * "
                 f"optim.grad_accum_steps ({minibatch})"
             )
         return self

@@ -6,8 +6,8 @@ from typing import Literal
 
 from pydantic import Field
 
-from rlhf_core.config import StrictModel
-from rlhf_core.train_config import OptimConfig, PromptFormat
+from rlhf_core.config.base import StrictModel
+from rlhf_core.config.optim import OptimConfig, PromptFormat
 
 
 class DPOConfig(StrictModel):
@@ -16,7 +16,7 @@ class DPOConfig(StrictModel):
     enabled: bool = Field(False, description="Run this stage (a baseline next to PPO).")
     optim: OptimConfig = Field(
         default_factory=lambda: OptimConfig(learning_rate=5e-7, max_steps=50),
-        description="Optimizer, schedule, batching (batch_size = preference pairs), checkpointing and LoRA.",
+        description="Optimizer, schedule, batching (micro_batch_size = preference pairs), checkpointing and LoRA.",
     )
     beta: float = Field(
         0.1, gt=0, description="Strength of the KL regularisation to the reference (DPO's beta; IPO's tau)."

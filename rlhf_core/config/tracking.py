@@ -1,10 +1,10 @@
-"""Tracking config (MLflow)."""
+"""Tracking and registry config (MLflow; code: tasks/tracking.py, tasks/registry.py)."""
 
 from __future__ import annotations
 
 from pydantic import Field, field_validator
 
-from rlhf_core.config import StrictModel
+from rlhf_core.config.base import StrictModel
 from rlhf_core.redact import find_credential
 
 CREDENTIALS_HINT = (

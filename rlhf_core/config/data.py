@@ -1,4 +1,4 @@
-"""Data stage config: which files feed the pipeline and how they are curated."""
+"""Data stage config: which files feed the pipeline and how they are curated (code: data_checks/)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Literal
 
 from pydantic import Field, field_validator
 
-from rlhf_core.config import StrictModel
+from rlhf_core.config.base import StrictModel
 
 DEMO_DIR = Path("data/demo")
 
