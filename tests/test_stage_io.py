@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
+from rlhf_core.checkpoint import MANIFEST
 from rlhf_core.errors import ModelLoadError
 from rlhf_core.stage_io import (
-    MANIFEST,
     STAGE_MARKER,
     is_stage_model,
     is_training_checkpoint,
