@@ -12,7 +12,7 @@ What runs (nothing here re-implements a step; each phase times the functions the
   first ``--prompt-tokens`` positions carry no label, as a prompt) and the final HF save.
 * **rm**: the same loop with ``rlhf_core.reward.train.pair_step_loss`` and ``collate_pairs`` on a
   ``RewardModel`` (chosen and rejected share the prompt; one forward over ``[chosen; rejected]``).
-* **gen**: ``rlhf_core.ppo.rollout.rollout``, the sampler ``train_ppo`` calls (KV-cache loop,
+* **gen**: ``rlhf_core.sampling.sample``, the sampler ``train_ppo`` calls (KV-cache loop,
   temperature sampling), on ``--gen-batch`` random prompts of ``--prompt-tokens`` tokens. EOS is
   ignored by default so every call samples exactly ``--gen-tokens`` tokens per row (vLLM's
   ``ignore_eos`` convention for throughput runs).
@@ -415,15 +415,14 @@ def run_gen(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, 
     import torch
 
     from rlhf_core.generation import eos_token_ids
-    from rlhf_core.ppo.rollout import rollout
+    from rlhf_core.sampling import sample
 
     dev.reset_peak()
     model = load_model(args, dev, tokenizer).eval()
     vocab = min(len(tokenizer), Shapes(model).vocab)
     rng = random.Random(args.seed + 2)
     B, P, G = args.gen_batch, args.prompt_tokens, args.gen_tokens
-    q_ids = torch.tensor([token_ids(rng, P, vocab) for _ in range(B)], dtype=torch.long, device=model.device)
-    q_mask = torch.ones_like(q_ids)
+    queries = [token_ids(rng, P, vocab) for _ in range(B)]
     # -1 is no token id: no row ever finishes early, so every call samples B x G tokens
     eos = eos_token_ids(tokenizer, model) if args.no_ignore_eos else [-1]
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -432,7 +431,7 @@ def run_gen(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, 
     def call() -> tuple[float, int, int]:
         dev.sync()
         t0 = time.perf_counter()
-        ro = rollout(model, q_ids, q_mask, max_new_tokens=G, eos_id=eos, pad_id=pad_id, temperature=0.7)
+        ro = sample(model, queries, device=model.device, max_new_tokens=G, eos_id=eos, pad_id=pad_id, temperature=0.7)
         dev.sync()
         return time.perf_counter() - t0, int(ro.response_ids.numel()), int(ro.response_mask.sum())
 
@@ -448,7 +447,7 @@ def run_gen(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, 
         "ms_per_decode_step": 1000 * seconds / (sampled / B),
         "peak_memory_gib": dev.peak_memory_gib(),
     }
-    del model, q_ids, q_mask
+    del model
     dev.free()
     return result
 

@@ -17,9 +17,9 @@ their training data:
 Each model samples ``--samples-per-prompt`` responses to every held-out *benign* prompt of the
 scrubbed arm's ``eval_prompts`` (same seed, temperature and ``max_new_tokens`` as the run's
 evaluation). Per response: refusal (``rlhf_core.gold.is_refusal``, the evaluation's definition),
-loop (``rlhf_core.evaluation.is_looping``), gold score, finished last sentence. Each figure is
+loop (``rlhf_core.eval_report.is_looping``), gold score, finished last sentence. Each figure is
 averaged per prompt first, then over prompts, with a percentile bootstrap over prompts
-(``rlhf_core.evaluation.estimate``); the arms' difference (unscrubbed - scrubbed) is a paired
+(``rlhf_core.stats.estimate``); the arms' difference (unscrubbed - scrubbed) is a paired
 bootstrap over the same prompts. ``--scrubbed-run`` reuses a finished pipeline run's curated data
 and SFT model as the scrubbed arm (its ``data``/``sft``/``model``/``seed`` settings must equal this
 config's, which is checked). Figures go to ``--out``; per-response rows to ``<workdir>/samples.jsonl``.
@@ -124,7 +124,7 @@ def per_prompt_figures(prompts: list[str], responses: list[list[str]]) -> dict[s
     """Each figure averaged over a prompt's responses -> one value per prompt (B,) per figure."""
     import numpy as np
 
-    from rlhf_core.evaluation import is_looping
+    from rlhf_core.eval_report import is_looping
     from rlhf_core.gold import gold_components, is_refusal
 
     out: dict[str, list[float]] = {name: [] for name in FIGURES}
@@ -161,7 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     from data_checks.stage import run_data_stage
     from rlhf_core.config.pipeline import dump_config, load_config
     from rlhf_core.errors import UserError
-    from rlhf_core.evaluation import eval_prompts, estimate, select_eval_prompts
+    from rlhf_core.eval_prompts import eval_prompts, select_eval_prompts
+    from rlhf_core.stats import estimate
     from rlhf_core.models import load_tokenizer
 
     torch.set_num_threads(args.threads)

@@ -31,8 +31,9 @@ from rlhf_core.errors import ConfigError
 from rlhf_core.generation import eos_token_ids, prepare_prompts
 from rlhf_core.losses import masked_sum
 from rlhf_core.ppo.kl import kl_estimate, reference_context
-from rlhf_core.ppo.rollout import left_pad, policy_logprobs, rollout
+from rlhf_core.ppo.logprobs import policy_logprobs
 from rlhf_core.ppo.score import RewardFn, exchange_ids, reward_scores, tokenizers_match
+from rlhf_core.sampling import sample
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -67,7 +68,7 @@ def select_best(scores: np.ndarray, n: int) -> np.ndarray:
 def seeded(seed: int) -> Iterator[None]:
     """Run the block with the global torch RNG seeded by ``seed``; the caller's RNG state is restored after.
 
-    Sampling draws from the global generator (see ``rollout.sample_from_probs``); forking it keeps an
+    Sampling draws from the global generator (see ``sampling.sample_from_probs``); forking it keeps an
     evaluation from perturbing a training run that calls it, and makes the samples a function of ``seed``.
     """
     devices = [torch.cuda.current_device()] if torch.cuda.is_available() else []
@@ -160,7 +161,7 @@ def sample_responses(
     reference: torch.nn.Module | None = None,
     measure_kl: bool = False,
 ) -> Samples:
-    """Sample ``n`` responses to each prompt with :func:`rlhf_core.ppo.rollout.rollout`.
+    """Sample ``n`` responses to each prompt with :func:`rlhf_core.sampling.sample` (PPO's sampler).
 
     prompt_ids: B token-id lists (from :func:`tokenize_prompts`). Rows are processed
     ``batch_size`` at a time from one RNG stream seeded by ``seed``: the result is a function of
@@ -184,10 +185,9 @@ def sample_responses(
     kls: list[float] = []
     with seeded(seed), eval_mode(policy, reference):
         for start in range(0, len(rows), batch_size):
-            q_ids, q_mask = left_pad(rows[start : start + batch_size], pad_id)  # (b, P)
-            ro = rollout(
-                policy, q_ids.to(device), q_mask.to(device), max_new_tokens=max_new_tokens, eos_id=eos_ids,
-                pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p,
+            ro = sample(
+                policy, rows[start : start + batch_size], device=device, max_new_tokens=max_new_tokens,
+                eos_id=eos_ids, pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p,
             )
             mask = ro.response_mask  # (b, R)
             texts += tokenizer.batch_decode(torch.where(mask, ro.response_ids, pad_id), skip_special_tokens=True)

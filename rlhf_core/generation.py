@@ -1,4 +1,11 @@
-"""Sampling helpers shared by the CLI, the demo-data generator, PPO, best-of-N and evaluation.
+"""Prompts as token ids for the sampler (PPO, best-of-N, evaluation), and chat replies for the CLI and demo data.
+
+PPO, best-of-N and the evaluation sample through :func:`rlhf_core.sampling.sample`.
+:func:`sample_replies` (``rlhf model chat``, ``rlhf data make-demo``) stays on ``model.generate``:
+its draws differ from that sampler's (``torch.multinomial`` rather than one uniform per row,
+transformers' top-p rule, the generation config's default top-k of 50 and any other processor a
+model's ``generation_config.json`` sets), and the replies shipped in ``data/demo/samples.json``
+were drawn this way.
 
 torch and the tokenising code are imported inside the functions that need them.
 """

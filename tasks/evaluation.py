@@ -24,7 +24,8 @@ from prefect import task as _prefect_task
 
 from rlhf_core.config.eval import EvalConfig
 from rlhf_core.errors import DataError
-from rlhf_core.evaluation import MethodComparison, ppo_checkpoint_steps
+from rlhf_core.eval_report import MethodComparison
+from rlhf_core.evaluation import ppo_checkpoint_steps
 from rlhf_core.tracking import NullTracker, Tracker, metric_name
 from tasks.context import STAGE_CACHE, StageContext
 from tasks.data import log_curated_inputs

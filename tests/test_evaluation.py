@@ -12,22 +12,12 @@ import pytest
 import torch
 
 from rlhf_core.errors import DataError, ModelLoadError
-from rlhf_core.evaluation import (
-    ESTIMATES,
-    EvalConfig,
-    build_report,
-    compare_methods,
-    estimate,
-    eval_prompts,
-    evaluate_policy,
-    is_looping,
-    ranking_agreement,
-    select_eval_prompts,
-    series_of,
-    win_scores,
-)
+from rlhf_core.config.eval import EvalConfig
+from rlhf_core.eval_prompts import eval_prompts, select_eval_prompts
+from rlhf_core.eval_report import ESTIMATES, build_report, is_looping, ranking_agreement, series_of, win_scores
+from rlhf_core.evaluation import compare_methods, evaluate_policy
 from rlhf_core.gold import gold_score
-from rlhf_core.stats import bootstrap_ci
+from rlhf_core.stats import bootstrap_ci, estimate
 from rlhf_core.tracking import metric_name
 
 DASHBOARD = (

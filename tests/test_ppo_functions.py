@@ -10,7 +10,7 @@ import torch
 from rlhf_core.ppo.gae import compute_gae
 from rlhf_core.ppo.kl import AdaptiveKLController, FixedKLController, kl_estimate, kl_penalized_rewards
 from rlhf_core.ppo.loss import entropy_from_logits, explained_variance, ppo_policy_loss, ppo_value_loss
-from rlhf_core.ppo.rollout import filter_logits, truncate_after_eos
+from rlhf_core.sampling import filter_logits, truncate_after_eos
 
 SEEDS = [0, 1, 2]
 SHAPES = [(1, 1), (3, 7), (5, 16)]
@@ -309,7 +309,7 @@ def test_explained_variance():
 
 
 def test_sample_from_probs_matches_distribution():
-    from rlhf_core.ppo.rollout import sample_from_probs
+    from rlhf_core.sampling import sample_from_probs
 
     torch.manual_seed(0)
     probs = torch.tensor([0.1, 0.0, 0.6, 0.3, 0.0])

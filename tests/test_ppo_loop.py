@@ -15,8 +15,9 @@ import torch
 from rlhf_core.config.optim import OptimConfig
 from rlhf_core.config.ppo import PPOConfig
 from rlhf_core.errors import ConfigError, DataError, TrainingError
-from rlhf_core.ppo.rollout import left_pad, policy_forward, policy_logprobs, rollout, sample_tokens
+from rlhf_core.ppo.logprobs import policy_forward, policy_logprobs
 from rlhf_core.ppo.trainer import train_ppo
+from rlhf_core.sampling import left_pad, sample, sample_tokens, truncate_after_eos
 from rlhf_core.tracking import InMemoryTracker
 
 PROMPTS = ["hello there", "how are you", "tell me a story", "what is two plus two", "name a colour",
@@ -95,9 +96,8 @@ def params_of(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 def test_policy_logprobs_match_unpadded_naive(tok):
     model = tiny_llama(tok).eval()
     queries = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:3]]
-    q_ids, q_mask = left_pad(queries, tok.pad_token_id)
     torch.manual_seed(1)
-    ro = rollout(model, q_ids, q_mask, max_new_tokens=6, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, temperature=1.0)
+    ro = sample(model, queries, max_new_tokens=6, eos_id=tok.eos_token_id, pad_id=tok.pad_token_id, temperature=1.0)
     lp = policy_logprobs(model, ro.query_response_ids, ro.attention_mask, ro.response_start, temperature=0.7)
     assert lp.shape == ro.response_ids.shape
     model64 = tiny_llama(tok).double().eval()
@@ -136,13 +136,13 @@ def test_sampler_logprobs_and_hidden_equal_a_full_forward_pass(tok, top_k, top_p
     """What the sampling loop reads off (log-probs under the tempered, unfiltered distribution; the final
     hidden state before each token) is what one full forward pass over prompt + response computes."""
     model = tiny_llama(tok, seed=2).eval()
-    q_ids, q_mask = left_pad([tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:5]], tok.pad_token_id)
+    queries = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:5]]
     kwargs = {"max_new_tokens": 9, "eos_id": tok.eos_token_id, "pad_id": tok.pad_token_id, "temperature": 0.8,
               "top_k": top_k, "top_p": top_p}
     torch.manual_seed(4)
-    plain = rollout(model, q_ids, q_mask, **kwargs)
+    plain = sample(model, queries, **kwargs)
     torch.manual_seed(4)
-    ro = rollout(model, q_ids, q_mask, score_tokens=True, keep_hidden=True, **kwargs)
+    ro = sample(model, queries, score_tokens=True, keep_hidden=True, **kwargs)
     assert torch.equal(plain.response_ids, ro.response_ids)  # scoring draws nothing from the RNG
     assert plain.logprobs is None and plain.hidden is None
     full = policy_forward(model, ro.query_response_ids, ro.attention_mask, ro.response_start, 0.8, output_hidden=True)
@@ -151,6 +151,24 @@ def test_sampler_logprobs_and_hidden_equal_a_full_forward_pass(tok, top_k, top_p
     assert torch.allclose(ro.logprobs[m], full.logprobs[m], atol=1e-5, rtol=0)
     assert torch.allclose(ro.hidden[m], full.hidden[m], atol=1e-5, rtol=0)
     assert bool((ro.logprobs[m] < 0).all())
+
+
+def test_sample_is_the_loop_on_left_padded_prompts_truncated_after_eos(tok):
+    """The one sampler = left_pad + sample_tokens + truncate_after_eos, with the same draws."""
+    model = tiny_llama(tok, seed=2).eval()
+    queries = [tok(p, add_special_tokens=False)["input_ids"] for p in PROMPTS[:5]]
+    kwargs = {"max_new_tokens": 9, "eos_id": [tok.eos_token_id, 7], "pad_id": tok.pad_token_id, "temperature": 0.8,
+              "top_p": 0.9}
+    torch.manual_seed(7)
+    ro = sample(model, queries, **kwargs)
+    q_ids, q_mask = left_pad(queries, tok.pad_token_id)
+    torch.manual_seed(7)
+    ids, mask = truncate_after_eos(sample_tokens(model, q_ids, q_mask, **kwargs).tokens, [tok.eos_token_id, 7],
+                                   tok.pad_token_id)
+    assert torch.equal(ro.query_ids, q_ids) and torch.equal(ro.query_mask, q_mask)
+    assert torch.equal(ro.response_ids, ids) and torch.equal(ro.response_mask, mask)
+    ends = torch.isin(ro.response_ids, torch.tensor([tok.eos_token_id, 7])) & ro.response_mask  # (B, R)
+    assert bool((ends.sum(-1) <= 1).all()) and torch.equal(ro.has_eos, ends.any(-1))
 
 
 class CountFullPasses:

@@ -126,7 +126,7 @@ def test_topic_metric_names_as_logged_before():
 
 
 def test_eval_method_metric_names_as_logged_before():
-    from rlhf_core.evaluation import MethodComparison
+    from rlhf_core.eval_report import MethodComparison
 
     class Report:  # what MethodComparison.metrics reads of an EvalReport
         def metrics(self, prefix: str = "eval") -> dict[str, float]:

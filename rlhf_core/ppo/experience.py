@@ -2,7 +2,7 @@
 
 :func:`make_experience` runs, for one PPO step::
 
-    1. rollout      sample responses                                rollout.rollout
+    1. rollout      sample responses                                sampling.sample
     2. score        reward model on prompt + response (- missing EOS) score.*
     3. KL penalty   per-token KL to the reference in the reward      kl.kl_penalized_rewards
     4. values, GAE  critic values, advantages + returns, whitening   value.*, gae.compute_gae
@@ -34,9 +34,9 @@ from rlhf_core.config.ppo import PPOConfig
 from rlhf_core.ppo.gae import compute_gae
 from rlhf_core.ppo.kl import kl_estimate, kl_penalized_rewards, reference_logprobs
 from rlhf_core.ppo.loss import token_sum
-from rlhf_core.ppo.rollout import Rollout, left_pad, rollout
 from rlhf_core.ppo.score import RewardFn, apply_missing_eos_penalty, center_scores, retokenize, reward_scores
 from rlhf_core.ppo.value import PolicyWithValue
+from rlhf_core.sampling import Rollout, sample
 from rlhf_core.training import retry_smaller_on_oom
 
 STAGE = "ppo"
@@ -210,9 +210,8 @@ def make_experience(
 
     # 1. rollout
     t0 = time.perf_counter()
-    q_ids, q_mask = left_pad([it.ids for it in prompts], models.pad_id)
-    ro = rollout(
-        m.policy, q_ids.to(device), q_mask.to(device), max_new_tokens=cfg.max_new_tokens,
+    ro = sample(
+        m.policy, [it.ids for it in prompts], device=device, max_new_tokens=cfg.max_new_tokens,
         eos_id=models.eos_ids, pad_id=models.pad_id, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
         score_tokens=models.from_sampler, keep_hidden=models.from_sampler and m.value_head is not None,
     )

@@ -145,7 +145,7 @@ def reference_logprobs(
     temperature: float,
 ) -> torch.Tensor:
     """log q(response token) under the reference -> (B, R); see :func:`reference_context`."""
-    from rlhf_core.ppo.rollout import policy_logprobs
+    from rlhf_core.ppo.logprobs import policy_logprobs
 
     with reference_context(policy, ref_model) as ref:
         return policy_logprobs(ref, query_response_ids, attention_mask, response_start, temperature)

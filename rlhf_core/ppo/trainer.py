@@ -12,7 +12,7 @@ Timings logged per step: ``time/generation`` (sampling + decoding), ``time/scori
 model, gold function), ``time/update`` (log-probs, values, reference, GAE and the PPO epochs).
 
 The rollout's log-probs come from the sampling loop itself or from a second forward pass
-(``cfg.rollout_logprobs``, see :mod:`rlhf_core.ppo.rollout`); with a shared value head the
+(``cfg.rollout_logprobs``, see :mod:`rlhf_core.ppo.logprobs`); with a shared value head the
 sampler also yields the values, so the step runs no policy pass besides sampling and the
 update. ``ppo/logprob_mismatch`` is the largest |log-prob of the first minibatch's forward
 pass - rollout log-prob| before any update of the step: 0 when recomputed, rounding noise

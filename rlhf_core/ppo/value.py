@@ -20,7 +20,8 @@ import torch
 
 from rlhf_core.errors import ConfigError
 from rlhf_core.models import unwrap_peft
-from rlhf_core.ppo.rollout import PolicyOutput, policy_forward, position_ids_from_mask
+from rlhf_core.ppo.logprobs import PolicyOutput, policy_forward
+from rlhf_core.sampling import position_ids_from_mask
 
 ValueModelKind = Literal["separate", "shared"]
 ValueInit = Literal["reward", "policy"]

@@ -1,26 +1,22 @@
-"""Recipe step 1: rollout. Sample responses from the policy and read their log-probabilities.
+"""The one sampler: PPO's rollout, best-of-N and the evaluation all draw responses through :func:`sample`.
 
 Shapes: ``B`` prompts, ``P`` prompt tokens (left-padded), ``R`` response tokens (right-padded
 after the first EOS), ``V`` vocabulary.
 
-Sampling is a manual loop over a ``DynamicCache`` rather than ``model.generate``. On CPU the
-two run at the same speed (bench/README.md), but the manual loop (a) applies exactly the temperature / top-k / top-p written here,
-so the distribution the tokens come from is the one :func:`policy_logprobs` scores, (b) draws
-from the global torch RNG only through :func:`sample_from_probs`, which a checkpoint restores
-(exact resume), and (c) stops as soon as every row has emitted EOS.
+:func:`sample` left-pads token-id prompts, samples with a KV cache (:func:`sample_tokens`) and
+masks everything after each row's first EOS (:func:`truncate_after_eos`). Sampling is a manual
+loop over a ``DynamicCache`` rather than ``model.generate``. On CPU the two run at the same speed
+(bench/README.md), but the manual loop (a) applies exactly the temperature / top-k / top-p
+written here, so the distribution the tokens come from is the one
+:func:`rlhf_core.ppo.logprobs.policy_logprobs` scores, (b) draws from the global torch RNG only
+through :func:`sample_from_probs`, which a checkpoint restores (exact resume), and (c) stops as
+soon as every row has emitted EOS. ``score_tokens`` / ``keep_hidden`` read the log-probs and the
+final hidden states off the loop (PPO's ``rollout_logprobs="sampler"``, see
+:mod:`rlhf_core.ppo.logprobs`); neither draws from the RNG.
 
-Log-probabilities for PPO come from one of two places (``PPOConfig.rollout_logprobs``):
-
-* ``recompute``: one full forward pass over prompt + response after sampling (TRL, InstructGPT).
-  The PPO ratio is then exactly 1 on the first minibatch.
-* ``sampler``: read off the logits the sampling loop computed anyway
-  (:func:`sample_tokens` with ``score_tokens=True``), and, for a value head sharing the
-  policy's backbone, the values off its final hidden states (``keep_hidden=True``). This
-  skips a whole forward pass of the policy per step. The incremental KV-cache pass rounds
-  differently from a full pass: in fp32 the two differ by float rounding only (figures in
-  bench/README.md; the trainer logs the largest difference it sees as
-  ``ppo/logprob_mismatch``). bf16 keeps ~3 significant digits, so there the two passes can
-  differ by far more, which is why ``auto`` recomputes in half precision.
+The chat CLI and the demo-data generator sample through ``model.generate`` instead
+(:func:`rlhf_core.generation.sample_replies`): their draws (``torch.multinomial``, transformers'
+top-p rule, the generation config's default top-k) differ from these.
 """
 
 from __future__ import annotations
@@ -173,7 +169,7 @@ def sample_tokens(
     sampled after a row's EOS are replaced by ``pad_id`` (apply :func:`truncate_after_eos`
     for the mask). Uses the global torch RNG (the same draws whatever ``score_tokens`` and
     ``keep_hidden`` say). ``score_tokens``: also the log-prob of each sampled token under
-    the tempered, *unfiltered* distribution (what :func:`policy_forward` computes; top-k/top-p
+    the tempered, *unfiltered* distribution (what :func:`rlhf_core.ppo.logprobs.policy_forward` computes; top-k/top-p
     only choose which tokens can be drawn). ``keep_hidden``: also the final hidden state that
     produced each token's logits (what a shared value head reads).
     """
@@ -224,10 +220,9 @@ def sample_tokens(
     )
 
 
-def rollout(
+def sample(
     model: torch.nn.Module,
-    query_ids: torch.Tensor,
-    query_mask: torch.Tensor,
+    prompt_ids: Sequence[Sequence[int]],
     *,
     max_new_tokens: int,
     eos_id: int | Sequence[int],
@@ -237,12 +232,19 @@ def rollout(
     top_p: float = 1.0,
     score_tokens: bool = False,
     keep_hidden: bool = False,
+    device: torch.device | str | None = None,
 ) -> Rollout:
-    """Sample, then truncate after EOS: the :class:`Rollout` the rest of the PPO step consumes.
+    """B token-id prompts -> the :class:`Rollout` of one sampled response each (the module docstring).
 
-    ``score_tokens`` / ``keep_hidden`` fill ``Rollout.logprobs`` / ``Rollout.hidden`` from the
-    sampling loop (see :func:`sample_tokens`).
+    The prompts are left-padded with ``pad_id`` (:func:`left_pad`) and moved to ``device``
+    (default: the model's); ``score_tokens`` / ``keep_hidden`` fill ``Rollout.logprobs`` /
+    ``Rollout.hidden`` from the sampling loop (see :func:`sample_tokens`). Uses the global
+    torch RNG.
     """
+    if device is None:
+        device = next(model.parameters()).device
+    query_ids, query_mask = left_pad(prompt_ids, pad_id)  # (B, P)
+    query_ids, query_mask = query_ids.to(device), query_mask.to(device)
     sampled = sample_tokens(
         model, query_ids, query_mask, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
         temperature=temperature, top_k=top_k, top_p=top_p, score_tokens=score_tokens, keep_hidden=keep_hidden,
@@ -253,61 +255,3 @@ def rollout(
         query_ids=query_ids, query_mask=query_mask, response_ids=ids, response_mask=mask, has_eos=has_eos,
         logprobs=sampled.logprobs, hidden=sampled.hidden,
     )
-
-
-# ----------------------------------------------------------------------------- scoring the tokens
-@dataclass
-class PolicyOutput:
-    logprobs: torch.Tensor  # (B, R) log pi(response token t | prefix), logits / temperature
-    logits: torch.Tensor | None  # (B, R, V) tempered logits at the response positions (when kept)
-    hidden: torch.Tensor | None  # (B, R, H) last hidden state at the positions that emit response tokens
-
-
-def policy_forward(
-    model: torch.nn.Module,
-    query_response_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_start: int,
-    temperature: float,
-    *,
-    keep_logits: bool = False,
-    output_hidden: bool = False,
-) -> PolicyOutput:
-    """One forward pass over prompt+response; everything PPO needs at the response positions.
-
-    query_response_ids, attention_mask: (B, P+R); ``response_start`` = P. The logits at
-    position ``t`` predict token ``t+1``, so response token ``i`` is scored by the logits at
-    ``P-1+i``: only those R positions go through the LM head (``logits_to_keep``). Logits are
-    divided by ``temperature`` (the distribution the tokens were sampled from).
-    ``output_hidden`` returns the final hidden state at the same R positions (for a value
-    head sharing the policy's backbone).
-    """
-    if response_start < 1 or response_start >= query_response_ids.shape[1]:
-        raise ValueError(f"policy_forward: response_start {response_start} outside (0, {query_response_ids.shape[1]})")
-    R = query_response_ids.shape[1] - response_start
-    out = model(
-        input_ids=query_response_ids,
-        attention_mask=attention_mask,
-        position_ids=position_ids_from_mask(attention_mask),
-        logits_to_keep=R + 1,
-        output_hidden_states=output_hidden,
-        use_cache=False,
-    )
-    logits = out.logits[:, :-1, :]  # (B, R, V)
-    if temperature != 1.0:  # skip a (B, R, V) copy when it changes nothing
-        logits = logits / temperature
-    labels = query_response_ids[:, response_start:]  # (B, R)
-    logprobs = gather_logprobs(logits, labels)  # (B, R)
-    hidden = out.hidden_states[-1][:, response_start - 1 : -1, :] if output_hidden else None  # (B, R, H)
-    return PolicyOutput(logprobs=logprobs, logits=logits if keep_logits else None, hidden=hidden)
-
-
-def policy_logprobs(
-    model: torch.nn.Module,
-    query_response_ids: torch.Tensor,
-    attention_mask: torch.Tensor,
-    response_start: int,
-    temperature: float,
-) -> torch.Tensor:
-    """Per-token log-probs of the response tokens under ``model`` in ONE forward pass -> (B, R)."""
-    return policy_forward(model, query_response_ids, attention_mask, response_start, temperature).logprobs
