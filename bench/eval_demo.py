@@ -7,7 +7,7 @@
     #          --train-dpo [--set dpo.optim.learning_rate=5e-4 ...]   (train the DPO baseline first)
 
 Reads the finished pipeline run (its resolved ``config.yaml`` and each stage's recorded outputs),
-runs ``tasks.evaluation.run_evaluation`` (the same code as the pipeline's eval step; settings from
+runs ``tasks.stages.eval.run_evaluation`` (the same code as the pipeline's eval step; settings from
 the run's ``eval`` config unless overridden here), prints the comparison table and writes the figures
 to ``--out``. The per-sample rows, the Markdown table and the gold-vs-sqrt(KL) plot go to
 ``<run>/eval-demo/``. The quality bar (issue 5): PPO's gold delta vs SFT has a 95% interval above 0,
@@ -50,7 +50,7 @@ def train_dpo(cfg, run: Path, sft_dir: str) -> float:
                        register_models=False, tracking_enabled=False)
     print(f"training the DPO baseline ({cfg.dpo.loss_type}, {cfg.dpo.optim.max_steps} steps) ...", flush=True)
     started = time.perf_counter()
-    train_dpo_stage.fn(cfg, sft_dir, str(run), ctx)
+    train_dpo_stage.fn(cfg, sft_dir, ctx)
     return round(time.perf_counter() - started, 1)
 
 
@@ -76,7 +76,7 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_core.config.eval import EvalConfig
     from rlhf_core.config.pipeline import load_config
     from rlhf_core.errors import UserError
-    from tasks.evaluation import run_evaluation
+    from tasks.stages.eval import run_evaluation
 
     run = args.run_dir.resolve()
     try:

@@ -131,15 +131,15 @@ ctx = StageContext(run_dir=str(run.path), parent_run_id="", experiment_id="", tr
                    register_models=False, tracking_enabled=False)
 t0, c0 = time.perf_counter(), cpu_s()
 base = fetch_base_model.fn(cfg.model, str(cfg.model_cache))
-prepare_data.fn(cfg.data, cfg.model, str(cfg.model_cache), str(run.path), ctx)
-sft = train_sft_stage.fn(cfg, base, str(run.path), ctx)["model_dir"]
-train_reward_stage.fn(cfg, sft, str(run.path), ctx)
+prepare_data.fn(cfg.data, cfg.model, str(cfg.model_cache), ctx)
+sft = train_sft_stage.fn(cfg, base, ctx)["model_dir"]
+train_reward_stage.fn(cfg, sft, ctx)
 if cfg.ppo.enabled:
-    train_ppo_stage.fn(cfg, sft, str(run.path), ctx)
+    train_ppo_stage.fn(cfg, sft, ctx)
 if cfg.dpo.enabled:  # as the flow: smoke runs the DPO baseline, demo does not
-    train_dpo_stage.fn(cfg, sft, str(run.path), ctx)
+    train_dpo_stage.fn(cfg, sft, ctx)
 if cfg.eval.enabled:
-    evaluate_stage.fn(cfg, str(run.path), ctx)
+    evaluate_stage.fn(cfg, ctx)
 print(json.dumps({"stages_s": time.perf_counter() - t0, "stages_cpu_s": cpu_s() - c0, "imports_s": imports,
                   "stage_bodies_s": STAGE_S}))
 """

@@ -174,12 +174,12 @@ def main(argv: list[str] | None = None) -> int:
         sft_dir = base.outputs("sft")["model_dir"]
         print(f"[{name}] PPO {' '.join(overrides) or '(preset)'} ...", flush=True)
         t0 = time.perf_counter()
-        train_ppo_stage.fn(cfg, sft_dir, str(run.path), ctx)
+        train_ppo_stage.fn(cfg, sft_dir, ctx)
         ppo_wall = time.perf_counter() - t0
         eval_wall, eval_json = 0.0, {}
         if not args.skip_eval:
             t0 = time.perf_counter()
-            evaluate_stage.fn(cfg, str(run.path), ctx)
+            evaluate_stage.fn(cfg, ctx)
             eval_wall = time.perf_counter() - t0
             eval_json = json.loads(Path(run.outputs("eval")["eval_json"]).read_text())
         history = final_history(run.checkpoints("ppo"))

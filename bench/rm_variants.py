@@ -62,15 +62,16 @@ def main(argv: list[str] | None = None) -> int:
     from rlhf_core.reward.agreement import reward_model_agreement
     from rlhf_core.reward.model import RewardModel
     from rlhf_core.reward.train import score_pairs, train_reward_model
-    from tasks.training import _gold_preference, _split
+    from tasks.stages.common import split_train_eval
+    from tasks.stages.reward import gold_preference
 
     base, variants = open_base_run(args.from_run, ("data", "sft"), args.variant)
-    train_pairs, _ = _split(pd.read_parquet(base.outputs("data")["preferences"]), "preferences")
+    train_pairs, _ = split_train_eval(pd.read_parquet(base.outputs("data")["preferences"]))
     fit, val = split_by_prompt(train_pairs, args.val_fraction, args.split_seed)
     print(f"{len(fit)} fit pairs, {len(val)} validation pairs ({val['prompt'].nunique()} prompts)", flush=True)
     harmful = val["harmful"].fillna(False) if "harmful" in val else pd.Series(False, index=val.index)
     gold_prefers = [
-        _gold_preference(gold_score(p, c, harmful=bool(h)), gold_score(p, r, harmful=bool(h)))
+        gold_preference(gold_score(p, c, harmful=bool(h)), gold_score(p, r, harmful=bool(h)))
         for p, c, r, h in zip(val["prompt"], val["chosen"], val["rejected"], harmful)
     ]
     sft_dir = base.outputs("sft")["model_dir"]

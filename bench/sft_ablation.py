@@ -53,7 +53,7 @@ def unscrubbed_data_config(data_cfg: Any) -> Any:
 
 
 def _split(frame: Any) -> tuple[Any, Any]:
-    """Train / eval rows as the pipeline's SFT task splits them (tasks.training._split)."""
+    """Train / eval rows as the pipeline's SFT task splits them (tasks.stages.common.split_train_eval)."""
     split = frame["split"].fillna("train") if "split" in frame else None
     if split is None:
         return frame, frame.iloc[0:0]

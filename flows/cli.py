@@ -117,12 +117,12 @@ def eval_(
     Gold score, reward-model score, win rates, KL to the SFT model, refusal and repetition rates,
     with bootstrap intervals; writes eval/comparison.md, eval.json, samples and the gold-vs-sqrt(KL) plot.
     """
-    from flows.pipeline import run_stage
+    from flows.pipeline import run_eval
     from flows.runtime import Interrupted
 
     cfg = _load(config, set_, workspace)
     try:
-        result = run_stage(cfg, "eval", run_id)
+        result = run_eval(cfg, run_id)
     except Interrupted as exc:
         exc.resume = _same_command(["eval", run_id], config, set_, workspace)
         raise _stopped(exc) from None

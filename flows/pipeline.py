@@ -1,8 +1,9 @@
-"""The `rlhf-pipeline` Prefect flow: data -> SFT -> reward model, tracked in MLflow.
+"""Running the `rlhf-pipeline` Prefect flow (flows/stages.py) from the CLI, tracked in MLflow.
 
 `run_pipeline(cfg)` is what `rlhf run` calls: it points Prefect's ephemeral API and
 MLflow's sqlite store into the workspace (no servers to start), creates a fresh run
-directory, runs the flow, and returns a summary of where everything went.
+directory, runs the flow (data -> SFT -> reward model -> PPO and DPO -> evaluation), and
+returns a summary of where everything went. `run_eval(cfg, run_id)` is `rlhf eval RUN_ID`.
 """
 
 from __future__ import annotations
@@ -97,8 +98,8 @@ def start_up(cfg: PipelineConfig) -> None:
     """Before the flow: Prefect's API up, the MLflow store ready, then the preflight checks and crash sweep.
 
     A new workspace's MLflow sqlite store is created (its schema migrated) in a thread while
-    Prefect's ephemeral API starts in its subprocess: the two take ~5-7 s and ~15 s on 2 cores,
-    and overlap instead of adding up.
+    Prefect's ephemeral API starts in its subprocess: both take seconds, and they overlap
+    instead of adding up (bench/README.md).
     """
     server = _ephemeral_api()
     warming = _warm_mlflow_store(cfg)
@@ -231,24 +232,24 @@ def _start_ephemeral_api(workspace: Path, server) -> None:
         lower_server_priority(server.server_process.pid)
 
 
-def run_stage(cfg: PipelineConfig, stage: str, run_id: str) -> dict[str, str]:
-    """Run one stage flow on an existing run directory (its earlier stages must have finished)."""
+def run_eval(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
+    """Run the evaluation stage flow on an existing run directory (its earlier stages must have finished)."""
     from flows.preflight import preflight_config
     from rlhf_core.errors import UserError
     from tasks.artifacts import workspace_from
 
     preflight_config(cfg, data=False)  # the stage reads the run's curated data, not the config's files
-    run = workspace_from(cfg.workspace).existing_run(run_id, option=f"rlhf {stage}")
+    run = workspace_from(cfg.workspace).existing_run(run_id, option="rlhf eval")
     try:
         prepare_environment(cfg.workspace)
         start_up(cfg)
         from flows.runtime import quiet_console, run_log
-        from flows.stages import STAGE_FLOWS
+        from flows.stages import eval_flow
 
         quiet_console()
         with run_log(run.path / RUN_LOG) as log_file:
             try:
-                return STAGE_FLOWS[stage](cfg, str(run.path))
+                return eval_flow(cfg, str(run.path))
             except UserError as exc:
                 exc.log_file = str(log_file)
                 raise

@@ -6,15 +6,20 @@ form and rejects bad values before a run starts) and the run directory it works 
 hand off through that directory (`tasks.artifacts.RunDir`), so any stage flow can be re-run
 alone on an existing run. Finished stages are cached: re-running a run directory
 (`rlhf run --resume RUN_ID`) skips them as long as their recorded outputs still exist.
+
+From `rlhf_pipeline` to a stage's code: the pipeline calls each stage flow (`sft_flow`), the
+flow calls its Prefect task (`train_sft_stage`, tasks/training.py: the stage's MLflow run, the
+registry), and the task calls the stage body `tasks.stages.sft.run` (plain Python: inputs from
+the run directory, rlhf_core, what it logs).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
@@ -40,12 +45,12 @@ def _apply_threads(config: PipelineConfig) -> None:
         torch.set_num_threads(config.torch_threads)
 
 
-def _run_stage(task, run: RunDir, stage: str, *args: Any) -> dict[str, str]:
-    """Run the stage's task (skipped when cached, recomputed when its outputs went missing) and return
-    the outputs this run directory records: a cached result may name the paths of the workspace it
-    was copied from."""
-    task.with_options(refresh_cache=run.outputs(stage) is None)(*args)
-    return run.require(stage)
+def _outputs_gone(run: RunDir, stage: str) -> bool:
+    """Whether a stage task must run again although Prefect's cache has it: its recorded outputs
+    went missing (never recorded, or a file deleted). The flow returns the outputs this run
+    directory records, not the task's cached result: that may name the paths of the workspace
+    the run was copied from."""
+    return run.outputs(stage) is None
 
 
 def _context(config: PipelineConfig, run_dir: str) -> StageContext:
@@ -97,49 +102,28 @@ def _context(config: PipelineConfig, run_dir: str) -> StageContext:
     )
 
 
-def _standalone(stage_flow):
-    """A stage flow run on its own (`rlhf eval RUN_ID`, a deployment) opens the run's MLflow parent
-    run, and marks it FINISHED (or FAILED) again at the end instead of leaving it RUNNING.
-    Inside the pipeline the parent flow passes ``ctx`` and owns the parent run."""
-
-    @functools.wraps(stage_flow)
-    def run(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
-        if ctx is not None:
-            return stage_flow(config, run_dir, ctx)
-        ctx = _context(config, run_dir)
-        status = "FAILED"
-        try:
-            outputs = stage_flow(config, run_dir, ctx)
-            status = "FINISHED"
-            return outputs
-        finally:
-            if ctx.tracking_enabled:
-                try:
-                    tracking.end_run(ctx.parent_run_id, status)
-                except Exception:
-                    if status == "FINISHED":
-                        raise
-                    # never hide the stage's own error behind a tracking one
-                    get_run_logger().warning("could not mark MLflow run %s FAILED", ctx.parent_run_id)
-
-    return run
-
-
-@flow(name="data", log_prints=True)
-@_standalone
-def data_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
-    """Import, validate, scrub refusals, dedup and filter prompts; write the data report."""
-    fetch_base_model(config.model, str(config.model_cache))  # the tokenizer counts prompt tokens
-    return _run_stage(prepare_data, ctx.run, "data", config.data, config.model, str(config.model_cache), run_dir, ctx)
-
-
-@flow(name="sft", log_prints=True)
-@_standalone
-def sft_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
-    """Supervised fine-tuning of the base model on the curated demonstrations."""
-    _apply_threads(config)
-    base_dir = fetch_base_model(config.model, str(config.model_cache))
-    return _run_stage(train_sft_stage, ctx.run, "sft", config, base_dir, run_dir, ctx)
+@contextmanager
+def _stage_context(config: PipelineConfig, run_dir: str, ctx: StageContext | None) -> Iterator[StageContext]:
+    """``ctx`` as the pipeline passes it (the pipeline owns its MLflow parent run). A stage flow run
+    on its own (`rlhf eval RUN_ID`, a deployment) opens the run's MLflow parent run instead, and
+    marks it FINISHED (or FAILED) again at the end rather than leaving it RUNNING."""
+    if ctx is not None:
+        yield ctx
+        return
+    ctx = _context(config, run_dir)
+    status = "FAILED"
+    try:
+        yield ctx
+        status = "FINISHED"
+    finally:
+        if ctx.tracking_enabled:
+            try:
+                tracking.end_run(ctx.parent_run_id, status)
+            except Exception:
+                if status == "FINISHED":
+                    raise
+                # never hide the stage's own error behind a tracking one
+                get_run_logger().warning("could not mark MLflow run %s FAILED", ctx.parent_run_id)
 
 
 def _policy_init(config: PipelineConfig, run: RunDir) -> str:
@@ -149,39 +133,64 @@ def _policy_init(config: PipelineConfig, run: RunDir) -> str:
     return fetch_base_model(config.model, str(config.model_cache))
 
 
+@flow(name="data", log_prints=True)
+def data_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
+    """Import, validate, scrub refusals, dedup and filter prompts; write the data report."""
+    with _stage_context(config, run_dir, ctx) as ctx:
+        fetch_base_model(config.model, str(config.model_cache))  # the tokenizer counts prompt tokens
+        prepare_data.with_options(refresh_cache=_outputs_gone(ctx.run, "data"))(
+            config.data, config.model, str(config.model_cache), ctx
+        )
+        return ctx.run.require("data")
+
+
+@flow(name="sft", log_prints=True)
+def sft_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
+    """Supervised fine-tuning of the base model on the curated demonstrations."""
+    with _stage_context(config, run_dir, ctx) as ctx:
+        _apply_threads(config)
+        base_dir = fetch_base_model(config.model, str(config.model_cache))
+        train_sft_stage.with_options(refresh_cache=_outputs_gone(ctx.run, "sft"))(config, base_dir, ctx)
+        return ctx.run.require("sft")
+
+
 @flow(name="reward", log_prints=True)
-@_standalone
 def reward_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """Reward model from the SFT model on the preference pairs, with its agreement rates."""
-    _apply_threads(config)
-    return _run_stage(train_reward_stage, ctx.run, "reward", config, _policy_init(config, ctx.run), run_dir, ctx)
+    with _stage_context(config, run_dir, ctx) as ctx:
+        _apply_threads(config)
+        policy_dir = _policy_init(config, ctx.run)
+        train_reward_stage.with_options(refresh_cache=_outputs_gone(ctx.run, "reward"))(config, policy_dir, ctx)
+        return ctx.run.require("reward")
 
 
 @flow(name="ppo", log_prints=True)
-@_standalone
 def ppo_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """PPO of the SFT policy against the reward model with a KL penalty to the SFT model."""
-    _apply_threads(config)
-    return _run_stage(train_ppo_stage, ctx.run, "ppo", config, _policy_init(config, ctx.run), run_dir, ctx)
+    with _stage_context(config, run_dir, ctx) as ctx:
+        _apply_threads(config)
+        policy_dir = _policy_init(config, ctx.run)
+        train_ppo_stage.with_options(refresh_cache=_outputs_gone(ctx.run, "ppo"))(config, policy_dir, ctx)
+        return ctx.run.require("ppo")
 
 
 @flow(name="dpo", log_prints=True)
-@_standalone
 def dpo_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """DPO/IPO from the SFT model on the same preference pairs (the baseline next to PPO)."""
-    _apply_threads(config)
-    return _run_stage(train_dpo_stage, ctx.run, "dpo", config, _policy_init(config, ctx.run), run_dir, ctx)
+    with _stage_context(config, run_dir, ctx) as ctx:
+        _apply_threads(config)
+        policy_dir = _policy_init(config, ctx.run)
+        train_dpo_stage.with_options(refresh_cache=_outputs_gone(ctx.run, "dpo"))(config, policy_dir, ctx)
+        return ctx.run.require("dpo")
 
 
 @flow(name="eval", log_prints=True)
-@_standalone
 def eval_flow(config: PipelineConfig, run_dir: str, ctx: StageContext | None = None) -> dict[str, str]:
     """PPO (and DPO) vs SFT vs best-of-N on held-out prompts: gold score, reward, KL, refusals; registry decision."""
-    _apply_threads(config)
-    return _run_stage(evaluate_stage, ctx.run, "eval", config, run_dir, ctx)
-
-
-STAGE_FLOWS = {"data": data_flow, "sft": sft_flow, "reward": reward_flow, "ppo": ppo_flow, "dpo": dpo_flow, "eval": eval_flow}
+    with _stage_context(config, run_dir, ctx) as ctx:
+        _apply_threads(config)
+        evaluate_stage.with_options(refresh_cache=_outputs_gone(ctx.run, "eval"))(config, ctx)
+        return ctx.run.require("eval")
 
 
 @flow(name="rlhf-pipeline", log_prints=True)
@@ -206,21 +215,18 @@ def rlhf_pipeline(config: PipelineConfig, resume_run: str | None = None) -> dict
     outputs: dict[str, str] = {}
     try:
         outputs["data report"] = data_flow(config, str(run.path), ctx)["report"]
-        stages = [
-            ("sft", config.sft.enabled),
-            ("reward", config.reward.enabled),
-            ("ppo", config.ppo.enabled and config.reward.enabled),
-            ("dpo", config.dpo.enabled),
-        ]
-        for stage, enabled in stages:
-            if enabled:
-                result = STAGE_FLOWS[stage](config, str(run.path), ctx)
-                outputs[f"{stage} model"] = result["model_dir"]
-                if "agreement" in result:
-                    outputs["reward-model agreement"] = result["agreement"]
+        if config.sft.enabled:
+            outputs["sft model"] = sft_flow(config, str(run.path), ctx)["model_dir"]
+        if config.reward.enabled:
+            reward = reward_flow(config, str(run.path), ctx)
+            outputs["reward model"] = reward["model_dir"]
+            outputs["reward-model agreement"] = reward["agreement"]
+        if config.ppo.enabled and config.reward.enabled:
+            outputs["ppo model"] = ppo_flow(config, str(run.path), ctx)["model_dir"]
+        if config.dpo.enabled:
+            outputs["dpo model"] = dpo_flow(config, str(run.path), ctx)["model_dir"]
         if config.eval.enabled and config.sft.enabled and config.reward.enabled:
-            result = eval_flow(config, str(run.path), ctx)
-            outputs["evaluation"] = result["comparison_md"]
+            outputs["evaluation"] = eval_flow(config, str(run.path), ctx)["comparison_md"]
         # The headline figures on the parent MLflow run (to compare pipelines in the runs table)
         # and as one artifact on this flow run's page.
         summary = pipeline_summary(ctx, time.perf_counter() - started)

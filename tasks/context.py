@@ -16,7 +16,6 @@ from tasks import tracking
 from tasks.artifacts import RunDir
 
 
-
 def _workspace_relative(value: Any, root: str) -> Any:
     """``value`` with every path inside the workspace ``root`` written relative to it."""
     if isinstance(value, BaseModel):
@@ -31,13 +30,15 @@ def _workspace_relative(value: Any, root: str) -> Any:
 
 
 def stage_inputs_key(task_ctx: Any, parameters: dict[str, Any]) -> str | None:
-    """The stage's inputs, ``ctx`` (MLflow ids) left out, hashed with the workspace's own paths made
-    relative: a copied or moved workspace resumes with its finished stages skipped."""
-    run_dir = parameters.get("run_dir")
-    if not run_dir:
+    """A stage task's inputs hashed with the workspace's own paths made relative, so a copied or
+    moved workspace resumes with its finished stages skipped: every parameter but ``ctx``, and of
+    ``ctx`` only its run directory (its MLflow and Prefect ids change from one attempt to the next)."""
+    ctx = parameters.get("ctx")
+    if ctx is None:
         return None
-    root = str(Path(run_dir).resolve().parent.parent)
+    root = str(Path(ctx.run_dir).resolve().parent.parent)
     inputs = {k: _workspace_relative(v, root) for k, v in parameters.items() if k != "ctx"}
+    inputs["run_dir"] = _workspace_relative(ctx.run_dir, root)
     return hash_objects(inputs, raise_on_failure=True)
 
 

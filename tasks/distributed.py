@@ -1,13 +1,14 @@
 """Launch a training stage data-parallel (``torchrun`` / ``accelerate launch``) and collect its result.
 
-When ``distributed.num_processes > 1`` the SFT and reward-model tasks do not train in their
+When ``distributed.num_processes > 1`` the SFT and reward-model stages do not train in their
 own process: :func:`train_distributed` writes the resolved config to the stage directory,
 launches ``num_processes`` copies of the worker (``python -m tasks.distributed_worker``),
-waits, and reads back rank 0's :class:`~rlhf_core.training.TrainResult` as JSON. The worker
-loads the same inputs the in-process task would (``tasks.training.fit_sft`` / ``fit_reward``)
-and trains with a :class:`~rlhf_core.distributed.DataParallel`; rank 0 logs to the stage's
-MLflow run and writes checkpoints and the model, exactly where a 1-process run writes them,
-so resume, caching and the later stages do not know the difference.
+waits, and reads back rank 0's :class:`~rlhf_core.training.TrainResult` as JSON
+(:func:`fit_data_parallel`, what the stage bodies call). The worker loads the same inputs the
+in-process stage would (``tasks.stages.sft.fit`` / ``tasks.stages.reward.fit``) and trains
+with a :class:`~rlhf_core.distributed.DataParallel`; rank 0 logs to the stage's MLflow run and
+writes checkpoints and the model, exactly where a 1-process run writes them, so resume, caching
+and the later stages do not know the difference.
 
 Launchers: ``torchrun`` for DDP (CPU with gloo, or CUDA with nccl); ``accelerate launch
 --use_fsdp`` / ``--use_deepspeed`` for FSDP and DeepSpeed ZeRO (CUDA only, documented, not
@@ -24,15 +25,21 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rlhf_core.config.distributed import DistributedConfig
 from rlhf_core.distributed import check_distributed, resolve_backend
 from rlhf_core.errors import TrainingError
 from rlhf_core.processes import free_port, guarded, stop_tree
+from rlhf_core.tracking import Tracker
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rlhf_core.training import TrainResult
+    from tasks.artifacts import RunDir
 
 STAGES = ("sft", "reward")
-# What each launched process runs: a module of its own, since it imports tasks.training, which imports this one.
+METRIC_PREFIX = {"sft": "sft", "reward": "rm"}  # each stage's metric namespace
+# What each launched process runs: a module of its own, since it imports the stage bodies, which import this one.
 WORKER_MODULE = "tasks.distributed_worker"
 
 
@@ -63,6 +70,22 @@ def result_from_json(cls: type, data: dict[str, Any]) -> Any:
     if values.get("checkpoint_dir"):
         values["checkpoint_dir"] = Path(values["checkpoint_dir"])
     return cls(**values)
+
+
+def fit_data_parallel(stage: str, cfg: Any, model_dir: str, run: RunDir, tracker: Tracker, tracking_uri: str | None) -> TrainResult:
+    """``stage`` trained by ``cfg.distributed.num_processes`` processes; rank 0's result.
+
+    Rank 0 logs into ``tracker``'s MLflow run (its ``run_id``, at ``tracking_uri``) when it has one.
+    """
+    from rlhf_core.reward.train import RewardResult
+    from rlhf_core.sft.train import SFTResult
+
+    data = train_distributed(
+        stage, cfg, model_dir=model_dir, run_dir=str(run.path), mlflow_run_id=getattr(tracker, "run_id", None),
+        tracking_uri=tracking_uri,
+    )
+    tracker.log_metrics({f"{METRIC_PREFIX[stage]}/processes": float(data["world_size"])}, step=int(data["steps"]))
+    return result_from_json(SFTResult if stage == "sft" else RewardResult, data)
 
 
 def train_distributed(

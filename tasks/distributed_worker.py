@@ -1,8 +1,8 @@
 """One data-parallel training process, as launched by :func:`tasks.distributed.train_distributed`.
 
 ``torchrun`` / ``accelerate launch`` start ``distributed.num_processes`` copies of this module
-(``python -m tasks.distributed_worker``). Each loads the same inputs the in-process task would
-(``tasks.training.fit_sft`` / ``fit_reward``) and trains with a
+(``python -m tasks.distributed_worker``). Each runs the stage body's ``fit`` (``tasks.stages.sft``
+/ ``tasks.stages.reward``: the same inputs and training the in-process stage runs) with a
 :class:`~rlhf_core.distributed.DataParallel`; rank 0 writes the result JSON the launcher reads.
 """
 
@@ -32,7 +32,7 @@ def _worker(argv: list[str] | None = None) -> int:
     from rlhf_core.config.pipeline import PipelineConfig
     from rlhf_core.distributed import DataParallel
     from tasks.artifacts import RunDir
-    from tasks.training import fit_reward, fit_sft
+    from tasks.stages import reward, sft
 
     cfg = PipelineConfig.model_validate_json(args.config.read_text())
     if cfg.torch_threads:
@@ -46,8 +46,10 @@ def _worker(argv: list[str] | None = None) -> int:
         spool = run.path / SPOOL_DIR / f"{args.stage}-{args.mlflow_run_id}-rank0.jsonl"
         tracker = MlflowTracker(args.mlflow_run_id, args.tracking_uri, spool=spool, stage=args.stage)
     try:
-        fit = fit_sft if args.stage == "sft" else fit_reward
-        result = fit(cfg, args.model_dir, run, tracker, dist=dist, progress=False)[0]
+        if args.stage == "sft":
+            result = sft.fit(cfg, args.model_dir, run, tracker, dist=dist, progress=False)
+        else:
+            result, _, _ = reward.fit(cfg, args.model_dir, run, tracker, dist=dist, progress=False)
         if tracker is not None:  # an outage: the task's stage run reports it, naming this spool too
             tracker.flush(cfg.tracking.flush_timeout_s)
         if dist.is_main:

@@ -1,268 +1,25 @@
-"""The evaluation stage: load the stage models, compare the methods, write and log the report.
-
-:func:`run_evaluation` is the plain body (usable without Prefect, e.g. by bench/eval_demo.py);
-:func:`evaluate_stage` is the Prefect task the pipeline runs, which adds the MLflow stage run,
-the registry decision and the summary on the Prefect run page. Outputs in ``out_dir``:
-
-* ``eval.json``        the primary policy's figures (``eval/...`` names) and the whole comparison
-                       (every method's estimates with their 95% intervals)
-* ``comparison.md``    the comparison table (one row per method) in Markdown
-* ``samples.jsonl``    one row per (method, prompt): prompt, SFT response, the method's response,
-                       gold and reward-model scores, KL
-* ``gold_vs_kl.png``   gold and reward-model score against sqrt(KL) (Gao et al. 2022)
-"""
+"""The evaluation stage's Prefect task: the stage body (tasks/stages/eval.py) in the stage's MLflow
+run, then the registry decision for the PPO policy and the comparison on the Prefect run page."""
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Callable, Mapping
-from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from prefect import task as _prefect_task
+from prefect import task
 
-from rlhf_core.config.eval import EvalConfig
-from rlhf_core.errors import DataError
-from rlhf_core.eval_report import MethodComparison
-from rlhf_core.evaluation import ppo_checkpoint_steps
-from rlhf_core.tracking import NullTracker, Tracker, metric_name
+import tasks.stages.eval
+from rlhf_core.config.pipeline import PipelineConfig
 from tasks.context import STAGE_CACHE, StageContext
-from tasks.data import log_curated_inputs
-
-if TYPE_CHECKING:  # pragma: no cover
-    import pandas as pd
-
-    from rlhf_core.config.pipeline import PipelineConfig
-
-PRIMARY = "ppo"  # the policy whose figures get the plain eval/... names, when present
-AGREEMENT_ON_POLICY = "eval/rm_gold_agreement_on_policy"
-_CI_SUFFIXES = ("_ci_low", "_ci_high")
-
-# Columns of comparison.md: (estimate, header, format)
-_TABLE_COLUMNS = (
-    ("mean_gold", "gold", "{:.3f}"),
-    ("gold_delta", "gold Δ vs SFT [95% CI]", None),
-    ("gold_win_rate_vs_sft", "gold win", "{:.2f}"),
-    ("mean_rm", "RM", "{:.3f}"),
-    ("rm_win_rate_vs_sft", "RM win", "{:.2f}"),
-    ("kl_to_ref", "KL (nats)", "{:.2f}"),
-    ("refusal_rate_benign", "refuse benign", "{:.2f}"),
-    ("refusal_rate_harmful", "refuse harmful", "{:.2f}"),
-    ("repetition_rate", "loops", "{:.2f}"),
-    ("length", "tokens", "{:.1f}"),
-)
 
 
-def read_eval_prompts(path: str | Path) -> pd.DataFrame:
-    """Held-out prompts from .parquet / .jsonl / .json (canonical prompt columns); DataError naming the file."""
-    import pandas as pd
-
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: evaluation prompts file not found")
-    try:
-        if path.suffix == ".parquet":
-            frame = pd.read_parquet(path)
-        elif path.suffix in (".jsonl", ".json"):
-            frame = pd.read_json(path, lines=path.suffix == ".jsonl")
-        else:
-            raise DataError(f"{path}: unsupported evaluation prompts format (use .parquet, .jsonl or .json)")
-    except DataError:
-        raise
-    except Exception as exc:  # pandas/pyarrow raise many types for a corrupt file
-        raise DataError(f"{path}: cannot read evaluation prompts ({type(exc).__name__}: {exc})") from exc
-    if "prompt" not in frame.columns:
-        raise DataError(f"{path}: evaluation prompts need a 'prompt' column (got {', '.join(map(str, frame.columns))})")
-    if frame.empty:
-        raise DataError(f"{path}: no evaluation prompts (0 rows)")
-    return frame
-
-
-def with_ppo_checkpoints(policy_dirs: Mapping[str, str], *, final_name: str = PRIMARY) -> dict[str, str]:
-    """``policy_dirs`` plus ``<final_name>-step-<k>`` for each kept PPO checkpoint before the final model.
-
-    The checkpoints live next to the final model (``<ppo>/checkpoints`` beside ``<ppo>/model``);
-    the one at the final model's step is the final model itself and is skipped.
-    """
-    from rlhf_core.stage_io import CHECKPOINTS_DIR, read_stage_marker
-
-    out = dict(policy_dirs)
-    if final_name not in policy_dirs:
-        return out
-    final = Path(policy_dirs[final_name])
-    marker = read_stage_marker(final) if final.is_dir() else None
-    final_step = marker.get("step") if marker else None
-    steps = ppo_checkpoint_steps(final.parent / CHECKPOINTS_DIR)
-    extra = {f"{final_name}-step-{k:06d}": str(p) for k, p in sorted(steps.items()) if k != final_step}
-    ordered: dict[str, str] = {}
-    for name, path in out.items():
-        if name == final_name:
-            ordered.update(extra)
-        ordered[name] = path
-    return ordered
-
-
-def comparison_markdown(comparison: MethodComparison) -> str:
-    """The comparison as a Markdown table (what `comparison.md` and the flow's artifact show)."""
-    header = ["method", *[h for _, h, _ in _TABLE_COLUMNS]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-    for row in comparison.table():
-        cells = [str(row["method"])]
-        for key, _, fmt in _TABLE_COLUMNS:
-            value = row.get(key)
-            if value is None:
-                cells.append("–")
-            elif fmt is None:
-                cells.append(f"{value:+.3f} [{row[f'{key}_ci_low']:+.3f}, {row[f'{key}_ci_high']:+.3f}]")
-            else:
-                cells.append(fmt.format(value))
-        lines.append("| " + " | ".join(cells) + " |")
-    agreement = comparison.rm_gold_agreement_on_policy
-    if agreement is not None and math.isfinite(agreement.value):
-        lines += ["", (
-            f"Reward model vs gold scorer on samples of the SFT model (pairs of best-of-N candidates, "
-            f"{agreement.n} prompts): agree on {agreement.value:.3f} [{agreement.ci_low:.3f}, {agreement.ci_high:.3f}] "
-            "of the pairs (0.5 = chance: the nearer to it, the less optimising the reward can raise the gold score)."
-        )]
-    return "\n".join(lines) + "\n"
-
-
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    return value
-
-
-def run_evaluation(
-    cfg: PipelineConfig,
-    sft_dir: str,
-    policy_dirs: Mapping[str, str],
-    reward_dir: str,
-    eval_prompts_path: str,
-    out_dir: str | Path,
-    tracker: Tracker | None = None,
-    *,
-    eval_cfg: EvalConfig | None = None,
-    log: Callable[[str], None] | None = print,
-) -> dict[str, Any]:
-    """Evaluate SFT, best-of-N and every policy in ``policy_dirs`` (name -> model dir) on the held-out prompts.
-
-    ``eval_cfg`` defaults to ``cfg.eval`` (``EvalConfig()`` when the pipeline config has none).
-    With ``eval_cfg.ppo_checkpoints`` the kept intermediate PPO checkpoints join the comparison
-    (see :func:`with_ppo_checkpoints`). The primary policy (``ppo``, else the first given, else the
-    SFT model) is logged under the dashboard names ``eval/...`` with their 95% intervals
-    (``..._ci_low``/``..._ci_high``); every method's point estimates also as ``eval/<method>/...``,
-    their intervals in ``eval.json``, ``comparison.md`` and (with MLflow) the ``eval_comparison.json``
-    table, not as ~150 more one-point metric charts. Returns the output paths and the primary metrics.
-    """
-    from rlhf_core.devices import resolve_device
-    from rlhf_core.evaluation import compare_methods
-    from rlhf_core.models import load_causal_lm, load_tokenizer
-    from rlhf_core.reward.model import RewardModel
-    from rlhf_core.stage_io import load_stage_policy
-    from tasks.plots import plot_gold_vs_sqrt_kl
-
-    ecfg = eval_cfg or getattr(cfg, "eval", None) or EvalConfig()
-    tracker = tracker or NullTracker()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    prompts = read_eval_prompts(eval_prompts_path)
-    dirs = with_ppo_checkpoints(policy_dirs) if ecfg.ppo_checkpoints else dict(policy_dirs)
-
-    tokenizer = load_tokenizer(cfg.model, cfg.model_cache)
-    reference = load_causal_lm(cfg.model, cfg.model_cache, tokenizer, path=sft_dir).eval().requires_grad_(False)
-    # the reward tokenizer is the policy's, as in the PPO stage (the reward model starts from the SFT model)
-    reward_model = RewardModel.from_pretrained(
-        reward_dir, device=resolve_device(cfg.model.device), trust_remote_code=cfg.model.trust_remote_code
-    )
-    stage_policy = dict(model=cfg.model, cache_dir=cfg.model_cache, tokenizer=tokenizer, sft_dir=sft_dir, lora=cfg.ppo.optim.lora)
-    loaders = {name: (lambda d=d: load_stage_policy(d, **stage_policy)) for name, d in dirs.items()}
-    comparison = compare_methods(
-        loaders, tokenizer, reference=reference, reward_model=reward_model, reward_tokenizer=tokenizer,
-        prompts=prompts, cfg=ecfg, prompt_format=cfg.ppo.prompt_format, reward_prompt_format=cfg.reward.prompt_format,
-        log=log,
-    )
-
-    primary = PRIMARY if PRIMARY in comparison.reports else next(iter(policy_dirs), "sft")
-    every_method = comparison.metrics()
-    primary_metrics = comparison.reports[primary].metrics()
-    if AGREEMENT_ON_POLICY in every_method:
-        primary_metrics[AGREEMENT_ON_POLICY] = every_method[AGREEMENT_ON_POLICY]
-    tracker.log_metrics({**point_estimates(every_method), **primary_metrics}, step=0)
-
-    eval_json = out / "eval.json"
-    eval_json.write_text(json.dumps(_jsonable({
-        "primary": primary,
-        "metrics": primary_metrics,
-        "settings": ecfg.model_dump(mode="json"),
-        "policy_dirs": dirs,
-        **comparison.to_dict(include_samples=False),
-    }), indent=2, allow_nan=False))
-    table_md = out / "comparison.md"
-    table_md.write_text(comparison_markdown(comparison), encoding="utf-8")
-    samples_path = out / "samples.jsonl"
-    sample_rows = [{"method": name, **row} for name, r in comparison.reports.items() for row in r.samples]
-    with samples_path.open("w", encoding="utf-8") as fh:
-        for row in sample_rows:
-            fh.write(json.dumps(_jsonable(row), ensure_ascii=False) + "\n")
-    plot = plot_gold_vs_sqrt_kl(comparison.points(), out / "gold_vs_kl.png")
-    for path in (eval_json, table_md, samples_path, plot):
-        tracker.log_artifact(path)
-    _log_tables(tracker, sample_rows, comparison.table())
-    return {
-        "eval_json": str(eval_json),
-        "comparison_md": str(table_md),
-        "samples": str(samples_path),
-        "plot": str(plot),
-        "primary": primary,
-        "metrics": {k: v for k, v in primary_metrics.items() if math.isfinite(v)},
-        "methods": [metric_name(n) for n in comparison.reports],
-    }
-
-
-def point_estimates(metrics: Mapping[str, float]) -> dict[str, float]:
-    """``metrics`` without the 95% interval bounds (``..._ci_low`` / ``..._ci_high``)."""
-    return {k: v for k, v in metrics.items() if not k.endswith(_CI_SUFFIXES)}
-
-
-def _log_tables(tracker: Tracker, sample_rows: list[dict[str, Any]], comparison_rows: list[dict[str, Any]]) -> None:
-    """With MLflow, the samples and the comparison (every method's estimates and intervals) also as
-    tables the UI shows in its Artifacts view (mlflow.log_table)."""
-    from tasks.tracking import MlflowTracker
-
-    if not isinstance(tracker, MlflowTracker):
-        return
-    import pandas as pd
-
-    if sample_rows:
-        columns = ["method", "id", "prompt", "harmful", "sft_response", "policy_response",
-                   "sft_gold", "policy_gold", "sft_rm", "policy_rm", "kl"]
-        tracker.client.log_table(tracker.run_id, pd.DataFrame(sample_rows)[columns], artifact_file="eval_samples.json")
-    if comparison_rows:
-        tracker.client.log_table(tracker.run_id, pd.DataFrame(comparison_rows), artifact_file="eval_comparison.json")
-
-
-@_prefect_task(name="eval", cache_policy=STAGE_CACHE, persist_result=True)
-def evaluate_stage(cfg: Any, run_dir: str, ctx: StageContext) -> dict[str, str]:
-    """The pipeline's evaluation stage: SFT vs PPO (and DPO) vs best-of-N on the held-out prompts,
-    then the registry decision for the PPO policy and a summary on the Prefect run page."""
-    run = ctx.run
-    data, sft, reward = run.require("data"), run.require("sft"), run.require("reward")
-    policy_dirs = {name: run.require(name)["model_dir"] for name in ("ppo", "dpo") if run.outputs(name)}
-    out_dir = run.stage("eval")
+@task(name="eval", cache_policy=STAGE_CACHE, persist_result=True)
+def evaluate_stage(cfg: PipelineConfig, ctx: StageContext) -> dict[str, str]:
+    """SFT vs PPO (and DPO) vs best-of-N on the held-out prompts; the registry decision; a summary on the Prefect run page."""
     with ctx.stage_run("eval") as tracker:
-        tracker.log_params({"eval": cfg.eval.model_dump(mode="json")})
-        log_curated_inputs(tracker, data, ("eval_prompts",), context="evaluation")
-        result = run_evaluation(
-            cfg, sft["model_dir"], policy_dirs, reward["model_dir"], data["eval_prompts"], out_dir, tracker
-        )
-        decision = _promotion(cfg, ctx, tracker, policy_dirs.get("ppo"), result["metrics"])
-        summary = Path(result["comparison_md"]).read_text(encoding="utf-8")
+        outputs = tasks.stages.eval.run(cfg, ctx.run, tracker)
+        ppo = ctx.run.outputs("ppo")
+        decision = _promotion(cfg, ctx, tracker, ppo["model_dir"] if ppo else None, outputs.metrics)
         links = "tracking off"
         if tracker.run_id is not None:
             links = (f"{ctx.mlflow_run_link(tracker.run_id, 'evaluation stage run')} · "
@@ -270,11 +27,10 @@ def evaluate_stage(cfg: Any, run_dir: str, ctx: StageContext) -> dict[str, str]:
         note = ctx.mlflow_note()
         ctx.publish_markdown(
             "evaluation",
-            f"# Evaluation\n\n{summary}\n\nRegistry: {decision}\n\nMLflow: {links}" + (f"\n\n{note}" if note else ""),
+            f"# Evaluation\n\n{outputs.report}\n\nRegistry: {decision}\n\nMLflow: {links}" + (f"\n\n{note}" if note else ""),
             "PPO / DPO / best-of-N vs SFT on held-out prompts (gold scorer, reward model, KL)",
         )
-    outputs = {k: result[k] for k in ("eval_json", "comparison_md", "samples", "plot")}
-    return run.record_outputs("eval", outputs)
+    return ctx.run.record_outputs("eval", outputs.files)
 
 
 def _promotion(cfg: Any, ctx: StageContext, tracker: Any, ppo_dir: str | None, metrics: dict[str, float]) -> str:

@@ -18,7 +18,7 @@ from rlhf_core.errors import ConfigError, TrainingError
 from rlhf_core.tracking import NullTracker
 from tasks.artifacts import RunDir
 from tasks.distributed import train_distributed
-from tasks.training import fit_reward, fit_sft
+from tasks.stages import reward, sft
 from tests.conftest import MODEL_CACHE
 
 # Step batch 8 = 2 micro-batches of 4 (1 process) or 1 micro-batch of 4 per process (2 processes).
@@ -57,8 +57,10 @@ def test_two_processes_match_one_process(tmp_path, stage):
     two = load_config("smoke", [*COMMON, f"workspace={tmp_path / 'ws2'}", "distributed.num_processes=2"])
     single, double = _run_dir(tmp_path / "one"), _run_dir(tmp_path / "two")
 
-    fit = fit_sft if stage == "sft" else fit_reward
-    reference = fit(one, "tiny", single, NullTracker(), progress=False)[0]
+    if stage == "sft":
+        reference = sft.fit(one, "tiny", single, NullTracker(), progress=False)
+    else:
+        reference, _, _ = reward.fit(one, "tiny", single, NullTracker(), progress=False)
     result = train_distributed(stage, two, model_dir="tiny", run_dir=str(double.path), mlflow_run_id=None, tracking_uri=None)
 
     assert result["world_size"] == 2 and result["steps"] == 3

@@ -366,7 +366,7 @@ def test_run_evaluation_writes_report_and_logs(tmp_path, tok, models):
     from rlhf_core.config.pipeline import PipelineConfig
     from rlhf_core.stage_io import write_stage_marker
     from rlhf_core.tracking import InMemoryTracker
-    from tasks.evaluation import run_evaluation
+    from tasks.stages.eval import run_evaluation
 
     from .conftest import MODEL_CACHE
 

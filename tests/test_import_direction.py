@@ -1,9 +1,12 @@
-"""Imports run one way: flows -> tasks -> {rlhf_core, data_checks} -> rlhf_core.config.
+"""Imports run one way: flows -> tasks -> tasks.stages -> {rlhf_core, data_checks} -> rlhf_core.config.
 
 Every module of those packages is parsed with ``ast`` (imports at module level and inside
 functions alike; nothing is imported), and each project import is checked against the layers:
 
 * ``flows`` may import anything below it; ``tasks`` never imports ``flows``;
+* ``tasks.stages`` (the stage bodies) and the Prefect-free modules beside it (``tasks.artifacts``,
+  ``tasks.distributed``, ``tasks.plots``) never import the rest of ``tasks`` (the Prefect tasks,
+  MLflow tracking), and import neither prefect nor mlflow at all;
 * ``rlhf_core`` and ``data_checks`` never import ``tasks`` or ``flows`` (they may import each
   other's modules, as long as no circle forms);
 * ``rlhf_core.config`` imports nothing else from the project but the standard-library modules
@@ -27,7 +30,11 @@ from .conftest import REPO
 PACKAGES = ("flows", "tasks", "data_checks", "rlhf_core")
 # Below every package, beside the config: stdlib-only modules the config may use.
 FOUNDATION = ("rlhf_core.errors", "rlhf_core.redact")
-LAYER_NAMES = {3: "flows", 2: "tasks", 1: "rlhf_core / data_checks", 0: "rlhf_core.config"}
+# The stage bodies and the Prefect-free tasks modules they use: below the Prefect tasks and tracking.
+STAGE_LAYER = ("tasks.stages", "tasks.artifacts", "tasks.distributed", "tasks.plots")
+# What the stage layer never imports, anywhere: the tasks above it pass the MLflow tracker in.
+ORCHESTRATION = ("prefect", "mlflow")
+LAYER_NAMES = {4: "flows", 3: "tasks", 2: "tasks.stages", 1: "rlhf_core / data_checks", 0: "rlhf_core.config"}
 
 
 @dataclass(frozen=True)
@@ -113,10 +120,16 @@ def project_imports(root: Path) -> list[Import]:
     return found
 
 
+def _in(module: str, packages: tuple[str, ...]) -> bool:
+    return any(module == p or module.startswith(p + ".") for p in packages)
+
+
 def layer(module: str) -> int:
-    if module == "rlhf_core.config" or module.startswith("rlhf_core.config.") or module in FOUNDATION:
+    if _in(module, ("rlhf_core.config", *FOUNDATION)):
         return 0
-    return {"flows": 3, "tasks": 2, "data_checks": 1, "rlhf_core": 1}[module.split(".")[0]]
+    if _in(module, STAGE_LAYER):
+        return 2
+    return {"flows": 4, "tasks": 3, "data_checks": 1, "rlhf_core": 1}[module.split(".")[0]]
 
 
 def direction_violations(imports: list[Import], root: Path) -> list[str]:
@@ -128,11 +141,27 @@ def direction_violations(imports: list[Import], root: Path) -> list[str]:
         elif low == 0 and high > low:
             rule = "rlhf_core.config imports nothing else from the project (but rlhf_core.errors, rlhf_core.redact)"
         elif high > low:
-            rule = f"{LAYER_NAMES[low]} never imports {LAYER_NAMES[high]} (flows -> tasks -> rlhf_core/data_checks -> rlhf_core.config)"
+            rule = (f"{LAYER_NAMES[low]} never imports {LAYER_NAMES[high]} "
+                    "(flows -> tasks -> tasks.stages -> rlhf_core/data_checks -> rlhf_core.config)")
         else:
             continue
         problems.append(f"{imp.where(root)}: {imp.importer} imports {imp.imported}: {rule}")
     return problems
+
+
+def orchestration_imports(root: Path) -> list[str]:
+    """``file:line: module imports prefect|mlflow`` for each such import in the stage layer."""
+    found = []
+    for module, path in module_files(root).items():
+        if not _in(module, STAGE_LAYER):
+            continue
+        for node, _ in _import_nodes(ast.parse(path.read_text(encoding="utf-8"), str(path))):
+            if isinstance(node, ast.ImportFrom) and node.level:
+                continue  # relative: a project module
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found += [f"{path.relative_to(root)}:{node.lineno}: {module} imports {name}"
+                      for name in names if name.split(".")[0] in ORCHESTRATION]
+    return found
 
 
 def find_cycle(imports: list[Import]) -> list[Import] | None:
@@ -192,6 +221,12 @@ def test_no_module_imports_upward():
     assert not problems, "imports against the layer order:\n" + "\n".join(problems)
 
 
+def test_the_stage_bodies_import_neither_prefect_nor_mlflow():
+    assert {"tasks.stages.sft", "tasks.stages.eval"} <= set(module_files(REPO))  # the scan sees the package
+    problems = orchestration_imports(REPO)
+    assert not problems, "the stage layer imports orchestration:\n" + "\n".join(problems)
+
+
 def test_no_import_circle_between_modules():
     cycle = find_cycle(repo_imports())
     assert cycle is None, "import circle: " + describe(cycle, REPO)
@@ -242,6 +277,26 @@ def test_checker_finds_a_circle_but_not_through_type_checking_imports(tmp_path):
     assert describe(cycle, tmp_path) == (
         "tasks.a (tasks/a.py:2) -> tasks.b (tasks/b.py:1) -> tasks.c (tasks/c.py:5) -> tasks.a"
     )
+
+
+def test_checker_keeps_the_stage_bodies_below_the_prefect_tasks(tmp_path):
+    _write(tmp_path, {
+        "tasks/stages/__init__.py": "",
+        "tasks/stages/sft.py": "from tasks.artifacts import RunDir\n\n\ndef run():\n    from tasks.context import StageContext\n",
+        "tasks/stages/eval.py": "def f():\n    import mlflow.tracking\n    from prefect import task\n",
+        "tasks/artifacts.py": "import os\n",
+        "tasks/context.py": "from prefect import task\n",
+        "tasks/training.py": "import tasks.stages.sft\n",
+    })
+    problems = direction_violations(project_imports(tmp_path), tmp_path)
+    assert problems == [
+        "tasks/stages/sft.py:5: tasks.stages.sft imports tasks.context: tasks.stages never imports tasks "
+        "(flows -> tasks -> tasks.stages -> rlhf_core/data_checks -> rlhf_core.config)"
+    ]
+    assert orchestration_imports(tmp_path) == [
+        "tasks/stages/eval.py:2: tasks.stages.eval imports mlflow.tracking",
+        "tasks/stages/eval.py:3: tasks.stages.eval imports prefect",
+    ]
 
 
 @pytest.mark.parametrize("module", FOUNDATION)

@@ -40,6 +40,17 @@ def test_config_package_imports_no_heavy_library():
     assert not loaded & heavy, loaded & heavy
 
 
+def test_the_stage_bodies_import_no_orchestration_or_tracking():
+    """tasks/stages/ is plain Python: the Prefect tasks pass the MLflow tracker in."""
+    import tasks.stages
+
+    names = [m.name for m in pkgutil.walk_packages(tasks.stages.__path__, "tasks.stages.")]
+    assert {"tasks.stages.data", "tasks.stages.sft", "tasks.stages.reward", "tasks.stages.ppo", "tasks.stages.dpo",
+            "tasks.stages.eval"} <= set(names)
+    loaded = _modules_loaded_by("\n".join(f"import {n}" for n in names))
+    assert not loaded & {"prefect", "mlflow"}, loaded & {"prefect", "mlflow"}
+
+
 def test_cli_help_path_imports_no_heavy_library():
     loaded = _modules_loaded_by("import flows.cli, flows.preflight, rlhf_core.config.pipeline")
     heavy = {"torch", "transformers", *HEAVY_ORCHESTRATION}

@@ -11,7 +11,7 @@ from rlhf_core.tracking import metric_name
 from tasks import tracking
 from tasks.artifacts import workspace_from
 from tasks.context import StageContext
-from tasks.data import data_metrics
+from tasks.stages.data import data_metrics
 
 
 @pytest.fixture()
