@@ -29,17 +29,9 @@ import torch
 from rlhf_core.losses import gather_logprobs
 
 
-@dataclass
-class Rollout:
-    """One batch of sampled responses (CPU or model device tensors)."""
-
-    query_ids: torch.Tensor  # (B, P) left-padded prompt ids
-    query_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
-    response_ids: torch.Tensor  # (B, R) pad after the first EOS
-    response_mask: torch.Tensor  # (B, R) bool, True up to and including the first EOS
-    has_eos: torch.Tensor  # (B,) bool, the response emitted EOS within max_new_tokens
-    logprobs: torch.Tensor | None = None  # (B, R) log pi(token) under logits / temperature, from the sampler
-    hidden: torch.Tensor | None = None  # (B, R, H) final hidden state that emitted each response token
+class QueryResponse:
+    """Prompt and response tensors joined as the models read them; for classes holding
+    ``query_ids``/``query_mask`` (B, P) and ``response_ids``/``response_mask`` (B, R)."""
 
     @property
     def query_response_ids(self) -> torch.Tensor:
@@ -52,6 +44,19 @@ class Rollout:
     @property
     def response_start(self) -> int:
         return self.query_ids.shape[1]
+
+
+@dataclass
+class Rollout(QueryResponse):
+    """One batch of sampled responses (CPU or model device tensors)."""
+
+    query_ids: torch.Tensor  # (B, P) left-padded prompt ids
+    query_mask: torch.Tensor  # (B, P) 1 on real prompt tokens
+    response_ids: torch.Tensor  # (B, R) pad after the first EOS
+    response_mask: torch.Tensor  # (B, R) bool, True up to and including the first EOS
+    has_eos: torch.Tensor  # (B,) bool, the response emitted EOS within max_new_tokens
+    logprobs: torch.Tensor | None = None  # (B, R) log pi(token) under logits / temperature, from the sampler
+    hidden: torch.Tensor | None = None  # (B, R, H) final hidden state that emitted each response token
 
 
 def left_pad(sequences: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor]:

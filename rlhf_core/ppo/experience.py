@@ -36,7 +36,7 @@ from rlhf_core.ppo.kl import kl_estimate, kl_penalized_rewards, reference_logpro
 from rlhf_core.ppo.loss import token_sum
 from rlhf_core.ppo.score import RewardFn, apply_missing_eos_penalty, center_scores, retokenize, reward_scores
 from rlhf_core.ppo.value import PolicyWithValue
-from rlhf_core.sampling import Rollout, sample
+from rlhf_core.sampling import QueryResponse, Rollout, sample
 from rlhf_core.training import retry_smaller_on_oom
 
 STAGE = "ppo"
@@ -60,7 +60,7 @@ class PPOModels:
 
 
 @dataclass
-class Experience:
+class Experience(QueryResponse):
     """One PPO step's rollout, grouped by role. Every tensor's first dimension is the rollout row."""
 
     # what was sampled
@@ -89,18 +89,6 @@ class Experience:
     @property
     def batch_size(self) -> int:
         return self.query_ids.shape[0]
-
-    @property
-    def query_response_ids(self) -> torch.Tensor:
-        return torch.cat([self.query_ids, self.response_ids], dim=1)  # (B, P+R)
-
-    @property
-    def attention_mask(self) -> torch.Tensor:
-        return torch.cat([self.query_mask.long(), self.response_mask.long()], dim=1)  # (B, P+R)
-
-    @property
-    def response_start(self) -> int:
-        return self.query_ids.shape[1]
 
     @property
     def mean_kl(self) -> float:
