@@ -67,10 +67,10 @@ def test_stop_tree_also_ends_workers_that_run_in_sessions_of_their_own(tmp_path)
 
 
 def test_a_guarded_process_dies_with_its_parent_even_by_sigkill():
-    """flows.runtime.guarded: the kernel SIGTERMs the child when its parent dies (PR_SET_PDEATHSIG)."""
+    """rlhf_core.processes.guarded: the kernel SIGTERMs the child when its parent dies (PR_SET_PDEATHSIG)."""
     parent_code = (
         "import subprocess, sys, time\n"
-        "from flows.runtime import guarded\n"
+        "from rlhf_core.processes import guarded\n"
         "child = subprocess.Popen(guarded([sys.executable, '-c', 'import time; time.sleep(120)']), start_new_session=True)\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(120)\n"
