@@ -307,8 +307,8 @@ def data_make_demo(
 
     With --samples data/demo/samples.json (the shipped replies) it rebuilds the shipped files in seconds.
     """
-    from data_checks.demo import make_demo_data
     from rlhf_core.config.model import ModelConfig
+    from rlhf_core.demo_data.generate import make_demo_data
 
     overrides: dict = {"n_rl_prompts_per_topic": n_rl_prompts_per_topic, "ranked_samples": ranked_samples,
                        "threads": threads}

@@ -1,7 +1,7 @@
 """Is a Prefect API or MLflow tracking server up? One HTTP health check, standard library only.
 
 Below both :mod:`flows.servers` (which starts the servers and waits for them) and
-:mod:`flows.runtime` (whose crash sweep checks the tracking server before asking it anything),
+:mod:`flows.crash_sweep` (which checks the tracking server before asking it anything),
 so neither imports the other's way round.
 """
 

@@ -195,7 +195,7 @@ def _guarded_server_class():
     from prefect.server.api.server import SubprocessASGIServer
     from prefect.settings import get_current_settings
 
-    from flows.runtime import guarded
+    from rlhf_core.processes import guarded
 
     class GuardedASGIServer(SubprocessASGIServer):
         def _run_uvicorn_command(self) -> subprocess.Popen:

@@ -168,9 +168,9 @@ def preflight(tracking_uri: str | None, prefect_api_url: str | None = None, *, r
 
 
 def reconcile_runs(prefect_api_url: str | None) -> None:
-    """Set Crashed the flow runs whose process died (see flows.runtime), and with a Prefect server
+    """Set Crashed the flow runs whose process died (see flows.crash_sweep), and with a Prefect server
     make sure its heartbeat automation exists (it covers runs started by a worker). Never raises."""
-    from flows.runtime import ensure_zombie_automation, reconcile_crashed_runs
+    from flows.crash_sweep import ensure_zombie_automation, reconcile_crashed_runs
 
     reconcile_crashed_runs(prefect_api_url)
     if prefect_api_url:

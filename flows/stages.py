@@ -24,7 +24,7 @@ from pathlib import Path
 from prefect import flow, get_run_logger
 from prefect.runtime import flow_run
 
-from flows.runtime import LABEL_EXPERIMENT, LABEL_TRACKING_URI, record_owner
+from flows.crash_sweep import LABEL_EXPERIMENT, LABEL_TRACKING_URI, record_owner
 from flows.servers import preflight
 from rlhf_core.config.pipeline import PipelineConfig, dump_config
 from tasks import tracking

@@ -1,7 +1,7 @@
 """The gold scorer: a deterministic stand-in for human judgement on the demo task.
 
 It plays two roles: the simulated annotator panel labels the demo preference pairs
-with it (plus per-annotator noise, see ``data_checks/demo.py``), and evaluation uses
+with it (plus per-annotator noise, see ``rlhf_core/demo_data/annotators.py``), and evaluation uses
 it to measure whether SFT / the reward model / PPO really made replies better.
 Pure python (``re`` only) and fast: PPO scores thousands of samples with it.
 

@@ -6,13 +6,18 @@ MLflow run id so it works from any thread (Prefect tasks may run in worker threa
 where MLflow's "active run" stack is not visible).
 
 A tracking server that goes down mid-run loses no metric (buffer and flush): every
-metric batch is first appended to a spool file (:class:`MetricSpool`, one JSONL file per
-MLflow run under ``<run_dir>/tracking/``), then sent. While the server is unreachable the
+metric batch is first appended to a spool file (``tasks.spool.MetricSpool``, one JSONL file
+per MLflow run under ``<run_dir>/tracking/``), then sent. While the server is unreachable the
 unsent batches stay pending, ONE warning names the server, training goes on, and later
 calls retry. At stage end :func:`stage_run` flushes them for up to
 ``tracking.flush_timeout_s``; if the server is still down the stage fails with
-:class:`TrackingUnavailableError`, naming the server and the spool, and
-``rlhf tracking flush RUN_ID`` (or ``rlhf run --resume RUN_ID``) sends them later.
+``tasks.spool.TrackingUnavailableError``, naming the server and the spool, and
+``rlhf tracking flush RUN_ID`` (or ``rlhf run --resume RUN_ID``; :func:`flush_spool`) sends
+them later.
+
+Also here: the run lifecycle (:func:`configure` the experiment, :func:`start_parent_run`,
+:func:`stage_run`, :func:`end_run`) and the links to a run's MLflow UI page. Stage models and
+checkpoints reach a local artifact store as hard links (tasks/artifact_links.py).
 """
 
 from __future__ import annotations
@@ -22,8 +27,6 @@ import logging
 import math
 import os
 import re
-import secrets
-import shutil
 import threading
 import time
 from collections.abc import Iterator, Mapping
@@ -32,9 +35,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from rlhf_core.errors import UserError
 from rlhf_core.stage_io import is_stage_model, is_training_checkpoint
 from rlhf_core.tracking import NullTracker, flatten_params, metric_name
+from tasks.artifact_links import link_tree
+from tasks.spool import MetricSpool, TrackingUnavailableError, read_spool
 
 # Keep MLflow quiet and local: no telemetry, no progress bars in logs.
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -52,10 +56,6 @@ REQUEST_TIMEOUT_S = 10
 REQUEST_RETRIES = 1
 RETRY_INTERVAL_S = (2.0, 60.0)  # while unreachable, later calls retry after 2 s, doubling up to 60 s
 MAX_METRICS_PER_REQUEST = 1000  # MLflow's log-batch limit
-
-
-class TrackingUnavailableError(UserError):
-    """The tracking server stayed unreachable: the metrics are safe in a spool file, not yet in MLflow."""
 
 
 def is_unreachable(exc: BaseException) -> bool:
@@ -80,114 +80,6 @@ def _why(exc: BaseException) -> str:
         if found:
             return found.group(1).strip()
     return text if len(text) <= 200 else text[:197] + "..."
-
-
-@dataclass
-class SpoolState:
-    """What a spool file says: its header, every batch, the acknowledged ids, a final status still to send."""
-
-    header: dict
-    batches: dict[int, dict]
-    sent: set[int]
-    end: str | None
-
-    @property
-    def pending(self) -> list[dict]:
-        return [batch for batch_id, batch in sorted(self.batches.items()) if batch_id not in self.sent]
-
-
-def read_spool(path: Path) -> SpoolState:
-    """Parse a spool file; a torn line (the process died mid-write) is skipped."""
-    state = SpoolState({}, {}, set(), None)
-    with open(path, encoding="utf-8") as fh:
-        for line in fh:
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            if "batch" in record:
-                state.batches[int(record["batch"])] = record
-            elif "sent" in record:
-                state.sent.update(int(i) for i in record["sent"])
-            elif "end" in record:
-                state.end = record["end"]
-            elif "end_sent" in record:
-                state.end = None
-            elif "spool" in record and not state.header:
-                state.header = record
-    if not state.header.get("run_id"):
-        raise TrackingUnavailableError(f"{path} is not a metrics spool file (no header line with a run_id)")
-    return state
-
-
-class MetricSpool:
-    """The durable record of one MLflow run's metric batches, and which of them MLflow accepted.
-
-    Append-only JSONL (a crash costs at most a torn last line, skipped on read):
-    ``{"spool": 1, "run_id", "tracking_uri", "stage"}`` first; ``{"batch": n, "step",
-    "timestamp", "metrics": {name: value}}`` per batch, written BEFORE it is sent;
-    ``{"sent": [n, ...]}`` once MLflow accepted batches, so a replay sends each batch once
-    (and MLflow's store drops an identical (key, timestamp, step, value) resent after a lost
-    answer); ``{"end": status}`` / ``{"end_sent": true}`` for a final run status that could
-    not be sent. ``path=None`` keeps the same bookkeeping in memory only.
-    """
-
-    def __init__(self, path: Path | None, run_id: str, tracking_uri: str, stage: str | None = None) -> None:
-        self.path = path
-        self.run_id = run_id
-        self.pending: list[dict] = []
-        self.end: str | None = None
-        self._next = 0
-        if path is None:
-            return
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.is_file() and path.stat().st_size:
-            state = read_spool(path)
-            if state.header["run_id"] != run_id:
-                raise TrackingUnavailableError(f"{path} spools MLflow run {state.header['run_id']}, not {run_id}")
-            self.pending, self.end = state.pending, state.end
-            self._next = max(state.batches, default=-1) + 1
-            with open(path, "rb+") as fh:  # end a torn last line so the next record starts clean
-                fh.seek(-1, os.SEEK_END)
-                if fh.read(1) != b"\n":
-                    fh.write(b"\n")
-        else:
-            self._append({"spool": 1, "run_id": run_id, "tracking_uri": tracking_uri, "stage": stage}, sync=True)
-
-    def add(self, step: int, timestamp: int, metrics: dict[str, float]) -> None:
-        batch = {"batch": self._next, "step": step, "timestamp": timestamp, "metrics": metrics}
-        self._next += 1
-        self._append(batch)
-        self.pending.append(batch)
-
-    def acknowledge(self, count: int) -> None:
-        """The first ``count`` pending batches reached MLflow."""
-        self._append({"sent": [batch["batch"] for batch in self.pending[:count]]})
-        del self.pending[:count]
-
-    def record_end(self, status: str) -> None:
-        self.end = status
-        self._append({"end": status}, sync=True)
-
-    def end_sent(self) -> None:
-        if self.end is not None:
-            self.end = None
-            self._append({"end_sent": True})
-
-    def sync(self) -> None:
-        """fsync: called while batches are pending, when this file is their only copy."""
-        if self.path is not None:
-            with open(self.path, "a", encoding="utf-8") as fh:
-                os.fsync(fh.fileno())
-
-    def _append(self, record: dict, sync: bool = False) -> None:
-        if self.path is None:
-            return
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record, separators=(",", ":")) + "\n")
-            if sync:
-                fh.flush()
-                os.fsync(fh.fileno())
 
 
 class MlflowTracker:
@@ -396,7 +288,8 @@ class MlflowTracker:
 
         A stage model directory (it carries the stage marker) or a training checkpoint (its
         manifest; both named in ``rlhf_core.stage_io``) going to a local artifact store is hard-linked there instead of copied
-        (:func:`link_tree`): the same bytes, no second 0.5 GB on disk, no time spent copying.
+        (``tasks.artifact_links.link_tree``): the same bytes, no second 0.5 GB on disk, no time spent
+        copying.
         """
         path = Path(path)
         if path.is_dir():
@@ -443,47 +336,6 @@ class MlflowTracker:
         # what mlflow.log_input does, bound to this run instead of the thread's active run
         entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context or name)])
         self.client.log_inputs(self.run_id, datasets=[entity])
-
-
-_LINK_TMP_PREFIX = ".artifact.uploading."  # MLflow's own staging prefix: list_artifacts hides such names
-
-
-def link_tree(src: Path, dst: Path) -> dict[str, int]:
-    """Put every file of ``src`` at the same place under ``dst`` as a hard link: one inode, no bytes copied.
-
-    A file that cannot be linked (``dst`` on another filesystem, or one without hard links) is
-    copied instead. Each file appears atomically (link or copy to a hidden name, then rename), so a
-    reader never sees half of one. Only for files that are never rewritten in place afterwards:
-    an edit would show through both names. Stage models qualify (written to a temp directory
-    that ``replace_dir`` renames into place; a newer model is a new directory, new inodes).
-    Returns how many files were ``linked`` and ``copied``.
-    """
-    counts = {"linked": 0, "copied": 0}
-    for root, _dirs, files in os.walk(src):
-        target = dst / Path(root).relative_to(src)
-        target.mkdir(parents=True, exist_ok=True)
-        for name in files:
-            counts["linked" if link_or_copy(Path(root) / name, target / name) else "copied"] += 1
-    return counts
-
-
-def link_or_copy(src: Path, dst: Path) -> bool:
-    """``dst`` becomes a hard link to ``src`` (True), or a copy where linking fails (False)."""
-    if dst.exists() and os.path.samefile(src, dst):
-        return True
-    tmp = dst.with_name(f"{_LINK_TMP_PREFIX}{secrets.token_hex(6)}")
-    try:
-        try:
-            os.link(src, tmp)
-            linked = True
-        except OSError:  # EXDEV (another device), EPERM/ENOTSUP (no hard links there), EMLINK
-            shutil.copy2(src, tmp)
-            linked = False
-        os.replace(tmp, dst)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return linked
 
 
 class NullStageTracker(NullTracker):

@@ -17,7 +17,7 @@ import time
 import psutil
 import pytest
 
-from flows.runtime import LABEL_HOST, LABEL_PID, LABEL_STARTED, owner_alive, owner_labels
+from flows.crash_sweep import LABEL_HOST, LABEL_PID, LABEL_STARTED, owner_alive, owner_labels
 from tests.conftest import MODEL_CACHE, REPO
 
 
@@ -49,7 +49,7 @@ def test_a_pipeline_killed_mid_stage_is_marked_crashed_with_its_mlflow_runs_fail
 
     from prefect.client.schemas.objects import StateType
 
-    from flows.runtime import ZOMBIE_AUTOMATION, reconcile_crashed_runs
+    from flows.crash_sweep import ZOMBIE_AUTOMATION, reconcile_crashed_runs
 
     workspace = tmp_path / "ws"
     log_path = tmp_path / "rlhf-run.log"

@@ -1,4 +1,4 @@
-"""The shipped demo data (data/demo) and its generator (data_checks/demo.py)."""
+"""The shipped demo data (data/demo) and its generator (rlhf_core/demo_data/)."""
 
 from __future__ import annotations
 
@@ -12,24 +12,21 @@ from pathlib import Path
 
 import pytest
 
-from data_checks.demo import (
-    DEFECT_COUNTS,
-    FOREIGN_PROMPTS,
-    OFF_SUPPORT_PROMPTS,
-    TOPICS,
+from rlhf_core.config.demo_data import DemoDataConfig
+from rlhf_core.config.model import ModelConfig
+from rlhf_core.demo_data.annotators import (
     Annotator,
-    DemoDataConfig,
-    Candidates,
-    build_pairs,
-    build_prompts,
     calibrate_tau,
     expected_agreement,
-    make_demo_data,
+    label_pairs,
     pairwise_agreement,
-    ranked_pair_kinds,
-    trim_to_last_sentence,
+    preference_probs,
 )
-from rlhf_core.config.model import ModelConfig
+from rlhf_core.demo_data.defects import DEFECT_COUNTS, FOREIGN_PROMPTS, OFF_SUPPORT_PROMPTS
+from rlhf_core.demo_data.generate import make_demo_data
+from rlhf_core.demo_data.pairs import build_pairs, ranked_pair_kinds
+from rlhf_core.demo_data.prompts import TOPICS, build_prompts
+from rlhf_core.demo_data.replies import Candidates, trim_to_last_sentence
 from rlhf_core.errors import ConfigError
 from rlhf_core.gold import gold_score, is_refusal
 
@@ -44,7 +41,7 @@ def _read(path: Path) -> list[dict]:
 @pytest.fixture(scope="module")
 def demo() -> dict:
     if not (DEMO / "stats.json").is_file():
-        pytest.fail(f"{DEMO}/stats.json is missing: run `python -m data_checks.demo --out data/demo`")
+        pytest.fail(f"{DEMO}/stats.json is missing: run `python -m rlhf_core.demo_data --out data/demo`")
     data = {name: _read(DEMO / f"{name}.jsonl") for name in FILES}
     data["stats"] = json.loads((DEMO / "stats.json").read_text(encoding="utf-8"))
     return data
@@ -255,8 +252,6 @@ def test_calibrated_panel_hits_the_target_agreement():
         assert expected_agreement(items, panel, tau) == pytest.approx(target, abs=1e-6)
     # Closed form vs simulation: sample labels with the calibrated tau and measure.
     tau = calibrate_tau(items, panel, 0.73)
-    from data_checks.demo import preference_probs
-
     labels = []
     for _ in range(20):
         for gap, dwords in items:
@@ -324,8 +319,6 @@ def test_prompts_are_unique_and_split_by_subject():
 def test_bad_generator_configs_are_clear_errors():
     with pytest.raises(ConfigError, match="topic '.*' has 84 distinct prompts"):
         build_prompts(DemoDataConfig(n_prompts_per_topic=60, n_rl_prompts_per_topic=40), random.Random(0))
-    from data_checks.demo import label_pairs
-
     with pytest.raises(ConfigError, match="n_annotators must be odd"):
         label_pairs([], DemoDataConfig(n_annotators=4), random.Random(0))
     # out-of-range settings are one-line errors naming the field, before any model is loaded
@@ -370,7 +363,7 @@ def _fail_if_sampling(msg: str) -> None:
 def test_shipped_files_rebuild_byte_for_byte_from_the_shipped_samples(demo, tmp_path):
     """The raw model replies are shipped (samples.json); everything downstream of sampling
     (bad replies, gold scores, the panel, defects) must reproduce the shipped files exactly.
-    If this fails after changing data_checks/demo.py or rlhf_core/gold.py, regenerate with
+    If this fails after changing rlhf_core/demo_data/ or rlhf_core/gold.py, regenerate with
     the command in data/demo/README.md and commit the new files."""
     cfg = demo["stats"]["config"]
     samples = tmp_path / "samples.json"

@@ -30,6 +30,14 @@ from tests.conftest import MODEL_CACHE, REPO
 # --- the pieces, without a run ---------------------------------------------------------------
 
 
+def _cmdline(proc: psutil.Process) -> str:
+    """The command line, or "" for a short-lived process (`file`, `ldconfig`) that has already exited."""
+    try:
+        return " ".join(proc.cmdline())
+    except (psutil.NoSuchProcess, psutil.ZombieProcess, psutil.AccessDenied):
+        return ""
+
+
 def _wait_gone(proc: psutil.Process, timeout: float) -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -67,10 +75,10 @@ def test_stop_tree_also_ends_workers_that_run_in_sessions_of_their_own(tmp_path)
 
 
 def test_a_guarded_process_dies_with_its_parent_even_by_sigkill():
-    """flows.runtime.guarded: the kernel SIGTERMs the child when its parent dies (PR_SET_PDEATHSIG)."""
+    """rlhf_core.processes.guarded: the kernel SIGTERMs the child when its parent dies (PR_SET_PDEATHSIG)."""
     parent_code = (
         "import subprocess, sys, time\n"
-        "from flows.runtime import guarded\n"
+        "from rlhf_core.processes import guarded\n"
         "child = subprocess.Popen(guarded([sys.executable, '-c', 'import time; time.sleep(120)']), start_new_session=True)\n"
         "print(child.pid, flush=True)\n"
         "time.sleep(120)\n"
@@ -188,7 +196,7 @@ class _Run:
             self._note_processes()
             time.sleep(0.3)
         self._note_processes()
-        server = [p for p in self.seen.values() if "uvicorn" in " ".join(p.cmdline())]
+        server = [p for p in self.seen.values() if "uvicorn" in _cmdline(p)]
         assert server, "the ephemeral Prefect API server was not seen"
 
     def send(self, sig: signal.Signals, *, to_group: bool) -> float:

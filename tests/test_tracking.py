@@ -9,6 +9,7 @@ import pytest
 from rlhf_core.stage_io import STAGE_MARKER
 from rlhf_core.tracking import metric_name
 from tasks import tracking
+from tasks.artifact_links import link_tree
 from tasks.artifacts import workspace_from
 from tasks.context import StageContext
 from tasks.stages.data import data_metrics
@@ -169,7 +170,7 @@ def test_linking_falls_back_to_a_copy_across_devices(tmp_path, monkeypatch):
         import tempfile
 
         with tempfile.TemporaryDirectory(dir=shm) as other:
-            assert tracking.link_tree(src, Path(other) / "model") == {"linked": 0, "copied": 3}
+            assert link_tree(src, Path(other) / "model") == {"linked": 0, "copied": 3}
             assert (Path(other) / "model" / "model.safetensors").read_bytes() == b"weights"
 
     def cross_device(*_args, **_kwargs):
@@ -177,7 +178,7 @@ def test_linking_falls_back_to_a_copy_across_devices(tmp_path, monkeypatch):
 
     monkeypatch.setattr(os, "link", cross_device)
     dst = tmp_path / "artifacts" / "model"
-    assert tracking.link_tree(src, dst) == {"linked": 0, "copied": 3}
+    assert link_tree(src, dst) == {"linked": 0, "copied": 3}
     copied = dst / "model.safetensors"
     assert copied.read_bytes() == b"weights" and not os.path.samefile(copied, src / "model.safetensors")
     assert sorted(p.name for p in dst.iterdir()) == sorted(p.name for p in src.iterdir())  # no temp files left
@@ -190,8 +191,8 @@ def test_linking_again_is_idempotent_and_replaces_a_stale_file(tmp_path):
     dst = tmp_path / "artifacts" / "model"
     dst.mkdir(parents=True)
     (dst / "model.safetensors").write_bytes(b"stale")
-    assert tracking.link_tree(src, dst) == {"linked": 3, "copied": 0}
-    assert tracking.link_tree(src, dst) == {"linked": 3, "copied": 0}
+    assert link_tree(src, dst) == {"linked": 3, "copied": 0}
+    assert link_tree(src, dst) == {"linked": 3, "copied": 0}
     assert os.path.samefile(dst / "model.safetensors", src / "model.safetensors")
     assert not [p for p in dst.iterdir() if p.name.startswith(".")]
 

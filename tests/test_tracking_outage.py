@@ -21,6 +21,7 @@ from flows.servers import start_mlflow_server, wait_healthy
 from rlhf_core.processes import free_port
 from tasks import tracking
 from tasks.artifacts import workspace_from
+from tasks.spool import TrackingUnavailableError, read_spool
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -121,7 +122,7 @@ def test_metrics_logged_while_the_server_is_down_reach_it_exactly_once(server, t
     for key in ("sft/loss", "sft/grad_norm"):
         assert _steps(client, run_id, key) == list(range(15)), key  # every step, exactly once
     assert client.get_run(run_id).info.status == "FINISHED"
-    state = tracking.read_spool(stage.spool.path)
+    state = read_spool(stage.spool.path)
     assert len(state.batches) == 15 and not state.pending and state.end is None
     # Replaying the spool now sends nothing a second time.
     assert tracking.flush_spool(stage.spool.path, timeout_s=5).batches == 0
@@ -140,7 +141,7 @@ def test_a_server_that_never_comes_back_fails_the_stage_clearly_and_the_flush_co
     experiment_id = _experiment(server, "outage-for-good")
     parent = tracking.start_parent_run(experiment_id, "pipeline")
     run_dir = tmp_path / "runs" / "r2"
-    with pytest.raises(tracking.TrackingUnavailableError) as err:
+    with pytest.raises(TrackingUnavailableError) as err:
         with tracking.stage_run(parent.run_id, experiment_id, "reward", spool_dir=run_dir / tracking.SPOOL_DIR,
                                 flush_timeout_s=3) as stage:  # fmt: skip
             run_id = stage.run_id
@@ -152,7 +153,7 @@ def test_a_server_that_never_comes_back_fails_the_stage_clearly_and_the_flush_co
     spool = run_dir / tracking.SPOOL_DIR / f"reward-{run_id}.jsonl"
     assert server.url in message and str(spool) in message, message
     assert f"rlhf tracking flush {run_dir}" in message and "5 metric batches" in message
-    assert spool.is_file() and len(tracking.read_spool(spool).pending) == 5
+    assert spool.is_file() and len(read_spool(spool).pending) == 5
 
     server.start()
     client = MlflowClient(server.url)
@@ -214,7 +215,7 @@ def test_a_spool_left_by_a_killed_process_is_replayed_once(sqlite_store, tmp_pat
         for step in (1, 2):
             fh.write(json.dumps({"batch": step, "step": step, "timestamp": 1000 + step, "metrics": {"ppo/kl": 0.1 * step}}) + "\n")
         fh.write('{"batch": 3, "step": 3, "timest')  # torn mid-write
-    state = tracking.read_spool(spool)
+    state = read_spool(spool)
     assert [b["step"] for b in state.pending] == [1, 2]
 
     report = tracking.flush_spool(spool)
@@ -227,7 +228,7 @@ def test_a_spool_left_by_a_killed_process_is_replayed_once(sqlite_store, tmp_pat
     reopened = tracking.MlflowTracker(run_id, ws.mlflow_uri, spool=spool, stage="ppo")
     reopened.log_metrics({"ppo/kl": 0.4}, 4)
     assert _steps(client, run_id, "ppo/kl") == [0, 1, 2, 4]
-    assert not tracking.read_spool(spool).pending
+    assert not read_spool(spool).pending
 
 
 def test_a_rejected_batch_raises_instead_of_waiting_for_a_server(sqlite_store, tmp_path):
@@ -254,7 +255,7 @@ def test_a_resumed_run_first_sends_what_an_earlier_attempt_left_in_its_spools(tm
     from prefect.runtime import flow_run
     from prefect.testing.utilities import prefect_test_harness
 
-    from flows.runtime import LABEL_EXPERIMENT, LABEL_PID, LABEL_TRACKING_URI
+    from flows.crash_sweep import LABEL_EXPERIMENT, LABEL_PID, LABEL_TRACKING_URI
     from flows.stages import _context
     from rlhf_core.config.pipeline import load_config
 
@@ -289,6 +290,6 @@ def test_a_resumed_run_first_sends_what_an_earlier_attempt_left_in_its_spools(tm
     assert _steps(client, stage_id, "sft/loss") == [0, 1, 2]  # batches 1 and 2 sent, batch 0 not twice
     assert client.get_run(stage_id).info.status == "FAILED"  # the status the earlier attempt could not send
     assert client.get_run(parent.run_id).info.status == "RUNNING"  # reopened for the resumed run
-    assert not tracking.read_spool(spool).pending and tracking.read_spool(spool).end is None
+    assert not read_spool(spool).pending and read_spool(spool).end is None
     assert labels[LABEL_PID] == os.getpid() and labels[LABEL_TRACKING_URI] == ws.mlflow_uri
     assert labels[LABEL_EXPERIMENT] == experiment_id
