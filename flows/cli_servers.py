@@ -87,152 +87,153 @@ def _block(procs, follow: Path | None = None) -> None:
         time.sleep(0.5)
 
 
+def ui(
+    workspace: Annotated[
+        Path, typer.Option("--workspace", "-w", help="Workspace whose Prefect and MLflow stores to serve.")
+    ] = Path(".rlhf"),
+    prefect_port: Annotated[int, typer.Option(min=1, max=65535, help="Prefect server port.")] = 4200,
+    mlflow_port: Annotated[int, typer.Option(min=1, max=65535, help="MLflow server port.")] = 5000,
+    host: Annotated[
+        str,
+        typer.Option(help="Interface to listen on. Anything but loopback exposes unauthenticated UIs: see infra/README.md."),
+    ] = "127.0.0.1",
+    mlflow_allowed_hosts: Annotated[
+        Optional[str], typer.Option(help="MLflow --allowed-hosts (Host headers accepted) when not on loopback.")
+    ] = None,
+    timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for both servers to be healthy.")] = 180.0,
+) -> None:
+    """Start the Prefect server and the MLflow tracking server; stop both on Ctrl-C."""
+    from flows.servers import start_servers
+
+    console = _console()
+    if host not in LOOPBACK:
+        _console(stderr=True).print(
+            f"[yellow]warning:[/] listening on {host}: neither UI has authentication; "
+            "put a reverse proxy with auth in front (infra/README.md)"
+        )
+    console.print(f"starting the Prefect and MLflow servers for workspace [bold]{workspace.resolve()}[/] ...", soft_wrap=True)
+    previous = _install_stop_signals()
+    try:
+        servers = start_servers(
+            workspace, prefect_port=prefect_port, mlflow_port=mlflow_port, host=host,
+            timeout=timeout, allowed_hosts=mlflow_allowed_hosts,
+        )  # fmt: skip
+    except (KeyboardInterrupt, _Terminated):  # start_servers already stopped what it started
+        _restore_signals(previous)
+        console.print("[yellow]interrupted while starting; stopped[/]")
+        return
+    try:
+        took = ", ".join(f"{name} {sec:.0f} s" for name, sec in servers.startup_seconds.items())
+        console.print(f"[green]both servers are healthy[/] ({took})")
+        console.print(f"  Prefect UI:  [bold]{servers.prefect_url}[/]")
+        # The experiments list in "Model training" mode: MLflow 3 otherwise opens its GenAI view.
+        console.print(f"  MLflow UI:   [bold]{servers.mlflow_url}/#/experiments?workflowType=machine_learning[/]", soft_wrap=True)
+        console.print("to use them from another shell:")
+        # Commands to copy: one line each, however narrow the terminal (a wrapped one breaks the paste).
+        console.print(f"  export PREFECT_API_URL={servers.prefect_api_url}", soft_wrap=True)
+        console.print(f"  rlhf deploy --workspace {workspace} --tracking-uri {servers.mlflow_url}", soft_wrap=True)
+        console.print(f"  rlhf run --set tracking.tracking_uri={servers.mlflow_url}", soft_wrap=True)
+        console.print(f"logs: {servers.prefect.log_path.parent}   (Ctrl-C to stop)", soft_wrap=True)
+        _block([servers.prefect, servers.mlflow])
+    except (KeyboardInterrupt, _Terminated):
+        pass
+    finally:
+        console.print("stopping the servers ...")
+        servers.stop()
+        _restore_signals(previous)
+    console.print("[green]stopped[/]")
+
+def deploy(
+    config: Annotated[
+        Optional[str],
+        typer.Option("--config", "-c", help="YAML config or preset name (smoke, demo, hh-rlhf): the deployments' default parameters."),
+    ] = None,
+    set_: Annotated[
+        Optional[list[str]], typer.Option("--set", "-s", help="Override a config key (repeatable).")
+    ] = None,
+    workspace: Annotated[
+        Optional[Path], typer.Option("--workspace", "-w", help="Workspace the scheduled runs write to (default: the config's).")
+    ] = None,
+    cron: Annotated[
+        Optional[str],
+        typer.Option(help="The pipeline's schedule, cron syntax in UTC (default '0 3 * * *' = 03:00 daily; '' for none)."),
+    ] = None,
+    interval: Annotated[
+        Optional[float], typer.Option(help="Instead of --cron: run the pipeline every SECONDS.", metavar="SECONDS")
+    ] = None,
+    paused: Annotated[
+        bool, typer.Option("--paused/--active", help="Register the schedule off (turn it on in the UI) or on.")
+    ] = True,
+    pool: Annotated[str, typer.Option(help="Prefect process work pool (created if missing).")] = "rlhf-process",
+    name: Annotated[Optional[str], typer.Option(help="Deployment name (default: the config's name).")] = None,
+    prefect_api_url: Annotated[
+        Optional[str], typer.Option(help="Prefect API (default: $PREFECT_API_URL or http://127.0.0.1:4200/api).")
+    ] = None,
+    tracking_uri: Annotated[
+        Optional[str], typer.Option(help="MLflow tracking URI for the runs, e.g. http://127.0.0.1:5000 (default: the config's).")
+    ] = None,
+    worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Start a worker and run until Ctrl-C.")] = True,
+) -> None:
+    """Register a deployment per flow (the pipeline's with a schedule) and start a worker for them.
+
+    Every flow (the whole pipeline and each stage) can be run by hand from the Prefect UI; the schedule goes on the pipeline only. Relative data paths resolve against the current directory, else the repository (the presets' data/demo files); a missing file is refused.
+    """
+    from flows.deploy import DEFAULT_CRON, absolutize_paths, deploy_flows, make_schedule, resolve_inputs
+    from flows.servers import preflight, start_worker
+    from rlhf_core.config.pipeline import load_config
+
+    schedule = make_schedule(DEFAULT_CRON if cron is None and interval is None else cron, interval, not paused)
+    cfg = load_config(config, set_ or [])
+    if workspace is not None:
+        cfg.workspace = workspace
+    # Absolute: the worker runs flows from the repository directory, not from here.
+    resolve_inputs(cfg, Path.cwd())
+    absolutize_paths(cfg, Path.cwd())
+    if tracking_uri:
+        from pydantic import ValidationError
+
+        from rlhf_core.config.pipeline import format_validation_error
+        from rlhf_core.errors import ConfigError
+
+        try:  # validated like the config's own value: no password in it (rlhf_core/redact.py)
+            cfg.tracking.tracking_uri = tracking_uri
+        except ValidationError as exc:
+            raise ConfigError(format_validation_error(exc, "--tracking-uri")) from exc
+    api = prefect_api_url or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api"
+    preflight(cfg.tracking.tracking_uri, api)
+
+    console = _console()
+    deployed = deploy_flows(cfg, api, pool=pool, schedule=schedule, deployment_name=name)
+    console.print(f"[green]deployed[/] {len(deployed)} flows as '{deployed[0].deployment_name}' on work pool '{pool}':")
+    width = max(len(d.flow_name) for d in deployed)
+    for d in deployed:
+        console.print(f"  {d.flow_name:<{width}}  {d.schedule}", soft_wrap=True)
+    console.print(f"{deployed[0].flow_name} in the Prefect UI:")
+    console.print(deployed[0].url, soft_wrap=True)  # one line, even where the terminal is narrower
+    console.print(f"runs write to {cfg.workspace}", soft_wrap=True)
+    console.print(f"tracking: {redact_text(cfg.tracking.tracking_uri or 'the workspace sqlite store')}", soft_wrap=True)
+    if not worker:
+        console.print("start a worker with:")
+        console.print(f"  PREFECT_API_URL={api} prefect worker start --pool {pool}", soft_wrap=True)
+        return
+    previous = _install_stop_signals()
+    proc = start_worker(pool, api, cfg.workspace)
+    console.print(f"worker started on pool '{pool}'; Ctrl-C to stop; log:")
+    console.print(str(proc.log_path), soft_wrap=True)
+    try:
+        _block([proc], follow=proc.log_path)
+    except (KeyboardInterrupt, _Terminated):
+        pass
+    finally:
+        proc.stop()
+        _restore_signals(previous)
+    console.print("[green]worker stopped[/]")
+
+
 def register(app: typer.Typer) -> None:
     """Add the `ui` and `deploy` commands to ``app``."""
-
-    @app.command("ui")
-    def ui(
-        workspace: Annotated[
-            Path, typer.Option("--workspace", "-w", help="Workspace whose Prefect and MLflow stores to serve.")
-        ] = Path(".rlhf"),
-        prefect_port: Annotated[int, typer.Option(min=1, max=65535, help="Prefect server port.")] = 4200,
-        mlflow_port: Annotated[int, typer.Option(min=1, max=65535, help="MLflow server port.")] = 5000,
-        host: Annotated[
-            str,
-            typer.Option(help="Interface to listen on. Anything but loopback exposes unauthenticated UIs: see infra/README.md."),
-        ] = "127.0.0.1",
-        mlflow_allowed_hosts: Annotated[
-            Optional[str], typer.Option(help="MLflow --allowed-hosts (Host headers accepted) when not on loopback.")
-        ] = None,
-        timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for both servers to be healthy.")] = 180.0,
-    ) -> None:
-        """Start the Prefect server and the MLflow tracking server; stop both on Ctrl-C."""
-        from flows.servers import start_servers
-
-        console = _console()
-        if host not in LOOPBACK:
-            _console(stderr=True).print(
-                f"[yellow]warning:[/] listening on {host}: neither UI has authentication; "
-                "put a reverse proxy with auth in front (infra/README.md)"
-            )
-        console.print(f"starting the Prefect and MLflow servers for workspace [bold]{workspace.resolve()}[/] ...", soft_wrap=True)
-        previous = _install_stop_signals()
-        try:
-            servers = start_servers(
-                workspace, prefect_port=prefect_port, mlflow_port=mlflow_port, host=host,
-                timeout=timeout, allowed_hosts=mlflow_allowed_hosts,
-            )  # fmt: skip
-        except (KeyboardInterrupt, _Terminated):  # start_servers already stopped what it started
-            _restore_signals(previous)
-            console.print("[yellow]interrupted while starting; stopped[/]")
-            return
-        try:
-            took = ", ".join(f"{name} {sec:.0f} s" for name, sec in servers.startup_seconds.items())
-            console.print(f"[green]both servers are healthy[/] ({took})")
-            console.print(f"  Prefect UI:  [bold]{servers.prefect_url}[/]")
-            # The experiments list in "Model training" mode: MLflow 3 otherwise opens its GenAI view.
-            console.print(f"  MLflow UI:   [bold]{servers.mlflow_url}/#/experiments?workflowType=machine_learning[/]", soft_wrap=True)
-            console.print("to use them from another shell:")
-            # Commands to copy: one line each, however narrow the terminal (a wrapped one breaks the paste).
-            console.print(f"  export PREFECT_API_URL={servers.prefect_api_url}", soft_wrap=True)
-            console.print(f"  rlhf deploy --workspace {workspace} --tracking-uri {servers.mlflow_url}", soft_wrap=True)
-            console.print(f"  rlhf run --set tracking.tracking_uri={servers.mlflow_url}", soft_wrap=True)
-            console.print(f"logs: {servers.prefect.log_path.parent}   (Ctrl-C to stop)", soft_wrap=True)
-            _block([servers.prefect, servers.mlflow])
-        except (KeyboardInterrupt, _Terminated):
-            pass
-        finally:
-            console.print("stopping the servers ...")
-            servers.stop()
-            _restore_signals(previous)
-        console.print("[green]stopped[/]")
-
-    @app.command("deploy")
-    def deploy(
-        config: Annotated[
-            Optional[str],
-            typer.Option("--config", "-c", help="YAML config or preset name (smoke, demo, hh-rlhf): the deployments' default parameters."),
-        ] = None,
-        set_: Annotated[
-            Optional[list[str]], typer.Option("--set", "-s", help="Override a config key (repeatable).")
-        ] = None,
-        workspace: Annotated[
-            Optional[Path], typer.Option("--workspace", "-w", help="Workspace the scheduled runs write to (default: the config's).")
-        ] = None,
-        cron: Annotated[
-            Optional[str],
-            typer.Option(help="The pipeline's schedule, cron syntax in UTC (default '0 3 * * *' = 03:00 daily; '' for none)."),
-        ] = None,
-        interval: Annotated[
-            Optional[float], typer.Option(help="Instead of --cron: run the pipeline every SECONDS.", metavar="SECONDS")
-        ] = None,
-        paused: Annotated[
-            bool, typer.Option("--paused/--active", help="Register the schedule off (turn it on in the UI) or on.")
-        ] = True,
-        pool: Annotated[str, typer.Option(help="Prefect process work pool (created if missing).")] = "rlhf-process",
-        name: Annotated[Optional[str], typer.Option(help="Deployment name (default: the config's name).")] = None,
-        prefect_api_url: Annotated[
-            Optional[str], typer.Option(help="Prefect API (default: $PREFECT_API_URL or http://127.0.0.1:4200/api).")
-        ] = None,
-        tracking_uri: Annotated[
-            Optional[str], typer.Option(help="MLflow tracking URI for the runs, e.g. http://127.0.0.1:5000 (default: the config's).")
-        ] = None,
-        worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Start a worker and run until Ctrl-C.")] = True,
-    ) -> None:
-        """Register a deployment per flow (the pipeline's with a schedule) and start a worker for them.
-
-        Every flow (the whole pipeline and each stage) can be run by hand from the Prefect UI; the schedule goes on the pipeline only. Relative data paths resolve against the current directory, else the repository (the presets' data/demo files); a missing file is refused.
-        """
-        from flows.deploy import DEFAULT_CRON, absolutize_paths, deploy_flows, make_schedule, resolve_inputs
-        from flows.servers import preflight, start_worker
-        from rlhf_core.config.pipeline import load_config
-
-        schedule = make_schedule(DEFAULT_CRON if cron is None and interval is None else cron, interval, not paused)
-        cfg = load_config(config, set_ or [])
-        if workspace is not None:
-            cfg.workspace = workspace
-        # Absolute: the worker runs flows from the repository directory, not from here.
-        resolve_inputs(cfg, Path.cwd())
-        absolutize_paths(cfg, Path.cwd())
-        if tracking_uri:
-            from pydantic import ValidationError
-
-            from rlhf_core.config.pipeline import format_validation_error
-            from rlhf_core.errors import ConfigError
-
-            try:  # validated like the config's own value: no password in it (rlhf_core/redact.py)
-                cfg.tracking.tracking_uri = tracking_uri
-            except ValidationError as exc:
-                raise ConfigError(format_validation_error(exc, "--tracking-uri")) from exc
-        api = prefect_api_url or os.environ.get("PREFECT_API_URL") or "http://127.0.0.1:4200/api"
-        preflight(cfg.tracking.tracking_uri, api)
-
-        console = _console()
-        deployed = deploy_flows(cfg, api, pool=pool, schedule=schedule, deployment_name=name)
-        console.print(f"[green]deployed[/] {len(deployed)} flows as '{deployed[0].deployment_name}' on work pool '{pool}':")
-        width = max(len(d.flow_name) for d in deployed)
-        for d in deployed:
-            console.print(f"  {d.flow_name:<{width}}  {d.schedule}", soft_wrap=True)
-        console.print(f"{deployed[0].flow_name} in the Prefect UI:")
-        console.print(deployed[0].url, soft_wrap=True)  # one line, even where the terminal is narrower
-        console.print(f"runs write to {cfg.workspace}", soft_wrap=True)
-        console.print(f"tracking: {redact_text(cfg.tracking.tracking_uri or 'the workspace sqlite store')}", soft_wrap=True)
-        if not worker:
-            console.print("start a worker with:")
-            console.print(f"  PREFECT_API_URL={api} prefect worker start --pool {pool}", soft_wrap=True)
-            return
-        previous = _install_stop_signals()
-        proc = start_worker(pool, api, cfg.workspace)
-        console.print(f"worker started on pool '{pool}'; Ctrl-C to stop; log:")
-        console.print(str(proc.log_path), soft_wrap=True)
-        try:
-            _block([proc], follow=proc.log_path)
-        except (KeyboardInterrupt, _Terminated):
-            pass
-        finally:
-            proc.stop()
-            _restore_signals(previous)
-        console.print("[green]worker stopped[/]")
+    app.command("ui")(ui)
+    app.command("deploy")(deploy)
 
 
 def main() -> None:

@@ -302,3 +302,28 @@ def test_checker_keeps_the_stage_bodies_below_the_prefect_tasks(tmp_path):
 @pytest.mark.parametrize("module", FOUNDATION)
 def test_the_config_foundation_is_standard_library_only(module):
     assert not [i for i in repo_imports() if i.importer == module]
+
+
+MAX_FUNCTION_LINES = 100  # issue 18: every function of the algorithms package reads on one or two screens
+
+
+def long_functions(root: Path, package: str = "rlhf_core") -> list[str]:
+    """``file:line name (N lines)`` for every function in ``package`` longer than MAX_FUNCTION_LINES."""
+    found = []
+    for path in sorted((root / package).rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                lines = node.end_lineno - node.lineno + 1
+                if lines > MAX_FUNCTION_LINES:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} {node.name} ({lines} lines)")
+    return found
+
+
+def test_no_function_in_rlhf_core_is_over_100_lines():
+    assert long_functions(REPO) == []
+
+
+def test_the_length_check_names_a_long_function(tmp_path):
+    body = "\n".join(f"    x{i} = {i}" for i in range(MAX_FUNCTION_LINES))
+    _write(tmp_path, {"rlhf_core/loop.py": f"def short():\n    return 1\n\n\ndef train():\n{body}\n"})
+    assert long_functions(tmp_path) == ["rlhf_core/loop.py:5 train (101 lines)"]
