@@ -65,10 +65,11 @@ def row_context(row: Mapping[str, Any], where: str) -> Messages | None:
     if isinstance(value, (list, tuple)) and not value:
         return None
     messages = check_messages(value, where)
-    if messages[0]["role"] not in ("system", "user"):
-        raise DataError(f"{where}: '{CONTEXT_COLUMN}' must start with a system or user message, not {messages[0]['role']}")
-    if messages[-1]["role"] != "user":
-        raise DataError(f"{where}: '{CONTEXT_COLUMN}' must end with the user turn the reply answers, not {messages[-1]['role']}")
+    first, last = messages[0]["role"], messages[-1]["role"]
+    if first not in ("system", "user"):
+        raise DataError(f"{where}: '{CONTEXT_COLUMN}' must start with a system or user message, not {first}")
+    if last != "user":
+        raise DataError(f"{where}: '{CONTEXT_COLUMN}' must end with the user turn the reply answers, not {last}")
     return messages
 
 
