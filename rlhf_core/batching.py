@@ -3,9 +3,9 @@
 SFT rows (``demonstrations``: id, prompt, response, messages|None) become token ids plus labels
 that are ``-100`` everywhere except on the tokens the model must learn to write: the response,
 or every assistant turn of a multi-turn ``messages`` conversation (completion-only loss).
-Preference rows (``preferences``: id, prompt, chosen, rejected, margin|None) become two token
-sequences, prompt+chosen and prompt+rejected, that go through the reward model in ONE forward
-pass, in one of two layouts:
+Preference rows (``preferences``: id, prompt, prompt_messages|None, chosen, rejected, margin|None)
+become two token sequences, prompt+chosen and prompt+rejected, that go through the reward model
+in ONE forward pass, in one of two layouts:
 
 * shared prefix (the default, ``collate_shared_pairs``): ONE row per pair,
   ``[shared prefix | chosen suffix | rejected suffix]``, so the prompt (with the chat template's
@@ -27,9 +27,18 @@ conversation's ids; a template that rewrites earlier turns fails loudly (``DataE
 of silently mislabelling. With SmolLM2's ChatML template the labelled span is the content plus
 ``<|im_end|>\\n``, so the model learns to stop.
 
-Rows longer than ``max_length`` are an error naming the row and its lengths unless truncation
-is on; truncation cuts the oldest tokens (prompt / earlier turns) from the left and never the
-final response.
+Every stage renders a prompt through :func:`prompt_ids` / :func:`prompt_response_ids`: one user
+turn (``prompt``; ``prompt_messages`` None), or the conversation in ``prompt_messages``
+(:mod:`rlhf_core.conversation`) rendered as real turns, ``apply_chat_template(prompt_messages,
+add_generation_prompt=True)``, with the reply as the next assistant turn. The 'plain' format (no
+template) renders a conversation as ``"User: ...\n\nAssistant: ...\n\nUser: ...\n\nAssistant:"``.
+
+Lengths count template tokens. A conversation (``prompt_messages``, or an SFT row's ``messages``)
+over ``max_length`` first loses whole earliest turns, a leading system message kept, down to the
+final user turn and its reply (:func:`rlhf_core.conversation.fit_turns`); whatever is still too
+long (and any over-long single-turn row) is an error naming the row and its lengths unless
+truncation is on; truncation cuts the oldest tokens from the left and never the final response.
+``truncated`` on an example counts every token cut from the left, whole turns included.
 
 Batches are length-bucketed (megabatch trick, as in HF's ``LengthGroupedSampler``): per epoch,
 a seeded shuffle, then windows of ``window`` step-batches sorted by length, chunked, and the
@@ -48,6 +57,7 @@ from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 
+from rlhf_core.conversation import Messages, chat_messages, check_messages, fit_turns, plain_text, row_context
 from rlhf_core.errors import ConfigError, DataError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
@@ -56,7 +66,6 @@ if TYPE_CHECKING:  # pragma: no cover - typing only
 
 IGNORE_INDEX = -100
 Format = Literal["chat", "plain"]
-_ROLES = ("system", "user", "assistant")
 
 
 @dataclass(frozen=True)
@@ -164,12 +173,26 @@ def resolve_format(tokenizer: PreTrainedTokenizerBase, fmt: str) -> Format:
 
 
 def render_chat_ids(
-    tokenizer: PreTrainedTokenizerBase, messages: Sequence[Mapping[str, str]], *, add_generation_prompt: bool
+    tokenizer: PreTrainedTokenizerBase,
+    messages: Sequence[Mapping[str, str]],
+    *,
+    add_generation_prompt: bool,
+    where: str = "row",
 ) -> list[int]:
-    """Token ids of ``messages`` rendered through the chat template (special tokens are in the text)."""
-    text = tokenizer.apply_chat_template(
-        [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
-    )
+    """Token ids of ``messages`` rendered through the chat template (special tokens are in the text).
+
+    A template that refuses the conversation (a role it cannot render, an order it rejects) is a
+    DataError naming ``where``.
+    """
+    from jinja2 import TemplateError
+
+    try:
+        text = tokenizer.apply_chat_template(
+            [dict(m) for m in messages], tokenize=False, add_generation_prompt=add_generation_prompt
+        )
+    except TemplateError as exc:
+        roles = ", ".join(m["role"] for m in messages)
+        raise DataError(f"{where}: the chat template cannot render this conversation (roles {roles}): {exc}") from exc
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
@@ -179,46 +202,58 @@ def _eos_id(tokenizer: PreTrainedTokenizerBase) -> int:
     return int(tokenizer.eos_token_id)
 
 
-def prompt_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, fmt: Format) -> list[int]:
-    """What the policy is conditioned on: the user turn plus the assistant header (chat), or the prompt."""
+def prompt_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    fmt: Format,
+    *,
+    context: Sequence[Mapping[str, str]] | None = None,
+    where: str = "row",
+) -> list[int]:
+    """What the policy is conditioned on, up to where the reply starts.
+
+    ``context`` None: ``prompt`` as one user turn plus the assistant header (chat), or the prompt
+    text itself (plain). Otherwise the conversation ``context`` (a row's ``prompt_messages``, see
+    :mod:`rlhf_core.conversation`; ``prompt`` unused) through the chat template with the
+    assistant header, or as :func:`rlhf_core.conversation.plain_text`.
+    """
     if fmt == "chat":
-        return render_chat_ids(tokenizer, [{"role": "user", "content": prompt}], add_generation_prompt=True)
-    return list(tokenizer(prompt, add_special_tokens=False)["input_ids"])
+        return render_chat_ids(tokenizer, chat_messages(prompt, context), add_generation_prompt=True, where=where)
+    text = prompt if context is None else plain_text(context)
+    return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
 def prompt_response_ids(
-    tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, fmt: Format, where: str = "row"
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    response: str,
+    fmt: Format,
+    where: str = "row",
+    *,
+    context: Sequence[Mapping[str, str]] | None = None,
 ) -> tuple[list[int], list[int]]:
     """``(prompt_ids, response_ids)`` whose concatenation is the full formatted exchange.
 
-    The same split that SFT trains on, the reward model scores and PPO samples from.
+    The same split that SFT trains on, the reward model scores and PPO samples from. ``context``:
+    the conversation before the reply, as in :func:`prompt_ids`; the reply is its next assistant
+    turn (chat), or its tokens and EOS after the rendered prompt (plain).
     """
-    p_ids = prompt_ids(tokenizer, prompt, fmt)
+    p_ids = prompt_ids(tokenizer, prompt, fmt, context=context, where=where)
     if fmt == "plain":
         return p_ids, list(tokenizer(response, add_special_tokens=False)["input_ids"]) + [_eos_id(tokenizer)]
     full = render_chat_ids(
         tokenizer,
-        [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}],
+        [*chat_messages(prompt, context), {"role": "assistant", "content": response}],
         add_generation_prompt=False,
+        where=where,
     )
     if full[: len(p_ids)] != p_ids:
         raise DataError(f"{where}: chat template is not prefix-stable (prompt tokens change when the response is added)")
     return p_ids, full[len(p_ids) :]
 
 
-def _normalise_messages(messages: Any, where: str) -> list[dict[str, str]]:
-    if not isinstance(messages, (list, tuple)) or not messages:
-        raise DataError(f"{where}: 'messages' must be a non-empty list of {{role, content}}")
-    out = []
-    for k, message in enumerate(messages):
-        if not isinstance(message, Mapping) or "role" not in message or "content" not in message:
-            raise DataError(f"{where}: messages[{k}] must have 'role' and 'content'")
-        role, content = message["role"], message["content"]
-        if role not in _ROLES:
-            raise DataError(f"{where}: messages[{k}].role '{role}' is not one of {', '.join(_ROLES)}")
-        if not isinstance(content, str):
-            raise DataError(f"{where}: messages[{k}].content must be a string")
-        out.append({"role": role, "content": content})
+def _normalise_messages(messages: Any, where: str) -> Messages:
+    out = check_messages(messages, where, column="messages")
     if not any(m["role"] == "assistant" for m in out):
         raise DataError(f"{where}: 'messages' has no assistant turn; nothing to train on")
     return out
@@ -232,14 +267,14 @@ def chat_ids_and_labels(
     Returns ``(input_ids (T,), labels (T,), last_turn_start)``. See the module docstring for how
     assistant spans are found (prefix-by-prefix rendering).
     """
-    full = render_chat_ids(tokenizer, messages, add_generation_prompt=False)
+    full = render_chat_ids(tokenizer, messages, add_generation_prompt=False, where=where)
     labels = [IGNORE_INDEX] * len(full)
     last_start = 0
     for i, message in enumerate(messages):
         if message["role"] != "assistant":
             continue
-        head = render_chat_ids(tokenizer, messages[:i], add_generation_prompt=True)
-        upto = render_chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False)
+        head = render_chat_ids(tokenizer, messages[:i], add_generation_prompt=True, where=where)
+        upto = render_chat_ids(tokenizer, messages[: i + 1], add_generation_prompt=False, where=where)
         if full[: len(head)] != head or full[: len(upto)] != upto or len(upto) <= len(head):
             raise DataError(
                 f"{where}: chat template is not prefix-stable at messages[{i}]; cannot locate the assistant turn"
@@ -282,7 +317,11 @@ def tokenize_sft_row(
     index: int = 0,
     source: str = "train",
 ) -> SFTExample:
-    """One demonstration -> :class:`SFTExample` (chat ``messages`` win over prompt/response)."""
+    """One demonstration -> :class:`SFTExample` (chat ``messages`` win over prompt/response).
+
+    A ``messages`` conversation over ``max_length`` loses whole earliest turns first (the module
+    docstring); its remaining assistant turns are all trained on.
+    """
     row_id = _row_id(row, index)
     where = f"{source}: row {row_id}"
     messages = row.get("messages")
@@ -290,10 +329,14 @@ def tokenize_sft_row(
         messages = messages.tolist()
     # an empty list means "no conversation", as None does
     has_messages = not _missing(messages) and not (isinstance(messages, (list, tuple)) and len(messages) == 0)
+    dropped = 0
     if has_messages:
         if fmt != "chat":
             raise DataError(f"{where}: row has chat 'messages' but the prompt format is '{fmt}' (use chat/auto)")
-        ids, labels, last_start = chat_ids_and_labels(tokenizer, _normalise_messages(messages, where), where)
+        (ids, labels, last_start), dropped = fit_turns(
+            _normalise_messages(messages, where), lambda m: chat_ids_and_labels(tokenizer, m, where),
+            lambda built: len(built[0]), max_length,
+        )
     else:
         p_ids, r_ids = prompt_response_ids(
             tokenizer, _text(row, "prompt", where), _text(row, "response", where), fmt, where
@@ -302,7 +345,7 @@ def tokenize_sft_row(
     cut = _fit_length(ids, last_start, max_length=max_length, truncate=truncate, where=where, what="sequence")
     if cut:
         ids, labels = ids[cut:], labels[cut:]
-    return SFTExample(row_id=row_id, input_ids=ids, labels=labels, truncated=cut)
+    return SFTExample(row_id=row_id, input_ids=ids, labels=labels, truncated=dropped + cut)
 
 
 def tokenize_sft_rows(
@@ -329,6 +372,30 @@ def tokenize_sft_rows(
 # --------------------------------------------------------------------------- preferences
 
 
+def pair_ids(
+    row: Mapping[str, Any], tokenizer: PreTrainedTokenizerBase, *, fmt: Format, max_length: int, where: str
+) -> tuple[list[int], list[int], list[int], int]:
+    """A preference row's ``(prompt ids, chosen ids, rejected ids, tokens dropped with whole turns)``.
+
+    The prompt is ``prompt`` or the row's ``prompt_messages`` conversation (:func:`prompt_ids`);
+    a conversation whose prompt + longer reply is over ``max_length`` loses its earliest turns
+    (:func:`rlhf_core.conversation.fit_turns`). What is still too long is the caller's to cut or refuse.
+    """
+    prompt = _text(row, "prompt", where)
+    chosen, rejected = _text(row, "chosen", where), _text(row, "rejected", where)
+    context = row_context(row, where)
+
+    def build(ctx: Messages | None) -> tuple[list[int], list[int], list[int]]:
+        p_ids, c_ids = prompt_response_ids(tokenizer, prompt, chosen, fmt, where, context=ctx)
+        _, r_ids = prompt_response_ids(tokenizer, prompt, rejected, fmt, where, context=ctx)
+        return p_ids, c_ids, r_ids
+
+    if context is None:
+        return (*build(None), 0)
+    built, dropped = fit_turns(context, build, lambda b: len(b[0]) + max(len(b[1]), len(b[2])), max_length)
+    return (*built, dropped)
+
+
 def tokenize_preference_row(
     row: Mapping[str, Any],
     tokenizer: PreTrainedTokenizerBase,
@@ -340,12 +407,10 @@ def tokenize_preference_row(
     index: int = 0,
     source: str = "train",
 ) -> PairExample:
-    """One preference row -> :class:`PairExample` (prompt+chosen, prompt+rejected)."""
+    """One preference row -> :class:`PairExample` (prompt+chosen, prompt+rejected; see :func:`pair_ids`)."""
     row_id = _row_id(row, index)
     where = f"{source}: row {row_id}"
-    prompt = _text(row, "prompt", where)
-    p_ids, c_ids = prompt_response_ids(tokenizer, prompt, _text(row, "chosen", where), fmt, where)
-    _, r_ids = prompt_response_ids(tokenizer, prompt, _text(row, "rejected", where), fmt, where)
+    p_ids, c_ids, r_ids, dropped = pair_ids(row, tokenizer, fmt=fmt, max_length=max_length, where=where)
     longest = p_ids + (c_ids if len(c_ids) >= len(r_ids) else r_ids)
     cut = _fit_length(longest, len(p_ids), max_length=max_length, truncate=truncate, where=where, what="prompt+chosen/rejected")
     p_ids = p_ids[cut:]
@@ -353,7 +418,9 @@ def tokenize_preference_row(
     if use_margin:
         raw = row.get("margin")
         margin = 0.0 if _missing(raw) else float(raw)
-    return PairExample(row_id=row_id, chosen_ids=p_ids + c_ids, rejected_ids=p_ids + r_ids, margin=margin, truncated=cut)
+    return PairExample(
+        row_id=row_id, chosen_ids=p_ids + c_ids, rejected_ids=p_ids + r_ids, margin=margin, truncated=dropped + cut
+    )
 
 
 def tokenize_preference_rows(

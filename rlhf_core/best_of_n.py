@@ -12,6 +12,9 @@ a time. Selecting the best of the *first* ``n`` candidates (:meth:`Candidates.be
 smaller N from one draw of the largest: best-of-4 then never scores below best-of-1 by the reward
 model, because it is a max over a superset of the same samples.
 
+Prompts are one user turn each or conversations (``prompt_messages``, :mod:`rlhf_core.conversation`),
+rendered as PPO renders them (:func:`rlhf_core.generation.prepare_prompts`).
+
 Shapes: ``B`` prompts, ``N`` candidates per prompt, ``P``/``R`` prompt/response tokens.
 """
 
@@ -19,7 +22,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,7 +30,9 @@ import numpy as np
 import torch
 
 from rlhf_core.batching import Format, resolve_format
+from rlhf_core.conversation import Messages
 from rlhf_core.errors import ConfigError
+from rlhf_core.eval_prompts import eval_prompts
 from rlhf_core.generation import eos_token_ids, prepare_prompts
 from rlhf_core.losses import masked_sum
 from rlhf_core.ppo.kl import kl_estimate, reference_context
@@ -121,7 +126,8 @@ def tokenize_prompts(
     truncate: bool = False,
     source: str = "prompts",
 ) -> list[list[int]]:
-    """Prompt rows / strings -> policy token ids, as PPO renders them (DataError naming an over-long or blank prompt)."""
+    """Prompt rows (``prompt``, ``prompt_messages``) / strings -> policy token ids, as PPO renders them
+    (DataError naming an over-long or blank prompt)."""
     budget = context_length(policy, max_new_tokens, max_length)
     items = prepare_prompts(prompts, tokenizer, fmt, max_prompt_tokens=budget, truncate=truncate, source=source)
     return [it.ids for it in items]
@@ -235,17 +241,24 @@ def reward_model_scores(
     *,
     fmt: Format,
     batch_size: int = 16,
+    contexts: Sequence[Sequence[Mapping[str, str]] | None] | None = None,
 ) -> np.ndarray:
     """Reward-model score of each (prompt, response) text pair -> (B,) float64.
 
     Rendered with the reward tokenizer as the reward model was trained (``fmt``: its prompt
-    format), so a closed assistant turn whether or not the response was cut off. For sampled
-    responses prefer :func:`score_samples`, which scores what PPO scored.
+    format), so a closed assistant turn whether or not the response was cut off. ``contexts``:
+    each prompt's conversation (None: one user turn). For sampled responses prefer
+    :func:`score_samples`, which scores what PPO scored.
     """
-    if len(prompts) != len(responses):
-        raise ValueError(f"reward_model_scores: {len(prompts)} prompts but {len(responses)} responses")
+    contexts = [None] * len(prompts) if contexts is None else contexts
+    if not len(prompts) == len(responses) == len(contexts):
+        raise ValueError(
+            f"reward_model_scores: {len(prompts)} prompts, {len(contexts)} contexts but {len(responses)} responses"
+        )
     pad = reward_tokenizer.pad_token_id if reward_tokenizer.pad_token_id is not None else 0
-    sequences = [exchange_ids(reward_tokenizer, p, r, fmt) for p, r in zip(prompts, responses, strict=True)]
+    sequences = [
+        exchange_ids(reward_tokenizer, p, r, fmt, context=c) for p, r, c in zip(prompts, responses, contexts, strict=True)
+    ]
     return reward_model_scores_ids(reward_model, sequences, pad_id=pad, batch_size=batch_size)
 
 
@@ -258,13 +271,15 @@ def score_samples(
     *,
     reward_fmt: Format,
     batch_size: int = 16,
+    contexts: Sequence[Messages | None] | None = None,
 ) -> np.ndarray:
     """Reward-model scores of sampled responses -> (B*N,), exactly as PPO's step 2 computes them.
 
-    ``prompts``: the B prompt strings (the rows of ``samples`` repeat each ``samples.n`` times).
-    When the reward model shares the policy's tokenizer it reads the sampled token ids (prompt +
-    response up to the first EOS, no re-rendering); otherwise the texts are rendered with the
-    reward tokenizer (:func:`reward_model_scores`).
+    ``prompts``: the B prompt strings (the rows of ``samples`` repeat each ``samples.n`` times),
+    ``contexts`` their conversations (None: single user turns). When the reward model shares the
+    policy's tokenizer it reads the sampled token ids (prompt + response up to the first EOS, no
+    re-rendering); otherwise the texts are rendered with the reward tokenizer
+    (:func:`reward_model_scores`).
     """
     if len(prompts) * samples.n != len(samples.texts):
         raise ValueError(f"score_samples: {len(prompts)} prompts x {samples.n} but {len(samples.texts)} samples")
@@ -273,7 +288,9 @@ def score_samples(
         sequences = [p + r for p, r in zip(samples.prompt_ids, samples.response_ids, strict=True)]
         return reward_model_scores_ids(reward_model, sequences, pad_id=pad, batch_size=batch_size)
     flat = [p for p in prompts for _ in range(samples.n)]
-    return reward_model_scores(reward_model, reward_tokenizer, flat, samples.texts, fmt=reward_fmt, batch_size=batch_size)
+    flat_contexts = None if contexts is None else [c for c in contexts for _ in range(samples.n)]
+    return reward_model_scores(reward_model, reward_tokenizer, flat, samples.texts, fmt=reward_fmt,
+                               batch_size=batch_size, contexts=flat_contexts)
 
 
 # ----------------------------------------------------------------------------- best-of-N
@@ -281,7 +298,7 @@ def score_samples(
 class Candidates:
     """N sampled responses per prompt and their reward-model scores."""
 
-    prompts: list[str]  # (B,)
+    prompts: list[str]  # (B,) readable prompt texts
     texts: list[list[str]]  # (B, N)
     scores: np.ndarray  # (B, N) reward-model scores
     token_lengths: list[list[int]]  # (B, N)
@@ -302,7 +319,7 @@ def best_of_n_candidates(
     tokenizer: PreTrainedTokenizerBase,
     reward_model: RewardFn,
     reward_tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Any,
     *,
     n: int,
     max_new_tokens: int,
@@ -315,20 +332,24 @@ def best_of_n_candidates(
     reward_prompt_format: str = "auto",
     truncate_prompt: bool = False,
 ) -> Candidates:
-    """Sample ``n`` responses per prompt and score each with the reward model (see the module docstring)."""
-    prompts = list(prompts)
+    """Sample ``n`` responses per prompt and score each with the reward model (see the module docstring).
+
+    ``prompts``: strings, or prompt rows / a DataFrame (``prompt``, ``prompt_messages``).
+    """
+    rows = eval_prompts(prompts, source="best-of-N prompts")
     fmt = resolve_format(tokenizer, prompt_format)
-    ids = tokenize_prompts(policy, tokenizer, prompts, fmt=fmt, max_new_tokens=max_new_tokens, truncate=truncate_prompt)
+    ids = tokenize_prompts(policy, tokenizer, rows.as_rows(), fmt=fmt, max_new_tokens=max_new_tokens,
+                           truncate=truncate_prompt, source="best-of-N prompts")
     samples = sample_responses(
         policy, tokenizer, ids, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
         top_k=top_k, seed=seed, batch_size=batch_size,
     )
     scores = score_samples(
-        samples, prompts, reward_model, reward_tokenizer, tokenizer,
-        reward_fmt=resolve_format(reward_tokenizer, reward_prompt_format), batch_size=batch_size,
-    ).reshape(len(prompts), n)  # (B, N)
+        samples, rows.prompts, reward_model, reward_tokenizer, tokenizer,
+        reward_fmt=resolve_format(reward_tokenizer, reward_prompt_format), batch_size=batch_size, contexts=rows.contexts,
+    ).reshape(len(rows), n)  # (B, N)
     lengths = [samples.token_lengths[i : i + n] for i in range(0, len(samples.token_lengths), n)]
-    return Candidates(prompts=prompts, texts=samples.grouped(), scores=scores, token_lengths=lengths)
+    return Candidates(prompts=rows.prompts, texts=samples.grouped(), scores=scores, token_lengths=lengths)
 
 
 def best_of_n(
@@ -336,7 +357,7 @@ def best_of_n(
     tokenizer: PreTrainedTokenizerBase,
     reward_model: RewardFn,
     reward_tokenizer: PreTrainedTokenizerBase,
-    prompts: Sequence[str],
+    prompts: Any,
     *,
     n: int,
     max_new_tokens: int,
@@ -348,7 +369,8 @@ def best_of_n(
     prompt_format: str = "auto",
     reward_prompt_format: str = "auto",
 ) -> list[str]:
-    """One response per prompt: the reward model's favourite of ``n`` samples from ``policy`` (WebGPT)."""
+    """One response per prompt (strings or prompt rows, as :func:`best_of_n_candidates`): the reward
+    model's favourite of ``n`` samples from ``policy`` (WebGPT)."""
     candidates = best_of_n_candidates(
         policy, tokenizer, reward_model, reward_tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
         temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size,

@@ -61,7 +61,8 @@ def evaluate_policy(
     """Sample one response per held-out prompt from ``policy`` and compare it with the SFT model's.
 
     ``reference``: the SFT model (None: the policy with its LoRA adapters disabled).
-    ``prompts``: canonical prompt rows (``id``, ``prompt``, ``harmful``, ``topic``) or strings.
+    ``prompts``: canonical prompt rows (``id``, ``prompt``, ``prompt_messages``, ``harmful``, ``topic``)
+    or strings; a conversation is rendered as real turns, as PPO renders it.
     ``baseline_responses``: the SFT model's responses to the same prompts; None = sampled here
     from the reference with the same ``seed`` (common random numbers: a policy equal to its
     reference gets the very same responses, delta 0). ``baseline_rm``: their reward-model scores,
@@ -79,12 +80,12 @@ def evaluate_policy(
         raise ValueError("evaluate_policy: baseline_rm needs baseline_responses and one score per prompt")
     fmt = resolve_format(tokenizer, prompt_format)
     reward_fmt = resolve_format(reward_tokenizer, reward_prompt_format)
-    ids = tokenize_prompts(policy, tokenizer, rows.prompts, fmt=fmt, max_new_tokens=max_new_tokens,
+    ids = tokenize_prompts(policy, tokenizer, rows.as_rows(), fmt=fmt, max_new_tokens=max_new_tokens,
                            truncate=truncate_prompt, source=f"{method} evaluation prompts")
     gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                batch_size=batch_size)
     samples = sample_responses(policy, tokenizer, ids, reference=reference, measure_kl=True, **gen)
-    score = dict(reward_fmt=reward_fmt, batch_size=batch_size)
+    score = dict(reward_fmt=reward_fmt, batch_size=batch_size, contexts=rows.contexts)
     policy_rm = score_samples(samples, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
     if baseline_responses is None:
         with reference_context(policy, reference) as ref:
@@ -93,7 +94,7 @@ def evaluate_policy(
         baseline_rm = score_samples(baseline, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
     elif baseline_rm is None:  # text only: rendered for the reward model
         baseline_rm = reward_model_scores(reward_model, reward_tokenizer, rows.prompts, baseline_responses,
-                                          fmt=reward_fmt, batch_size=batch_size)
+                                          fmt=reward_fmt, batch_size=batch_size, contexts=rows.contexts)
     return build_report(
         method=method, series=series, prompts=rows, policy_texts=samples.texts, sft_texts=list(baseline_responses),
         policy_rm=policy_rm, sft_rm=baseline_rm, kl=samples.kl or [], kl_source="measured",
@@ -136,7 +137,7 @@ def compare_methods(
     rows = select_eval_prompts(eval_prompts(prompts), cfg.n_prompts, cfg.seed)
     fmt = resolve_format(tokenizer, prompt_format)
     reward_fmt = resolve_format(reward_tokenizer, reward_prompt_format)
-    ids = tokenize_prompts(reference, tokenizer, rows.prompts, fmt=fmt, max_new_tokens=cfg.max_new_tokens,
+    ids = tokenize_prompts(reference, tokenizer, rows.as_rows(), fmt=fmt, max_new_tokens=cfg.max_new_tokens,
                            truncate=truncate_prompt, source="evaluation prompts")
     gen = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                batch_size=cfg.batch_size)
@@ -147,7 +148,7 @@ def compare_methods(
 
     say(f"eval: sampling the SFT baseline on {len(rows)} prompts")
     sft = sample_responses(reference, tokenizer, ids, seed=cfg.seed, **gen)
-    score = dict(reward_fmt=reward_fmt, batch_size=cfg.batch_size)
+    score = dict(reward_fmt=reward_fmt, batch_size=cfg.batch_size, contexts=rows.contexts)
     sft_rm = score_samples(sft, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
     reports["sft"] = build_report(
         method="sft", prompts=rows, policy_texts=sft.texts, sft_texts=sft.texts, policy_rm=sft_rm, sft_rm=sft_rm,

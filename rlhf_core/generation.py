@@ -1,5 +1,9 @@
 """Prompts as token ids for the sampler (PPO, best-of-N, evaluation), and chat replies for the CLI and demo data.
 
+A prompt row is one user turn (``prompt``) or a conversation (``prompt_messages``, see
+:mod:`rlhf_core.conversation`), rendered by :func:`rlhf_core.batching.prompt_ids`; a conversation
+over the prompt budget loses whole earliest turns before any token is cut.
+
 PPO, best-of-N and the evaluation sample through :func:`rlhf_core.sampling.sample`.
 :func:`sample_replies` (``rlhf model chat``, ``rlhf data make-demo``) stays on ``model.generate``:
 its draws differ from that sampler's (``torch.multinomial`` rather than one uniform per row,
@@ -22,24 +26,31 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
 
     from rlhf_core.batching import Format
+    from rlhf_core.conversation import Messages
 
 
 @dataclass(frozen=True)
 class PromptItem:
+    """One tokenised prompt: its row id, readable text, token ids (P,) and the conversation they render."""
+
     row_id: str
     text: str
     ids: list[int]
+    context: Messages | None = None  # the turns kept from ``prompt_messages``; None for a single user turn
 
 
 def prepare_prompts(
     prompts: Any, tokenizer: Any, fmt: Format, *, max_prompt_tokens: int, truncate: bool, source: str = "prompts"
 ) -> list[PromptItem]:
-    """Prompt rows (``id``, ``prompt``), a DataFrame or plain strings -> tokenised items.
+    """Prompt rows (``id``, ``prompt``, ``prompt_messages``), a DataFrame or plain strings -> tokenised items.
 
-    Empty input, a blank prompt, or a prompt longer than ``max_prompt_tokens`` (unless
-    ``truncate``: keep its last tokens) is a DataError naming the prompt id.
+    A conversation over ``max_prompt_tokens`` loses whole earliest turns down to its final user
+    turn (:func:`rlhf_core.conversation.fit_turns`). Empty input, a blank prompt, a malformed
+    conversation, or a prompt still longer than ``max_prompt_tokens`` (unless ``truncate``: keep
+    its last tokens) is a DataError naming the prompt id.
     """
     from rlhf_core.batching import prompt_ids, rows_to_records
+    from rlhf_core.conversation import fit_turns, row_context
 
     if isinstance(prompts, (list, tuple)) and prompts and all(isinstance(p, str) for p in prompts):
         prompts = [{"id": f"#{i}", "prompt": p} for i, p in enumerate(prompts)]
@@ -50,7 +61,15 @@ def prepare_prompts(
         text = row.get("prompt")
         if not isinstance(text, str) or not text.strip():
             raise DataError(f"{source}: prompt {row_id}: column 'prompt' must be a non-empty string")
-        ids = prompt_ids(tokenizer, text, fmt)
+        where = f"{source}: prompt {row_id}"
+        context = row_context(row, where)
+        if context is None:
+            ids = prompt_ids(tokenizer, text, fmt, where=where)
+        else:
+            (context, ids), _ = fit_turns(
+                context, lambda c: (c, prompt_ids(tokenizer, text, fmt, context=c, where=where)),
+                lambda built: len(built[1]), max_prompt_tokens,
+            )
         if len(ids) > max_prompt_tokens:
             if not truncate:
                 raise DataError(
@@ -59,7 +78,7 @@ def prepare_prompts(
                     "optim.truncate_prompt=true"
                 )
             ids = ids[-max_prompt_tokens:]
-        items.append(PromptItem(row_id=row_id, text=text, ids=ids))
+        items.append(PromptItem(row_id=row_id, text=text, ids=ids, context=context))
     return items
 
 
@@ -78,19 +97,14 @@ def eos_token_ids(tokenizer: Any, policy: torch.nn.Module) -> list[int]:
 
 
 def chat_prompt_ids(tokenizer: PreTrainedTokenizerBase, prompts: list[str]) -> dict:
-    """Tokenize user prompts through the chat template, left-padded for batched generation."""
-    texts = [
-        tokenizer.apply_chat_template([{"role": "user", "content": p}], tokenize=False, add_generation_prompt=True)
-        if tokenizer.chat_template
-        else p
-        for p in prompts
-    ]
-    side = tokenizer.padding_side
-    tokenizer.padding_side = "left"  # generation continues from the right edge
-    try:
-        return tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
-    finally:
-        tokenizer.padding_side = side
+    """User prompts as the policy reads them (:func:`rlhf_core.batching.prompt_ids`, chat template
+    when the tokenizer has one), left-padded for batched generation: ``input_ids``, ``attention_mask`` (B, P)."""
+    from rlhf_core.batching import prompt_ids, resolve_format
+    from rlhf_core.sampling import left_pad
+
+    fmt = resolve_format(tokenizer, "auto")
+    ids, mask = left_pad([prompt_ids(tokenizer, p, fmt) for p in prompts], tokenizer.pad_token_id)
+    return {"input_ids": ids, "attention_mask": mask}
 
 
 def sample_replies(
@@ -106,7 +120,7 @@ def sample_replies(
     """Sample one reply per prompt (temperature 0 = greedy). Deterministic given ``seed`` on CPU."""
     import torch
 
-    batch = chat_prompt_ids(tokenizer, prompts).to(model.device)
+    batch = {k: v.to(model.device) for k, v in chat_prompt_ids(tokenizer, prompts).items()}
     if seed is not None:
         torch.manual_seed(seed)
     sampling = temperature > 0

@@ -157,3 +157,19 @@ def test_over_long_prompt_is_refused_naming_it(tok, sft):
 
     with pytest.raises(DataError, match="prompt #1 has .* tokens"):
         tokenize_prompts(sft, tok, ["short", "word " * 600], fmt="chat", max_new_tokens=8)
+
+
+def test_text_scoring_renders_a_conversation_as_its_turns(tok, rm):
+    history = [{"role": "user", "content": "Hi!"}, {"role": "assistant", "content": "Hello."},
+               {"role": "user", "content": "How do I boil an egg?"}]
+    scores = reward_model_scores(rm, tok, ["readable", "Why?"], ["Nine minutes.", "Because."], fmt="chat",
+                                 contexts=[history, None])
+    rendered = [
+        tok.apply_chat_template([*history, {"role": "assistant", "content": "Nine minutes."}], tokenize=False),
+        tok.apply_chat_template([{"role": "user", "content": "Why?"}, {"role": "assistant", "content": "Because."}],
+                                tokenize=False),
+    ]
+    ids = [tok(text, add_special_tokens=False)["input_ids"] for text in rendered]
+    assert scores.tolist() == reward_model_scores_ids(rm, ids, pad_id=tok.pad_token_id).tolist()
+    with pytest.raises(ValueError, match="2 prompts, 1 contexts"):
+        reward_model_scores(rm, tok, ["a", "b"], ["x", "y"], fmt="chat", contexts=[None])

@@ -446,3 +446,28 @@ def test_non_finite_scores_are_refused_naming_the_method():
         _report(policy_rm=[1.0, float("nan"), 0.0, 0.0])
     with pytest.raises(DataError, match="no prompts"):
         build_report(**{**_report()[1], "prompts": eval_prompts(ROWS).subset([])})
+
+
+CONVERSATION = [
+    {"role": "user", "content": "I want to cook breakfast."},
+    {"role": "assistant", "content": "Eggs are a good start."},
+    {"role": "user", "content": "How do I boil an egg?"},
+]
+
+
+def test_conversation_prompts_are_sampled_and_scored_as_their_turns(tok, models):
+    from rlhf_core.best_of_n import best_of_n_candidates
+
+    rows = [dict(r, prompt_messages=CONVERSATION if r["id"] == "e1" else None) for r in ROWS]
+    cfg = EvalConfig(best_of_n=[2], max_new_tokens=6, n_boot=50, batch_size=8)
+    comp = compare_methods({}, tok, reference=models["sft"], reward_model=models["rm"], reward_tokenizer=tok,
+                           prompts=rows, cfg=cfg)
+    gen = dict(n=2, max_new_tokens=6, temperature=cfg.temperature, seed=cfg.seed + 1, batch_size=8)
+    cand = best_of_n_candidates(models["sft"], tok, models["rm"], tok, rows, **gen)
+    flat = best_of_n_candidates(models["sft"], tok, models["rm"], tok, ROWS, **gen)
+    assert cand.texts[0] != flat.texts[0]  # the sampler read the earlier turns
+    texts, scores, _ = cand.best(2)
+    best = comp.reports["best-of-2"].samples
+    assert [s["policy_response"] for s in best] == texts  # the evaluation renders them as best-of-N does
+    assert [s["policy_rm"] for s in best] == pytest.approx(scores.tolist())
+    assert [s["prompt"] for s in best] == [r["prompt"] for r in ROWS]

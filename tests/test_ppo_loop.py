@@ -408,6 +408,29 @@ def test_reward_tokenizer_mismatch_is_retokenised(tiny_tokenizer, tok, tmp_path)
     assert not any("<|im_start|>" in t for t in reward.texts)
 
 
+def test_conversation_prompts_reach_the_policy_and_the_retokenised_reward(tiny_tokenizer, tok, tmp_path):
+    from rlhf_core.batching import prompt_ids
+    from rlhf_core.config.model import TinyModelConfig
+    from rlhf_core.models import build_tiny_model
+    from rlhf_core.ppo.trainer import prepare_inputs
+
+    history = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"},
+               {"role": "user", "content": PROMPTS[0]}]
+    rows = [{"id": f"p{i}", "prompt": p, "prompt_messages": history if i == 0 else None} for i, p in enumerate(PROMPTS)]
+    policy = build_tiny_model(TinyModelConfig(hidden_size=32, intermediate_size=64), tiny_tokenizer)
+    cfg = ppo_cfg(optim={"max_steps": 1, "learning_rate": 1e-3, "max_length": 128}, prompt_format="chat",
+                  value_model="shared")
+    items, _ = prepare_inputs(cfg, policy, tiny_tokenizer, rows, None, "chat")
+    assert items[0].ids == prompt_ids(tiny_tokenizer, PROMPTS[0], "chat", context=history)
+    assert items[1].ids == prompt_ids(tiny_tokenizer, PROMPTS[1], "chat")
+    reward = RecordingTextReward(tok)
+    train_ppo(cfg, policy, tiny_tokenizer, reward, tok, rows, output_dir=tmp_path)
+    # the reward tokenizer has no template: the conversation reads "User: ...\n\nAssistant: ..." (its
+    # vocabulary has no newline, so the newlines decode to nothing)
+    turns = [t for t in reward.texts if t.startswith("User: hiAssistant: helloUser: hello thereAssistant:")]
+    assert len(turns) == 1 and len(reward.texts) == cfg.rollout_size
+
+
 def test_lora_reference_and_reward_initialised_critic(tiny_tokenizer, tmp_path):
     from rlhf_core.config.model import TinyModelConfig
     from rlhf_core.models import build_tiny_model

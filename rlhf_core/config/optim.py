@@ -69,7 +69,11 @@ class OptimConfig(StrictModel):
     max_length: int = Field(
         256,
         ge=8,
-        description="Tokens per sequence (prompt + response); longer rows are an error unless truncate_prompt is on.",
+        description=(
+            "Tokens per sequence (prompt + response, chat-template tokens included). A longer conversation "
+            "first loses whole earliest turns (a leading system message and the final user turn kept); "
+            "rows still longer are an error unless truncate_prompt is on."
+        ),
     )
     truncate_prompt: bool = Field(
         False,

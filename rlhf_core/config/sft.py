@@ -26,8 +26,9 @@ class SFTConfig(StrictModel):
         description=(
             "How prompt/response rows become text: 'chat' (the tokenizer's chat template, user + "
             "assistant turn), 'plain' (prompt + response + EOS) or 'auto' (chat when the tokenizer "
-            "has a template). Rows with 'messages' always use the chat template. Must match the "
-            "reward model's and PPO's format."
+            "has a template). Rows with 'messages' always use the chat template; a prompt_messages "
+            "conversation is rendered as its turns (plain: 'User: ...\\n\\nAssistant: ...'). Must match "
+            "the reward model's and PPO's format."
         ),
     )
     eval_batch_size: int = Field(16, ge=1, description="Sequences per forward pass when computing the eval loss.")

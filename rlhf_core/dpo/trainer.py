@@ -28,8 +28,7 @@ from rlhf_core.batching import (
     Format,
     LengthBucketedBatches,
     _row_id,
-    _text,
-    prompt_response_ids,
+    pair_ids,
     resolve_format,
     rows_to_records,
 )
@@ -70,11 +69,11 @@ class DPOExample:
 def tokenize_dpo_row(
     row: Mapping[str, Any], tokenizer: Any, *, fmt: Format, max_length: int, truncate: bool, index: int, source: str
 ) -> DPOExample:
+    """One preference row -> :class:`DPOExample`; the prompt (a ``prompt_messages`` conversation too)
+    as :func:`rlhf_core.batching.pair_ids` renders it, earliest turns dropped when over ``max_length``."""
     row_id = _row_id(row, index)
     where = f"{source}: row {row_id}"
-    prompt = _text(row, "prompt", where)
-    p_ids, c_ids = prompt_response_ids(tokenizer, prompt, _text(row, "chosen", where), fmt, where)
-    _, r_ids = prompt_response_ids(tokenizer, prompt, _text(row, "rejected", where), fmt, where)
+    p_ids, c_ids, r_ids, _ = pair_ids(row, tokenizer, fmt=fmt, max_length=max_length, where=where)
     longest = len(p_ids) + max(len(c_ids), len(r_ids))
     if longest > max_length:
         if not truncate or max(len(c_ids), len(r_ids)) >= max_length:

@@ -212,7 +212,10 @@ def make_experience(
     if models.reward_fmt is None:
         rm_ids, rm_mask = ro.query_response_ids, ro.attention_mask
     else:
-        rm_ids, rm_mask = retokenize([it.text for it in prompts], texts, models.reward_tokenizer, models.reward_fmt)
+        rm_ids, rm_mask = retokenize(
+            [it.text for it in prompts], texts, models.reward_tokenizer, models.reward_fmt,
+            contexts=[it.context for it in prompts],
+        )
     raw_scores = retry(lambda n: reward_scores(models.reward_model, rm_ids.to(device), rm_mask.to(device), batch_size=n))
     scores = apply_missing_eos_penalty(raw_scores, ro.has_eos, cfg.missing_eos_penalty)  # (B,)
     gold = [gold_fn(it.text, t) for it, t in zip(prompts, texts, strict=True)] if gold_fn else None

@@ -1,8 +1,8 @@
 """Recipe step 2: score. The reward model reads prompt + response and returns one number each.
 
 When the reward model has its own tokenizer (another vocabulary, another chat template) the
-policy's token ids mean nothing to it: the prompt string and the decoded response are
-re-rendered with the reward tokenizer in the format the reward model was trained on
+policy's token ids mean nothing to it: the prompt (its ``prompt_messages`` conversation, when it
+has one) and the decoded response are re-rendered with the reward tokenizer in the format the reward model was trained on
 (:func:`rlhf_core.batching.prompt_response_ids`). That rendering always closes the assistant
 turn, so a reward model cannot tell a cut-off response from a finished one there: use
 ``missing_eos_penalty`` for that.
@@ -17,12 +17,13 @@ split would have to reject. Where the split is stable (every training row) this 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Protocol
 
 import torch
 
 from rlhf_core.batching import Format, prompt_response_ids, render_chat_ids
+from rlhf_core.conversation import chat_messages
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
@@ -47,16 +48,26 @@ def tokenizers_match(a: PreTrainedTokenizerBase, b: PreTrainedTokenizerBase) -> 
     )
 
 
-def exchange_ids(tokenizer: PreTrainedTokenizerBase, prompt: str, response: str, fmt: Format) -> list[int]:
+def exchange_ids(
+    tokenizer: PreTrainedTokenizerBase,
+    prompt: str,
+    response: str,
+    fmt: Format,
+    *,
+    context: Sequence[Mapping[str, str]] | None = None,
+) -> list[int]:
     """Token ids (T,) of the whole (prompt, response) exchange, as the reward model reads it; any response text.
 
-    Chat: the conversation rendered through the template and tokenised whole. Plain: the
-    prompt's ids, the response's and EOS (:func:`rlhf_core.batching.prompt_response_ids`).
+    ``context``: the conversation before the response (a ``prompt_messages``), else ``prompt`` is
+    one user turn. Chat: the conversation plus the response as the next assistant turn, rendered
+    through the template and tokenised whole. Plain: the prompt's ids, the response's and EOS
+    (:func:`rlhf_core.batching.prompt_response_ids`).
     """
+    where = "reward re-tokenisation"
     if fmt == "chat":
-        messages = [{"role": "user", "content": prompt}, {"role": "assistant", "content": response}]
-        return render_chat_ids(tokenizer, messages, add_generation_prompt=False)
-    p_ids, r_ids = prompt_response_ids(tokenizer, prompt, response, fmt, where="reward re-tokenisation")
+        messages = [*chat_messages(prompt, context), {"role": "assistant", "content": response}]
+        return render_chat_ids(tokenizer, messages, add_generation_prompt=False, where=where)
+    p_ids, r_ids = prompt_response_ids(tokenizer, prompt, response, fmt, where=where, context=context)
     return p_ids + r_ids
 
 
@@ -67,17 +78,20 @@ def retokenize(
     fmt: Format,
     *,
     max_length: int | None = None,
+    contexts: Sequence[Sequence[Mapping[str, str]] | None] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Render (prompt, response) text pairs with ``tokenizer``; right-padded ``ids``, ``mask`` (B, T).
 
-    Each row is :func:`exchange_ids`, so any sampled text scores (see the module docstring).
+    Each row is :func:`exchange_ids` (``contexts``: each prompt's conversation, None entries or
+    None for single user turns), so any sampled text scores (see the module docstring).
     Over-long rows keep their *last* ``max_length`` tokens: the reward model reads the last token.
     """
-    if len(prompts) != len(responses):
-        raise ValueError(f"retokenize: {len(prompts)} prompts but {len(responses)} responses")
+    contexts = [None] * len(prompts) if contexts is None else contexts
+    if not len(prompts) == len(responses) == len(contexts):
+        raise ValueError(f"retokenize: {len(prompts)} prompts, {len(contexts)} contexts but {len(responses)} responses")
     rows = []
-    for prompt, response in zip(prompts, responses, strict=True):
-        ids = exchange_ids(tokenizer, prompt, response, fmt)
+    for prompt, response, context in zip(prompts, responses, contexts, strict=True):
+        ids = exchange_ids(tokenizer, prompt, response, fmt, context=context)
         rows.append(ids[-max_length:] if max_length else ids)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     length = max(len(r) for r in rows)
