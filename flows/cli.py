@@ -14,6 +14,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from flows.cli_reward import register as _register_reward_commands
 from flows.cli_servers import register as _register_server_commands
 
 app = typer.Typer(
@@ -38,6 +39,7 @@ tracking_app = typer.Typer(
 )
 app.add_typer(tracking_app, name="tracking")
 _register_server_commands(app)  # rlhf ui, rlhf deploy
+_register_reward_commands(app)  # rlhf reward eval
 
 ConfigOpt = Annotated[
     Optional[str],
