@@ -149,14 +149,15 @@ def _rule(expectation: str, column: str | None, kwargs: dict[str, Any]) -> str:
         return f"{col} must not be blank" if regex == r"^\s*$" else f"{col} must not match /{regex}/"
     if expectation == "expect_column_values_to_not_match_regex_list":
         if col.endswith("_if_benign"):
-            return f"{name} must not be refusal boilerplate unless the row is marked harmful"
+            return (f"{name} must not be refusal boilerplate unless the row is marked harmful (its harmful "
+                    "column, or --harmful for the whole file)")
         return f"{col} must not match any of {len(kwargs.get('regex_list') or [])} patterns"
     if expectation == "expect_column_values_to_be_in_set":
         if col.endswith("__type") and list(values) == ["str"]:
             optional = name in ("topic", "user_id", "source")
             return f"{name} must be text{' or null' * optional} (the examples are the types found)"
         if col.endswith("__type") and list(values) == ["bool"]:
-            return f"{name} must be true or false (the examples are the types found)"
+            return f"{name} must be true, false or null (the examples are the types found)"
         if col == "chosen_equals_rejected":
             return "chosen and rejected must differ"
         shown = ", ".join(json.dumps(v) if isinstance(v, (bool, type(None))) else str(v) for v in values)
@@ -199,8 +200,12 @@ def check_files(
     json_out: Path | None = None,
     *,
     cfg: DataConfig | None = None,
+    harmful: bool | None = None,
 ) -> CheckResult:
     """Validate each file against its kind's GX suite (kind inferred from its columns when None).
+
+    ``harmful`` declares every prompt of the files harmful (True) or benign (False) where a row has
+    no ``harmful`` value of its own, as ``{path, harmful}`` does for `rlhf data prepare`.
 
     Rows that cannot be parsed (invalid JSON, bad bytes) count as a failed expectation
     (``rows_parse``); unusable files are reported with ``error`` and exit code 2.
@@ -230,7 +235,7 @@ def check_files(
                     _unreadable(check, raw.quarantined, kind or "data")
                     continue
                 file_kind = kind or infer_kind_of(raw, path)
-                frame, quarantined = canonical_frame(raw, path, file_kind)
+                frame, quarantined = canonical_frame(raw, path, file_kind, harmful=harmful)
             except DataError as err:
                 check.error = str(err)
                 continue
@@ -275,13 +280,17 @@ def check_files(
 
 
 def _rows_parse(check: FileCheck, quarantined: list[Any], kind: str) -> None:
-    """The rows that could not be read (or did not fit the layout), as one failed expectation."""
+    """The rows that could not be read (or did not fit the layout), as one failed expectation;
+    its examples show as many different rules as they can (the first row of each, in row order)."""
+    firsts = list({q.rule: q for q in reversed(quarantined)}.values())[::-1]  # first row of each rule
+    shown = sorted(firsts[:_EXAMPLES] + [q for q in quarantined if q not in firsts][:_EXAMPLES - len(firsts)],
+                   key=lambda q: q.row)
     check.add_failure({
         "expectation": "rows_parse", "column": None, "unexpected_count": len(quarantined),
-        "element_count": check.rows, "examples": [q.message[:160] for q in quarantined[:_EXAMPLES]],
+        "element_count": check.rows, "examples": [q.message[:160] for q in shown],
         "rows": [q.row for q in quarantined[:20]], "error": None},
         Detail(f"every row must read as a {kind} record",
-               [f"{_unit(check.path)} {q.row}: {q.rule}: {q.detail}"[:_SHOWN_CHARS] for q in quarantined[:_EXAMPLES]],
+               [f"{_unit(check.path)} {q.row}: {q.rule}: {q.detail}"[:_SHOWN_CHARS] for q in shown],
                [q.row for q in quarantined]))
 
 
@@ -411,8 +420,9 @@ def run_check(
     json_out: Path | None = None,
     docs_dir: Path | None = None,
     console: Any = None,
+    harmful: bool | None = None,
 ) -> int:
     """What `rlhf data check` does: check, print the report, return the exit code (0/1/2)."""
-    result = check_files(paths, kind=kind, docs_dir=docs_dir, json_out=json_out)
+    result = check_files(paths, kind=kind, docs_dir=docs_dir, json_out=json_out, harmful=harmful)
     print_check_report(result, console)
     return result.exit_code

@@ -12,11 +12,19 @@ Layouts recognised (by column names):
 * TRL conversational: ``messages``; ``prompt``/``chosen``/``rejected`` as message lists, with an
   explicit or implicit (shared-prefix) prompt;
 * Anthropic HH-RLHF: ``chosen``/``rejected`` transcripts ("\\n\\nHuman: … \\n\\nAssistant: …"),
-  split into the shared prompt and the two final replies (a multi-turn prompt is kept as
-  transcript text; :func:`transcript_to_messages` turns it into messages);
+  split into the shared prompt turns and the two final replies;
 * UltraFeedback-binarized: ``prompt`` + ``chosen``/``rejected`` full conversations
   (+ ``score_chosen``/``score_rejected`` -> ``margin``);
 * rankings: ``prompt`` + ``responses`` (best first), expanded to all K·(K−1)/2 pairs.
+
+Conversations stay conversations: the turns before the final reply of a multi-turn row become
+``prompt_messages`` (system/user/assistant messages, ending with a user turn) and ``prompt`` a
+readable rendering ("User: …\\n\\nAssistant: …"); a single user turn is plain text (``prompt``,
+``prompt_messages`` None). A conversation a chat template cannot render is quarantined with its
+rule: ``first_turn_not_user``, ``turn_order`` (two turns of one role in a row), ``unknown_role``,
+``empty_turn``, ``no_shared_prompt`` (chosen and rejected diverge before the final reply). A
+preference file read as demonstrations yields its chosen side. A row's ``harmful`` comes from its
+own column, else from the input's declaration, else None (unlabelled).
 
 Row-level problems (invalid JSON, non-UTF-8 bytes, a duplicate key, a row whose shape fits no
 layout) become :class:`Quarantined` rows naming the file and the row, where a row is the
@@ -47,7 +55,7 @@ from typing import Any
 
 import pandas as pd
 
-from data_checks.schemas import CANONICAL_COLUMNS, is_finite_number
+from data_checks.schemas import CANONICAL_COLUMNS, CHAT_ROLES, is_finite_number
 from rlhf_core.config.data import Kind
 from rlhf_core.errors import DataError
 
@@ -734,6 +742,35 @@ def _message_problem(messages: list[dict[str, Any]], column: str) -> RowError | 
     return None
 
 
+def _turn_problem(history: list[dict[str, Any]], column: str) -> RowError | None:
+    """Why the turns before a reply cannot go through a chat template, or None: an optional system
+    message, then user and assistant turns alternating, from a user turn to a user turn, none empty."""
+    turns = "turn" if column in ("chosen", "rejected") else "message"  # HH transcripts have turns
+    for i, m in enumerate(history, start=1):
+        role = m["role"]
+        if role not in CHAT_ROLES:
+            return RowError("unknown_role", f"{column}: {turns} {i} has role '{role}'; a chat template renders "
+                                            "only system, user and assistant")
+        if role == "system" and i > 1:
+            return RowError("turn_order", f"{column}: system {turns} {i} is not the first")
+        if not m["content"].strip():
+            return RowError("empty_turn", f"{column}: {turns} {i} ({role}) is empty")
+    body = history[1:] if history and history[0]["role"] == "system" else history
+    if not body:
+        return RowError("first_turn_not_user", f"{column}: no user (Human) turn before the reply")
+    if body[0]["role"] != "user":
+        return RowError("first_turn_not_user", f"{column}: the conversation starts with an {body[0]['role']} "
+                                               "turn, not a user (Human) turn")
+    offset = len(history) - len(body)
+    for i, (a, b) in enumerate(zip(body, body[1:]), start=offset + 1):
+        if a["role"] == b["role"]:
+            return RowError("turn_order", f"{column}: two {a['role']} {turns}s in a row ({turns}s {i} and {i + 1})")
+    if body[-1]["role"] != "user":
+        return RowError("turn_order", f"{column}: the turns before the reply end with an assistant turn, not a "
+                                      "user turn")
+    return None
+
+
 def render_messages(messages: list[dict[str, Any]]) -> str:
     """A prompt as text: one user turn is its content; several turns become 'Role: content' blocks."""
     if len(messages) == 1 and messages[0].get("role") == "user":
@@ -741,8 +778,25 @@ def render_messages(messages: list[dict[str, Any]]) -> str:
     return "\n\n".join(f"{str(m.get('role')).capitalize()}: {m.get('content')}" for m in messages)
 
 
-def _final_reply(value: Any, column: str) -> tuple[list[dict[str, Any]] | None, Any]:
-    """(prompt messages before the reply, reply text) from a string or a message list."""
+def user_turns(messages: list[dict[str, Any]]) -> str:
+    """The user's part of a conversation: its user turns' texts, one paragraph each."""
+    return "\n\n".join(m["content"] for m in messages if m.get("role") == "user")
+
+
+def _conversation(history: list[dict[str, Any]], column: str) -> dict[str, Any]:
+    """``prompt`` and ``prompt_messages`` from the turns before a reply (checked): one user turn
+    is plain text (prompt_messages None, as single-turn data always was), more are a conversation."""
+    history = [{"role": m["role"], "content": m["content"]} for m in history]
+    problem = _turn_problem(history, column)
+    if problem:
+        raise problem
+    if len(history) == 1:
+        return {"prompt": history[0]["content"], "prompt_messages": None}
+    return {"prompt": render_messages(history), "prompt_messages": history}
+
+
+def _final_reply(value: Any, column: str) -> tuple[list[dict[str, Any]], Any]:
+    """(messages before the reply, reply text) from a string (no messages) or a message list."""
     if isinstance(value, list):
         if not _is_message_list(value):
             raise RowError("bad_messages", f"{column}: expected a list of {{role, content}} messages")
@@ -753,46 +807,51 @@ def _final_reply(value: Any, column: str) -> tuple[list[dict[str, Any]] | None, 
         if last.get("role") != "assistant":
             raise RowError("bad_messages", f"{column}: last message must be the assistant's reply, "
                                            f"got role '{last.get('role')}'")
-        return value[:-1], last.get("content")
-    return None, value
+        return [{"role": m["role"], "content": m["content"]} for m in value[:-1]], last.get("content")
+    return [], value
 
 
-def split_transcript(text: str) -> tuple[str, str]:
-    """HH-RLHF: '\\n\\nHuman: q\\n\\nAssistant: a' -> (prompt transcript up to 'Assistant:', final reply)."""
-    cut = text.rfind(_HH_ASSISTANT)
-    if cut < 0:
-        raise RowError("not_a_transcript", "no '\\n\\nAssistant:' turn in the transcript")
-    prompt = text[:cut + len(_HH_ASSISTANT)].strip()
-    return prompt, text[cut + len(_HH_ASSISTANT):].strip()
-
-
-def transcript_to_messages(transcript: str) -> list[dict[str, str]]:
-    """'Human: a\\n\\nAssistant: b\\n\\nHuman: c\\n\\nAssistant:' -> user/assistant messages (empty tail dropped)."""
-    text = "\n\n" + transcript.strip()
-    parts = _HH_TURN.split(text)
-    messages = []
-    for role, content in zip(parts[1::2], parts[2::2]):
-        if content.strip():
-            messages.append({"role": "user" if role == "Human" else "assistant", "content": content.strip()})
+def transcript_messages(text: str, column: str) -> list[dict[str, str]]:
+    """HH-RLHF: '\\n\\nHuman: a\\n\\nAssistant: b' -> user/assistant messages, the last the final reply
+    (which may be empty, for validation to name). Text before the first turn marker is an error."""
+    parts = _HH_TURN.split("\n\n" + text.lstrip("\n"))
+    if parts[0].strip() or len(parts) < 3:
+        raise RowError("first_turn_not_user", f"{column}: the transcript does not start with a '\\n\\nHuman:' turn")
+    messages = [{"role": "user" if role == "Human" else "assistant", "content": content.strip()}
+                for role, content in zip(parts[1::2], parts[2::2])]
+    if messages[-1]["role"] != "assistant":
+        raise RowError("not_a_transcript", f"{column}: the transcript ends with a Human turn, not an "
+                                           "'\\n\\nAssistant:' reply")
     return messages
 
 
-def _prompt_text(value: Any) -> Any:
-    if isinstance(value, list):
-        if not _is_message_list(value):
-            raise RowError("bad_messages", "prompt: expected a string or a list of {role, content} messages")
-        problem = _message_problem(value, "prompt")
-        if problem:
-            raise problem
-        return render_messages(value)
-    return value
+def _hh_pair(chosen: Any, rejected: Any) -> tuple[list[dict[str, str]], str, str]:
+    """(shared prompt turns, chosen reply, rejected reply) of two HH-RLHF transcripts."""
+    if not isinstance(chosen, str) or not isinstance(rejected, str):
+        raise RowError("is_string", "chosen/rejected: expected transcript strings")
+    for text, column in ((chosen, "chosen"), (rejected, "rejected")):
+        if _HH_ASSISTANT not in text:
+            raise RowError("not_a_transcript", f"{column}: no '\\n\\nAssistant:' turn in the transcript")
+    # Compared as written: two transcripts diverging anywhere before the final reply (HH has a few)
+    if chosen[:chosen.rfind(_HH_ASSISTANT)].strip() != rejected[:rejected.rfind(_HH_ASSISTANT)].strip():
+        raise RowError("no_shared_prompt", "chosen and rejected transcripts do not share the same prompt")
+    c_msgs, r_msgs = transcript_messages(chosen, "chosen"), transcript_messages(rejected, "rejected")
+    return c_msgs[:-1], c_msgs[-1]["content"], r_msgs[-1]["content"]
 
 
-def _common_prefix(a: list[Any], b: list[Any]) -> list[Any]:
-    n = 0
-    while n < min(len(a), len(b)) and a[n] == b[n]:
-        n += 1
-    return a[:n]
+def _prompt_columns(rec: dict[str, Any]) -> dict[str, Any]:
+    """``prompt`` and ``prompt_messages`` from a row's prompt column: text as is, a message list as a
+    conversation; a curated file read back carries its ``prompt_messages``."""
+    value, stored = rec.get("prompt"), rec.get("prompt_messages")
+    for messages, column in ((value, "prompt"), (stored, "prompt_messages")):
+        if isinstance(messages, list) and messages:
+            if not _is_message_list(messages):
+                raise RowError("bad_messages", f"{column}: expected a string or a list of {{role, content}} messages")
+            problem = _message_problem(messages, column)
+            if problem:
+                raise problem
+            return _conversation(messages, column)
+    return {"prompt": value, "prompt_messages": None}
 
 
 def detect_layout(columns: set[str]) -> str | None:
@@ -812,19 +871,21 @@ def detect_layout(columns: set[str]) -> str | None:
     return None
 
 
+PAIR_LAYOUTS = ("pairs", "pairs_implicit_prompt")
 _LAYOUT_KIND = {"pairs": "preferences", "pairs_implicit_prompt": "preferences", "rankings": "rankings",
                 "messages": "demonstrations", "prompt_completion": "demonstrations", "prompt_only": "prompts"}
 _KIND_LAYOUTS = {
     "preferences": {"pairs", "pairs_implicit_prompt", "rankings"},
     "rankings": {"rankings"},
-    "demonstrations": {"messages", "prompt_completion"},
+    # A preference pair read as a demonstration: its prompt turns and its chosen reply.
+    "demonstrations": {"messages", "prompt_completion", *PAIR_LAYOUTS},
     # Any layout with a prompt can feed RL: its replies are ignored.
     "prompts": {"prompt_only", "prompt_completion", "messages", "pairs", "pairs_implicit_prompt", "rankings"},
 }
 _EXPECTED = {
     "preferences": "prompt/chosen/rejected, chosen/rejected HH-RLHF transcripts or message lists, or prompt/responses",
     "rankings": "prompt/responses (best first)",
-    "demonstrations": "prompt/completion, prompt/response or messages",
+    "demonstrations": "prompt/completion, prompt/response, messages, or preference pairs (their chosen side)",
     "prompts": "a prompt column (or messages, or a preference layout)",
 }
 
@@ -852,12 +913,17 @@ def _shown_columns(columns: set[str]) -> str:
     return ", ".join(shown[:12]) + (f", … ({len(shown)} in all)" if len(shown) > 12 else "") or "none"
 
 
-def infer_kind_of(raw: RawRecords, path: Path | str) -> Kind:
-    """The kind of a file from the columns of its rows; a one-line DataError when no layout fits,
-    naming the missing column when the file is a broken version of one (never a different kind)."""
+def columns_of(raw: RawRecords) -> set[str]:
     columns: set[str] = set()
     for rec in raw.records:
         columns.update(rec)
+    return columns
+
+
+def infer_kind_of(raw: RawRecords, path: Path | str) -> Kind:
+    """The kind of a file from the columns of its rows; a one-line DataError when no layout fits,
+    naming the missing column when the file is a broken version of one (never a different kind)."""
+    columns = columns_of(raw)
     broken = missing_columns(columns)
     if broken:
         kind, missing = broken
@@ -873,21 +939,22 @@ def infer_kind_of(raw: RawRecords, path: Path | str) -> Kind:
     return kind
 
 
-def _extras(rec: dict[str, Any], path: Path, row: int) -> dict[str, Any]:
-    """The optional canonical columns, with defaults (id from file and row, source = file name)."""
+def _extras(rec: dict[str, Any], path: Path, row: int, harmful: bool | None) -> dict[str, Any]:
+    """The optional canonical columns, with defaults (id from file and row, source = file name,
+    harmful = the input's declaration, None when it has none: unlabelled)."""
     rid = next((rec[k] for k in _ID_ALIASES if k in rec), _MISSING)
     if rid is _MISSING:
         rid = f"{path.stem}-{row}"
     elif _is_int(rid):
         rid = str(rid)  # integer ids are common and lossless as text
-    harmful = rec.get("harmful")
+    own = rec.get("harmful")
     return {
         "id": rid,
         "topic": rec.get("topic"),
         "user_id": str(rec["user_id"]) if _is_int(rec.get("user_id")) else rec.get("user_id"),
         "source": rec.get("source") if rec.get("source") is not None else path.name,
         "split": rec.get("split"),
-        "harmful": False if harmful is None else harmful,
+        "harmful": harmful if own is None else own,
     }
 
 
@@ -898,28 +965,29 @@ def _is_int(value: Any) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
+def _shared_history(chosen: list[dict[str, Any]], rejected: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    if chosen != rejected or not chosen:
+        raise RowError("no_shared_prompt", "chosen and rejected conversations do not share the same prompt turns")
+    return chosen
+
+
 def _preference_row(rec: dict[str, Any], layout: str) -> dict[str, Any]:
     chosen, rejected = rec.get("chosen"), rec.get("rejected")
     if layout == "pairs":
-        prompt = _prompt_text(rec.get("prompt"))
-        _, chosen_text = _final_reply(chosen, "chosen")
-        _, rejected_text = _final_reply(rejected, "rejected")
+        c_history, chosen_text = _final_reply(chosen, "chosen")
+        r_history, rejected_text = _final_reply(rejected, "rejected")
+        # UltraFeedback: chosen/rejected are whole conversations (its prompt column is their first turn)
+        prompt = (_conversation(_shared_history(c_history, r_history), "chosen") if c_history or r_history
+                  else _prompt_columns(rec))
     elif isinstance(chosen, list) or isinstance(rejected, list):  # conversational, implicit prompt
         if not (isinstance(chosen, list) and isinstance(rejected, list)):
             raise RowError("bad_messages", "chosen and rejected must both be message lists (or both transcripts)")
-        c_prompt, chosen_text = _final_reply(chosen, "chosen")
-        r_prompt, rejected_text = _final_reply(rejected, "rejected")
-        if c_prompt != r_prompt or not c_prompt:
-            raise RowError("no_shared_prompt", "chosen and rejected conversations do not share the same prompt turns")
-        prompt = render_messages(c_prompt)
+        c_history, chosen_text = _final_reply(chosen, "chosen")
+        r_history, rejected_text = _final_reply(rejected, "rejected")
+        prompt = _conversation(_shared_history(c_history, r_history), "chosen")
     else:  # Anthropic HH-RLHF transcripts
-        if not isinstance(chosen, str) or not isinstance(rejected, str):
-            raise RowError("is_string", "chosen/rejected: expected transcript strings")
-        c_prompt, chosen_text = split_transcript(chosen)
-        r_prompt, rejected_text = split_transcript(rejected)
-        if c_prompt != r_prompt:
-            raise RowError("no_shared_prompt", "chosen and rejected transcripts do not share the same prompt")
-        prompt = c_prompt
+        history, chosen_text, rejected_text = _hh_pair(chosen, rejected)
+        prompt = _conversation(history, "chosen")
     margin = rec.get("margin")
     scores = [(k, rec.get(k)) for k in ("score_chosen", "score_rejected") if rec.get(k) is not None]
     for key, score in scores:  # UltraFeedback-binarized: each a finite number, or absent
@@ -928,11 +996,16 @@ def _preference_row(rec: dict[str, Any], layout: str) -> dict[str, Any]:
                                         f"{json.dumps(score, default=str)[:40]}")
     if margin is None and len(scores) == 2:
         margin = float(rec["score_chosen"]) - float(rec["score_rejected"])
-    return {"prompt": prompt, "chosen": chosen_text, "rejected": rejected_text,
+    return {**prompt, "chosen": chosen_text, "rejected": rejected_text,
             "annotator_labels": rec.get("annotator_labels"), "margin": margin}
 
 
 def _demonstration_row(rec: dict[str, Any], layout: str) -> dict[str, Any]:
+    if layout in PAIR_LAYOUTS:  # the chosen side of a preference pair
+        pair = _preference_row(rec, layout)
+        history, reply = pair["prompt_messages"], pair["chosen"]
+        messages = None if history is None else [*history, {"role": "assistant", "content": reply}]
+        return {"prompt": pair["prompt"], "response": reply, "messages": messages}
     if layout == "messages":
         messages = rec.get("messages")
         if not _is_message_list(messages):
@@ -940,14 +1013,14 @@ def _demonstration_row(rec: dict[str, Any], layout: str) -> dict[str, Any]:
         history, response = _final_reply(messages, "messages")  # checks every message's role and content
         if not history:
             raise RowError("bad_messages", "messages: no prompt turn before the assistant reply")
-        return {"prompt": render_messages(history), "response": response, "messages": messages}
+        return {"prompt": _conversation(history, "messages")["prompt"], "response": response, "messages": messages}
     completion = rec["completion"] if "completion" in rec else rec.get("response")
     prompt = rec.get("prompt")
     _, response = _final_reply(completion, "completion")
     messages = rec.get("messages") if _is_message_list(rec.get("messages")) else None
     if isinstance(prompt, list) and isinstance(completion, list):
         messages = prompt + completion
-    return {"prompt": _prompt_text(prompt), "response": response, "messages": messages}
+    return {"prompt": _prompt_columns(rec)["prompt"], "response": response, "messages": messages}
 
 
 def _prompt_row(rec: dict[str, Any], layout: str) -> dict[str, Any]:
@@ -959,10 +1032,11 @@ def _prompt_row(rec: dict[str, Any], layout: str) -> dict[str, Any]:
         if problem:
             raise problem
         history = messages[:-1] if messages[-1].get("role") == "assistant" else messages
-        return {"prompt": render_messages(history)}
+        return _conversation(history, "messages")
     if layout == "pairs_implicit_prompt":
-        return {"prompt": _preference_row(rec, layout)["prompt"]}
-    return {"prompt": _prompt_text(rec.get("prompt"))}
+        pair = _preference_row(rec, layout)
+        return {"prompt": pair["prompt"], "prompt_messages": pair["prompt_messages"]}
+    return _prompt_columns(rec)
 
 
 def _ranking_rows(rec: dict[str, Any], base: dict[str, Any]) -> list[dict[str, Any]]:
@@ -970,33 +1044,40 @@ def _ranking_rows(rec: dict[str, Any], base: dict[str, Any]) -> list[dict[str, A
     if not isinstance(responses, list) or len(responses) < 2:
         raise RowError("bad_responses", "responses: expected a list of 2 or more replies, best first")
     texts = [_final_reply(r, "responses")[1] if isinstance(r, list) else r for r in responses]
-    prompt = _prompt_text(rec.get("prompt"))
+    prompt = _prompt_columns(rec)
     rows = []
     for i, j in combinations(range(len(texts)), 2):  # best-first: every earlier reply beats every later one
-        rows.append({**base, "id": f"{base['id']}-{i}-{j}", "prompt": prompt, "chosen": texts[i],
+        rows.append({**base, **prompt, "id": f"{base['id']}-{i}-{j}", "chosen": texts[i],
                      "rejected": texts[j], "annotator_labels": None, "margin": None})
     return rows
 
 
-def canonicalize(raw: RawRecords, path: Path, kind: Kind) -> tuple[pd.DataFrame, list[Quarantined]]:
-    """Map raw records to the canonical columns of ``kind`` (rankings expand to preference pairs)."""
-    columns: set[str] = set()
-    for rec in raw.records:
-        columns.update(rec)
+def _layout_for(columns: set[str], path: Path, kind: Kind) -> str:
+    """The layout of a file read as ``kind``; a one-line DataError when none fits, naming the missing
+    column when the columns are a broken version of a layout (a pair missing `rejected`)."""
+    found = _shown_columns(columns)
+    broken = missing_columns(columns)
+    if broken:
+        missing = ", ".join(f"'{c}'" for c in broken[1])
+        raise DataError(f"{path}: no {kind} layout recognised: the column {missing} is missing "
+                        f"(the columns look like {broken[0]}; expected {_EXPECTED[kind]}; found columns [{found}])")
     layout = detect_layout(columns)
     if layout is None or layout not in _KIND_LAYOUTS[kind]:
-        found = _shown_columns(columns)
-        broken = missing_columns(columns)
-        if broken and (broken[0] == kind or (kind == "preferences" and broken[0] == "rankings")):
-            missing = ", ".join(f"'{c}'" for c in broken[1])
-            raise DataError(f"{path}: no {kind} layout recognised: the column {missing} is missing "
-                            f"(expected {_EXPECTED[kind]}; found columns [{found}])")
         raise DataError(f"{path}: no {kind} layout recognised: expected {_EXPECTED[kind]}; found columns [{found}]")
+    return layout
+
+
+def canonicalize(
+    raw: RawRecords, path: Path, kind: Kind, *, harmful: bool | None = None
+) -> tuple[pd.DataFrame, list[Quarantined]]:
+    """Map raw records to the canonical columns of ``kind`` (rankings expand to preference pairs);
+    ``harmful`` labels the rows without a ``harmful`` value of their own."""
+    layout = _layout_for(columns_of(raw), path, kind)
     out_kind = "preferences" if kind in ("preferences", "rankings") else kind
     rows: list[dict[str, Any]] = []
     quarantined = list(raw.quarantined)
     for rec, row in zip(raw.records, raw.rows):
-        base = _extras(rec, path, row)
+        base = _extras(rec, path, row, harmful)
         base["_file"], base["_row"] = str(path), row
         try:
             if out_kind == "preferences" and layout == "rankings":
@@ -1022,20 +1103,26 @@ def canonicalize(raw: RawRecords, path: Path, kind: Kind) -> tuple[pd.DataFrame,
     return frame, quarantined
 
 
-def load_dataset_file(path: Path | str, kind: Kind, *, split: str = "train") -> tuple[pd.DataFrame, list[Quarantined]]:
+def load_dataset_file(
+    path: Path | str, kind: Kind, *, split: str = "train", harmful: bool | None = None
+) -> tuple[pd.DataFrame, list[Quarantined]]:
     """Read one source into a canonical frame of ``kind`` plus the rows quarantined on the way.
 
-    ``kind="rankings"`` (or a rankings file read as ``"preferences"``) yields preference pairs.
-    The frame carries provenance columns ``_file`` and ``_row`` (line for JSONL, 1-based row
-    otherwise). Raises :class:`DataError` (one line) when the source as a whole is unusable.
+    ``kind="rankings"`` (or a rankings file read as ``"preferences"``) yields preference pairs;
+    a preference file read as ``"demonstrations"`` yields its chosen side. ``harmful`` labels
+    the rows that carry no ``harmful`` value (None: unlabelled). The frame carries provenance
+    columns ``_file`` and ``_row`` (line for JSONL, 1-based row otherwise). Raises
+    :class:`DataError` (one line) when the source as a whole is unusable.
     """
     if kind not in CANONICAL_COLUMNS:
         raise DataError(f"{path}: unknown data kind '{kind}' (expected one of {', '.join(CANONICAL_COLUMNS)})")
     raw = read_records(path, split=split)
-    return canonical_frame(raw, path, kind)
+    return canonical_frame(raw, path, kind, harmful=harmful)
 
 
-def canonical_frame(raw: RawRecords, path: Path | str, kind: Kind) -> tuple[pd.DataFrame, list[Quarantined]]:
+def canonical_frame(
+    raw: RawRecords, path: Path | str, kind: Kind, *, harmful: bool | None = None
+) -> tuple[pd.DataFrame, list[Quarantined]]:
     """:func:`load_dataset_file` on records already read (so a file is read once)."""
     if kind not in CANONICAL_COLUMNS:
         raise DataError(f"{path}: unknown data kind '{kind}' (expected one of {', '.join(CANONICAL_COLUMNS)})")
@@ -1047,4 +1134,4 @@ def canonical_frame(raw: RawRecords, path: Path | str, kind: Kind) -> tuple[pd.D
         cols = CANONICAL_COLUMNS[out_kind] + ["_file", "_row"]
         return pd.DataFrame(columns=cols, dtype=object), raw.quarantined
     source = Path(str(path)[3:]) if str(path).startswith("hf:") else Path(path)
-    return canonicalize(raw, source, kind)
+    return canonicalize(raw, source, kind, harmful=harmful)

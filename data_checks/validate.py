@@ -37,6 +37,8 @@ def _describe(column: object, check: str, value: object) -> str:
         return f"{col}{shown} is not a non-empty list of 0/1 integers"
     if check == "is_finite_number":
         return f"{col}expected a finite number, got {type(value).__name__} {shown}"
+    if check == "is_prompt_messages":
+        return f"{col}{shown} is not a list of system/user/assistant messages ending with a user turn"
     if check == "is_message_list":
         return f"{col}{shown} is not a non-empty list of {{role, content}} text messages"
     return f"{col}value {shown} fails {check}"

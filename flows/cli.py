@@ -243,6 +243,12 @@ def data_check(
     ] = None,
     json_out: Annotated[Optional[Path], typer.Option("--json", help="Write the machine-readable report here.")] = None,
     docs_dir: Annotated[Optional[Path], typer.Option(help="Write Great Expectations Data Docs (HTML) here.")] = None,
+    harmful: Annotated[
+        Optional[bool],
+        typer.Option("--harmful/--benign", help="Declare every prompt of the files harmful (e.g. HH-RLHF "
+                     "harmless-base: refusing is then allowed) or benign; a row's own harmful column wins. "
+                     "Default: rows without one are unlabelled, and may not refuse."),
+    ] = None,
 ) -> None:
     """Run the Great Expectations suites on data files (JSONL, JSON, CSV, also .gz; Parquet).
 
@@ -257,7 +263,8 @@ def data_check(
         from rlhf_core.errors import DataError
 
         raise DataError(f"--kind '{kind}': expected one of {', '.join(kinds)}")
-    raise typer.Exit(run_check(paths, kind=kind, json_out=json_out, docs_dir=docs_dir, console=_console()))
+    raise typer.Exit(run_check(paths, kind=kind, json_out=json_out, docs_dir=docs_dir, console=_console(),
+                               harmful=harmful))
 
 
 @data_app.command("prepare")
@@ -268,6 +275,8 @@ def data_prepare(
     out: Annotated[Optional[Path], typer.Option(help="Output directory (default: a new run directory).")] = None,
 ) -> None:
     """Run the data stage alone: import, validate, scrub refusals, dedup, filter prompts; write the report.
+
+    A data input is a path or {path: FILE, harmful: true|false} (all its prompts harmful or benign; unlabelled refusals are kept and flagged). A preference file under data.demonstrations gives its chosen side as demonstrations (with a warning).
 
     --out must be new, empty or an earlier output of this command; the outputs appear when the stage has finished. Exit 2 when an input is unusable or has no usable row (the report and quarantine.jsonl are still written then, naming every bad row's file, row and rule).
     """
@@ -282,6 +291,8 @@ def data_prepare(
     report = run_data_stage(cfg.data, out_dir, tokenizer=tokenizer, model_cache=cfg.model_cache,
                             option="--out" if out else "output directory")
     console = _console()
+    for warning in report.warnings:
+        console.print(f"warning: {warning}", style="yellow", soft_wrap=True, markup=False)
     console.print(
         f"[green]data stage done[/] in {report.seconds:.1f} s: {report.rows_in} rows in, "
         f"{report.rows_kept} kept, {report.rows_in - report.rows_kept} dropped (every one listed in dropped.jsonl)"
@@ -381,8 +392,11 @@ def main() -> None:
         from rlhf_core.redact import redact_text
 
         console = _console(stderr=True)
+        from rich.text import Text
+
         for line in redact_text(str(exc)).splitlines() or [type(exc).__name__]:
-            console.print(f"[bold red]error:[/] {line}", soft_wrap=True)
+            # as plain text: "[chosen, rejected]" in a message is data, not rich markup
+            console.print(Text.assemble(("error:", "bold red"), " ", line), soft_wrap=True)
         if exc.log_file:
             console.print(f"full log (with the traceback): {exc.log_file}", soft_wrap=True, markup=False)
         sys.exit(exc.exit_code)

@@ -130,20 +130,23 @@ def resolve_inputs(cfg: PipelineConfig, cwd: Path, fallback: Path = REPO_DIR) ->
     ``data/demo`` files of the presets), against the repository. Hub ids stay as they are.
     """
     from data_checks.importers import looks_like_hub_id
+    from rlhf_core.config.data import DataInput
     from rlhf_core.errors import ConfigError
 
     missing = []
     for key in ("demonstrations", "preferences", "rl_prompts"):
         resolved = []
-        for i, path in enumerate(getattr(cfg.data, key)):
-            source = str(path)
-            path = path.expanduser()
+        for i, entry in enumerate(getattr(cfg.data, key)):
+            given = entry.path if isinstance(entry, DataInput) else entry  # {path, harmful} keeps its label
+            source = str(given)
+            path = given.expanduser()
             candidates = [path] if path.is_absolute() else [cwd / path, fallback / path]
             found = next((c for c in candidates if c.exists()), None)
             if found is not None:
-                resolved.append(found.resolve())
+                found = found.resolve()
+                resolved.append(entry.model_copy(update={"path": found}) if isinstance(entry, DataInput) else found)
             elif source.startswith("hf:") or (not path.is_absolute() and looks_like_hub_id(source)):
-                resolved.append(Path(source))
+                resolved.append(entry)
             else:
                 where = "" if path.is_absolute() else f" (looked in {cwd} and {fallback})"
                 missing.append(f"data.{key}[{i}]: {source}: no such file{where}")

@@ -49,7 +49,7 @@ def _data_problems(cfg: PipelineConfig) -> list[str]:
     }
     problems = []
     for name, (stages, wanted) in needed.items():
-        paths = getattr(cfg.data, name)
+        paths = [source.path for source in cfg.data.sources(name)]
         if not paths and wanted:
             problems.append(f"data.{name}: empty list, but {stages} need at least one file (or turn the stage off)")
         for i, path in enumerate(paths):

@@ -42,7 +42,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     # (a) functions against hand-computed values or naive references; data contracts on small files
     "unit": (
         "test_agreement", "test_batching", "test_bench_variants", "test_checkpoint", "test_config", "test_data_bad_input",
-        "test_data_check", "test_data_curation", "test_data_importers", "test_data_outputs", "test_data_parity",
+        "test_data_check", "test_data_conversations", "test_data_curation", "test_data_importers", "test_data_outputs", "test_data_parity",
         "test_data_roundtrip", "test_data_stage", "test_dedup", "test_demo_curation", "test_deploy", "test_gold",
         "test_import_direction", "test_imports", "test_infra_k8s", "test_progress", "test_runtime_env", "test_security",
         "test_tiers", "test_workspace",

@@ -38,7 +38,8 @@ def test_refusal_to_benign_prompt_dropped_and_harmful_kept():
     assert dropped == [0, 3]  # benign refusals, case-insensitive; harmful refusal (1) kept
     assert reasons[0][0] == "refusal"
     counts = stats.per_pattern
-    assert counts[r"\bas an ai language model\b"] == {"matched": 1, "dropped": 1, "kept_harmful": 0, "flagged": 0}
+    assert counts[r"\bas an ai language model\b"] == {"matched": 1, "dropped": 1, "kept_harmful": 0, "flagged": 0,
+                                                      "kept_unlabelled": 0}
     sorry = r"\bi'?m sorry,? but i (?:cannot|can't|am unable to|won't)\b"
     assert counts[sorry]["kept_harmful"] == 1 and counts[sorry]["dropped"] == 1
 
@@ -50,6 +51,15 @@ def test_refused_chosen_flagged_not_dropped_when_configured():
     assert reasons[0] is not None and reasons[1] is None  # a refusal as the *rejected* reply is fine
     reasons, stats = refusal_reasons(prefs, "preferences", RefusalConfig(drop_refused_chosen=False))
     assert reasons.isna().all() and stats.flagged_ids == ["r0"]
+
+
+def test_refusal_of_an_unlabelled_prompt_is_kept_and_flagged_never_dropped():
+    """No harmful column, no declaration: the refusal may be the right answer (HH harmless-base)."""
+    rows = [{**d, "harmful": None} for d in DEMOS[:1]] + DEMOS[1:]
+    reasons, stats = refusal_reasons(_frame(rows), "demonstrations", RefusalConfig())
+    assert [i for i, r in reasons.items() if r is not None] == [3]  # the benign-labelled refusal only
+    assert stats.unlabelled_ids == ["r0"] and stats.flagged_ids == []
+    assert stats.per_pattern[r"\bas an ai language model\b"]["kept_unlabelled"] == 1
 
 
 def test_custom_refusal_patterns():

@@ -8,7 +8,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from data_checks.importers import load_dataset_file, transcript_to_messages
+from data_checks.importers import load_dataset_file
 from data_checks.schemas import CANONICAL_COLUMNS
 from data_checks.validate import validate_frame
 
@@ -29,15 +29,27 @@ def test_trl_standard_preferences_keep_labels_and_harmful_flag():
     df = _load("prefs_trl_standard.jsonl", "preferences")
     assert list(df["id"]) == ["p1", "p2", "p3"]
     assert df.loc[0, "annotator_labels"] == [1, 1, 0] and df.loc[0, "margin"] == 1.5
-    assert list(df["harmful"]) == [False, False, True]
+    assert list(df["harmful"]) == [None, None, True]  # no column, no declaration: unlabelled
     assert list(df["_row"]) == [1, 2, 3]
+
+
+def test_declared_harmfulness_labels_the_rows_without_their_own():
+    frame, _ = load_dataset_file(DATA / "prefs_trl_standard.jsonl", "preferences", harmful=False)
+    assert list(frame["harmful"]) == [False, False, True]  # the row's own column wins
+    frame, _ = load_dataset_file(DATA / "prefs_hh_rlhf.jsonl", "preferences", harmful=True)
+    assert list(frame["harmful"]) == [True, True]
 
 
 def test_trl_conversational_preferences_take_the_final_assistant_reply():
     df = _load("prefs_trl_conversational.jsonl", "preferences")
-    assert df.loc[0, "prompt"] == "What is the capital of France?"
+    assert df.loc[0, "prompt"] == "What is the capital of France?" and df.loc[0, "prompt_messages"] is None
     assert (df.loc[0, "chosen"], df.loc[0, "rejected"]) == ("Paris.", "Berlin.")
-    # A multi-turn prompt is kept, as role-tagged text.
+    # A multi-turn prompt stays a conversation; `prompt` is its readable rendering.
+    assert df.loc[1, "prompt_messages"] == [
+        {"role": "user", "content": "Name a primary colour."},
+        {"role": "assistant", "content": "Red."},
+        {"role": "user", "content": "Another one?"},
+    ]
     assert df.loc[1, "prompt"] == "User: Name a primary colour.\n\nAssistant: Red.\n\nUser: Another one?"
 
 
@@ -47,18 +59,27 @@ def test_trl_implicit_prompt_is_the_shared_conversation_prefix():
     assert (df.loc[0, "chosen"], df.loc[0, "rejected"]) == ("Blue on a clear day.", "Green.")
 
 
-def test_hh_rlhf_transcripts_split_into_shared_prompt_and_final_replies():
+def test_hh_rlhf_transcripts_split_into_shared_turns_and_final_replies():
     df = _load("prefs_hh_rlhf.jsonl", "preferences")
-    assert df.loc[0, "prompt"] == "Human: What are some cuss words in english?\n\nAssistant:"
+    # one Human turn: its text, as single-turn data always was
+    assert df.loc[0, "prompt"] == "What are some cuss words in english?" and df.loc[0, "prompt_messages"] is None
     assert df.loc[0, "rejected"] == "Here is a list of rude words."
-    multi = df.loc[1, "prompt"]
-    assert multi.startswith("Human: How do I make tea?") and multi.endswith("Then what?\n\nAssistant:")
-    assert df.loc[1, "chosen"] == "Steep the tea bag for three minutes."
-    assert transcript_to_messages(multi) == [
+    assert df.loc[1, "prompt_messages"] == [
         {"role": "user", "content": "How do I make tea?"},
         {"role": "assistant", "content": "Boil water first."},
         {"role": "user", "content": "Then what?"},
     ]
+    assert df.loc[1, "prompt"] == "User: How do I make tea?\n\nAssistant: Boil water first.\n\nUser: Then what?"
+    assert df.loc[1, "chosen"] == "Steep the tea bag for three minutes."
+
+
+def test_hh_rlhf_preferences_as_demonstrations_take_the_chosen_side():
+    df = _load("prefs_hh_rlhf.jsonl", "demonstrations")
+    assert df.loc[0, "prompt"] == "What are some cuss words in english?" and df.loc[0, "messages"] is None
+    assert df.loc[0, "response"] == "I'd rather not list those, but I can help with something else."
+    assert df.loc[1, "messages"][-2:] == [{"role": "user", "content": "Then what?"},
+                                          {"role": "assistant", "content": "Steep the tea bag for three minutes."}]
+    assert df.loc[1, "response"] == "Steep the tea bag for three minutes."
 
 
 def test_ultrafeedback_binarized_uses_prompt_id_and_score_margin():
@@ -140,4 +161,5 @@ def test_datasets_save_to_disk_directory(tmp_path):
 
 def test_preference_file_can_feed_rl_prompts():
     df = _load("prefs_hh_rlhf.jsonl", "prompts")
-    assert len(df) == 2 and df.loc[0, "prompt"].startswith("Human:")
+    assert list(df["prompt"])[0] == "What are some cuss words in english?"
+    assert [m["role"] for m in df.loc[1, "prompt_messages"]] == ["user", "assistant", "user"]

@@ -18,10 +18,11 @@ STAGE = DATA / "stage"
 
 
 def _cfg(**overrides) -> DataConfig:
+    # The fixtures' prompts are benign but where a row says harmful: declared so, as a user would.
     base = dict(
-        demonstrations=[STAGE / "demonstrations.jsonl", DATA / "demos_messages.jsonl"],
-        preferences=[STAGE / "preferences.jsonl", DATA / "rankings.jsonl"],
-        rl_prompts=[STAGE / "rl_prompts.jsonl"],
+        demonstrations=[{"path": STAGE / "demonstrations.jsonl", "harmful": False}, DATA / "demos_messages.jsonl"],
+        preferences=[{"path": STAGE / "preferences.jsonl", "harmful": False}, DATA / "rankings.jsonl"],
+        rl_prompts=[{"path": STAGE / "rl_prompts.jsonl", "harmful": False}],
         prompt_filter={"max_tokens": 40, "max_prompts_per_user": 3},
     )
     base.update(overrides)

@@ -43,6 +43,21 @@ Kind = Literal["prompts", "demonstrations", "preferences", "rankings"]
 StageKind = Literal["demonstrations", "preferences", "rl_prompts"]
 
 
+class DataInput(StrictModel):
+    """An input file with what is known of all its prompts: ``{path: ..., harmful: true}``."""
+
+    path: Path = Field(description="A data file, a `datasets` directory or a hub id.")
+    harmful: bool | None = Field(
+        None, description="Every prompt of this input is harmful (true: e.g. HH-RLHF harmless-base, red-team "
+        "requests) or benign (false: e.g. helpful-base). A row's own `harmful` column wins. None: rows "
+        "without the column are unlabelled (refusals of them are kept and flagged, never dropped).",
+    )
+
+
+# An input is a plain path, or a DataInput where all its prompts share a harmfulness label.
+InputEntry = Path | DataInput
+
+
 class RefusalConfig(StrictModel):
     """Refusal and boilerplate scrubbing of SFT responses and preferred replies."""
 
@@ -193,17 +208,20 @@ class PromptFilterConfig(StrictModel):
 class DataConfig(StrictModel):
     """Input files (relative paths resolve against the current directory) and curation settings."""
 
-    demonstrations: list[Path] = Field(
+    demonstrations: list[InputEntry] = Field(
         default_factory=lambda: [DEMO_DIR / "demonstrations.jsonl"],
-        description="SFT demonstrations (prompt + response, or chat messages).",
+        description="SFT demonstrations (prompt + response, or chat messages), or preference data: its chosen "
+        "side (the prompt turns + the chosen reply) becomes demonstrations. Each entry a path or "
+        "{path: ..., harmful: true|false}.",
     )
-    preferences: list[Path] = Field(
+    preferences: list[InputEntry] = Field(
         default_factory=lambda: [DEMO_DIR / "preferences.jsonl"],
-        description="Preference pairs or rankings (prompt, chosen, rejected, annotator labels).",
+        description="Preference pairs or rankings (prompt, chosen, rejected, annotator labels). Each entry a "
+        "path or {path: ..., harmful: true|false}.",
     )
-    rl_prompts: list[Path] = Field(
+    rl_prompts: list[InputEntry] = Field(
         default_factory=lambda: [DEMO_DIR / "rl_prompts.jsonl"],
-        description="Prompts for PPO and evaluation.",
+        description="Prompts for PPO and evaluation. Each entry a path or {path: ..., harmful: true|false}.",
     )
     dataset_split: str = Field(
         "train", description="Split read from `datasets.load_dataset` sources (hub ids, dataset dirs)."
@@ -221,6 +239,10 @@ class DataConfig(StrictModel):
     refusal: RefusalConfig = Field(default_factory=RefusalConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     prompt_filter: PromptFilterConfig = Field(default_factory=PromptFilterConfig)
+
+    def sources(self, name: StageKind) -> list[DataInput]:
+        """The entries of input ``name`` in one form: a plain path is ``DataInput(path, harmful=None)``."""
+        return [e if isinstance(e, DataInput) else DataInput(path=e) for e in getattr(self, name)]
 
 
 def _check_regexes(patterns: list[str], where: str) -> None:
