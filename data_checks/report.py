@@ -43,6 +43,8 @@ class DataReport:
     # file -> demonstrations read from the chosen side of its preference pairs
     chosen_side: dict[str, int] = field(default_factory=dict)
     warnings: list[str] = field(default_factory=list)  # one line each, for the person running the stage
+    # input -> rows without a split that data.eval_fraction put in the eval split
+    held_out: dict[str, int] = field(default_factory=dict)
 
     @property
     def rows_in(self) -> int:
@@ -95,6 +97,9 @@ class DataReport:
             lines += ["", "## Warnings", ""] + [f"- {w}" for w in self.warnings]
         for file, n in self.chosen_side.items():
             lines += ["", f"{n} demonstrations from the chosen side of preference pairs ({file})."]
+        if self.held_out:
+            lines += ["", "Held out as eval (`data.eval_fraction`, rows with no split): " + ", ".join(
+                f"{name} {n}" for name, n in self.held_out.items()) + "."]
         if self.refusals:
             lines += ["", "## Refusals (per pattern: matched / dropped / kept harmful / flagged / kept unlabelled)",
                       ""]

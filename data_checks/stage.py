@@ -27,6 +27,7 @@ it and the reasons; the report and the quarantine are still written, the curated
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import time
@@ -230,6 +231,25 @@ def _load_inputs(cfg: DataConfig, ledger: _Ledger, report: DataReport) -> dict[s
     return frames
 
 
+def held_out_share(key: str) -> float:
+    """Where a conversation falls in [0, 1): a stable hash of its user turns (whitespace and case folded)."""
+    digest = hashlib.sha256(" ".join(key.lower().split()).encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") / 2**64
+
+
+def hold_out(frame: pd.DataFrame, fraction: float) -> tuple[pd.DataFrame, int]:
+    """Rows without a ``split`` go to eval when their conversation's share is under ``fraction``
+    (``data.eval_fraction``), else to train; rows with a split keep it. Returns the frame and how many went to eval."""
+    if frame.empty:
+        return frame, 0
+    unset = frame["split"].map(is_null).to_numpy(dtype=bool)
+    keys = user_text(frame)
+    to_eval = np.array([u and held_out_share(str(k)) < fraction for u, k in zip(unset, keys)], dtype=bool)
+    frame = frame.copy()
+    frame.loc[unset, "split"] = np.where(to_eval[unset], "eval", "train")
+    return frame, int(to_eval.sum())
+
+
 def _dedup_step(frames: dict[str, pd.DataFrame], cfg: DataConfig, ledger: _Ledger) -> dict[str, Any]:
     d = cfg.dedup
     summary: dict[str, Any] = {}
@@ -402,6 +422,9 @@ def run_data_stage(
         return result
 
     frames = timed("import", lambda: _load_inputs(cfg, ledger, report))
+    if cfg.eval_fraction > 0:
+        for name in INPUTS:
+            frames[name], report.held_out[name] = hold_out(frames[name], cfg.eval_fraction)
     before = {name: topic_mix(frames[name]["topic"]) for name in INPUTS}
 
     # 2. validation

@@ -261,3 +261,27 @@ def test_error_line_shows_the_column_list(tmp_path):
                          env={**os.environ, "COLUMNS": "400"})
     assert out.returncode == 2
     assert "found columns [id, prompt, responses]" in out.stderr, out.stderr
+
+
+def test_eval_fraction_holds_out_whole_conversations_in_every_input(tmp_path):
+    from data_checks.stage import held_out_share, hold_out
+
+    questions = [f"Question number {i}: how do I keep basil plant {i} alive indoors?" for i in range(40)]
+    rows = [_pair((q,), f"Water it when the top soil is dry ({i}).", f"No idea {i}.") for i, q in enumerate(questions)]
+    rows[0]["split"] = "train"  # an explicit split always wins
+    path = _jsonl(tmp_path / "pairs.jsonl", rows)
+    report, frames = _stage(tmp_path / "out", {"path": path, "harmful": False}, eval_fraction=0.3,
+                            dedup={"near": False, "cross_split": False})  # templated prompts: near-alike
+    expected = {q for q in questions[1:] if held_out_share(q) < 0.3}
+    assert 0 < len(expected) < 39  # the hash spreads 39 conversations over both sides
+    for name in ("demonstrations", "preferences"):
+        frame = frames[name]
+        assert set(frame["split"]) <= {"train", "eval"}
+        assert set(frame.loc[frame["split"] == "eval", "prompt"]) == expected, name
+    assert set(frames["rl_prompts"]["prompt"]) == set(questions) - expected  # train prompts only
+    assert set(pd.read_parquet(tmp_path / "out" / "eval_prompts.parquet")["prompt"]) == expected
+    assert report.held_out == {name: len(expected) for name in ("demonstrations", "preferences", "rl_prompts")}
+    assert "Held out as eval" in (tmp_path / "out" / "report.md").read_text()
+    # without the option nothing moves: rows with no split are training rows
+    same, n = hold_out(frames["preferences"].assign(split=None), 0.0)
+    assert n == 0 and set(same["split"]) == {"train"}

@@ -236,6 +236,14 @@ class DataConfig(StrictModel):
         "report are the same for any value. Each input forks its own pool (~0.1-0.5 s), so it pays "
         "off from several thousand prompts per input, with that many free cores.",
     )
+    eval_fraction: float = Field(
+        0.0, ge=0.0, lt=1.0,
+        description="Share of conversations held out as the eval split where a row has no `split` value (real "
+        "data rarely has one). A row goes to eval when a hash of its user turns falls under this share, so one "
+        "conversation lands on the same side in every input: its comparisons measure the reward model's held-out "
+        "agreement, its prompt is an eval prompt, and neither SFT, the reward model nor PPO trains on it. "
+        "0 = rows without a split are training rows.",
+    )
     refusal: RefusalConfig = Field(default_factory=RefusalConfig)
     dedup: DedupConfig = Field(default_factory=DedupConfig)
     prompt_filter: PromptFilterConfig = Field(default_factory=PromptFilterConfig)
