@@ -152,13 +152,22 @@ class Batching:
     def pairs(self, items: list[Any]) -> int:
         return sum(len(g.pairs) for g in items) if self.grouping == "prompt" else len(items)
 
-    def data_fingerprint(self, items: list[Any]) -> str:
-        """What a resumed run must find again: every token sequence (and, per prompt, which reply beat which)."""
+    def fingerprint(self, items: list[Any]) -> dict[str, Any]:
+        """What a resumed run must find again: every token sequence (per prompt, which reply beat which) and the order."""
         if self.grouping == "prompt":
-            return dataset_fingerprint(
+            data = dataset_fingerprint(
                 [[i for seq in g.sequences for i in (*seq, -1)] + [-2] + [i for pair in g.pairs for i in pair] for g in items]
             )
-        return dataset_fingerprint([p.chosen_ids + [-1] + p.rejected_ids for p in items])
+        else:
+            data = dataset_fingerprint([p.chosen_ids + [-1] + p.rejected_ids for p in items])
+        return {
+            "data": data,
+            # the layout sets the length buckets, so the data order. None = two rows per pair, which
+            # checkpoints from before the shared-prefix layout existed also read (no key), so they resume
+            "pair_layout": "shared-prefix" if self.share_prompt else None,
+            # what an example is, so the data order too; None = pairs (checkpoints from before grouping read no key)
+            "grouping": "prompt" if self.grouping == "prompt" else None,
+        }
 
 
 def _evaluator(rm: torch.nn.Module, items: list[Any], batching: Batching, pad_id: int, batch_size: int, center_coef: float):
@@ -247,15 +256,8 @@ def train_reward_model(
         resume=resume,
         seed=seed,
         fingerprint={
-            "data": batching.data_fingerprint(items),
-            "format": fmt,
-            "lora": optim.lora.model_dump(exclude_none=True),
+            **batching.fingerprint(items), "format": fmt, "lora": optim.lora.model_dump(exclude_none=True),
             "use_margin": cfg.use_margin,
-            # the layout sets the length buckets, so the data order. None = two rows per pair, which
-            # checkpoints from before the shared-prefix layout existed also read (no key), so they resume
-            "pair_layout": "shared-prefix" if share else None,
-            # what an example is, so the data order too; None = pairs (checkpoints from before grouping read no key)
-            "grouping": "prompt" if cfg.grouping == "prompt" else None,
         },
         progress=progress,
         dist=dist,
