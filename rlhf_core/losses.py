@@ -253,45 +253,60 @@ def kwise_ranking_loss(
     rewards: torch.Tensor,
     *,
     valid: torch.Tensor | None = None,
+    compared: torch.Tensor | None = None,
     center_coef: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """InstructGPT's K-wise ranking loss (Ouyang et al. 2022, eq. 1).
 
-    rewards: (B, K), the K responses of each prompt ordered best first; valid: (B, K) bool,
-    false for padding slots when prompts have fewer than K responses (ragged K).
+    rewards: (B, K), the K responses of each prompt. Which pairs count, one of:
 
-    For each prompt, all C(K_b, 2) pairs (i < j, both valid) contribute
-    ``-log sigmoid(r_i - r_j)``, averaged within the prompt (the 1/C(K,2) factor), then
-    averaged over prompts: one prompt is one batch element, which is how InstructGPT avoided
-    overfitting from seeing each completion K-1 times as separate pairs. Prompts with fewer
-    than two valid responses contribute nothing; a batch with no pair at all is an error.
-    ``center_coef`` adds the mean over each prompt's pairs of ``(r_i + r_j)^2`` (averaged like
-    the loss), so K=2 reduces exactly to :func:`bradley_terry_loss`.
+    * a full ranking (default): responses ordered best first; valid: (B, K) bool, false for
+      padding slots when prompts have fewer than K responses (ragged K). Every pair i < j of
+      valid slots counts once: C(K_b, 2) pairs.
+    * observed comparisons (pair data grouped by prompt): compared: (B, K, K) counts (int or
+      bool), ``compared[b, i, j]`` = how many times response i was preferred over response j.
+      Only those pairs count, each as often as it was observed; ``valid`` must then be None.
+
+    Each pair contributes ``-log sigmoid(r_better - r_worse)``, averaged within the prompt (the
+    1/C(K,2) factor; a count-weighted mean for observed comparisons), then averaged over prompts:
+    one prompt is one batch element, which is how InstructGPT avoided overfitting from seeing
+    each completion K-1 times as separate pairs. Prompts without a pair contribute nothing; a
+    batch with no pair at all is an error. ``center_coef`` adds the mean over each prompt's pairs
+    of ``(r_i + r_j)^2`` (averaged like the loss), so K=2 reduces exactly to
+    :func:`bradley_terry_loss`, as does one observed pair per prompt.
 
     Stats: ``rm/loss``, ``rm/accuracy`` (fraction of pairs ordered right, averaged like the
-    loss, ties half), ``rm/margin`` (mean r_i - r_j), ``rm/pairs`` (number of pairs),
-    ``rm/center_penalty``.
+    loss, ties half), ``rm/margin`` (mean r_better - r_worse), ``rm/pairs`` (number of pairs,
+    with multiplicity), ``rm/center_penalty``.
     """
     if rewards.dim() != 2:
         raise ValueError(f"kwise_ranking_loss: expected rewards of shape (B, K), got {tuple(rewards.shape)}")
     B, K = rewards.shape
-    if valid is None:
-        valid = torch.ones(B, K, dtype=torch.bool, device=rewards.device)
-    elif valid.shape != rewards.shape:
-        raise ValueError(f"kwise_ranking_loss: valid {tuple(valid.shape)} does not match rewards {tuple(rewards.shape)}")
-    valid = _as_bool(valid)
     r = rewards.float()  # (B, K)
-    diff = r[:, :, None] - r[:, None, :]  # (B, K, K): diff[b, i, j] = r_i - r_j
-    upper = torch.ones(K, K, dtype=torch.bool, device=r.device).triu(diagonal=1)  # i < j: i ranked better
-    pairs = upper & valid[:, :, None] & valid[:, None, :]  # (B, K, K)
-    n_pairs = masked_count(pairs, dim=(1, 2))  # (B,)
+    if compared is not None:
+        if valid is not None:
+            raise ValueError("kwise_ranking_loss: pass either valid (a full ranking) or compared (observed pairs), not both")
+        if compared.shape != (B, K, K):
+            raise ValueError(f"kwise_ranking_loss: compared {tuple(compared.shape)} does not match rewards {tuple(rewards.shape)}")
+        counts = compared.to(r.dtype)  # (B, K, K)
+    else:
+        if valid is None:
+            valid = torch.ones(B, K, dtype=torch.bool, device=rewards.device)
+        elif valid.shape != rewards.shape:
+            raise ValueError(f"kwise_ranking_loss: valid {tuple(valid.shape)} does not match rewards {tuple(rewards.shape)}")
+        valid = _as_bool(valid)
+        upper = torch.ones(K, K, dtype=torch.bool, device=r.device).triu(diagonal=1)  # i < j: i ranked better
+        counts = (upper & valid[:, :, None] & valid[:, None, :]).to(r.dtype)  # (B, K, K)
+    pairs = counts > 0  # (B, K, K)
+    n_pairs = counts.sum(dim=(1, 2))  # (B,)
     has_pairs = n_pairs > 0  # (B,)
     if not bool(has_pairs.any()):
         raise ValueError("kwise_ranking_loss: no prompt in the batch has two valid responses")
-    denom = n_pairs.clamp(min=1).to(r.dtype)  # (B,), clamp only avoids 0/0 in rows dropped below
+    denom = n_pairs.clamp(min=1)  # (B,), clamp only avoids 0/0 in rows dropped below
+    diff = r[:, :, None] - r[:, None, :]  # (B, K, K): diff[b, i, j] = r_i - r_j
 
     def per_prompt_mean(x: torch.Tensor) -> torch.Tensor:  # (B, K, K) -> scalar
-        per_prompt = masked_sum(x, pairs, dim=(1, 2)) / denom  # (B,)
+        per_prompt = masked_sum(x * counts, pairs, dim=(1, 2)) / denom  # (B,); NaN off the pairs is selected away
         return masked_mean(per_prompt, has_pairs)
 
     bt = per_prompt_mean(-F.logsigmoid(diff))

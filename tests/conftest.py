@@ -56,7 +56,8 @@ TIERS: dict[str, tuple[str, ...]] = {
     # (c) real transformers models (tiny random ones, the real default model where marked slow) trained/sampled
     "tiny_model": (
         "test_bench_gpu", "test_demo_data", "test_dpo", "test_evaluation", "test_fault_kill", "test_models",
-        "test_ppo_loop", "test_ppo_phases", "test_reward_eval", "test_reward_model", "test_stage_io", "test_training_reward", "test_training_sft",
+        "test_ppo_loop", "test_ppo_phases", "test_reward_eval", "test_reward_grouped", "test_reward_model",
+        "test_stage_io", "test_training_reward", "test_training_sft",
     ),
     # (d) the flows and the CLI: Prefect's engine (harness or ephemeral API), MLflow sqlite, subprocesses
     "flows": (

@@ -78,24 +78,28 @@ def test_layout_matches_naive_definition():
     chosen_ends = torch.minimum(chosen_ends.clamp(min=1), lengths - 1)
     prefixes = torch.stack([torch.randint(0, int(c), (1,), generator=gen)[0] for c in chosen_ends])
     mask = (torch.arange(T)[None] < lengths[:, None]).long()
-    allowed, positions, chosen_index, rejected_index = shared_prefix_layout(mask, prefixes, chosen_ends)
+    ends = torch.stack([chosen_ends, lengths], dim=1)  # a pair: two replies, the rejected one ends the row
+    allowed, positions, reward_index, has_reply = shared_prefix_layout(mask, prefixes, ends)
     assert allowed.shape == (B, 1, T, T)
     for b in range(B):
         n, P, C = int(lengths[b]), int(prefixes[b]), int(chosen_ends[b])
         assert torch.equal(allowed[b, 0], _naive_allowed(n, P, C, T)), b
         assert positions[b, :n].tolist() == list(range(C)) + list(range(P, P + n - C))
         assert allowed[b, 0].any(-1).all()  # no fully masked query row (it would give NaN in sdpa)
-    assert chosen_index.tolist() == (chosen_ends - 1).tolist() and rejected_index.tolist() == (lengths - 1).tolist()
+    assert reward_index.tolist() == (ends - 1).tolist() and has_reply.all()
 
 
 def test_layout_refuses_bad_rows():
     mask = torch.tensor([[1, 1, 1, 0]])
-    with pytest.raises(ValueError, match="0 <= prefix_length < chosen_end < row length"):
-        shared_prefix_layout(mask, torch.tensor([2]), torch.tensor([2]))  # empty chosen suffix
-    with pytest.raises(ValueError, match="0 <= prefix_length < chosen_end < row length"):
-        shared_prefix_layout(mask, torch.tensor([0]), torch.tensor([3]))  # empty rejected suffix
+    rule = r"0 <= prefix_length < reply_end\[0\] < reply_end\[1\]"
+    with pytest.raises(ValueError, match=rule):
+        shared_prefix_layout(mask, torch.tensor([2]), torch.tensor([[2, 3]]))  # empty chosen suffix
+    with pytest.raises(ValueError, match=rule):
+        shared_prefix_layout(mask, torch.tensor([0]), torch.tensor([[3, 3]]))  # empty rejected suffix
+    with pytest.raises(ValueError, match=rule):
+        shared_prefix_layout(mask, torch.tensor([0]), torch.tensor([[1, 2]]))  # the last reply must end the row
     with pytest.raises(ValueError, match="right-padded"):
-        shared_prefix_layout(torch.tensor([[0, 1, 1, 1]]), torch.tensor([0]), torch.tensor([2]))
+        shared_prefix_layout(torch.tensor([[0, 1, 1, 1]]), torch.tensor([0]), torch.tensor([[2, 4]]))
 
 
 def test_prefix_is_longest_common_token_prefix_leaving_each_suffix_a_token(tiny_tokenizer):

@@ -12,11 +12,13 @@ Preference pairs can go through :meth:`RewardModel.forward_pairs` in the shared-
 (one row ``[prefix | chosen suffix | rejected suffix]`` per pair, see ``rlhf_core.batching``):
 a 4D attention mask keeps the rejected suffix from seeing the chosen one and its position ids
 restart after the prefix, so both rewards equal those of two separate sequences while the prompt
-is computed once. transformers passes a 4D mask through ``create_causal_mask`` untouched, and
+is computed once. The same layout takes the K replies of one prompt, ``[prefix | reply 1 | ... |
+reply K]`` (:meth:`RewardModel.forward_groups`, ``rlhf_core.reward.grouped``): no reply sees
+another, and each restarts its positions after the prefix; a pair is K=2. transformers passes a 4D mask through ``create_causal_mask`` untouched, and
 the attention kernels read it differently: sdpa takes a boolean "may attend" mask, eager ADDS
 the mask to the scores (so it must be 0 / -inf-like floats). Other attention implementations
 (flash, flex, paged) and remote-code models may ignore or reject it, so the layout is tried once
-per model against two separate forwards (:meth:`RewardModel.check_pair_layout`) and refused
+per model against separate forwards (:meth:`RewardModel.check_pair_layout`) and refused
 with a ConfigError naming ``reward.share_prompt`` when the results differ. The mask reaches every
 layer as is, so sliding-window layers (Gemma, Mistral, Qwen2 with ``use_sliding_window``) take
 rows up to their window only, and other layer kinds (chunked, linear attention) are refused.
@@ -64,43 +66,58 @@ def last_token_index(attention_mask: torch.Tensor) -> torch.Tensor:
 
 
 def shared_prefix_layout(
-    attention_mask: torch.Tensor, prefix_lengths: torch.Tensor, chosen_ends: torch.Tensor
+    attention_mask: torch.Tensor, prefix_lengths: torch.Tensor, reply_ends: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Attention, positions and reward indices of right-padded ``[prefix | chosen suffix | rejected suffix]`` rows.
+    """Attention, positions and reward indices of right-padded ``[prefix | reply 1 | ... | reply K]`` rows.
 
-    attention_mask: (B, T), 1 on the row's tokens; prefix_lengths P (B,); chosen_ends C (B,):
-    the prefix is ``[0, P)``, the chosen suffix ``[P, C)``, the rejected suffix ``[C, L)``
-    with L the row's length. Returns
+    attention_mask: (B, T), 1 on the row's tokens; prefix_lengths P (B,); reply_ends E (B, K):
+    the prefix is ``[0, P)``, reply k is ``[E[k-1], E[k])`` (reply 0 starts at P). A preference
+    pair is K=2: ``[prefix | chosen suffix | rejected suffix]``. Each row needs
+    ``0 <= P < E[0] < E[1]`` (two replies at least), non-decreasing ends, and its last end at the
+    row length: a row with fewer replies than K ends in empty replies (ends equal to its length).
+    Returns
 
     * ``allowed`` (B, 1, T, T) bool: query i may attend key j. Causal, padding keys masked, and
-      a query in the rejected suffix never sees the chosen suffix (the reverse is causal).
-      Padding queries see the prefix and rejected suffix, so no row is fully masked (no NaN).
-    * ``position_ids`` (B, T): ``0..C-1`` then ``P..L-C+P-1``: the rejected suffix continues
-      from the prefix as in its own sequence; padding gets 0.
-    * ``chosen_index`` (B,) = C - 1 and ``rejected_index`` (B,) = L - 1: where rewards are read.
+      a reply's tokens see the prefix and their own reply only (never another reply).
+      Padding queries count as the last reply's, so no row is fully masked (no NaN).
+    * ``position_ids`` (B, T): each reply continues from the prefix as in its own sequence
+      (``0..E[0]-1``, then ``P..``, restarting at P for every reply); padding gets 0.
+    * ``reward_index`` (B, K) = E - 1: where each reply's reward is read.
+    * ``has_reply`` (B, K) bool: false for the empty replies of a row with fewer than K.
     """
     B, T = attention_mask.shape
+    K = reply_ends.shape[-1]
     device = attention_mask.device
     idx = torch.arange(T, device=device)  # (T,)
     real = attention_mask.ne(0)  # (B, T)
     lengths = real.sum(-1)  # (B,)
     P = prefix_lengths.to(device).view(B, 1)  # (B, 1)
-    C = chosen_ends.to(device).view(B, 1)  # (B, 1)
+    E = reply_ends.to(device).view(B, K)  # (B, K)
     if not torch.equal(real, idx.view(1, T) < lengths.view(B, 1)):
         raise ValueError("shared_prefix_layout: rows must be right-padded (attention_mask 1...1 0...0)")
-    if bool(((P < 0) | (P >= C) | (C >= lengths.view(B, 1))).any()):
+    if K < 2:
+        raise ValueError(f"shared_prefix_layout: reply_ends must be (B, K) with K >= 2, got {tuple(reply_ends.shape)}")
+    starts = torch.cat([P, E[:, :-1]], dim=1)  # (B, K): where each reply starts
+    has_reply = E > starts  # (B, K)
+    n_replies = has_reply.sum(-1)  # (B,)
+    empty_last = torch.equal(has_reply, torch.arange(K, device=device).view(1, K) < n_replies.view(B, 1))
+    bad = (P.view(B) < 0) | (E < starts).any(-1) | (n_replies < 2) | (E[:, -1] != lengths)  # (B,)
+    if bool(bad.any()) or not empty_last:
         raise ValueError(
-            "shared_prefix_layout: each row needs 0 <= prefix_length < chosen_end < row length "
-            f"(got prefix {prefix_lengths.tolist()}, chosen_end {chosen_ends.tolist()}, length {lengths.tolist()})"
+            "shared_prefix_layout: each row needs 0 <= prefix_length < reply_end[0] < reply_end[1] <= ..., empty "
+            f"replies only at the end, and its last reply ending at the row length (got prefix {prefix_lengths.tolist()}, "
+            f"reply ends {reply_ends.tolist()}, length {lengths.tolist()})"
         )
-    in_rejected = idx.view(1, T) >= C  # (B, T), padding included
-    in_chosen_suffix = (idx.view(1, T) >= P) & ~in_rejected  # (B, T)
+    # (B, T): the reply each position falls in; the prefix counts as reply 0's, padding as the last reply's
+    reply_of = (E.unsqueeze(1) <= idx.view(1, T, 1)).sum(-1)  # (B, T), K past the last end
+    reply_of = torch.minimum(reply_of, (n_replies - 1).view(B, 1))
+    in_prefix = idx.view(1, T) < P  # (B, T)
     causal = idx.view(T, 1) >= idx.view(1, T)  # (T, T)
-    allowed = causal.unsqueeze(0) & real.unsqueeze(1)  # (B, T, T)
-    allowed = allowed & ~(in_rejected.unsqueeze(2) & in_chosen_suffix.unsqueeze(1))
-    position_ids = torch.where(in_rejected, idx.view(1, T) - C + P, idx.view(1, T))  # (B, T)
+    same_reply = reply_of.unsqueeze(2) == reply_of.unsqueeze(1)  # (B, T, T)
+    allowed = causal.unsqueeze(0) & real.unsqueeze(1) & (in_prefix.unsqueeze(1) | same_reply)  # (B, T, T)
+    position_ids = idx.view(1, T) - starts.gather(1, reply_of) + P  # (B, T); the prefix keeps 0..P-1
     position_ids = position_ids.masked_fill(~real, 0)
-    return allowed.unsqueeze(1), position_ids, C.view(B) - 1, lengths - 1
+    return allowed.unsqueeze(1), position_ids, E - 1, has_reply
 
 
 def init_reward_head(head: torch.nn.Linear, *, seed: int = 0) -> None:
@@ -215,6 +232,7 @@ class RewardModel(torch.nn.Module):
         *,
         prefix_lengths: torch.Tensor | None = None,
         chosen_ends: torch.Tensor | None = None,
+        reply_ends: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """input_ids: (B, T) int; attention_mask: (B, T) 1 for real tokens -> rewards (B,).
 
@@ -222,13 +240,19 @@ class RewardModel(torch.nn.Module):
         same positions as unpadded (exact for absolute embeddings, not just for RoPE).
 
         With ``prefix_lengths`` and ``chosen_ends`` the rows are shared-prefix pairs and this is
-        :meth:`forward_pairs` (rewards (2B,)). It is reachable through ``forward`` because a
-        DistributedDataParallel wrapper only synchronises gradients of calls to ``forward``.
+        :meth:`forward_pairs` (rewards (2B,)); with ``prefix_lengths`` and ``reply_ends`` they are
+        a prompt's replies and this is :meth:`forward_groups` (rewards (B, K)). Both are reachable
+        through ``forward`` because a DistributedDataParallel wrapper only synchronises gradients
+        of calls to ``forward``.
         """
-        if prefix_lengths is not None or chosen_ends is not None:
-            if prefix_lengths is None or chosen_ends is None:
-                raise ValueError("RewardModel: pass both prefix_lengths and chosen_ends for shared-prefix pairs")
+        if chosen_ends is not None and reply_ends is not None:
+            raise ValueError("RewardModel: pass chosen_ends (pairs) or reply_ends (a prompt's replies), not both")
+        if (prefix_lengths is None) != (chosen_ends is None and reply_ends is None):
+            raise ValueError("RewardModel: prefix_lengths goes with chosen_ends (pairs) or reply_ends (a prompt's replies)")
+        if chosen_ends is not None:
             return self.forward_pairs(input_ids, attention_mask, prefix_lengths, chosen_ends)
+        if reply_ends is not None:
+            return self.forward_groups(input_ids, attention_mask, prefix_lengths, reply_ends)
         return self.head(self._pooled(input_ids, attention_mask)).squeeze(-1)  # (B,)
 
     def _pooled(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
@@ -262,16 +286,34 @@ class RewardModel(torch.nn.Module):
         suffix]``; prefix_lengths, chosen_ends: (B,) (see :func:`shared_prefix_layout`).
         Returns (2B,): the B chosen rewards, then the B rejected ones (the two-row layout's order).
         """
-        return self.head(self._pooled_pairs(input_ids, attention_mask, prefix_lengths, chosen_ends)).squeeze(-1)
+        lengths = attention_mask.ne(0).sum(-1)  # (B,): the rejected suffix ends the row
+        reply_ends = torch.stack([chosen_ends.to(lengths.device), lengths], dim=1)  # (B, 2)
+        hidden = self._pooled_replies(input_ids, attention_mask, prefix_lengths, reply_ends)  # (B, 2, H)
+        return self.head(hidden.transpose(0, 1).reshape(-1, hidden.shape[-1])).squeeze(-1)  # (2B,)
+
+    def forward_groups(
+        self,
+        input_ids: torch.Tensor,
+        attention_mask: torch.Tensor,
+        prefix_lengths: torch.Tensor,
+        reply_ends: torch.Tensor,
+    ) -> torch.Tensor:
+        """Rewards of the K replies of B prompts, one row each (``rlhf_core.reward.grouped.collate_shared_groups``).
+
+        input_ids, attention_mask: (B, T), right-padded rows ``[prefix | reply 1 | ... | reply K]``;
+        prefix_lengths: (B,); reply_ends: (B, K) (see :func:`shared_prefix_layout`). Returns (B, K);
+        the empty slots of a row with fewer replies repeat its last reply's reward.
+        """
+        return self.head(self._pooled_replies(input_ids, attention_mask, prefix_lengths, reply_ends)).squeeze(-1)
 
     @property
     def attention_implementation(self) -> str | None:
         return getattr(self.config, "_attn_implementation", None)
 
-    def _pooled_pairs(
-        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_lengths: torch.Tensor, chosen_ends: torch.Tensor
+    def _pooled_replies(
+        self, input_ids: torch.Tensor, attention_mask: torch.Tensor, prefix_lengths: torch.Tensor, reply_ends: torch.Tensor
     ) -> torch.Tensor:
-        """Hidden states at the chosen and rejected ends: (B, T) rows -> (2B, H), chosen first."""
+        """Hidden states at each reply's last token: (B, T) shared-prefix rows -> (B, K, H)."""
         impl = self.attention_implementation
         if impl not in _MASKED_ATTENTION:
             raise ConfigError(_no_pair_layout(self, f"attention implementation '{impl}' does not take a custom 4D mask"))
@@ -281,9 +323,7 @@ class RewardModel(torch.nn.Module):
                 f"{tuple(attention_mask.shape)} must both be (B, T)"
             )
         _check_layer_types(self, input_ids.shape[1])
-        allowed, position_ids, chosen_index, rejected_index = shared_prefix_layout(
-            attention_mask, prefix_lengths, chosen_ends
-        )
+        allowed, position_ids, reward_index, _ = shared_prefix_layout(attention_mask, prefix_lengths, reply_ends)
         if impl == "eager":  # eager adds the mask to the attention scores
             dtype = self.trunk.get_input_embeddings().weight.dtype
             mask = torch.zeros(allowed.shape, dtype=dtype, device=allowed.device)
@@ -292,43 +332,46 @@ class RewardModel(torch.nn.Module):
             mask = allowed
         out = self.trunk(input_ids=input_ids, attention_mask=mask, position_ids=position_ids, use_cache=False)
         hidden = out.last_hidden_state  # (B, T, H)
-        rows = torch.arange(hidden.shape[0], device=hidden.device)
-        return torch.cat([hidden[rows, chosen_index], hidden[rows, rejected_index]])  # (2B, H)
+        rows = torch.arange(hidden.shape[0], device=hidden.device).view(-1, 1)  # (B, 1)
+        return hidden[rows, reward_index.to(hidden.device)]  # (B, K, H)
 
     def check_pair_layout(self) -> None:
         """Refuse (ConfigError) a backbone on which the shared-prefix layout computes something else.
 
-        Runs two tiny made-up pairs (one whose chosen is a token-prefix of its rejected, one
-        padded) both ways, in eval mode without gradients (no RNG is drawn), and compares the
-        pooled hidden states (the head is left out: a zero head would hide any difference).
-        Done once per model and attention implementation.
+        Runs two tiny made-up prompts, one with three replies and one with two (a reply that is a
+        token-prefix of the other; a padded row with an empty slot), both ways: one shared-prefix
+        row per prompt against one sequence per reply, in eval mode without gradients (no RNG is
+        drawn), and compares the pooled hidden states (the head is left out: a zero head would
+        hide any difference). A pair is the two-reply case. Done once per model and attention
+        implementation.
         """
         impl = self.attention_implementation
         if getattr(self, "_pair_layout_checked", None) == impl:
             return
         if impl not in _MASKED_ATTENTION:
             raise ConfigError(_no_pair_layout(self, f"attention implementation '{impl}' does not take a custom 4D mask"))
-        from rlhf_core.batching import PairExample, collate_pairs, collate_shared_pairs
+        from rlhf_core.reward.grouped import PromptGroup, collate_group_rows, collate_shared_groups
 
         vocab = int(self.trunk.get_input_embeddings().weight.shape[0])
         gen = torch.Generator().manual_seed(0)
-        ids = torch.randint(0, vocab, (12,), generator=gen).tolist()
-        pairs = [
-            PairExample("probe-0", ids[:5], ids[:5] + ids[5:7]),  # chosen is a token-prefix of rejected
-            PairExample("probe-1", ids[:3] + ids[7:10], ids[:3] + ids[10:12]),
+        ids = tuple(torch.randint(0, vocab, (12,), generator=gen).tolist())
+        groups = [
+            PromptGroup("probe-0", ("a", "b"), (ids[:5], ids[:3] + ids[5:7], ids[:3] + ids[7:8]), ((0, 1), (2, 0))),
+            PromptGroup("probe-1", ("c",), (ids[:5], ids[:5] + ids[8:10]), ((0, 1),)),  # a token-prefix of the other
         ]
         device = self.device
-        two_rows = {k: v.to(device) for k, v in collate_pairs(pairs, 0).items()}
-        shared = {k: v.to(device) for k, v in collate_shared_pairs(pairs, 0).items()}
+        rows = {k: v.to(device) for k, v in collate_group_rows(groups, 0).items()}
+        shared = {k: v.to(device) for k, v in collate_shared_groups(groups, 0).items()}
+        has_reply = shared["compared"].sum(1).add(shared["compared"].sum(2)) > 0  # (B, K): the filled slots
         was_training = self.training
         self.eval()
         try:
             with torch.no_grad():
-                expected = self._pooled(two_rows["input_ids"], two_rows["attention_mask"]).float()
+                expected = self._pooled(rows["input_ids"], rows["attention_mask"])[rows["reply_rows"]][has_reply].float()
                 try:
-                    got = self._pooled_pairs(
-                        shared["input_ids"], shared["attention_mask"], shared["prefix_lengths"], shared["chosen_ends"]
-                    ).float()
+                    got = self._pooled_replies(
+                        shared["input_ids"], shared["attention_mask"], shared["prefix_lengths"], shared["reply_ends"]
+                    )[has_reply].float()
                 except (RuntimeError, ValueError, TypeError) as exc:
                     raise ConfigError(_no_pair_layout(self, f"it fails on a 4D mask ({type(exc).__name__}: {exc})")) from exc
         finally:
@@ -483,7 +526,7 @@ def _check_layer_types(rm: RewardModel, length: int) -> None:
 def _no_pair_layout(rm: RewardModel, why: str) -> str:
     return (
         f"reward.share_prompt: the {type(rm.transformers_model).__name__} backbone cannot score a preference pair "
-        f"as one shared-prefix row: {why}; set reward.share_prompt=false (two rows per pair)"
+        f"(or a prompt's replies) as one shared-prefix row: {why}; set reward.share_prompt=false (one row per reply)"
     )
 
 
