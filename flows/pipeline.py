@@ -68,6 +68,10 @@ def run_pipeline(cfg: PipelineConfig, resume_run: str | None = None) -> RunSumma
     wall = time.perf_counter() - started
     run_dir = Path(result["run_dir"])
     lines = [f"{stage}: {where}" for stage, where in result["outputs"].items()]
+    if not cfg.eval.gold:
+        from rlhf_core.eval_report import NO_GOLD_NOTE
+
+        lines.append(NO_GOLD_NOTE)
     if result.get("mlflow_run_id"):
         from tasks import tracking
 

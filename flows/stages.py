@@ -229,7 +229,7 @@ def rlhf_pipeline(config: PipelineConfig, resume_run: str | None = None) -> dict
             outputs["evaluation"] = eval_flow(config, str(run.path), ctx)["comparison_md"]
         # The headline figures on the parent MLflow run (to compare pipelines in the runs table)
         # and as one artifact on this flow run's page.
-        summary = pipeline_summary(ctx, time.perf_counter() - started)
+        summary = pipeline_summary(ctx, time.perf_counter() - started, gold=config.eval.gold)
         ctx.publish_markdown(
             "pipeline-summary", summary_markdown(summary),
             "Headline figures (reward-model agreement vs the annotators' ceiling, gold win rate, KL) and MLflow links",
@@ -237,6 +237,8 @@ def rlhf_pipeline(config: PipelineConfig, resume_run: str | None = None) -> dict
         if ctx.tracking_enabled:
             parent = ctx.parent_tracker()
             parent.log_metrics(summary.metrics, step=0)
+            if summary.tags:
+                parent.set_tags(summary.tags)
             parent.finish("FINISHED", config.tracking.flush_timeout_s)
     except BaseException:
         if ctx.tracking_enabled:

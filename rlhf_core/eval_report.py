@@ -21,6 +21,11 @@ What one :class:`EvalReport` measures, for a policy against the SFT model on the
   ``non_repetition < 0.5``, i.e. at least 20% repeated material;
 * ``length``: response tokens (EOS included) under the policy's tokenizer.
 
+Real data has no gold scorer (``build_report(gold=False)``, ``eval.gold: false``): the gold figures
+are then not computed at all (no column, metric or plot with a made-up value), and two figures
+take their place beside the rest (:data:`NO_GOLD_ESTIMATES`): ``refusal_rate`` over all prompts and
+``finished_rate``, the share of responses that ended (EOS) within ``max_new_tokens``.
+
 Beside the methods, :class:`MethodComparison` carries ``rm_gold_agreement_on_policy``: over the
 best-of-N candidates (N samples from the SFT model per prompt), the share of pairs the reward
 model orders as the gold scorer does (:func:`ranking_agreement`). The reward model's agreement on
@@ -47,7 +52,7 @@ import numpy as np
 
 from rlhf_core.errors import DataError, TrainingError
 from rlhf_core.eval_prompts import EvalPrompts
-from rlhf_core.gold import gold_components
+from rlhf_core.gold import gold_components, is_refusal
 from rlhf_core.stats import Estimate, estimate, finite_or_none
 from rlhf_core.tracking import metric_name
 
@@ -72,6 +77,17 @@ ESTIMATES = (
     "length",
     "sft_mean_gold",
     "sft_mean_rm",
+)
+
+# Without a gold scorer (real data): no gold figures; all-prompt refusals and finished replies instead.
+GOLD_ESTIMATES = ("mean_gold", "gold_win_rate_vs_sft", "gold_delta", "sft_mean_gold")
+NO_GOLD_ESTIMATES = (*(n for n in ESTIMATES if n not in GOLD_ESTIMATES), "refusal_rate", "finished_rate")
+
+# What the report, the pipeline summary, the CLI and MLflow say when there is no gold scorer.
+NO_GOLD_NOTE = (
+    "No gold score for this data (eval.gold=false): real human data has no gold scorer, so this evaluation "
+    "reports the reward model's score (what PPO optimised, not a judgement of quality), KL to the SFT model, "
+    "refusals, reply length, finished replies and the reward model's held-out agreement with the human choices."
 )
 
 _STEP_SUFFIX = re.compile(r"-step-(\d+)$")
@@ -123,6 +139,12 @@ def sqrt_kl(kl: Estimate) -> Estimate:
     """sqrt of a KL estimate and of its interval ends (negative noise clipped to 0)."""
     root = lambda x: math.sqrt(max(x, 0.0)) if math.isfinite(x) else math.nan  # noqa: E731
     return Estimate(root(kl.value), root(kl.ci_low), root(kl.ci_high), kl.n)
+
+
+def refuses(response: str) -> bool:
+    """True when the response refuses (``gold.is_refusal`` on the stripped text, as the gold scorer reads it)."""
+    text = response.strip()
+    return bool(text) and is_refusal(text)
 
 
 def is_looping(response: str) -> bool:
@@ -196,6 +218,8 @@ def build_report(
     kl: Sequence[float] | float,
     kl_source: str,
     lengths: Sequence[int],
+    finished: Sequence[bool] | None = None,
+    gold: bool = True,
     n_boot: int = 1000,
     seed: int = 0,
     confidence: float = 0.95,
@@ -205,18 +229,17 @@ def build_report(
     """The figures from per-prompt responses and reward-model scores (pure numpy + the gold scorer).
 
     All sequences are (B,), aligned with ``prompts``; ``kl`` is per-prompt sequence KL or one
-    analytic number. Gold scores, refusals and loops are computed here from the texts.
+    analytic number; ``finished``: whether each policy response ended (EOS) within the token budget.
+    Gold scores, refusals and loops are computed here from the texts. ``gold=False`` (data without
+    a gold scorer) reports :data:`NO_GOLD_ESTIMATES` and needs ``finished``; no gold is computed.
     """
     B = len(prompts)
     if B == 0:
         raise DataError(f"evaluation of {method}: no prompts to evaluate")
-    sizes = {"policy_texts": len(policy_texts), "sft_texts": len(sft_texts), "policy_rm": len(policy_rm),
-             "sft_rm": len(sft_rm), "lengths": len(lengths)}
-    if not isinstance(kl, (int, float)):
-        sizes["kl"] = len(kl)
-    bad = {k: v for k, v in sizes.items() if v != B}
-    if bad:
-        raise ValueError(f"build_report({method}): {B} prompts but {bad}")
+    _check_sizes(method, B, policy_texts=policy_texts, sft_texts=sft_texts, policy_rm=policy_rm, sft_rm=sft_rm,
+                 lengths=lengths, kl=None if isinstance(kl, (int, float)) else kl, finished=finished)
+    if not gold and finished is None:
+        raise ValueError(f"build_report({method}): without a gold scorer the finished-reply rate needs `finished`")
     numbers = {"policy reward-model scores": policy_rm, "SFT reward-model scores": sft_rm,
                "KL": [kl] if isinstance(kl, (int, float)) else kl}
     for what, values in numbers.items():
@@ -225,13 +248,9 @@ def build_report(
             raise TrainingError(f"evaluation of {method}: {bad_values} of the {what} are NaN or inf "
                                 "(a diverged policy or reward model); nothing to report")
     harmful = np.asarray(prompts.harmful, dtype=bool)
-    pol = [gold_components(p, r, harmful=h) for p, r, h in zip(prompts.prompts, policy_texts, prompts.harmful, strict=True)]
-    sft = [gold_components(p, r, harmful=h) for p, r, h in zip(prompts.prompts, sft_texts, prompts.harmful, strict=True)]
-    pol_gold = np.array([c.score for c in pol])
-    sft_gold = np.array([c.score for c in sft])
     pol_rm, sft_rm_a = np.asarray(policy_rm, dtype=np.float64), np.asarray(sft_rm, dtype=np.float64)
     same = np.array([a == b for a, b in zip(policy_texts, sft_texts, strict=True)])
-    refusal = np.array([c.refusal for c in pol])
+    refusal = np.array([float(refuses(t)) for t in policy_texts])
     loops = np.array([float(is_looping(t)) for t in policy_texts])
 
     def est(values: Sequence[float] | np.ndarray) -> Estimate:
@@ -243,12 +262,9 @@ def build_report(
     else:
         kl_rows = [float(v) for v in kl]
         kl_est = est(kl_rows)
-    estimates = {
-        "mean_gold": est(pol_gold),
+    figures = {
         "mean_rm": est(pol_rm),
-        "gold_win_rate_vs_sft": est(win_scores(pol_gold, sft_gold, tie=same)),
         "rm_win_rate_vs_sft": est(win_scores(pol_rm, sft_rm_a, tie=same)),
-        "gold_delta": est(pol_gold - sft_gold),  # paired: one difference per prompt
         "rm_delta": est(np.where(same, 0.0, pol_rm - sft_rm_a)),
         "kl_to_ref": kl_est,
         "sqrt_kl_to_ref": sqrt_kl(kl_est),
@@ -256,22 +272,48 @@ def build_report(
         "refusal_rate_harmful": est(refusal[harmful]),
         "repetition_rate": est(loops),
         "length": est(np.asarray(lengths, dtype=np.float64)),
-        "sft_mean_gold": est(sft_gold),
         "sft_mean_rm": est(sft_rm_a),
     }
+    rows: list[dict[str, Any]] = [{} for _ in range(B)]
+    if gold:
+        pol_gold, sft_gold = _gold_scores(prompts, policy_texts), _gold_scores(prompts, sft_texts)
+        figures.update({
+            "mean_gold": est(pol_gold),
+            "gold_win_rate_vs_sft": est(win_scores(pol_gold, sft_gold, tie=same)),
+            "gold_delta": est(pol_gold - sft_gold),  # paired: one difference per prompt
+            "sft_mean_gold": est(sft_gold),
+        })
+        rows = [{"sft_gold": float(a), "policy_gold": float(b)} for a, b in zip(sft_gold, pol_gold, strict=True)]
+    else:
+        figures["refusal_rate"] = est(refusal)
+        figures["finished_rate"] = est(np.asarray(finished, dtype=np.float64))
+    estimates = {name: figures[name] for name in (ESTIMATES if gold else NO_GOLD_ESTIMATES)}
     samples = [
         {
             "id": prompts.ids[i], "prompt": prompts.prompts[i], "topic": prompts.topics[i], "harmful": bool(harmful[i]),
-            "sft_response": sft_texts[i], "policy_response": policy_texts[i],
-            "sft_gold": float(sft_gold[i]), "policy_gold": float(pol_gold[i]),
+            "sft_response": sft_texts[i], "policy_response": policy_texts[i], **rows[i],
             "sft_rm": float(sft_rm_a[i]), "policy_rm": float(pol_rm[i]),
             "kl": kl_rows[i], "policy_refusal": bool(refusal[i]), "policy_loops": bool(loops[i]),
             "policy_tokens": int(lengths[i]),
+            **({"policy_finished": bool(finished[i])} if finished is not None else {}),
         }
         for i in range(B)
     ]
     return EvalReport(method=method, series=series or method, kl_source=kl_source, estimates=estimates,
                       samples=samples, settings=dict(settings or {}))
+
+
+def _check_sizes(method: str, n: int, **columns: Sequence[Any] | None) -> None:
+    """ValueError naming every given column whose length is not ``n`` (None: not given)."""
+    bad = {k: len(v) for k, v in columns.items() if v is not None and len(v) != n}
+    if bad:
+        raise ValueError(f"build_report({method}): {n} prompts but {bad}")
+
+
+def _gold_scores(prompts: EvalPrompts, texts: Sequence[str]) -> np.ndarray:
+    """The gold scorer's score of each response (B,), judged against its prompt and harmfulness."""
+    return np.array([gold_components(p, r, harmful=h).score
+                     for p, r, h in zip(prompts.prompts, texts, prompts.harmful, strict=True)])
 
 
 # ----------------------------------------------------------------------------- comparing methods
@@ -283,16 +325,19 @@ class MethodComparison:
     # How often the reward model orders two SFT samples of a prompt as the gold scorer does
     # (the best-of-N candidates): its accuracy on what PPO and best-of-N actually show it.
     rm_gold_agreement_on_policy: Estimate | None = None
+    gold: bool = True  # False: data without a gold scorer (the reports hold NO_GOLD_ESTIMATES)
 
     def table(self) -> list[dict[str, Any]]:
         """One JSON-safe row per method (values and intervals of every estimate)."""
         return [report.summary() for report in self.reports.values()]
 
     def points(self) -> list[dict[str, Any]]:
-        """Gold score against sqrt(KL) per method: the Gao et al. over-optimisation picture."""
+        """Gold (None without a gold scorer) and reward-model score against sqrt(KL) per method: the Gao
+        et al. over-optimisation picture."""
         out = []
+        missing = Estimate(math.nan, math.nan, math.nan, 0)
         for name, r in self.reports.items():
-            gold, root = r.estimates["mean_gold"], r.estimates["sqrt_kl_to_ref"]
+            gold, root = r.estimates.get("mean_gold", missing), r.estimates["sqrt_kl_to_ref"]
             out.append({
                 "series": r.series, "label": name, "kl_source": r.kl_source,
                 "kl": finite_or_none(r.estimates["kl_to_ref"].value), "sqrt_kl": finite_or_none(root.value),
@@ -314,6 +359,7 @@ class MethodComparison:
     def to_dict(self, *, include_samples: bool = False) -> dict[str, Any]:
         agreement = self.rm_gold_agreement_on_policy
         return {
+            "gold": self.gold,
             "rm_gold_agreement_on_policy": agreement.to_dict() if agreement is not None else None,
             "methods": list(self.reports),
             "table": self.table(),

@@ -57,6 +57,7 @@ def evaluate_policy(
     truncate_prompt: bool = False,
     method: str = "policy",
     series: str | None = None,
+    gold: bool = True,
 ) -> EvalReport:
     """Sample one response per held-out prompt from ``policy`` and compare it with the SFT model's.
 
@@ -67,7 +68,8 @@ def evaluate_policy(
     from the reference with the same ``seed`` (common random numbers: a policy equal to its
     reference gets the very same responses, delta 0). ``baseline_rm``: their reward-model scores,
     if already known. ``prompt_format`` must be the one SFT/PPO used; ``reward_prompt_format``
-    the reward model's. See the module docstring for every figure.
+    the reward model's. ``gold=False``: data without a gold scorer (no gold figures). See the
+    module docstring for every figure.
     """
     from rlhf_core.batching import resolve_format
     from rlhf_core.best_of_n import reward_model_scores, sample_responses, score_samples, tokenize_prompts
@@ -98,7 +100,8 @@ def evaluate_policy(
     return build_report(
         method=method, series=series, prompts=rows, policy_texts=samples.texts, sft_texts=list(baseline_responses),
         policy_rm=policy_rm, sft_rm=baseline_rm, kl=samples.kl or [], kl_source="measured",
-        lengths=samples.token_lengths, n_boot=n_boot, seed=seed, confidence=confidence,
+        lengths=samples.token_lengths, finished=samples.has_eos, gold=gold, n_boot=n_boot, seed=seed,
+        confidence=confidence,
         settings=dict(**gen, n_boot=n_boot, confidence=confidence, prompt_format=fmt, reward_prompt_format=reward_fmt),
     )
 
@@ -126,7 +129,8 @@ def compare_methods(
     method's baseline. Best-of-N candidates are a separate draw (seed ``cfg.seed + 1``), so
     best-of-1 is an independent SFT sample whose delta to the baseline shows the noise level;
     every N comes from the first N of the same ``max(cfg.best_of_n)`` candidates. Methods run in
-    the order: sft, best-of-N (ascending), then ``policies`` as given.
+    the order: sft, best-of-N (ascending), then ``policies`` as given. ``cfg.gold`` False: no gold
+    figures and no reward-model-vs-gold agreement (data without a gold scorer).
     """
     import torch
 
@@ -141,8 +145,9 @@ def compare_methods(
                            truncate=truncate_prompt, source="evaluation prompts")
     gen = dict(max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                batch_size=cfg.batch_size)
-    common = dict(n_boot=cfg.n_boot, seed=cfg.seed, confidence=cfg.confidence)
-    settings = {**gen, **common, "prompt_format": fmt, "reward_prompt_format": reward_fmt}
+    common = dict(n_boot=cfg.n_boot, seed=cfg.seed, confidence=cfg.confidence, gold=cfg.gold)
+    settings = {**gen, "n_boot": cfg.n_boot, "seed": cfg.seed, "confidence": cfg.confidence, "prompt_format": fmt,
+                "reward_prompt_format": reward_fmt}
     reports: dict[str, EvalReport] = {}
     on_policy: Estimate | None = None
 
@@ -152,7 +157,7 @@ def compare_methods(
     sft_rm = score_samples(sft, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
     reports["sft"] = build_report(
         method="sft", prompts=rows, policy_texts=sft.texts, sft_texts=sft.texts, policy_rm=sft_rm, sft_rm=sft_rm,
-        kl=0.0, kl_source="reference", lengths=sft.token_lengths, settings=settings, **common,
+        kl=0.0, kl_source="reference", lengths=sft.token_lengths, finished=sft.has_eos, settings=settings, **common,
     )
 
     if cfg.best_of_n:
@@ -162,10 +167,13 @@ def compare_methods(
         scores = score_samples(cand, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
         scores = scores.reshape(len(rows), n_max)  # (B, N)
         grouped = cand.grouped()
-        cand_gold = np.array([[gold_score(p, t, harmful=h) for t in texts]
-                              for p, texts, h in zip(rows.prompts, grouped, rows.harmful, strict=True)])
-        on_policy = estimate(ranking_agreement(scores, cand_gold), **common) if n_max > 1 else None
+        if cfg.gold and n_max > 1:
+            cand_gold = np.array([[gold_score(p, t, harmful=h) for t in texts]
+                                  for p, texts, h in zip(rows.prompts, grouped, rows.harmful, strict=True)])
+            on_policy = estimate(ranking_agreement(scores, cand_gold), n_boot=cfg.n_boot, seed=cfg.seed,
+                                 confidence=cfg.confidence)
         token_lengths = np.asarray(cand.token_lengths).reshape(len(rows), n_max)
+        finished = np.asarray(cand.has_eos).reshape(len(rows), n_max)
         for n in cfg.best_of_n:
             idx = select_best(scores, n)  # (B,)
             picked = np.arange(len(rows))
@@ -173,7 +181,8 @@ def compare_methods(
                 method=f"best-of-{n}", series="best-of-n", prompts=rows,
                 policy_texts=[grouped[i][j] for i, j in enumerate(idx)], sft_texts=sft.texts,
                 policy_rm=scores[picked, idx], sft_rm=sft_rm, kl=best_of_n_kl(n), kl_source="analytic",
-                lengths=token_lengths[picked, idx].tolist(), settings={**settings, "n": n, "candidate_seed": cfg.seed + 1},
+                lengths=token_lengths[picked, idx].tolist(), finished=finished[picked, idx].tolist(),
+                settings={**settings, "n": n, "candidate_seed": cfg.seed + 1},
                 **common,
             )
 
@@ -189,7 +198,7 @@ def compare_methods(
             )
         finally:
             del policy
-    return MethodComparison(reports, rm_gold_agreement_on_policy=on_policy)
+    return MethodComparison(reports, rm_gold_agreement_on_policy=on_policy, gold=cfg.gold)
 
 
 # ----------------------------------------------------------------------------- PPO checkpoints

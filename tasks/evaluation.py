@@ -28,7 +28,8 @@ def evaluate_stage(cfg: PipelineConfig, ctx: StageContext) -> dict[str, str]:
         ctx.publish_markdown(
             "evaluation",
             f"# Evaluation\n\n{outputs.report}\n\nRegistry: {decision}\n\nMLflow: {links}" + (f"\n\n{note}" if note else ""),
-            "PPO / DPO / best-of-N vs SFT on held-out prompts (gold scorer, reward model, KL)",
+            "PPO / DPO / best-of-N vs SFT on held-out prompts ("
+            + ("gold scorer, reward model, KL)" if cfg.eval.gold else "no gold scorer for this data: reward model, KL)"),
         )
     return ctx.run.record_outputs("eval", outputs.files)
 
@@ -43,6 +44,10 @@ def _promotion(cfg: Any, ctx: StageContext, tracker: Any, ppo_dir: str | None, m
     version = find_version(tracker.client, name, ppo_dir)
     if version is None:
         return f"no registered {name} version for this run's PPO model"
+    if not cfg.eval.gold:
+        decision = never_promoted_without_gold(tracker.client, name, version)
+        tracker.set_tags({"registry.decision": decision})
+        return f"{name} v{version}: {decision}"
     rule = cfg.registry
     ci_low = metrics.get("eval/gold_delta_ci_low", float("nan"))
     gate = (ci_low > 0) if rule.require_gold_ci_above_zero else True
@@ -54,3 +59,17 @@ def _promotion(cfg: Any, ctx: StageContext, tracker: Any, ppo_dir: str | None, m
     )
     tracker.set_tags({"registry.decision": decision})
     return f"{name} v{version}: {decision}"
+
+
+NO_GOLD_DECISION = (
+    "kept as candidate, not promoted: no gold score for this data (eval.gold=false), and the reward-model score "
+    "PPO optimised cannot certify the policy it was optimised into; read eval/samples.jsonl and move `champion` by hand"
+)
+
+
+def never_promoted_without_gold(client: Any, name: str, version: str) -> str:
+    """Without a gold scorer `champion` never moves on its own: the version keeps `candidate`, and the rule
+    and the decision are tagged on it as :func:`tasks.registry.promote_if_better` tags its own."""
+    client.set_model_version_tag(name, version, "promotion_rule", "eval.gold=false: never promoted automatically")
+    client.set_model_version_tag(name, version, "promotion_decision", NO_GOLD_DECISION)
+    return NO_GOLD_DECISION

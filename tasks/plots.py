@@ -112,19 +112,20 @@ def plot_gold_vs_sqrt_kl(points: list[Mapping[str, Any]], path: str | Path, *, t
     ``gold_ci_high`` for error bars and ``rm``), e.g. ``MethodComparison.points()``. One line per
     series (PPO checkpoints, best-of-N, ...) ordered by KL; the ``sft`` series is drawn as a dashed
     baseline. Left: the gold score (the truth); right: the reward model's score (the proxy), when
-    given. A proxy that keeps rising while gold falls is the reward model being gamed.
+    given. A proxy that keeps rising while gold falls is the reward model being gamed. Without any
+    gold score (real data has no gold scorer) the reward-model panel is drawn alone.
     """
-    usable = [p for p in points if p.get("sqrt_kl") is not None and p.get("gold") is not None]
+    usable = [p for p in points if p.get("sqrt_kl") is not None and (p.get("gold") is not None or p.get("rm") is not None)]
     if not usable:
-        return _message_png(path, "No methods with a gold score and a KL to plot.")
-    has_rm = any(p.get("rm") is not None for p in usable)
+        return _message_png(path, "No methods with a score and a KL to plot.")
+    panels = [(key, label) for key, label in (("gold", "gold score (held-out prompts)"), ("rm", "reward-model score"))
+              if any(p.get(key) is not None for p in usable)]
     plt = _pyplot()
-    fig, axes = plt.subplots(1, 2 if has_rm else 1, figsize=(11 if has_rm else 6, 4.5), squeeze=False)
+    fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels) + (0.5 if len(panels) == 1 else 0), 4.5), squeeze=False)
     try:
         series: dict[str, list[Mapping[str, Any]]] = {}
         for p in usable:
             series.setdefault(str(p["series"]), []).append(p)
-        panels = [("gold", "gold score (held-out prompts)")] + ([("rm", "reward-model score")] if has_rm else [])
         for ax, (key, ylabel) in zip(axes[0], panels, strict=True):
             for name, pts in series.items():
                 pts = sorted((q for q in pts if q.get(key) is not None), key=lambda q: q["sqrt_kl"])

@@ -15,6 +15,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from rlhf_core.eval_report import NO_GOLD_NOTE
 from tasks import tracking
 from tasks.artifacts import STAGES, RunDir
 
@@ -54,12 +55,33 @@ HEADLINES = (
     Headline("eval/rm_gold_agreement_on_policy", "reward model vs gold on pairs of SFT samples"),
     Headline(WALL_SECONDS, "wall time (s)", "{:.0f}"),
 )
+# Real data has no gold scorer (eval.gold false): what it allows, the reward model's held-out human
+# agreement beside what length alone earns on the same pairs, then PPO against SFT.
+NO_GOLD_HEADLINES = (
+    Headline("rm/agreement_majority", "reward model agrees with the human choices (held-out pairs)", ci=True),
+    Headline("eval/prefer_shorter_held_out", "\"prefer the shorter reply\" on the same pairs", ci=True),
+    Headline("eval/rm_delta", "reward-model score Δ, {policy} − SFT (what PPO optimised)", "{:+.3f}", ci=True),
+    Headline("eval/rm_win_rate_vs_sft", "reward-model win rate, {policy} vs SFT", ci=True),
+    Headline("eval/kl_to_ref", "KL of {policy} to the SFT model (nats)", "{:.2f}", ci=True),
+    Headline("eval/refusal_rate", "{policy} refuses", "{:.2f}", ci=True),
+    Headline("eval/sft/refusal_rate", "SFT refuses", "{:.2f}"),
+    Headline("eval/length", "{policy} reply tokens", "{:.1f}", ci=True),
+    Headline("eval/sft/length", "SFT reply tokens", "{:.1f}"),
+    Headline("eval/finished_rate", "{policy} replies finished (EOS within max_new_tokens)", "{:.2f}", ci=True),
+    Headline("eval/sft/finished_rate", "SFT replies finished", "{:.2f}"),
+    Headline(WALL_SECONDS, "wall time (s)", "{:.0f}"),
+)
 
 
-def headline_metrics(stage_metrics: Mapping[str, float]) -> dict[str, float]:
+def headlines(gold: bool) -> tuple[Headline, ...]:
+    """The headline figures of a run with a gold scorer (the demo) or without one (real data)."""
+    return HEADLINES if gold else NO_GOLD_HEADLINES
+
+
+def headline_metrics(stage_metrics: Mapping[str, float], gold: bool = True) -> dict[str, float]:
     """The headline metrics (with the intervals of those that have one) found in ``stage_metrics``."""
     out: dict[str, float] = {}
-    for headline in HEADLINES:
+    for headline in headlines(gold):
         names = [headline.metric]
         if headline.ci:
             names += [f"{headline.metric}_ci_low", f"{headline.metric}_ci_high"]
@@ -79,10 +101,19 @@ class PipelineSummary:
     runs_table: str = ""  # URL of the experiment's runs table
     note: str = ""  # what must run for the links to open
     registered: list[str] = field(default_factory=list)  # registered model names this run adds versions to
+    gold: bool = True  # False: no gold scorer for this data (eval.gold false)
+
+    @property
+    def tags(self) -> dict[str, str]:
+        """Tags for the parent MLflow run: without a gold scorer, its description says so."""
+        return {} if self.gold else {"eval.gold_scorer": "none", "mlflow.note.content": NO_GOLD_NOTE}
 
 
 def read_stage_metrics(run: RunDir) -> tuple[dict[str, float], str]:
-    """What the reward and eval stages of ``run`` logged (from their output files); and the evaluated policy."""
+    """What the reward and eval stages of ``run`` logged (from their output files); and the evaluated policy.
+
+    The SFT model's own point estimates come from the comparison table as ``eval/sft/<name>``, as the
+    eval stage logged them."""
     metrics: dict[str, float] = {}
     policy = "ppo"
     agreement = run.path / "reward" / "agreement.json"
@@ -92,6 +123,8 @@ def read_stage_metrics(run: RunDir) -> tuple[dict[str, float], str]:
     if evaluation.is_file():
         report = json.loads(evaluation.read_text(encoding="utf-8"))
         metrics.update(_numbers(report.get("metrics")))
+        sft = next((row for row in report.get("table", []) if row.get("method") == "sft"), {})
+        metrics.update(_numbers({f"eval/sft/{k}": v for k, v in sft.items() if not k.endswith(("_ci_low", "_ci_high"))}))
         policy = report.get("primary") or policy
     return metrics, policy
 
@@ -102,10 +135,12 @@ def _numbers(values: object) -> dict[str, float]:
     return {k: float(v) for k, v in values.items() if isinstance(v, (int, float)) and math.isfinite(v)}
 
 
-def pipeline_summary(ctx: StageContext, wall_seconds: float) -> PipelineSummary:
-    """The headline figures of the run ``ctx`` belongs to, with links to its MLflow runs (when tracked)."""
+def pipeline_summary(ctx: StageContext, wall_seconds: float, *, gold: bool = True) -> PipelineSummary:
+    """The headline figures of the run ``ctx`` belongs to, with links to its MLflow runs (when tracked).
+
+    ``gold``: the config's ``eval.gold`` (False: real data, :data:`NO_GOLD_HEADLINES`)."""
     stage_metrics, policy = read_stage_metrics(ctx.run)
-    summary = PipelineSummary(headline_metrics({**stage_metrics, WALL_SECONDS: wall_seconds}), policy)
+    summary = PipelineSummary(headline_metrics({**stage_metrics, WALL_SECONDS: wall_seconds}, gold), policy, gold=gold)
     if not ctx.tracking_enabled:
         return summary
     ids = tracking.stage_run_ids(ctx.parent_run_id, ctx.experiment_id, ctx.tracking_uri)
@@ -123,8 +158,9 @@ _REGISTERED_BY = (("sft", "sft"), ("reward", "reward"), ("policy", "ppo"))  # mo
 
 def summary_markdown(summary: PipelineSummary) -> str:
     """The parent flow run's artifact: the headline table, then links to every MLflow run."""
-    lines = ["# Pipeline summary", "", "| figure | value [95% CI] | MLflow metric |", "|---|---|---|"]
-    for headline in HEADLINES:
+    lines = ["# Pipeline summary", ""] + ([] if summary.gold else [f"**{NO_GOLD_NOTE}**", ""])
+    lines += ["| figure | value [95% CI] | MLflow metric |", "|---|---|---|"]
+    for headline in headlines(summary.gold):
         label = headline.label.format(policy=summary.policy)
         lines.append(f"| {label} | {headline.text(summary.metrics)} | `{headline.metric}` |")
     paragraphs = ["\n".join(lines)]

@@ -408,6 +408,65 @@ def test_run_evaluation_writes_report_and_logs(tmp_path, tok, models):
                        tracker, eval_cfg=ecfg, log=None)
 
 
+def test_compare_methods_without_gold_reports_what_real_data_allows(tok, models, monkeypatch):
+    import rlhf_core.evaluation as evaluation
+    from rlhf_core.eval_report import NO_GOLD_ESTIMATES
+
+    monkeypatch.setattr(evaluation, "gold_score", lambda *a, **k: pytest.fail("gold scored with eval.gold=false"))
+    cfg = EvalConfig(best_of_n=[1, 2], max_new_tokens=6, n_boot=100, batch_size=8, gold=False)
+    comp = compare_methods({"ppo": models["other"]}, tok, reference=models["sft"], reward_model=models["rm"],
+                           reward_tokenizer=tok, prompts=ROWS, cfg=cfg)
+    assert comp.gold is False and comp.rm_gold_agreement_on_policy is None
+    assert all(list(r.estimates) == list(NO_GOLD_ESTIMATES) for r in comp.reports.values())
+    assert not [k for k in comp.metrics() if "gold" in k]
+    for report in comp.reports.values():
+        finished = [s["policy_finished"] for s in report.samples]
+        assert report.estimates["finished_rate"].value == pytest.approx(np.mean(finished))
+        assert all(not ({"policy_gold", "sft_gold"} & set(s)) for s in report.samples)
+    # the policy's own numbers match a gold-scored run of the same samples (the same seed): gold only adds columns
+    monkeypatch.undo()
+    with_gold = compare_methods({"ppo": models["other"]}, tok, reference=models["sft"], reward_model=models["rm"],
+                                reward_tokenizer=tok, prompts=ROWS, cfg=cfg.model_copy(update={"gold": True}))
+    for name in ("mean_rm", "rm_delta", "kl_to_ref", "length"):
+        assert comp.reports["ppo"].estimates[name] == with_gold.reports["ppo"].estimates[name], name
+    assert comp.points()[0]["gold"] is None and with_gold.points()[0]["gold"] is not None
+
+
+def test_run_evaluation_without_gold_writes_the_no_gold_report(tmp_path, tok, models):
+    from rlhf_core.config.pipeline import PipelineConfig
+    from rlhf_core.eval_report import NO_GOLD_NOTE
+    from rlhf_core.tracking import InMemoryTracker
+    from tasks.stages.eval import run_evaluation
+
+    from .conftest import MODEL_CACHE
+
+    sft_dir, ppo_dir, rm_dir = tmp_path / "sft", tmp_path / "ppo", tmp_path / "rm"
+    models["sft"].save_pretrained(sft_dir)
+    models["other"].save_pretrained(ppo_dir)
+    models["rm"].save_pretrained(rm_dir, tokenizer=tok)
+    prompts = tmp_path / "eval_prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in ROWS))
+    cfg = PipelineConfig.model_validate({"model": {"base": "tiny", "device": "cpu", "cache_dir": str(MODEL_CACHE)}})
+    held_out = {"held_out": "eval split", "n_pairs": 10, "reward_model": {"value": 0.6, "ci_low": 0.3, "ci_high": 0.9, "n": 10},
+                "prefer_shorter": {"value": 0.5, "ci_low": 0.2, "ci_high": 0.8, "n": 10}}
+    tracker = InMemoryTracker()
+    ecfg = EvalConfig(best_of_n=[1, 2], max_new_tokens=5, n_boot=100, batch_size=8, gold=False, ppo_checkpoints=False)
+    out = run_evaluation(cfg, str(sft_dir), {"ppo": str(ppo_dir)}, str(rm_dir), str(prompts), tmp_path / "eval",
+                         tracker, eval_cfg=ecfg, log=None, held_out=held_out)
+    logged = tracker.metrics[0][1]
+    assert not [k for k in logged if "gold" in k]
+    assert {"eval/rm_delta_ci_low", "eval/finished_rate", "eval/refusal_rate", "eval/ppo/finished_rate"} <= set(logged)
+    assert logged["eval/prefer_shorter_held_out"] == 0.5 and logged["eval/rm_agreement_held_out_ci_high"] == 0.9
+    assert {p.name for p in tracker.artifacts} == {"eval.json", "comparison.md", "samples.jsonl", "rm_vs_kl.png"}
+    report = json.loads((tmp_path / "eval" / "eval.json").read_text())
+    assert report["gold"] is False and report["held_out_agreement"] == held_out
+    assert report["rm_gold_agreement_on_policy"] is None and all(p["gold"] is None for p in report["gold_vs_sqrt_kl"])
+    assert (tmp_path / "eval" / "comparison.md").read_text().startswith(f"**{NO_GOLD_NOTE}**")
+    rows = [json.loads(line) for line in (tmp_path / "eval" / "samples.jsonl").read_text().splitlines()]
+    assert not [k for r in rows for k in r if "gold" in k]
+    assert out["plot"].endswith("rm_vs_kl.png")
+
+
 def test_lora_policy_without_reference_and_adapter_dirs_load(tmp_path, tok, models):
     from rlhf_core.config.optim import LoraConfig
     from rlhf_core.config.pipeline import PipelineConfig

@@ -256,3 +256,56 @@ def test_a_crashing_stage_fails_the_run_with_its_cause_and_a_rerun_resumes(tmp_p
     assert again.is_completed()
     assert os.path.getmtime(report) == before  # the data stage came from the cache
     assert os.path.isfile(os.path.join(again.result()["outputs"]["sft model"], "model.safetensors"))
+
+
+def test_the_eval_stage_without_a_gold_scorer_on_the_smoke_run(smoke_run):
+    """`rlhf eval RUN_ID --set eval.gold=false` on the smoke run: no gold figure anywhere, the report and the
+    MLflow run say so, the held-out agreement sits beside the shorter-reply rule, and the policy is not promoted."""
+    import pandas as pd
+    from mlflow.tracking import MlflowClient
+    from prefect.testing.utilities import prefect_test_harness
+
+    from flows.stages import eval_flow
+    from rlhf_core.eval_report import NO_GOLD_NOTE
+    from rlhf_core.models import load_tokenizer
+    from rlhf_core.reward.model import RewardModel
+    from tasks.artifacts import RunDir
+    from tasks.evaluation import NO_GOLD_DECISION
+    from tasks.registry import find_version
+    from tasks.stages.common import split_train_eval
+    from tasks.stages.reward import agreement_on
+
+    cfg, result = smoke_run
+    no_gold = cfg.model_copy(update={"eval": cfg.eval.model_copy(update={"gold": False})})
+    client = MlflowClient(tracking_uri=result["tracking_uri"])
+    champion_before = {a for v in client.search_model_versions("name='rlhf-smoke-policy'") for a in v.aliases}
+    cwd = os.getcwd()
+    os.chdir(REPO)
+    try:
+        with prefect_test_harness(server_startup_timeout=180):
+            outputs = eval_flow(no_gold, result["run_dir"])
+    finally:
+        os.chdir(cwd)
+    assert outputs["plot"].endswith("rm_vs_kl.png")
+    assert Path(outputs["comparison_md"]).read_text().startswith(f"**{NO_GOLD_NOTE}**")
+    report = json.loads(Path(outputs["eval_json"]).read_text())
+    agreement = json.loads(Path(result["outputs"]["reward-model agreement"]).read_text())
+    held_out = report["held_out_agreement"]
+    assert held_out["n_pairs"] == agreement["n_pairs"] and 0 <= held_out["prefer_shorter"]["value"] <= 1
+    assert held_out["reward_model"] == agreement["agreement_majority"]
+    assert not [k for k in report["metrics"] if "gold" in k]
+    parent = client.get_run(result["mlflow_run_id"])
+    (ev,) = client.search_runs([parent.info.experiment_id], max_results=1, order_by=["start_time DESC"],
+                               filter_string=f"tags.mlflow.parentRunId = '{parent.info.run_id}' and tags.`rlhf.stage` = 'eval'")
+    assert ev.data.tags["mlflow.note.content"] == NO_GOLD_NOTE and ev.data.tags["registry.decision"].endswith(NO_GOLD_DECISION)
+    assert "eval/prefer_shorter_held_out" in ev.data.metrics and not [k for k in ev.data.metrics if "gold" in k]
+    version = find_version(client, "rlhf-smoke-policy", RunDir(Path(result["run_dir"])).outputs("ppo")["model_dir"])
+    assert client.get_model_version("rlhf-smoke-policy", version).tags["promotion_decision"] == NO_GOLD_DECISION
+    assert {a for v in client.search_model_versions("name='rlhf-smoke-policy'") for a in v.aliases} == champion_before
+    # the reward stage's agreement with eval.gold=false: no gold scorer consulted, no rm/agreement_gold
+    tokenizer = load_tokenizer(cfg.model, cfg.model_cache)
+    _, pairs = split_train_eval(pd.read_parquet(os.path.join(result["run_dir"], "data", "preferences.parquet")))
+    rm = RewardModel.from_pretrained(result["outputs"]["reward model"])
+    measured = agreement_on(rm, tokenizer, pairs, no_gold)
+    assert measured.agreement_gold is None and "rm/agreement_gold" not in measured.metrics()
+    assert measured.agreement_majority.value == pytest.approx(agreement["agreement_majority"]["value"])

@@ -30,6 +30,14 @@ class EvalConfig(StrictModel):
     n_boot: int = Field(1000, ge=1, description="Bootstrap resamples per interval.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the bootstrap intervals.")
     seed: int = Field(0, description="Seed of the prompt subset, the sampling and the bootstrap.")
+    gold: bool = Field(
+        True,
+        description="Judge responses with the gold scorer (rlhf_core/gold.py), the demo data's stand-in for human "
+        "judgement. false for real data, which has none: no gold figure anywhere (evaluation, the reward model's "
+        "agreement, PPO's logs); the evaluation reports reward-model score, KL, refusals, length, finished replies "
+        "and the reward model's held-out human agreement beside the shorter-reply baseline, says there is no gold "
+        "score, and the registry never promotes the policy on its own (`champion` is moved by hand).",
+    )
 
     @field_validator("best_of_n")
     @classmethod

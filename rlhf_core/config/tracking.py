@@ -62,5 +62,7 @@ class RegistryConfig(StrictModel):
     )
     min_improvement: float = Field(0.0, ge=0, description="How much the candidate must beat the champion by.")
     require_gold_ci_above_zero: bool = Field(
-        True, description="Promote only if the 95% CI of gold(policy) - gold(SFT) lies above zero."
+        True, description="Promote only if the 95% CI of gold(policy) - gold(SFT) lies above zero. With "
+        "`eval.gold: false` (real data, no gold scorer) the policy is never promoted automatically: it stays "
+        "`candidate`, the reason tagged on the version.",
     )

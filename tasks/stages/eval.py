@@ -9,6 +9,12 @@ same comparison on explicit paths (bench/eval_demo.py uses it directly). Outputs
 * ``samples.jsonl``    one row per (method, prompt): prompt, SFT response, the method's response,
                        gold and reward-model scores, KL
 * ``gold_vs_kl.png``   gold and reward-model score against sqrt(KL) (Gao et al. 2022)
+
+With ``eval.gold: false`` (real data: no gold scorer) nothing gold is computed: the table shows the
+reward-model score, KL, refusals, length and finished replies, the plot is ``rm_vs_kl.png`` (the
+reward-model score alone), and the report opens with :data:`NO_GOLD_NOTE` and closes with the reward
+model's held-out human agreement (the reward stage's ``agreement.json``) beside the rule "prefer the
+shorter reply" on the same pairs (:func:`held_out_agreement`).
 """
 
 from __future__ import annotations
@@ -21,11 +27,11 @@ from typing import TYPE_CHECKING, Any
 
 from rlhf_core.config.eval import EvalConfig
 from rlhf_core.errors import DataError
-from rlhf_core.eval_report import MethodComparison
+from rlhf_core.eval_report import NO_GOLD_NOTE, MethodComparison
 from rlhf_core.evaluation import ppo_checkpoint_steps
 from rlhf_core.tracking import NullTracker, Tracker, metric_name
 from tasks.artifacts import RunDir
-from tasks.stages.common import StageOutputs, StageTracker, log_curated_inputs
+from tasks.stages.common import StageOutputs, StageTracker, log_curated_inputs, split_train_eval
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -49,6 +55,18 @@ _TABLE_COLUMNS = (
     ("repetition_rate", "loops", "{:.2f}"),
     ("length", "tokens", "{:.1f}"),
 )
+# Without a gold scorer: no gold columns; refusals over all prompts and finished replies instead.
+_NO_GOLD_TABLE_COLUMNS = (
+    ("mean_rm", "RM", "{:.3f}"),
+    ("rm_delta", "RM Δ vs SFT [95% CI]", None),
+    ("rm_win_rate_vs_sft", "RM win", "{:.2f}"),
+    ("kl_to_ref", "KL (nats)", "{:.2f}"),
+    ("refusal_rate", "refuse", "{:.2f}"),
+    ("repetition_rate", "loops", "{:.2f}"),
+    ("length", "tokens", "{:.1f}"),
+    ("finished_rate", "finished", "{:.2f}"),
+)
+HELD_OUT_METRICS = ("eval/rm_agreement_held_out", "eval/prefer_shorter_held_out")
 
 
 def run(cfg: PipelineConfig, run: RunDir, tracker: StageTracker) -> StageOutputs:
@@ -58,8 +76,16 @@ def run(cfg: PipelineConfig, run: RunDir, tracker: StageTracker) -> StageOutputs
     out_dir = run.stage("eval")
     tracker.log_params({"eval": cfg.eval.model_dump(mode="json")})
     log_curated_inputs(tracker, data, ("eval_prompts",), context="evaluation")
+    held_out = None
+    if not cfg.eval.gold:
+        from rlhf_core.models import load_tokenizer
 
-    result = run_evaluation(cfg, sft["model_dir"], policy_dirs, reward["model_dir"], data["eval_prompts"], out_dir, tracker)
+        tracker.set_tags({"eval.gold_scorer": "none", "mlflow.note.content": NO_GOLD_NOTE})
+        held_out = held_out_agreement(reward["agreement"], data["preferences"], load_tokenizer(cfg.model, cfg.model_cache),
+                                      n_boot=cfg.eval.n_boot, seed=cfg.eval.seed, confidence=cfg.eval.confidence)
+
+    result = run_evaluation(cfg, sft["model_dir"], policy_dirs, reward["model_dir"], data["eval_prompts"], out_dir, tracker,
+                            held_out=held_out)
 
     files = {k: result[k] for k in ("eval_json", "comparison_md", "samples", "plot")}
     report = Path(result["comparison_md"]).read_text(encoding="utf-8")
@@ -76,6 +102,7 @@ def run_evaluation(
     *,
     eval_cfg: EvalConfig | None = None,
     log: Callable[[str], None] | None = print,
+    held_out: Mapping[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Evaluate SFT, best-of-N and every policy in ``policy_dirs`` (name -> model dir) on the held-out prompts.
 
@@ -85,7 +112,10 @@ def run_evaluation(
     SFT model) is logged under the dashboard names ``eval/...`` with their 95% intervals
     (``..._ci_low``/``..._ci_high``); every method's point estimates also as ``eval/<method>/...``,
     their intervals in ``eval.json``, ``comparison.md`` and (with MLflow) the ``eval_comparison.json``
-    table, not as ~150 more one-point metric charts. Returns the output paths and the primary metrics.
+    table, not as ~150 more one-point metric charts. ``held_out``: the reward model's held-out
+    human agreement beside the shorter-reply rule (:func:`held_out_agreement`), reported and logged
+    as ``eval/rm_agreement_held_out`` / ``eval/prefer_shorter_held_out`` (real data, ``eval.gold``
+    false). Returns the output paths and the primary metrics.
     """
     from rlhf_core.devices import resolve_device
     from rlhf_core.evaluation import compare_methods
@@ -120,6 +150,8 @@ def run_evaluation(
     primary_metrics = comparison.reports[primary].metrics()
     if AGREEMENT_ON_POLICY in every_method:
         primary_metrics[AGREEMENT_ON_POLICY] = every_method[AGREEMENT_ON_POLICY]
+    if held_out is not None:
+        primary_metrics.update(held_out_metrics(held_out))
     tracker.log_metrics({**point_estimates(every_method), **primary_metrics}, step=0)
 
     eval_json = out / "eval.json"
@@ -129,15 +161,20 @@ def run_evaluation(
         "settings": ecfg.model_dump(mode="json"),
         "policy_dirs": dirs,
         **comparison.to_dict(include_samples=False),
+        **({"held_out_agreement": held_out} if held_out is not None else {}),
     }), indent=2, allow_nan=False))
     table_md = out / "comparison.md"
-    table_md.write_text(comparison_markdown(comparison), encoding="utf-8")
+    table_md.write_text(comparison_markdown(comparison, held_out), encoding="utf-8")
     samples_path = out / "samples.jsonl"
     sample_rows = [{"method": name, **row} for name, r in comparison.reports.items() for row in r.samples]
     with samples_path.open("w", encoding="utf-8") as fh:
         for row in sample_rows:
             fh.write(json.dumps(_jsonable(row), ensure_ascii=False) + "\n")
-    plot = plot_gold_vs_sqrt_kl(comparison.points(), out / "gold_vs_kl.png")
+    if ecfg.gold:
+        plot = plot_gold_vs_sqrt_kl(comparison.points(), out / "gold_vs_kl.png")
+    else:
+        plot = plot_gold_vs_sqrt_kl(comparison.points(), out / "rm_vs_kl.png",
+                                    title="Reward-model score against sqrt(KL): no gold scorer for this data")
     for path in (eval_json, table_md, samples_path, plot):
         tracker.log_artifact(path)
     _log_tables(tracker, sample_rows, comparison.table())
@@ -201,13 +238,16 @@ def with_ppo_checkpoints(policy_dirs: Mapping[str, str], *, final_name: str = PR
     return ordered
 
 
-def comparison_markdown(comparison: MethodComparison) -> str:
-    """The comparison as a Markdown table (what `comparison.md` and the flow's artifact show)."""
-    header = ["method", *[h for _, h, _ in _TABLE_COLUMNS]]
-    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+def comparison_markdown(comparison: MethodComparison, held_out: Mapping[str, Any] | None = None) -> str:
+    """The comparison as a Markdown table (what `comparison.md` and the flow's artifact show); without a
+    gold scorer it opens with :data:`NO_GOLD_NOTE` and ends with ``held_out`` (:func:`held_out_agreement`)."""
+    columns = _TABLE_COLUMNS if comparison.gold else _NO_GOLD_TABLE_COLUMNS
+    header = ["method", *[h for _, h, _ in columns]]
+    lines = [] if comparison.gold else [f"**{NO_GOLD_NOTE}**", ""]
+    lines += ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for row in comparison.table():
         cells = [str(row["method"])]
-        for key, _, fmt in _TABLE_COLUMNS:
+        for key, _, fmt in columns:
             value = row.get(key)
             if value is None:
                 cells.append("–")
@@ -223,7 +263,64 @@ def comparison_markdown(comparison: MethodComparison) -> str:
             f"{agreement.n} prompts): agree on {agreement.value:.3f} [{agreement.ci_low:.3f}, {agreement.ci_high:.3f}] "
             "of the pairs (0.5 = chance: the nearer to it, the less optimising the reward can raise the gold score)."
         )]
+    if held_out is not None:
+        rm, shorter = held_out["reward_model"], held_out["prefer_shorter"]
+        lines += ["", (
+            f"Reward model vs the human choices on {held_out['n_pairs']} held-out pairs ({held_out['held_out']}): "
+            f"agrees on {_interval(rm)}; always preferring the shorter reply: {_interval(shorter)} on the same pairs "
+            "(what length alone earns: a reward model has to beat it)."
+        )]
     return "\n".join(lines) + "\n"
+
+
+def _interval(est: Mapping[str, Any]) -> str:
+    """``0.581 [0.530, 0.632]`` from an Estimate's dict (``–`` for a missing value)."""
+    if est.get("value") is None:
+        return "–"
+    return f"{est['value']:.3f} [{est['ci_low']:.3f}, {est['ci_high']:.3f}]"
+
+
+def held_out_agreement(
+    agreement_path: str | Path, preferences_path: str | Path, tokenizer: Any, *, n_boot: int, seed: int, confidence: float
+) -> dict[str, Any]:
+    """The reward model's agreement with the human choices on the held-out pairs, beside "prefer the shorter reply".
+
+    The agreement is the reward stage's (``agreement.json``: ``agreement_majority``, which on data with
+    one label per pair is agreement with that label); the rule is scored here on the very pairs the
+    reward stage measured (the curated preferences' eval split, or the train split when there is none)
+    by reply tokens (:func:`rlhf_core.reward.evaluate.length_rule_scores`). DataError when the two
+    files do not describe the same pairs.
+    """
+    import pandas as pd
+
+    from rlhf_core.reward.evaluate import length_rule_scores, reply_tokens
+    from rlhf_core.stats import estimate
+
+    report = json.loads(Path(agreement_path).read_text(encoding="utf-8"))
+    train, held = split_train_eval(pd.read_parquet(preferences_path))
+    pairs = held if len(held) else train
+    if len(pairs) != report["n_pairs"]:
+        raise DataError(f"{agreement_path}: the reward model was measured on {report['n_pairs']} pairs but "
+                        f"{preferences_path} holds {len(pairs)} held-out pairs: re-run the reward stage")
+    shorter = length_rule_scores(reply_tokens(tokenizer, pairs["chosen"].tolist()),
+                                 reply_tokens(tokenizer, pairs["rejected"].tolist()), prefer="shorter")
+    return {
+        "held_out": report.get("held_out", "eval split"),
+        "n_pairs": int(report["n_pairs"]),
+        "reward_model": report["agreement_majority"],
+        "prefer_shorter": estimate(shorter, n_boot=n_boot, seed=seed, confidence=confidence).to_dict(),
+    }
+
+
+def held_out_metrics(held_out: Mapping[str, Any]) -> dict[str, float]:
+    """:data:`HELD_OUT_METRICS` with their intervals (``_ci_low`` / ``_ci_high``) from :func:`held_out_agreement`."""
+    out: dict[str, float] = {}
+    for name, key in zip(HELD_OUT_METRICS, ("reward_model", "prefer_shorter"), strict=True):
+        est = held_out[key]
+        for suffix, field in (("", "value"), *zip(_CI_SUFFIXES, ("ci_low", "ci_high"), strict=True)):
+            if est.get(field) is not None:
+                out[f"{name}{suffix}"] = float(est[field])
+    return out
 
 
 def _jsonable(value: Any) -> Any:
@@ -254,6 +351,7 @@ def _log_tables(tracker: Tracker, sample_rows: list[dict[str, Any]], comparison_
     if sample_rows:
         columns = ["method", "id", "prompt", "harmful", "sft_response", "policy_response",
                    "sft_gold", "policy_gold", "sft_rm", "policy_rm", "kl"]
-        client.log_table(tracker.run_id, pd.DataFrame(sample_rows)[columns], artifact_file="eval_samples.json")
+        present = [c for c in columns if c in sample_rows[0]]  # no gold columns without a gold scorer
+        client.log_table(tracker.run_id, pd.DataFrame(sample_rows)[present], artifact_file="eval_samples.json")
     if comparison_rows:
         client.log_table(tracker.run_id, pd.DataFrame(comparison_rows), artifact_file="eval_comparison.json")

@@ -21,7 +21,7 @@ def run(cfg: PipelineConfig, policy_dir: str, run: RunDir, tracker: StageTracker
     policy, tokenizer = load_policy(cfg, policy_dir)
     reward_model = RewardModel.from_pretrained(reward["model_dir"], trust_remote_code=cfg.model.trust_remote_code)
     prompts = pd.read_parquet(data["rl_prompts"])
-    # the gold scorer judges a response to a harmful prompt by whether it refuses
+    # the gold scorer judges a response to a harmful prompt by whether it refuses (real data: none, eval.gold false)
     harmful = dict(zip(prompts["prompt"], prompts["harmful"].fillna(False))) if "harmful" in prompts else {}
     tracker.log_params({"ppo": cfg.ppo.model_dump(mode="json"), "policy_init": policy_dir})
     log_curated_inputs(tracker, data, ("rl_prompts",), context="training")
@@ -29,7 +29,7 @@ def run(cfg: PipelineConfig, policy_dir: str, run: RunDir, tracker: StageTracker
     result = train_ppo(
         cfg.ppo, policy, tokenizer, reward_model, tokenizer, prompts,
         output_dir=run.stage("ppo"), tracker=tracker, seed=cfg.seed,
-        gold_fn=lambda p, r: gold_score(p, r, harmful=bool(harmful.get(p, False))),
+        gold_fn=(lambda p, r: gold_score(p, r, harmful=bool(harmful.get(p, False)))) if cfg.eval.gold else None,
         reward_prompt_format=cfg.reward.prompt_format, progress=True,  # as SFT's and the reward model's
     )
 

@@ -93,7 +93,8 @@ def fit(cfg: PipelineConfig, policy_dir: str, run: RunDir, tracker: Tracker | No
 
 
 def agreement_on(reward_model: RewardModel, tokenizer: PreTrainedTokenizerBase, pairs: pd.DataFrame, cfg: PipelineConfig) -> AgreementReport:
-    """How often the reward model prefers ``chosen`` on ``pairs``, beside the annotators and the gold scorer."""
+    """How often the reward model prefers ``chosen`` on ``pairs``, beside the annotators and the gold scorer
+    (not with ``eval.gold`` false: real data has no gold scorer)."""
     import pandas as pd
 
     from rlhf_core.gold import gold_score
@@ -109,7 +110,7 @@ def agreement_on(reward_model: RewardModel, tokenizer: PreTrainedTokenizerBase, 
     gold_prefers = [
         gold_preference(gold_score(p, c, harmful=bool(h)), gold_score(p, r, harmful=bool(h)))
         for p, c, r, h in zip(pairs["prompt"], pairs["chosen"], pairs["rejected"], harmful)
-    ]
+    ] if cfg.eval.gold else None
     return reward_model_agreement(
         chosen_r, rejected_r,
         annotator_labels=pairs["annotator_labels"].tolist() if "annotator_labels" in pairs else None,
