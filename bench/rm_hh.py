@@ -224,6 +224,8 @@ def load_rows(path: Path, tokenizer: Any, max_length: int) -> tuple[list[dict[st
         try:
             ex = tokenize_preference_row(record, tokenizer, fmt=fmt, max_length=max_length, index=len(rows))
         except DataError:
+            ex = None
+        if ex is None or ex.truncated:  # TRL would drop it whole: both sides get only conversations that fit
             left_out[f"over {max_length} tokens"] = left_out.get(f"over {max_length} tokens", 0) + 1
             continue
         rows.append(record)
