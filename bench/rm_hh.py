@@ -234,22 +234,23 @@ def load_rows(path: Path, tokenizer: Any, max_length: int) -> tuple[list[dict[st
 
 
 def agreement(chosen: list[float], rejected: list[float], seed: int) -> dict[str, Any]:
+    """Share of pairs the model orders as people did (ties count half), with its bootstrap interval."""
+    import numpy as np
+
+    from rlhf_core.reward.agreement import preference_score
     from rlhf_core.stats import estimate
 
-    wins = [1.0 if c > r else (0.5 if c == r else 0.0) for c, r in zip(chosen, rejected, strict=True)]
-    return estimate(wins, n_boot=2000, seed=seed).to_dict()
+    return estimate(preference_score(np.asarray(chosen), np.asarray(rejected)), n_boot=2000, seed=seed).to_dict()
 
 
 def length_baselines(examples: list[Any], seed: int) -> dict[str, Any]:
-    """Agreement of 'prefer the shorter reply' and 'prefer the longer reply' (reply tokens; ties count half)."""
+    """'Prefer the shorter reply' and 'prefer the longer reply' (same prompt: the reply's tokens decide)."""
+    from rlhf_core.reward.evaluate import length_rule_scores
     from rlhf_core.stats import estimate
 
-    shorter = []
-    for ex in examples:
-        n_chosen, n_rejected = len(ex.chosen_ids), len(ex.rejected_ids)  # same prompt: the reply decides
-        shorter.append(1.0 if n_chosen < n_rejected else (0.5 if n_chosen == n_rejected else 0.0))
-    return {"prefer_shorter": estimate(shorter, n_boot=2000, seed=seed).to_dict(),
-            "prefer_longer": estimate([1.0 - s for s in shorter], n_boot=2000, seed=seed).to_dict()}
+    chosen, rejected = [len(ex.chosen_ids) for ex in examples], [len(ex.rejected_ids) for ex in examples]
+    return {f"prefer_{rule}": estimate(length_rule_scores(chosen, rejected, prefer=rule), n_boot=2000, seed=seed).to_dict()
+            for rule in ("shorter", "longer")}
 
 
 def main(argv: list[str] | None = None) -> int:
