@@ -58,7 +58,7 @@ from typing import TYPE_CHECKING, Any, Literal
 import numpy as np
 
 from rlhf_core.conversation import Messages, chat_messages, check_messages, fit_turns, plain_text, row_context
-from rlhf_core.errors import ConfigError, DataError
+from rlhf_core.errors import ConfigError, DataError, TooLongError
 
 if TYPE_CHECKING:  # pragma: no cover - typing only
     import torch
@@ -292,12 +292,12 @@ def _fit_length(
         return 0
     kept = len(ids) - protected_from
     if not truncate:
-        raise DataError(
+        raise TooLongError(
             f"{where}: {what} has {len(ids)} tokens (prompt/context {protected_from} + response {kept}), "
             f"over max_length {max_length}; raise optim.max_length or set optim.truncate_prompt=true"
         )
     if kept > max_length:
-        raise DataError(
+        raise TooLongError(
             f"{where}: {what} response alone has {kept} tokens, over max_length {max_length} "
             "(truncation only cuts the prompt); raise optim.max_length or drop the row"
         )

@@ -31,6 +31,10 @@ class DataError(UserError):
     """A data file is missing, unreadable, or violates its contract."""
 
 
+class TooLongError(DataError):
+    """A row does not fit the token limit, even after the truncation the settings allow."""
+
+
 class TrainingError(UserError):
     """Training cannot start or had to stop (bad checkpoint, NaN loss, ...)."""
 

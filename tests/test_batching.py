@@ -19,7 +19,7 @@ from rlhf_core.batching import (
     tokenize_sft_row,
     tokenize_sft_rows,
 )
-from rlhf_core.errors import DataError
+from rlhf_core.errors import DataError, TooLongError
 
 
 def _spans(labels: list[int]) -> list[list[int]]:
@@ -109,7 +109,7 @@ def test_too_long_is_a_clear_error_unless_truncating(tiny_tokenizer):
     assert cut.input_ids == full.input_ids[-40:]  # cut from the left...
     assert _spans(cut.labels) == _spans(full.labels)  # ...and the response is intact
     huge = {"id": "long8", "prompt": "Hi", "response": "word " * 80}
-    with pytest.raises(DataError, match=r"row long8: .*response alone has \d+ tokens, over max_length 40"):
+    with pytest.raises(TooLongError, match=r"row long8: .*response alone has \d+ tokens, over max_length 40"):
         tokenize_sft_row(huge, tiny_tokenizer, fmt="chat", max_length=40, truncate=True)
 
 

@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from rlhf_core.errors import DataError
+from rlhf_core.errors import DataError, TooLongError
 from rlhf_core.reward.agreement import Calibration, CalibrationBin, preference_score
 from rlhf_core.stats import Estimate, estimate, finite_or_none
 
@@ -225,7 +225,7 @@ def _row_problem(row: dict[str, Any], tokenizer: PreTrainedTokenizerBase, settin
                                 truncate=settings.truncate, source=STAGE)
     except DataError as exc:  # the first clause: what is wrong (the advice after it names training options)
         detail = re.sub(r" \([^()]*\)$", "", str(exc).removeprefix(f"{STAGE}: row -: ").split("; ")[0])
-        return ("too_long" if "max_length" in detail else "not_scorable"), detail
+        return ("too_long" if isinstance(exc, TooLongError) else "not_scorable"), detail
     return None
 
 
