@@ -16,6 +16,7 @@ import typer
 
 from flows.cli_reward import register as _register_reward_commands
 from flows.cli_servers import register as _register_server_commands
+from rlhf_core.config.presets import DEFAULT_PRESET, preset_names
 
 app = typer.Typer(
     name="rlhf",
@@ -46,7 +47,7 @@ ConfigOpt = Annotated[
     typer.Option(
         "--config",
         "-c",
-        help="YAML config file, or a preset name under configs/ (smoke, demo, hh-rlhf). Default: demo.",
+        help=f"YAML config file, or a preset name under configs/ ({', '.join(preset_names())}). Default: {DEFAULT_PRESET}.",
     ),
 ]
 SetOpt = Annotated[

@@ -17,6 +17,7 @@ from typing import Annotated, Optional
 
 import typer
 
+from rlhf_core.config.presets import preset_names
 from rlhf_core.redact import redact_text
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
@@ -146,7 +147,7 @@ def ui(
 def deploy(
     config: Annotated[
         Optional[str],
-        typer.Option("--config", "-c", help="YAML config or preset name (smoke, demo, hh-rlhf): the deployments' default parameters."),
+        typer.Option("--config", "-c", help=f"YAML config or preset name ({', '.join(preset_names())}): the deployments' default parameters."),
     ] = None,
     set_: Annotated[
         Optional[list[str]], typer.Option("--set", "-s", help="Override a config key (repeatable).")

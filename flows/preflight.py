@@ -14,7 +14,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from rlhf_core.config.pipeline import CONFIG_DIR, PipelineConfig, dump_config
+from rlhf_core.config.pipeline import PipelineConfig, dump_config
+from rlhf_core.config.presets import CONFIG_DIR
 from rlhf_core.errors import ConfigError
 
 # Where Hugging Face configs keep the context length (GPT-2 style: n_positions).

@@ -15,7 +15,7 @@ import yaml
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
-from rlhf_core.config.pipeline import CONFIG_DIR  # noqa: E402
+from rlhf_core.config.presets import CONFIG_DIR  # noqa: E402
 
 TARGET = REPO / "infra" / "prefect.yaml"
 PRESETS = {

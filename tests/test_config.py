@@ -9,12 +9,13 @@ from pathlib import Path
 import pytest
 import yaml
 
-from rlhf_core.config.pipeline import CONFIG_DIR, PipelineConfig, dump_config, load_config
+from rlhf_core.config.pipeline import PipelineConfig, dump_config, load_config
+from rlhf_core.config.presets import CONFIG_DIR, preset_names
 from rlhf_core.errors import ConfigError
 
 from .conftest import REPO
 
-PRESETS = sorted(p.stem for p in CONFIG_DIR.glob("*.yaml"))
+PRESETS = preset_names()
 
 
 def test_the_three_presets_exist():

@@ -17,6 +17,7 @@ from pydantic import Field, ValidationError, model_validator
 from pydantic_core import PydanticCustomError
 
 from rlhf_core.config.base import StrictModel
+from rlhf_core.config.presets import CONFIG_DIR, DEFAULT_PRESET, preset_names
 from rlhf_core.config.data import DataConfig
 from rlhf_core.config.distributed import DistributedConfig
 from rlhf_core.config.dpo import DPOConfig
@@ -29,8 +30,6 @@ from rlhf_core.config.tracking import RegistryConfig, TrackingConfig
 from rlhf_core.errors import ConfigError
 from rlhf_core.redact import find_credentials_in, redact, redact_text
 
-CONFIG_DIR = Path(__file__).resolve().parents[2] / "configs"
-DEFAULT_PRESET = "demo"
 
 # Keys a config may still carry from before they were renamed: old dotted key -> new one. Such a
 # key fails validation like any unknown key, with a message naming the new one.
@@ -79,7 +78,7 @@ class PipelineConfig(StrictModel):
 
 
 def resolve_preset(path_or_name: str | Path | None) -> Path:
-    """A path, or the name of a preset under configs/ ('smoke', 'demo', 'hh-rlhf')."""
+    """A path, or the name of a preset under configs/ (:func:`preset_names`)."""
     if path_or_name is None:
         path_or_name = DEFAULT_PRESET
     candidate = Path(path_or_name)
@@ -87,7 +86,7 @@ def resolve_preset(path_or_name: str | Path | None) -> Path:
         preset = CONFIG_DIR / f"{path_or_name}.yaml"
         if preset.is_file():
             return preset
-        known = ", ".join(sorted(p.stem for p in CONFIG_DIR.glob("*.yaml")))
+        known = ", ".join(preset_names())
         raise ConfigError(f"config '{path_or_name}' is neither a file nor a preset (presets: {known})")
     return candidate
 
