@@ -176,11 +176,20 @@ def detect_languages(texts: Sequence[str], candidates: Sequence[str], *, num_pro
 
     bars_were_off = are_progress_bars_disabled()
     datasets.disable_progress_bars()
+    # map(num_proc=...) sets TOKENIZERS_PARALLELISM=false, then *replaces* os.environ with a copy taken before
+    # (datasets 5.2). Modules that hold the original object (rich's Console reads COLUMNS from it) would then
+    # see a stale environment: put the original back, with that variable as it was.
+    environ, parallelism = os.environ, os.environ.get("TOKENIZERS_PARALLELISM")
     try:
         table = datasets.Dataset.from_dict({"text": [t if isinstance(t, str) else None for t in texts]})
         out = table.map(_detect_batch, batched=True, num_proc=workers, fn_kwargs={"candidates": candidates},
                         remove_columns=["text"], keep_in_memory=True, load_from_cache_file=False)
     finally:
+        os.environ = environ
+        if parallelism is None:
+            os.environ.pop("TOKENIZERS_PARALLELISM", None)
+        else:
+            os.environ["TOKENIZERS_PARALLELISM"] = parallelism
         if not bars_were_off:
             datasets.enable_progress_bars()
     return list(zip(out["language"], out["confidence"], strict=True))

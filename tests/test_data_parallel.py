@@ -4,6 +4,7 @@ processes (`datasets.Dataset.map(num_proc=...)`) must not change a single output
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pandas as pd
@@ -44,7 +45,10 @@ def test_detect_languages_gives_the_same_list_in_worker_processes():
     candidates = PromptFilterConfig().language_candidates
     serial = detect_languages(texts, candidates)
     assert detect_languages(texts, candidates) == serial  # reproducible call to call (see _detect)
+    environ, before = os.environ, dict(os.environ)
     assert detect_languages(texts, candidates, num_proc=2) == serial
+    # datasets' map(num_proc=...) swaps os.environ for a copy; the one object other modules hold is put back
+    assert os.environ is environ and dict(os.environ) == before
     assert [code for code, _ in serial[:6]] == ["en", "de", "fr", "es", "", ""]
 
 
