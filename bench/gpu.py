@@ -10,8 +10,11 @@ What runs (nothing here re-implements a step; each phase times the functions the
   ``collate_sft`` and ``count_target_tokens``: exactly the call ``train_sft`` makes, minus the
   tokenisation of text rows (the data are fixed-length random token sequences, no padding; the
   first ``--prompt-tokens`` positions carry no label, as a prompt) and the final HF save.
-* **rm**: the same loop with ``rlhf_core.reward.train.pair_step_loss`` and ``collate_pairs`` on a
-  ``RewardModel`` (chosen and rejected share the prompt; one forward over ``[chosen; rejected]``).
+* **rm**: the same loop with ``rlhf_core.reward.train.pair_step_loss`` on a ``RewardModel``, in the
+  reward stage's default layout (``reward.share_prompt``): each pair is ONE row
+  ``[prompt | chosen | rejected]`` with a 4D mask (``collate_shared_pairs``, ``2T - P`` tokens a
+  pair; ``check_pair_layout`` runs first, as in the stage); ``--rm-layout two-rows`` times the
+  ``[chosen; rejected]`` rows (``collate_pairs``, ``2T`` tokens a pair) instead.
 * **gen**: ``rlhf_core.sampling.sample``, the sampler ``train_ppo`` calls (KV-cache loop,
   temperature sampling), on ``--gen-batch`` random prompts of ``--prompt-tokens`` tokens. EOS is
   ignored by default so every call samples exactly ``--gen-tokens`` tokens per row (vLLM's
@@ -32,8 +35,8 @@ Chowdhery et al. 2022, appendix B), counting what our path computes:
 * trunk: ``6 * N_layers * tokens`` (N_layers = parameters of the decoder blocks; the input
   embedding is a lookup, no FLOPs);
 * attention scores and values: ``12 * L * d_attn * T`` per token (L layers, d_attn = query heads x
-  head dim, T = sequence length); the causal mask's skipped half is counted, as in PaLM and
-  nanoGPT, so this is *model* FLOPs, not hardware FLOPs;
+  head dim, T = row length: ``2T - P`` for a shared-prefix pair row); the causal mask's skipped half
+  is counted, as in PaLM and nanoGPT, so this is *model* FLOPs, not hardware FLOPs;
 * LM head: ``6 * V * d`` per *labelled* position only (SFT runs the vocabulary projection only
   where there is a target: ``completion_nll_sum``); the reward model has no LM head, its
   scalar head (``6 * d`` per sequence) is counted too.
@@ -104,7 +107,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="unlabelled prompt positions per SFT sequence / shared prompt of a pair / gen prompt length "
                         "(default: seq-len / 4)")
     p.add_argument("--batch-size", type=int, default=8, help="SFT sequences per micro-batch")
-    p.add_argument("--rm-batch-size", type=int, default=4, help="RM pairs per micro-batch (2x sequences)")
+    p.add_argument("--rm-batch-size", type=int, default=4, help="RM pairs per micro-batch")
+    p.add_argument("--rm-layout", choices=["shared-prefix", "two-rows"], default="shared-prefix",
+                   help="RM pair layout: one [prompt | chosen | rejected] row with a 4D mask (the reward stage's "
+                        "default, reward.share_prompt) or two rows [chosen; rejected]")
     p.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step (sft, rm)")
     p.add_argument("--warmup", type=int, default=3, help="untimed optimizer steps first (>= 1)")
     p.add_argument("--steps", type=int, default=10, help="timed optimizer steps (sft, rm)")
@@ -370,9 +376,9 @@ def run_sft(args: argparse.Namespace, dev: Device, tokenizer: Any, peak: float |
 
 
 def run_rm(args: argparse.Namespace, dev: Device, tokenizer: Any, peak: float | None) -> dict[str, Any]:
-    from rlhf_core.batching import PairExample, collate_pairs
+    from rlhf_core.batching import PairExample, pairs_in_batch
     from rlhf_core.reward.model import RewardModel
-    from rlhf_core.reward.train import pair_step_loss
+    from rlhf_core.reward.train import collate_for, pair_step_loss
 
     dev.reset_peak()
     causal = load_model(args, dev, tokenizer)
@@ -382,29 +388,35 @@ def run_rm(args: argparse.Namespace, dev: Device, tokenizer: Any, peak: float | 
     del causal
     dev.free()
     set_attention(rm.transformers_model, args.attn)
+    shared = args.rm_layout == "shared-prefix"
+    if shared:
+        rm.check_pair_layout()  # as the reward stage does before training
     if args.compile:
         compile_blocks(rm.trunk)
     rng = random.Random(args.seed + 1)
     vocab = min(len(tokenizer), shapes.vocab)
     T, P = args.seq_len, args.prompt_tokens
+    row = 2 * T - P if shared else T  # tokens per row: one pair, or one of its two sequences
     n = args.rm_batch_size * args.grad_accum * (args.warmup + args.steps)
     pairs = []
     for i in range(n):
         prompt = token_ids(rng, P, vocab)
         pairs.append(PairExample(row_id=str(i), chosen_ids=prompt + token_ids(rng, T - P, vocab),
                                  rejected_ids=prompt + token_ids(rng, T - P, vocab)))
+    collate = collate_for(shared)
     clock = timed_training(
-        args, dev, stage="reward", model=rm, batch_size=args.rm_batch_size, lengths=[T] * n,
-        collate=lambda idx: collate_pairs([pairs[i] for i in idx], pad_id),
-        units_of=lambda batch: batch["input_ids"].shape[0] // 2, loss_fn=pair_step_loss(0.0), unit_name="pairs",
+        args, dev, stage="reward", model=rm, batch_size=args.rm_batch_size, lengths=[row] * n,
+        collate=lambda idx: collate([pairs[i] for i in idx], pad_id),
+        units_of=pairs_in_batch, loss_fn=pair_step_loss(0.0), unit_name="pairs",
     )
 
     def flops(m: dict[str, float]) -> float:
         tokens = round(m["train/tokens_per_second"] * m["train/step_seconds"])
-        return shapes.train_flops(tokens=tokens, seq_len=T, sequences_with_scalar_head=2 * int(m["train/pairs"]))
+        return shapes.train_flops(tokens=tokens, seq_len=row, sequences_with_scalar_head=2 * int(m["train/pairs"]))
 
     result = training_result(args, dev, clock, flops, peak, {
-        "pairs_per_step": args.rm_batch_size * args.grad_accum, "seq_len": T, "loss_last": clock.metrics[-1].get("rm/loss")})
+        "pairs_per_step": args.rm_batch_size * args.grad_accum, "seq_len": T, "layout": args.rm_layout,
+        "row_tokens": row, "loss_last": clock.metrics[-1].get("rm/loss")})
     result["pairs_per_s"] = result["pairs_per_step"] * result["steps_timed"] / result["seconds"]
     del rm, pairs
     dev.free()

@@ -80,23 +80,29 @@ def test_sft_flop_formula_matches_torch_flop_counter(tiny_tokenizer):
     assert formula == pytest.approx(counted, rel=0.01)  # norms/biases (counted in N) are the difference
 
 
-def test_rm_flop_formula_matches_torch_flop_counter(tiny_tokenizer):
+@pytest.mark.parametrize("shared", [True, False], ids=["shared-prefix", "two-rows"])
+def test_rm_flop_formula_matches_torch_flop_counter(tiny_tokenizer, shared):
     from torch.utils.flop_counter import FlopCounterMode
 
-    from rlhf_core.batching import PairExample, collate_pairs
+    from rlhf_core.batching import PairExample
     from rlhf_core.reward.model import RewardModel
-    from rlhf_core.reward.train import pair_step_loss
+    from rlhf_core.reward.train import collate_for, pair_step_loss
 
     model = _eager_tiny(tiny_tokenizer)
     shapes = gpu.Shapes(model)
     rm = RewardModel.from_model(model, pad_token_id=0)
-    T = 64
-    pairs = [PairExample(str(i), list(range(200, 200 + T)), list(range(300, 300 + T))) for i in range(2)]
-    batch = collate_pairs(pairs, 0)
+    T, P = 64, 16
+    prompt = list(range(100, 100 + P))
+    pairs = [PairExample(str(i), prompt + list(range(200, 200 + T - P)), prompt + list(range(300, 300 + T - P)))
+             for i in range(2)]
+    batch = collate_for(shared)(pairs, 0)
     with FlopCounterMode(display=False) as counter:
         loss, _ = pair_step_loss(0.0)(rm, batch, len(pairs))
         loss.backward()
-    formula = shapes.train_flops(tokens=2 * len(pairs) * T, seq_len=T, sequences_with_scalar_head=2 * len(pairs))
+    row = 2 * T - P if shared else T  # as bench/gpu.py's run_rm counts a row
+    assert int(batch["input_ids"].numel()) == len(pairs) * (2 * T - P if shared else 2 * T)
+    formula = shapes.train_flops(tokens=int(batch["input_ids"].numel()), seq_len=row,
+                                 sequences_with_scalar_head=2 * len(pairs))
     assert formula == pytest.approx(counter.get_total_flops(), rel=0.01)
 
 
@@ -135,7 +141,7 @@ def test_cpu_run_on_the_tiny_model_reports_every_figure(tmp_path):
     assert sft["steps_timed"] == STEPS and rm["steps_timed"] == STEPS
     assert sft["tokens_per_step"] == B * T  # fixed-length rows: no padding
     assert sft["labelled_positions_per_step"] == B * (T - P)
-    assert rm["tokens_per_step"] == 2 * PAIRS * T
+    assert rm["layout"] == "shared-prefix" and rm["tokens_per_step"] == PAIRS * (2 * T - P)  # one row a pair
     for phase in (sft, rm):
         for key in ("tokens_per_s", "mfu", "achieved_tflops", "model_flops_per_step", "step_seconds_median",
                     "peak_memory_gib", "loss_last"):
