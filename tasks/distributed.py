@@ -1,12 +1,12 @@
 """Launch a training stage data-parallel (``torchrun`` / ``accelerate launch``) and collect its result.
 
-When ``distributed.num_processes > 1`` the SFT and reward-model stages do not train in their
-own process: :func:`train_distributed` writes the resolved config to the stage directory,
-launches ``num_processes`` copies of the worker (``python -m tasks.distributed_worker``),
-waits, and reads back rank 0's :class:`~rlhf_core.training.TrainResult` as JSON
-(:func:`fit_data_parallel`, what the stage bodies call). The worker loads the same inputs the
-in-process stage would (``tasks.stages.sft.fit`` / ``tasks.stages.reward.fit``) and trains
-with a :class:`~rlhf_core.distributed.DataParallel`; rank 0 logs to the stage's MLflow run and
+When ``distributed.num_processes > 1`` the stages of :data:`STAGES` (SFT, the reward model,
+DPO) do not train in their own process: :func:`train_distributed` writes the resolved config to
+the stage directory, launches ``num_processes`` copies of the worker (``python -m
+tasks.distributed_worker``), waits, and reads back rank 0's
+:class:`~rlhf_core.training.TrainResult` as JSON (:func:`fit_data_parallel`, what the stage
+bodies call). The worker loads the same inputs the in-process stage would (the stage body's
+``fit``) and trains with a :class:`~rlhf_core.distributed.DataParallel`; rank 0 logs to the stage's MLflow run and
 writes checkpoints and the model, exactly where a 1-process run writes them, so resume, caching
 and the later stages do not know the difference.
 
@@ -18,6 +18,7 @@ tested here: this machine has no GPU).
 from __future__ import annotations
 
 import dataclasses
+import importlib
 import json
 import os
 import re
@@ -29,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 
 from rlhf_core.config.distributed import DistributedConfig
 from rlhf_core.distributed import check_distributed, resolve_backend
-from rlhf_core.errors import TrainingError
+from rlhf_core.errors import ConfigError, TrainingError
 from rlhf_core.processes import free_port, guarded, stop_tree
 from rlhf_core.tracking import Tracker
 
@@ -37,10 +38,39 @@ if TYPE_CHECKING:  # pragma: no cover
     from rlhf_core.training import TrainResult
     from tasks.artifacts import RunDir
 
-STAGES = ("sft", "reward")
-METRIC_PREFIX = {"sft": "sft", "reward": "rm"}  # each stage's metric namespace
+
+@dataclasses.dataclass(frozen=True)
+class DistributedStage:
+    """A stage that trains data-parallel. Its code is named ``"module:attribute"`` and imported where
+    it runs (the stage bodies import this module, so it cannot import them)."""
+
+    fit: str  # what each worker runs: fit(cfg, model_dir, run, tracker, *, dist, progress) -> a TrainResult or a tuple starting with one
+    result: str  # the TrainResult class rank 0's result is read back into
+    metric_prefix: str  # the stage's metric namespace (``<prefix>/processes``)
+
+
+# The one place a stage is registered for data-parallel training (launcher, worker --stage, result parsing).
+STAGES: dict[str, DistributedStage] = {
+    "sft": DistributedStage("tasks.stages.sft:fit", "rlhf_core.sft.train:SFTResult", "sft"),
+    "reward": DistributedStage("tasks.stages.reward:fit", "rlhf_core.reward.train:RewardResult", "rm"),
+    "dpo": DistributedStage("tasks.stages.dpo:fit", "rlhf_core.training:TrainResult", "dpo"),
+}
+
 # What each launched process runs: a module of its own, since it imports the stage bodies, which import this one.
 WORKER_MODULE = "tasks.distributed_worker"
+
+
+def distributed_stage(stage: str) -> DistributedStage:
+    """``stage``'s entry in :data:`STAGES`; ConfigError naming the stages that can train data-parallel."""
+    if stage not in STAGES:
+        raise ConfigError(f"distributed: stage '{stage}' cannot train data-parallel (these can: {', '.join(STAGES)})")
+    return STAGES[stage]
+
+
+def load_attribute(name: str) -> Any:
+    """The object a ``"module:attribute"`` name refers to."""
+    module, _, attribute = name.partition(":")
+    return getattr(importlib.import_module(module), attribute)
 
 
 def launch_command(cfg: DistributedConfig, worker_args: list[str], *, port: int) -> list[str]:
@@ -77,15 +107,13 @@ def fit_data_parallel(stage: str, cfg: Any, model_dir: str, run: RunDir, tracker
 
     Rank 0 logs into ``tracker``'s MLflow run (its ``run_id``, at ``tracking_uri``) when it has one.
     """
-    from rlhf_core.reward.train import RewardResult
-    from rlhf_core.sft.train import SFTResult
-
+    entry = distributed_stage(stage)
     data = train_distributed(
         stage, cfg, model_dir=model_dir, run_dir=str(run.path), mlflow_run_id=getattr(tracker, "run_id", None),
         tracking_uri=tracking_uri,
     )
-    tracker.log_metrics({f"{METRIC_PREFIX[stage]}/processes": float(data["world_size"])}, step=int(data["steps"]))
-    return result_from_json(SFTResult if stage == "sft" else RewardResult, data)
+    tracker.log_metrics({f"{entry.metric_prefix}/processes": float(data["world_size"])}, step=int(data["steps"]))
+    return result_from_json(load_attribute(entry.result), data)
 
 
 def train_distributed(
@@ -93,9 +121,10 @@ def train_distributed(
 ) -> dict[str, Any]:
     """Train ``stage`` with ``cfg.distributed.num_processes`` processes; rank 0's result as a dict.
 
-    Raises ConfigError (before starting anything) when the setup cannot run here, and
-    TrainingError naming the exit code and the log file when a worker fails.
+    Raises ConfigError (before starting anything) for a stage not in :data:`STAGES` or a setup
+    that cannot run here, and TrainingError naming the exit code and the log file when a worker fails.
     """
+    distributed_stage(stage)
     dist = cfg.distributed
     check_distributed(dist)
     from tasks.artifacts import RunDir

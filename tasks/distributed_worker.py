@@ -1,8 +1,8 @@
 """One data-parallel training process, as launched by :func:`tasks.distributed.train_distributed`.
 
 ``torchrun`` / ``accelerate launch`` start ``distributed.num_processes`` copies of this module
-(``python -m tasks.distributed_worker``). Each runs the stage body's ``fit`` (``tasks.stages.sft``
-/ ``tasks.stages.reward``: the same inputs and training the in-process stage runs) with a
+(``python -m tasks.distributed_worker``). Each runs the stage body's ``fit`` named in
+:data:`tasks.distributed.STAGES` (the same inputs and training the in-process stage runs) with a
 :class:`~rlhf_core.distributed.DataParallel`; rank 0 writes the result JSON the launcher reads.
 """
 
@@ -13,12 +13,12 @@ import json
 import sys
 from pathlib import Path
 
-from tasks.distributed import STAGES, result_to_json
+from tasks.distributed import STAGES, load_attribute, result_to_json
 
 
 def _worker(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tasks.distributed_worker", description="One data-parallel training process.")
-    parser.add_argument("--stage", choices=STAGES, required=True)
+    parser.add_argument("--stage", choices=list(STAGES), required=True, help="the stage to train (tasks.distributed.STAGES)")
     parser.add_argument("--config", type=Path, required=True, help="the resolved PipelineConfig as JSON")
     parser.add_argument("--model-dir", required=True, help="the stage's starting model ('tiny' = a fresh tiny model)")
     parser.add_argument("--run-dir", type=Path, required=True)
@@ -32,7 +32,6 @@ def _worker(argv: list[str] | None = None) -> int:
     from rlhf_core.config.pipeline import PipelineConfig
     from rlhf_core.distributed import DataParallel
     from tasks.artifacts import RunDir
-    from tasks.stages import reward, sft
 
     cfg = PipelineConfig.model_validate_json(args.config.read_text())
     if cfg.torch_threads:
@@ -46,10 +45,9 @@ def _worker(argv: list[str] | None = None) -> int:
         spool = run.path / SPOOL_DIR / f"{args.stage}-{args.mlflow_run_id}-rank0.jsonl"
         tracker = MlflowTracker(args.mlflow_run_id, args.tracking_uri, spool=spool, stage=args.stage)
     try:
-        if args.stage == "sft":
-            result = sft.fit(cfg, args.model_dir, run, tracker, dist=dist, progress=False)
-        else:
-            result, _, _ = reward.fit(cfg, args.model_dir, run, tracker, dist=dist, progress=False)
+        result = load_attribute(STAGES[args.stage].fit)(cfg, args.model_dir, run, tracker, dist=dist, progress=False)
+        if isinstance(result, tuple):  # the reward stage's fit hands back its model and tokenizer too
+            result = result[0]
         if tracker is not None:  # an outage: the task's stage run reports it, naming this spool too
             tracker.flush(cfg.tracking.flush_timeout_s)
         if dist.is_main:

@@ -67,6 +67,6 @@ def train_ppo_stage(cfg: PipelineConfig, policy_dir: str, ctx: StageContext) -> 
 def train_dpo_stage(cfg: PipelineConfig, policy_dir: str, ctx: StageContext) -> dict[str, str]:
     """DPO (or IPO) on the same preference pairs from the SFT model: the baseline next to PPO (not registered)."""
     with ctx.stage_run("dpo") as tracker:
-        outputs = tasks.stages.dpo.run(cfg, policy_dir, ctx.run, tracker)
+        outputs = tasks.stages.dpo.run(cfg, policy_dir, ctx.run, tracker, tracking_uri=ctx.tracking_uri)
         ctx.log_checkpoint(tracker, outputs.checkpoint_dir)
     return ctx.run.record_outputs("dpo", outputs.files)

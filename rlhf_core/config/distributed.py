@@ -1,4 +1,4 @@
-"""Distributed config: how many processes train the SFT and reward-model stages, on which engine.
+"""Distributed config: how many processes train the SFT, reward-model and DPO stages, on which engine.
 
 The checks that need torch (enough CUDA devices, ...) are ``rlhf_core.distributed.check_distributed``.
 """
@@ -13,11 +13,11 @@ from rlhf_core.config.base import StrictModel
 
 
 class DistributedConfig(StrictModel):
-    """How many processes train each of the SFT and reward-model stages, and on which engine."""
+    """How many processes train each of the SFT, reward-model and DPO stages, and on which engine."""
 
     num_processes: int = Field(
         1, ge=1, le=1024,
-        description="Data-parallel processes for the SFT and reward-model stages; 1 trains in the task's own process.",
+        description="Data-parallel processes for the SFT, reward-model and DPO stages; 1 trains in the task's own process.",
     )
     backend: Literal["auto", "gloo", "nccl"] = Field(
         "auto", description="torch.distributed backend: auto = nccl with CUDA, gloo on CPU."

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rlhf_core.tracking import Tracker
+from tasks.distributed import STAGES
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -75,9 +76,9 @@ def log_curated_inputs(tracker: StageTracker, data_outputs: Mapping[str, str], n
 
 
 def one_process_note(cfg: PipelineConfig, stage: str) -> None:
-    """Warn that ``distributed.num_processes`` does not apply to ``stage`` (PPO, DPO train in one process)."""
+    """Warn that ``distributed.num_processes`` does not apply to ``stage`` (one not in tasks.distributed.STAGES)."""
     if cfg.distributed.enabled:
         logging.getLogger(__name__).warning(
-            "%s trains in one process: distributed.num_processes=%d applies to the SFT and reward-model stages only",
-            stage, cfg.distributed.num_processes,
+            "%s trains in one process: distributed.num_processes=%d applies to the %s stages only",
+            stage, cfg.distributed.num_processes, ", ".join(STAGES),
         )
