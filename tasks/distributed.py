@@ -37,8 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
     from rlhf_core.training import TrainResult
     from tasks.artifacts import RunDir
 
-STAGES = ("sft", "reward")
-METRIC_PREFIX = {"sft": "sft", "reward": "rm"}  # each stage's metric namespace
+STAGES = ("sft", "reward", "ppo")
+METRIC_PREFIX = {"sft": "sft", "reward": "rm", "ppo": "ppo"}  # each stage's metric namespace
 # What each launched process runs: a module of its own, since it imports the stage bodies, which import this one.
 WORKER_MODULE = "tasks.distributed_worker"
 
@@ -77,6 +77,7 @@ def fit_data_parallel(stage: str, cfg: Any, model_dir: str, run: RunDir, tracker
 
     Rank 0 logs into ``tracker``'s MLflow run (its ``run_id``, at ``tracking_uri``) when it has one.
     """
+    from rlhf_core.ppo.trainer import PPOResult
     from rlhf_core.reward.train import RewardResult
     from rlhf_core.sft.train import SFTResult
 
@@ -85,7 +86,7 @@ def fit_data_parallel(stage: str, cfg: Any, model_dir: str, run: RunDir, tracker
         tracking_uri=tracking_uri,
     )
     tracker.log_metrics({f"{METRIC_PREFIX[stage]}/processes": float(data["world_size"])}, step=int(data["steps"]))
-    return result_from_json(SFTResult if stage == "sft" else RewardResult, data)
+    return result_from_json({"sft": SFTResult, "reward": RewardResult, "ppo": PPOResult}[stage], data)
 
 
 def train_distributed(

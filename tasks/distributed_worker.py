@@ -32,7 +32,7 @@ def _worker(argv: list[str] | None = None) -> int:
     from rlhf_core.config.pipeline import PipelineConfig
     from rlhf_core.distributed import DataParallel
     from tasks.artifacts import RunDir
-    from tasks.stages import reward, sft
+    from tasks.stages import ppo, reward, sft
 
     cfg = PipelineConfig.model_validate_json(args.config.read_text())
     if cfg.torch_threads:
@@ -48,6 +48,8 @@ def _worker(argv: list[str] | None = None) -> int:
     try:
         if args.stage == "sft":
             result = sft.fit(cfg, args.model_dir, run, tracker, dist=dist, progress=False)
+        elif args.stage == "ppo":
+            result = ppo.fit(cfg, args.model_dir, run, tracker, dist=dist, progress=False)
         else:
             result, _, _ = reward.fit(cfg, args.model_dir, run, tracker, dist=dist, progress=False)
         if tracker is not None:  # an outage: the task's stage run reports it, naming this spool too
