@@ -38,6 +38,8 @@ def preflight_config(cfg: PipelineConfig, *, data: bool = True) -> None:
     from rlhf_core.distributed import check_distributed
 
     check_distributed(cfg.distributed)  # imports torch only when distributed is on
+    if cfg.ppo.enabled:
+        cfg.ppo.check_processes(cfg.distributed.num_processes, cfg.distributed.strategy)
 
 
 def _data_problems(cfg: PipelineConfig) -> list[str]:

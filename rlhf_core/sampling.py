@@ -8,9 +8,11 @@ masks everything after each row's first EOS (:func:`truncate_after_eos`). Sampli
 loop over a ``DynamicCache`` rather than ``model.generate``. On CPU the two run at the same speed
 (bench/README.md), but the manual loop (a) applies exactly the temperature / top-k / top-p
 written here, so the distribution the tokens come from is the one
-:func:`rlhf_core.ppo.logprobs.policy_logprobs` scores, (b) draws from the global torch RNG only
-through :func:`sample_from_probs`, which a checkpoint restores (exact resume), and (c) stops as
-soon as every row has emitted EOS. ``score_tokens`` / ``keep_hidden`` read the log-probs and the
+:func:`rlhf_core.ppo.logprobs.policy_logprobs` scores, (b) draws its randomness only through
+:func:`sample_from_probs`: from the global torch RNG (which a checkpoint restores: exact
+resume), or with ``seeds`` from one generator per row, so that a row's tokens do not depend on
+which rows share its batch (PPO: 1 and N data-parallel processes draw the same tokens), and (c)
+stops as soon as every row has emitted EOS. ``score_tokens`` / ``keep_hidden`` read the log-probs and the
 final hidden states off the loop (PPO's ``rollout_logprobs="sampler"``, see
 :mod:`rlhf_core.ppo.logprobs`); neither draws from the RNG.
 
@@ -122,25 +124,46 @@ def filter_logits(logits: torch.Tensor, *, top_k: int = 0, top_p: float = 1.0) -
 
 
 def sample_next_token(
-    logits: torch.Tensor, *, temperature: float, top_k: int = 0, top_p: float = 1.0
+    logits: torch.Tensor,
+    *,
+    temperature: float,
+    top_k: int = 0,
+    top_p: float = 1.0,
+    generators: Sequence[torch.Generator] | None = None,
 ) -> torch.Tensor:
-    """One token per row from (B, V) logits -> (B,). ``temperature == 0`` is greedy."""
+    """One token per row from (B, V) logits -> (B,). ``temperature == 0`` is greedy.
+
+    ``generators``: one per row (see :func:`sample_from_probs`); None = the global torch RNG.
+    """
     if temperature == 0:
         return logits.argmax(-1)
     filtered = filter_logits(logits.float() / temperature, top_k=top_k, top_p=top_p)
-    return sample_from_probs(filtered.softmax(-1))
+    return sample_from_probs(filtered.softmax(-1), generators)
 
 
-def sample_from_probs(probs: torch.Tensor) -> torch.Tensor:
+def row_generators(seeds: Sequence[int], device: torch.device | str) -> list[torch.Generator]:
+    """One seeded ``torch.Generator`` on ``device`` per row."""
+    return [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+
+def sample_from_probs(probs: torch.Tensor, generators: Sequence[torch.Generator] | None = None) -> torch.Tensor:
     """One index per row of (B, V) probabilities -> (B,), by inverting the CDF with one uniform per row.
 
     Same distribution as ``torch.multinomial(probs, 1)`` but much faster on CPU for a large
     vocabulary (bench/README.md): multinomial's CPU kernel dominates the sampling loop of a
     small model otherwise. ``right=True`` picks the first index whose
     CDF exceeds ``u``, so a zero-probability (filtered) token can never be drawn.
+    ``generators``: row ``i`` draws its uniform from ``generators[i]`` (one draw per call), so
+    its token depends on its own probabilities and generator only; None = the global torch RNG.
     """
     cdf = probs.cumsum(-1)  # (B, V)
-    u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype) * cdf[:, -1:]  # (B, 1) in [0, total)
+    if generators is None:
+        u = torch.rand(probs.shape[0], 1, device=probs.device, dtype=cdf.dtype)  # (B, 1)
+    else:
+        if len(generators) != probs.shape[0]:
+            raise ValueError(f"sample_from_probs: {len(generators)} generators for {probs.shape[0]} rows")
+        u = torch.cat([torch.rand(1, 1, generator=g, device=probs.device, dtype=cdf.dtype) for g in generators])
+    u = u * cdf[:, -1:]  # (B, 1) in [0, total)
     return torch.searchsorted(cdf, u, right=True).clamp(max=probs.shape[-1] - 1).squeeze(-1)
 
 
@@ -167,13 +190,14 @@ def sample_tokens(
     top_p: float = 1.0,
     score_tokens: bool = False,
     keep_hidden: bool = False,
+    seeds: Sequence[int] | None = None,
 ) -> Sampled:
     """Sample up to ``max_new_tokens`` per row with a KV cache. (B, P), (B, P) -> :class:`Sampled`, R <= max_new_tokens.
 
     ``query_ids`` must be left-padded. Stops early once every row has emitted EOS; tokens
     sampled after a row's EOS are replaced by ``pad_id`` (apply :func:`truncate_after_eos`
-    for the mask). Uses the global torch RNG (the same draws whatever ``score_tokens`` and
-    ``keep_hidden`` say). ``score_tokens``: also the log-prob of each sampled token under
+    for the mask). Draws from the global torch RNG, or with ``seeds`` (one int per row) from a
+    generator per row seeded with it (the same draws whatever ``score_tokens`` and ``keep_hidden`` say). ``score_tokens``: also the log-prob of each sampled token under
     the tempered, *unfiltered* distribution (what :func:`rlhf_core.ppo.logprobs.policy_forward` computes; top-k/top-p
     only choose which tokens can be drawn). ``keep_hidden``: also the final hidden state that
     produced each token's logits (what a shared value head reads).
@@ -186,6 +210,8 @@ def sample_tokens(
         raise ValueError("sample_tokens: queries must be left-padded (a row ends in padding)")
     if score_tokens and temperature <= 0:
         raise ValueError("sample_tokens: score_tokens needs temperature > 0 (greedy decoding has no sampling distribution)")
+    if seeds is not None and len(seeds) != query_ids.shape[0]:
+        raise ValueError(f"sample_tokens: {len(seeds)} seeds for {query_ids.shape[0]} prompts (one per row)")
     device = query_ids.device
     eos = _eos_tensor(eos_id, device)
     mask = query_mask.long()
@@ -200,9 +226,10 @@ def sample_tokens(
     tokens: list[torch.Tensor] = []
     logprobs: list[torch.Tensor] = []
     hidden: list[torch.Tensor] = []
+    generators = row_generators(seeds, device) if seeds is not None else None
     for _ in range(max_new_tokens):
         logits = out.logits[:, -1, :]  # (B, V)
-        token = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p)  # (B,)
+        token = sample_next_token(logits, temperature=temperature, top_k=top_k, top_p=top_p, generators=generators)  # (B,)
         token = torch.where(finished, torch.full_like(token, pad_id), token)
         tokens.append(token)
         if score_tokens:
@@ -238,13 +265,16 @@ def sample(
     score_tokens: bool = False,
     keep_hidden: bool = False,
     device: torch.device | str | None = None,
+    seeds: Sequence[int] | None = None,
 ) -> Rollout:
     """B token-id prompts -> the :class:`Rollout` of one sampled response each (the module docstring).
 
     The prompts are left-padded with ``pad_id`` (:func:`left_pad`) and moved to ``device``
     (default: the model's); ``score_tokens`` / ``keep_hidden`` fill ``Rollout.logprobs`` /
-    ``Rollout.hidden`` from the sampling loop (see :func:`sample_tokens`). Uses the global
-    torch RNG.
+    ``Rollout.hidden`` from the sampling loop (see :func:`sample_tokens`). ``seeds``: None =
+    the global torch RNG; one int per prompt = row ``i`` draws from its own generator seeded
+    with ``seeds[i]``, so its response does not depend on the other rows of the batch (up to
+    float noise in the logits).
     """
     if device is None:
         device = next(model.parameters()).device
@@ -253,6 +283,7 @@ def sample(
     sampled = sample_tokens(
         model, query_ids, query_mask, max_new_tokens=max_new_tokens, eos_id=eos_id, pad_id=pad_id,
         temperature=temperature, top_k=top_k, top_p=top_p, score_tokens=score_tokens, keep_hidden=keep_hidden,
+        seeds=seeds,
     )
     ids, mask = truncate_after_eos(sampled.tokens, eos_id, pad_id)  # (B, R)
     has_eos = (torch.isin(ids, _eos_tensor(eos_id, ids.device)) & mask).any(-1)  # (B,)

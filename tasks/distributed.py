@@ -54,6 +54,7 @@ STAGES: dict[str, DistributedStage] = {
     "sft": DistributedStage("tasks.stages.sft:fit", "rlhf_core.sft.train:SFTResult", "sft"),
     "reward": DistributedStage("tasks.stages.reward:fit", "rlhf_core.reward.train:RewardResult", "rm"),
     "dpo": DistributedStage("tasks.stages.dpo:fit", "rlhf_core.training:TrainResult", "dpo"),
+    "ppo": DistributedStage("tasks.stages.ppo:fit", "rlhf_core.ppo.trainer:PPOResult", "ppo"),
 }
 
 # What each launched process runs: a module of its own, since it imports the stage bodies, which import this one.

@@ -55,9 +55,9 @@ def train_reward_stage(cfg: PipelineConfig, policy_dir: str, ctx: StageContext) 
 
 @task(name="ppo", cache_policy=STAGE_CACHE, persist_result=True)
 def train_ppo_stage(cfg: PipelineConfig, policy_dir: str, ctx: StageContext) -> dict[str, str]:
-    """PPO of the SFT policy against the reward model, KL-penalised towards the SFT model."""
+    """PPO of the SFT policy against the reward model, KL-penalised towards the SFT model (data-parallel when distributed.num_processes > 1)."""
     with ctx.stage_run("ppo") as tracker:
-        outputs = tasks.stages.ppo.run(cfg, policy_dir, ctx.run, tracker)
+        outputs = tasks.stages.ppo.run(cfg, policy_dir, ctx.run, tracker, tracking_uri=ctx.tracking_uri)
         ctx.log_checkpoint(tracker, outputs.checkpoint_dir)
         ctx.register(tracker, outputs.model_dir, "policy")
     return ctx.run.record_outputs("ppo", outputs.files)

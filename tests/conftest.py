@@ -50,7 +50,7 @@ TIERS: dict[str, tuple[str, ...]] = {
     ),
     # (b) two ways of computing the same thing agree: float64 oracles, padding, accumulation, 2 processes = 1
     "invariants": (
-        "test_best_of_n", "test_data_parallel", "test_distributed", "test_losses", "test_ppo_functions",
+        "test_best_of_n", "test_data_parallel", "test_distributed", "test_distributed_ppo", "test_losses", "test_ppo_functions",
         "test_reward_shared_prefix",
     ),
     # (c) real transformers models (tiny random ones, the real default model where marked slow) trained/sampled

@@ -13,6 +13,7 @@ import torch
 from rlhf_core.batching import resolve_format
 from rlhf_core.errors import TrainingError
 from rlhf_core.ppo.experience import Experience, make_experience
+from rlhf_core.ppo.parallel import rollout_seeds
 from rlhf_core.ppo.trainer import build_models, ppo_update, prepare_inputs, step_metrics
 from rlhf_core.training import build_optimizer
 from tests.test_ppo_loop import PROMPTS, TokenFractionReward, char_tokenizer, ppo_cfg, tiny_llama
@@ -44,7 +45,8 @@ def setup(tok, cfg, reward=None):
 def experience(tok, cfg, *, kl_coef=0.1, reward=None, number=1):
     models, batch = setup(tok, cfg, reward)
     torch.manual_seed(3)
-    exp, micro = make_experience(models, cfg, batch, kl_coef=kl_coef, number=number, micro=cfg.optim.micro_batch_size)
+    exp, micro = make_experience(models, cfg, batch, seeds=rollout_seeds(0, number, len(batch)), kl_coef=kl_coef,
+                                 number=number, micro=cfg.optim.micro_batch_size)
     return models, exp, micro
 
 

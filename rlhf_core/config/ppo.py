@@ -8,6 +8,7 @@ from pydantic import Field, model_validator
 
 from rlhf_core.config.base import StrictModel
 from rlhf_core.config.optim import OptimConfig, PromptFormat
+from rlhf_core.errors import ConfigError
 
 
 class PPOConfig(StrictModel):
@@ -149,3 +150,24 @@ class PPOConfig(StrictModel):
                 "from the reward model's head: set value_init='policy' (or value_model='separate')"
             )
         return self
+
+    def check_processes(self, num_processes: int, strategy: str = "ddp") -> None:
+        """ConfigError when ``num_processes`` data-parallel processes (``strategy``) cannot train this PPO config.
+
+        Each process samples whole prompts (all ``samples_per_prompt`` samples of a prompt on one
+        process, for score centring), an equal share of the rollout batch; gradients are summed
+        with an explicit all-reduce over the plain model, so only ddp applies.
+        """
+        if num_processes <= 1:
+            return
+        if strategy != "ddp":
+            raise ConfigError(
+                f"ppo: distributed.strategy {strategy} is not supported for PPO; data-parallel PPO supports ddp "
+                "(set distributed.strategy=ddp, or ppo.enabled=false)"
+            )
+        if self.rollout_size % (num_processes * self.samples_per_prompt):
+            raise ConfigError(
+                f"ppo: the rollout batch ({self.rollout_size} responses) must be a multiple of "
+                f"distributed.num_processes x samples_per_prompt ({num_processes} x {self.samples_per_prompt} = "
+                f"{num_processes * self.samples_per_prompt}), so that each process samples whole prompts"
+            )

@@ -12,6 +12,10 @@ the step's tensors by role (OpenRLHF's ``Experience``): what was sampled, what t
 said about it, and what PPO derives from that. :meth:`Experience.minibatch_indices` and
 :meth:`Experience.select` cut it into the update's minibatches and micro-batches.
 
+Steps 1-2 and the model passes depend on a row alone (:func:`sample_and_score`, with a seed
+per row); data-parallel, each process runs them on its share of the rows and the full batch
+is gathered before the rest, which uses batch statistics (:mod:`rlhf_core.ppo.parallel`).
+
 Shapes: ``B`` rollout rows (``cfg.rollout_size``), ``P`` prompt tokens (left-padded), ``R``
 response tokens (right-padded after the first EOS).
 """
@@ -22,7 +26,7 @@ import dataclasses
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -34,10 +38,14 @@ from rlhf_core.config.ppo import PPOConfig
 from rlhf_core.ppo.gae import compute_gae
 from rlhf_core.ppo.kl import kl_estimate, kl_penalized_rewards, reference_logprobs
 from rlhf_core.ppo.loss import token_sum
+from rlhf_core.ppo.parallel import gather_rollout, share
 from rlhf_core.ppo.score import RewardFn, apply_missing_eos_penalty, center_scores, retokenize, reward_scores
 from rlhf_core.ppo.value import PolicyWithValue
 from rlhf_core.sampling import QueryResponse, Rollout, sample
 from rlhf_core.training import retry_smaller_on_oom
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rlhf_core.distributed import DataParallel
 
 STAGE = "ppo"
 GoldFn = Callable[[str, str], float]
@@ -173,37 +181,36 @@ def check_finite(number: int, checks: Sequence[tuple[str, torch.Tensor, torch.Te
 
 
 # ----------------------------------------------------------------------------- the phase
-def make_experience(
+# Per-row fields of a rollout by padding side (data-parallel gather: rlhf_core.ppo.parallel.gather_rollout).
+QUERY_FIELDS = ("query_ids", "query_mask")
+RESPONSE_FIELDS = ("response_ids", "response_mask", "logprobs", "ref_logprobs", "values")
+
+
+def sample_and_score(
     models: PPOModels,
     cfg: PPOConfig,
     prompts: Sequence[PromptItem],
+    seeds: Sequence[int],
     *,
-    kl_coef: float,
-    number: int,
-    micro: int,
+    retry: Callable[[Callable[[int], Any]], Any],
     gold_fn: GoldFn | None = None,
-) -> tuple[Experience, int]:
-    """Recipe steps 1-4 for the prompts ``prompts`` (B rows) of step ``number`` (1-based); (experience, micro).
+) -> tuple[dict[str, Any], dict[str, float]]:
+    """Recipe steps 1-2 and the model passes of step 3-4, row by row: (per-row fields, seconds).
 
-    ``micro``: the micro-batch of the scoring passes, halved after an out-of-memory error (the
-    smaller size is returned, for the rest of the run). Raises TrainingError naming the first
-    non-finite quantity (score, log-probs, reference log-probs, values, advantages).
+    Everything here depends on a row alone (its prompt, its seed), so N processes can each run
+    a share of the rows. Fields: :data:`QUERY_FIELDS` (b, P), :data:`RESPONSE_FIELDS` (b, R),
+    ``has_eos`` and ``raw_scores`` (b,), ``texts`` and ``gold`` (lists). ``retry(fn)`` runs
+    ``fn(micro_batch)`` (halving it after an out-of-memory error in one process).
     """
-    m, device, B = models.model, models.device, len(prompts)
-
-    def retry(fn: Callable[[int], Any]) -> Any:
-        nonlocal micro
-        result, micro = retry_smaller_on_oom(fn, micro, stage=STAGE, step=number, total=B, model=m, device=device)
-        return result
-
+    m, device = models.model, models.device
     # 1. rollout
     t0 = time.perf_counter()
     ro = sample(
         m.policy, [it.ids for it in prompts], device=device, max_new_tokens=cfg.max_new_tokens,
         eos_id=models.eos_ids, pad_id=models.pad_id, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        score_tokens=models.from_sampler, keep_hidden=models.from_sampler and m.value_head is not None,
+        score_tokens=models.from_sampler, keep_hidden=models.from_sampler and m.value_head is not None, seeds=seeds,
     )
-    mask = ro.response_mask  # (B, R)
+    mask = ro.response_mask  # (b, R)
     texts = models.tokenizer.batch_decode(torch.where(mask, ro.response_ids, models.pad_id), skip_special_tokens=True)
     t_gen = time.perf_counter() - t0
 
@@ -217,37 +224,84 @@ def make_experience(
             contexts=[it.context for it in prompts],
         )
     raw_scores = retry(lambda n: reward_scores(models.reward_model, rm_ids.to(device), rm_mask.to(device), batch_size=n))
-    scores = apply_missing_eos_penalty(raw_scores, ro.has_eos, cfg.missing_eos_penalty)  # (B,)
     gold = [gold_fn(it.text, t) for it, t in zip(prompts, texts, strict=True)] if gold_fn else None
     t_score = time.perf_counter() - t0
 
-    # 3. KL-penalised rewards (the values pass first: it frees the sampler's hidden states)
+    # 3-4. log-probs, values (first: it frees the sampler's hidden states), reference log-probs
     t0 = time.perf_counter()
     if models.from_sampler:
         logprobs = ro.logprobs
         values = retry(lambda n: rollout_values(m, ro, batch_size=n))
-        ro.hidden = None  # (B, R, H): not needed past this point
+        ro.hidden = None  # (b, R, H): not needed past this point
     else:
         logprobs, values = retry(lambda n: rollout_logprobs_values(m, ro, temperature=cfg.temperature, batch_size=n))
     ref_lp = retry(
         lambda n: rollout_reference_logprobs(m.policy, models.ref_model, ro, temperature=cfg.temperature, batch_size=n)
     )
+    rows = {
+        "query_ids": ro.query_ids, "query_mask": ro.query_mask, "response_ids": ro.response_ids, "response_mask": mask,
+        "logprobs": logprobs, "ref_logprobs": ref_lp, "values": values, "has_eos": ro.has_eos,
+        "raw_scores": raw_scores, "texts": texts, "gold": gold,
+    }
+    return rows, {"generation": t_gen, "scoring": t_score, "preparation": time.perf_counter() - t0}
+
+
+def make_experience(
+    models: PPOModels,
+    cfg: PPOConfig,
+    prompts: Sequence[PromptItem],
+    *,
+    seeds: Sequence[int],
+    kl_coef: float,
+    number: int,
+    micro: int,
+    gold_fn: GoldFn | None = None,
+    dist: DataParallel | None = None,
+) -> tuple[Experience, int]:
+    """Recipe steps 1-4 for the prompts ``prompts`` (B rows) of step ``number`` (1-based); (experience, micro).
+
+    ``seeds``: one sampling seed per row (:func:`rlhf_core.ppo.parallel.rollout_seeds`).
+    ``micro``: the micro-batch of the scoring passes, halved after an out-of-memory error (the
+    smaller size is returned, for the rest of the run). ``dist``: this process samples and
+    scores its share of the rows (:func:`sample_and_score`), then every process gathers the
+    full batch and derives rewards, GAE and whitening from it (global statistics). Raises
+    TrainingError naming the first non-finite quantity (score, log-probs, reference log-probs,
+    values, advantages).
+    """
+    mine = share(len(prompts), dist)
+
+    def retry(fn: Callable[[int], Any]) -> Any:
+        nonlocal micro
+        if dist is not None:  # no retry: the other processes would already be inside a collective
+            return fn(micro)
+        result, micro = retry_smaller_on_oom(
+            fn, micro, stage=STAGE, step=number, total=len(mine), model=models.model, device=models.device
+        )
+        return result
+
+    rows, seconds = sample_and_score(
+        models, cfg, [prompts[i] for i in mine], [seeds[i] for i in mine], retry=retry, gold_fn=gold_fn
+    )
+    t0 = time.perf_counter()
+    if dist is not None:
+        rows = gather_rollout(rows, dist, pad_id=models.pad_id, query=QUERY_FIELDS, response=RESPONSE_FIELDS)
+    mask, logprobs, ref_lp, values = rows["response_mask"], rows["logprobs"], rows["ref_logprobs"], rows["values"]
+    # 2. (cont.) missing-EOS penalty; 3. KL-penalised rewards
+    scores = apply_missing_eos_penalty(rows["raw_scores"], rows["has_eos"], cfg.missing_eos_penalty)  # (B,)
     kl = token_sum(kl_estimate(logprobs, ref_lp, "k1"), mask)  # (B,)
     rl_scores = center_scores(scores, cfg.samples_per_prompt) if cfg.center_scores else scores  # (B,)
     rewards = kl_penalized_rewards(rl_scores, logprobs, ref_lp, mask, kl_coef, cfg.kl_estimator)  # (B, R)
-
     # 4. GAE + whitening
     advantages, returns = compute_gae(rewards, values, mask, gamma=cfg.gamma, lam=cfg.lam)
     if cfg.whiten_advantages:
         advantages = masked_whiten(advantages, mask)
     check_finite(number, [
-        ("reward model score", raw_scores, None), ("policy log-probs", logprobs, mask),
+        ("reward model score", rows["raw_scores"], None), ("policy log-probs", logprobs, mask),
         ("reference log-probs", ref_lp, mask), ("values", values, mask), ("advantages", advantages, mask),
     ])
+    seconds["preparation"] += time.perf_counter() - t0
     return Experience(
-        query_ids=ro.query_ids, query_mask=ro.query_mask, response_ids=ro.response_ids, response_mask=mask,
-        has_eos=ro.has_eos, texts=texts, logprobs=logprobs, ref_logprobs=ref_lp, values=values,
-        raw_scores=raw_scores, scores=scores, gold=gold, kl=kl, kl_coef=kl_coef, rl_scores=rl_scores,
-        rewards=rewards, advantages=advantages, returns=returns,
-        seconds={"generation": t_gen, "scoring": t_score, "preparation": time.perf_counter() - t0},
+        **{name: rows[name] for name in (*QUERY_FIELDS, *RESPONSE_FIELDS, "has_eos", "raw_scores", "texts", "gold")},
+        scores=scores, kl=kl, kl_coef=kl_coef, rl_scores=rl_scores, rewards=rewards, advantages=advantages,
+        returns=returns, seconds=seconds,
     ), micro

@@ -19,10 +19,15 @@ pass - rollout log-prob| before any update of the step: 0 when recomputed, round
 when read off the sampler. The policy stays in ``eval()`` mode throughout (dropout off), so
 the recomputed log-probs equal the first minibatch's and the PPO ratio starts at exactly 1.
 
-Exact resume: the prompt order is a pure function of ``(seed, prompt position)``; sampling
-and minibatch shuffles draw from the global torch RNG, which the checkpoint restores with
-the weights (policy + critic), optimizer, scheduler and the KL controller
-(:class:`rlhf_core.training.RunState`, shared with the other stages' loop).
+Exact resume: the prompt order is a pure function of ``(seed, prompt position)`` and each
+rollout row samples from its own generator seeded by ``(seed, step, row)``
+(:func:`rlhf_core.ppo.parallel.rollout_seeds`); minibatch shuffles draw from the global torch
+RNG, which the checkpoint restores with the weights (policy + critic), optimizer, scheduler
+and the KL controller (:class:`rlhf_core.training.RunState`, shared with the other stages' loop).
+
+Data-parallel (``dist``): each process samples and scores its share of the rollout rows, all
+gather the full batch, derive rewards and advantages from it and sum their gradients
+(:mod:`rlhf_core.ppo.parallel`), so N processes train as one does, up to float summation order.
 """
 
 from __future__ import annotations
@@ -34,7 +39,7 @@ import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -61,6 +66,7 @@ from rlhf_core.ppo.kl import (
     is_peft_model,
 )
 from rlhf_core.ppo.loss import entropy_from_logits, explained_variance, ppo_policy_loss, ppo_value_loss, ptx_loss, token_sum
+from rlhf_core.ppo.parallel import all_reduce_gradients, max_over, rollout_seeds, share, sum_stats
 from rlhf_core.ppo.score import RewardFn, tokenizers_match
 from rlhf_core.ppo.value import PolicyWithValue, build_policy_with_value
 from rlhf_core.stage_io import MODEL_DIR, save_stage_model
@@ -76,6 +82,9 @@ from rlhf_core.training import (
     retry_smaller_on_oom,
     set_seed,
 )
+
+if TYPE_CHECKING:  # pragma: no cover
+    from rlhf_core.distributed import DataParallel
 
 log = logging.getLogger(__name__)
 
@@ -206,19 +215,23 @@ def minibatch_gradients(
     ptx_cursor: int,
     pad_id: int,
     mismatch: list[float] | None,
+    dist: DataParallel | None = None,
 ) -> tuple[dict[str, float], int]:
     """Gradients of minibatch ``rows`` in micro-batches of ``micro`` (zeroed first); (stats, ptx position after).
 
     Each micro-batch's loss is weighted by its share of the minibatch's response tokens, so the
     sum is the token mean over the minibatch exactly. ``mismatch``: where to note the largest
     |forward - rollout log-prob| of each micro-batch (the step's first minibatch only).
+    ``dist``: this process runs its contiguous slice of ``rows`` (weights still relative to the
+    whole minibatch) and its share of the PPO-ptx micro-batches; the caller sums the gradients
+    and the stats over the processes.
     """
-    cursor = ptx_cursor
     optimizer.zero_grad(set_to_none=True)
     stats_sum: dict[str, float] = {}
     mb_tokens = int(exp.response_mask[rows].sum())
-    micro_chunks = [rows[i : i + micro] for i in range(0, len(rows), micro)]
-    for idx in micro_chunks:
+    part_rows = share(len(rows), dist)
+    mine = rows[part_rows.start : part_rows.stop]
+    for idx in [mine[i : i + micro] for i in range(0, len(mine), micro)]:
         part = exp.select(idx)
         m = part.response_mask  # (b, R)
         weight = int(m.sum()) / mb_tokens
@@ -238,20 +251,24 @@ def minibatch_gradients(
         elif epoch == 0:  # only a statistic: the rollout policy's entropy, once per step
             with torch.no_grad():
                 micro_stats["ppo/entropy"] = float(masked_mean(entropy_from_logits(out.logits, m), m))
-        if ptx:  # one demonstration micro-batch per PPO micro-batch, averaged over the minibatch
-            chosen = [ptx[(cursor + j) % len(ptx)] for j in range(micro)]
-            cursor += micro
-            batch = {n: t.to(exp.query_ids.device) for n, t in collate_sft(chosen, pad_id).items()}
-            logits = model.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-            ptx_term, ptx_stats = ptx_loss(logits, batch["labels"], coef=cfg.ptx_coef)
-            loss = loss + ptx_term / len(micro_chunks)
-            for key, v in ptx_stats.items():  # plain mean over micro-batches
-                stats_sum[key] = stats_sum.get(key, 0.0) + v / len(micro_chunks)
         check_finite(number, [("loss", loss, None)])
         loss.backward()
         for key, v in micro_stats.items():
             stats_sum[key] = stats_sum.get(key, 0.0) + weight * v
-    return stats_sum, cursor
+    if not ptx:
+        return stats_sum, ptx_cursor
+    # PPO-ptx: as many demonstration micro-batches as one process runs PPO micro-batches, averaged
+    chunks = -(-len(rows) // micro)
+    for j in share(chunks, dist):
+        chosen = [ptx[(ptx_cursor + j * micro + i) % len(ptx)] for i in range(micro)]
+        batch = {n: t.to(exp.query_ids.device) for n, t in collate_sft(chosen, pad_id).items()}
+        logits = model.policy(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        ptx_term, ptx_stats = ptx_loss(logits, batch["labels"], coef=cfg.ptx_coef)
+        check_finite(number, [("ptx loss", ptx_term, None)])
+        (ptx_term / chunks).backward()
+        for key, v in ptx_stats.items():  # plain mean over the micro-batches
+            stats_sum[key] = stats_sum.get(key, 0.0) + v / chunks
+    return stats_sum, ptx_cursor + chunks * micro
 
 
 def ppo_update(
@@ -263,13 +280,16 @@ def ppo_update(
     number: int,
     micro: int,
     ptx: Sequence[Any] = (),
+    dist: DataParallel | None = None,
 ) -> tuple[UpdateStats, int]:
     """Recipe step 5: ``cfg.ppo_epochs`` passes over ``exp`` in shuffled minibatches; (stats, micro).
 
     One optimizer step per minibatch of ``cfg.minibatch_size`` rows (clipped policy + value loss,
     entropy bonus, PPO-ptx; global-norm clipping). ``micro``: the micro-batch, halved after an
-    out-of-memory error (the smaller size is returned). Step ``number`` (1-based) picks the
-    demonstrations, so a resumed run uses the same ones.
+    out-of-memory error in one process (the smaller size is returned). Step ``number`` (1-based)
+    picks the demonstrations, so a resumed run uses the same ones. ``dist``: every process holds
+    the full ``exp`` and draws the same permutation; each computes its slice of a minibatch and
+    the gradients are summed (:func:`~rlhf_core.ppo.parallel.all_reduce_gradients`) before clipping.
     """
     model, B = models.model, exp.batch_size
     params = [p for p in model.parameters() if p.requires_grad]
@@ -280,16 +300,23 @@ def ppo_update(
             gradients = functools.partial(
                 minibatch_gradients, model=model, optimizer=optimizer, exp=exp, rows=rows, cfg=cfg, epoch=epoch,
                 number=number, ptx=ptx, ptx_cursor=ptx_cursor, pad_id=models.pad_id,
-                mismatch=update.mismatch if epoch == 0 and k == 0 else None,
+                mismatch=update.mismatch if epoch == 0 and k == 0 else None, dist=dist,
             )
-            (stats, ptx_cursor), micro = retry_smaller_on_oom(
-                gradients, micro, stage=STAGE, step=number, total=len(rows), model=model, device=models.device
-            )
+            if dist is None:
+                (stats, ptx_cursor), micro = retry_smaller_on_oom(
+                    gradients, micro, stage=STAGE, step=number, total=len(rows), model=model, device=models.device
+                )
+            else:  # no retry: the other processes would already be inside the all-reduce
+                stats, ptx_cursor = gradients(micro)
+                all_reduce_gradients(params, dist)
+                stats = sum_stats(stats, dist)
             grad_norm = torch.nn.utils.clip_grad_norm_(params, cfg.optim.max_grad_norm)
             check_finite(number, [("gradient norm", grad_norm, None)])
             optimizer.step()
             update.grad_norms.append(float(grad_norm))
             update.minibatches.append(stats)
+    if dist is not None:
+        update.mismatch = [max_over(max(update.mismatch, default=0.0), dist)]
     return update, micro
 
 
@@ -348,6 +375,7 @@ def train_ppo(
     seed: int = 0,
     resume: bool | str | Path = True,
     progress: bool = False,
+    dist: DataParallel | None = None,
 ) -> PPOResult:
     """Train ``policy`` in place with PPO against ``reward_model``; see the module docstring.
 
@@ -360,8 +388,14 @@ def train_ppo(
     ``reward_prompt_format``: how the reward model's inputs were rendered when its tokenizer
     differs from the policy's (default "auto": chat when the reward tokenizer has a template, as RM training does).
     Writes checkpoints under ``output_dir/checkpoints`` and the final policy to ``output_dir/model``.
+    ``dist``: train data-parallel in this process group (:mod:`rlhf_core.ppo.parallel`); every
+    process passes the same arguments; rank 0 alone tracks and writes checkpoints and the model.
     """
-    tracker, optim, B, per_prompt = tracker or NullTracker(), cfg.optim, cfg.rollout_size, cfg.samples_per_prompt
+    main = dist is None or dist.is_main
+    tracker = (tracker or NullTracker()) if main else NullTracker()
+    optim, B, per_prompt = cfg.optim, cfg.rollout_size, cfg.samples_per_prompt
+    if dist is not None:
+        cfg.check_processes(dist.world_size)
     set_seed(seed)
     items, ptx = prepare_inputs(cfg, policy, tokenizer, prompts, ptx_examples, resolve_format(tokenizer, cfg.prompt_format))
     models = build_models(cfg, policy, tokenizer, reward_model, reward_tokenizer, ref_model=ref_model,
@@ -373,10 +407,12 @@ def train_ppo(
     )
     run = RunState(
         STAGE, Path(output_dir), optim, fingerprint=run_fingerprint(cfg, items, seed), tracker=tracker,
-        model=models.model, optimizer=optimizer, scheduler=scheduler,
+        model=models.model, optimizer=optimizer, scheduler=scheduler, is_main=main,
+        barrier=dist.barrier if dist is not None else None,
         extra_state=lambda: {"kl_controller": kl_ctl.state_dict(), "micro_batch_size": micro},
     )
-    state = run.resume(resume, fingerprint_defaults={"samples_per_prompt": 1})  # older checkpoints: 1
+    state = run.resume(resume, fingerprint_defaults={"samples_per_prompt": 1},  # older checkpoints: 1
+                       first=dist.main_first() if dist is not None else None)  # rank 0 prunes first
     if state is not None:
         kl_ctl.load_state_dict(state["kl_controller"])
     # the micro-batch of the scoring passes and the update: halved after an out-of-memory error
@@ -389,14 +425,15 @@ def train_ppo(
             # a prompt's samples sit next to each other (center_scores' groups)
             batch = [items[i] for i in prompt_indices(step, B // per_prompt, len(items), seed) for _ in range(per_prompt)]
             # 1-4. rollout, score, KL-penalised rewards, values + GAE
-            exp, micro = make_experience(models, cfg, batch, kl_coef=kl_ctl.value, number=number, micro=micro, gold_fn=gold_fn)
+            exp, micro = make_experience(models, cfg, batch, seeds=rollout_seeds(seed, number, B), kl_coef=kl_ctl.value,
+                                         number=number, micro=micro, gold_fn=gold_fn, dist=dist)
             if stop_reason := kl_stop_reason(exp, cfg, number):
                 log.warning(stop_reason)
                 number = step  # this step did not train
                 break
             # 5. PPO epochs over minibatches, then the schedule and the KL controller
             t0 = time.perf_counter()
-            update, micro = ppo_update(models, optimizer, exp, cfg, number=number, micro=micro, ptx=ptx)
+            update, micro = ppo_update(models, optimizer, exp, cfg, number=number, micro=micro, ptx=ptx, dist=dist)
             lr = optimizer.param_groups[0]["lr"]
             scheduler.step()
             kl_ctl.update(exp.mean_kl, B)
@@ -406,11 +443,7 @@ def train_ppo(
             run.record(number, metrics, {"reward": metrics["ppo/reward"], "kl": exp.mean_kl})
     final_step = number if stop_reason else max(run.start_step, optim.max_steps)
     checkpoint = run.finish(final_step)
-    model_dir = save_stage_model(
-        models.model.policy, tokenizer, Path(output_dir) / MODEL_DIR, stage=STAGE, step=final_step,
-        lora=is_peft_model(models.model.policy),
-    )
-    tracker.log_artifact(model_dir)
+    model_dir = save_final_policy(models.model.policy, tokenizer, Path(output_dir), final_step, tracker, dist)
     return PPOResult(
         stage=STAGE, model_dir=model_dir, steps=final_step, resumed_from_step=run.start_step,
         metrics=run.last_metrics, history=run.history, wall_seconds=run.wall_seconds,
@@ -418,6 +451,19 @@ def train_ppo(
         checkpoint_dir=checkpoint, trainable_parameters=count_trainable(models.model)[0],
         stopped_early=stop_reason is not None, stop_reason=stop_reason,
     )
+
+
+def save_final_policy(
+    policy: torch.nn.Module, tokenizer: Any, output_dir: Path, step: int, tracker: Tracker, dist: DataParallel | None
+) -> Path:
+    """The trained policy in ``output_dir/model`` (rank 0 writes it, the others wait); its path."""
+    model_dir = output_dir / MODEL_DIR
+    if dist is None or dist.is_main:
+        model_dir = save_stage_model(policy, tokenizer, model_dir, stage=STAGE, step=step, lora=is_peft_model(policy))
+        tracker.log_artifact(model_dir)
+    if dist is not None:
+        dist.barrier()
+    return model_dir
 
 
 def run_fingerprint(cfg: PPOConfig, items: Sequence[PromptItem], seed: int) -> dict[str, Any]:

@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
 
 from rlhf_core.tracking import Tracker
-from tasks.distributed import STAGES
 
 if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
@@ -74,11 +72,3 @@ def log_curated_inputs(tracker: StageTracker, data_outputs: Mapping[str, str], n
         path = Path(data_outputs[name])
         tracker.log_dataset(pd.read_parquet(path), path, name, context)
 
-
-def one_process_note(cfg: PipelineConfig, stage: str) -> None:
-    """Warn that ``distributed.num_processes`` does not apply to ``stage`` (one not in tasks.distributed.STAGES)."""
-    if cfg.distributed.enabled:
-        logging.getLogger(__name__).warning(
-            "%s trains in one process: distributed.num_processes=%d applies to the %s stages only",
-            stage, cfg.distributed.num_processes, ", ".join(STAGES),
-        )
