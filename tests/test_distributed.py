@@ -122,7 +122,7 @@ def test_worker_failure_is_reported_with_its_cause_and_log(tmp_path):
                                 "sft.optim.max_length=8"])  # every demonstration is longer than 8 tokens
     run = _run_dir(tmp_path / "run")
     with pytest.raises(TrainingError, match=r"sft: 2-process training \(backend gloo, ddp\) exited with code 1: "
-                                            r"rank \d: DataError: sft train data: row d0: sequence has \d+ tokens .*; full log: .*distributed.log"):
+                                            r"rank \d: TooLongError: sft train data: row d0: sequence has \d+ tokens .*; full log: .*distributed.log"):
         train_distributed("sft", cfg, model_dir="tiny", run_dir=str(run.path), mlflow_run_id=None, tracking_uri=None)
 
 
