@@ -2,7 +2,7 @@
 
 :func:`make_experience` runs, for one PPO step::
 
-    1. rollout      sample responses                                sampling.sample
+    1. rollout      sample responses                                the rollout engine (rlhf_core.rollout)
     2. score        reward model on prompt + response (- missing EOS) score.*
     3. KL penalty   per-token KL to the reference in the reward      kl.kl_penalized_rewards
     4. values, GAE  critic values, advantages + returns, whitening   value.*, gae.compute_gae
@@ -36,7 +36,8 @@ from rlhf_core.ppo.kl import kl_estimate, kl_penalized_rewards, reference_logpro
 from rlhf_core.ppo.loss import token_sum
 from rlhf_core.ppo.score import RewardFn, apply_missing_eos_penalty, center_scores, retokenize, reward_scores
 from rlhf_core.ppo.value import PolicyWithValue
-from rlhf_core.sampling import QueryResponse, Rollout, sample
+from rlhf_core.rollout import RolloutEngine
+from rlhf_core.sampling import QueryResponse, Rollout
 from rlhf_core.training import retry_smaller_on_oom
 
 STAGE = "ppo"
@@ -57,6 +58,7 @@ class PPOModels:
     pad_id: int
     from_sampler: bool  # log-probs (and shared-head values) read off the sampling loop, not recomputed
     device: torch.device
+    engine: RolloutEngine  # samples the rollouts; close() it when the stage ends
 
 
 @dataclass
@@ -85,6 +87,7 @@ class Experience(QueryResponse):
     advantages: torch.Tensor  # (B, R) GAE, whitened when cfg.whiten_advantages
     returns: torch.Tensor  # (B, R) advantages (before whitening) + values
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # generation / scoring / preparation
+    engine_mismatch: float | None = None  # max |engine - trainer| log-prob over the response tokens (vllm engine)
 
     @property
     def batch_size(self) -> int:
@@ -172,6 +175,23 @@ def check_finite(number: int, checks: Sequence[tuple[str, torch.Tensor, torch.Te
             )
 
 
+def engine_logprob_mismatch(ro: Rollout, logprobs: torch.Tensor, cfg: PPOConfig, number: int) -> float:
+    """Largest |engine - trainer| log-prob (B, R) over the response tokens; TrainingError past the configured bound.
+
+    The trainer's own log-probs are the ones PPO uses; a gap past ``rollout.max_logprob_mismatch``
+    means the engine sampled from other weights than the trainer's (a failed weight sync).
+    """
+    gap = (ro.logprobs.to(logprobs.device) - logprobs).abs()[ro.response_mask]
+    worst = float(gap.max()) if gap.numel() else 0.0
+    if worst > cfg.rollout.max_logprob_mismatch:
+        raise TrainingError(
+            f"ppo: at step {number} the {cfg.rollout.engine} rollout engine's log-probs differ from the trainer's by up to "
+            f"{worst:.3g} nats (bound ppo.rollout.max_logprob_mismatch = {cfg.rollout.max_logprob_mismatch}): it is not "
+            "sampling from the trained weights"
+        )
+    return worst
+
+
 # ----------------------------------------------------------------------------- the phase
 def make_experience(
     models: PPOModels,
@@ -198,10 +218,9 @@ def make_experience(
 
     # 1. rollout
     t0 = time.perf_counter()
-    ro = sample(
-        m.policy, [it.ids for it in prompts], device=device, max_new_tokens=cfg.max_new_tokens,
-        eos_id=models.eos_ids, pad_id=models.pad_id, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        score_tokens=models.from_sampler, keep_hidden=models.from_sampler and m.value_head is not None,
+    ro = models.engine.generate(
+        [it.ids for it in prompts], seeds=None, max_new_tokens=cfg.max_new_tokens, eos_id=models.eos_ids,
+        pad_id=models.pad_id, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
     )
     mask = ro.response_mask  # (B, R)
     texts = models.tokenizer.batch_decode(torch.where(mask, ro.response_ids, models.pad_id), skip_special_tokens=True)
@@ -229,6 +248,7 @@ def make_experience(
         ro.hidden = None  # (B, R, H): not needed past this point
     else:
         logprobs, values = retry(lambda n: rollout_logprobs_values(m, ro, temperature=cfg.temperature, batch_size=n))
+    engine_mismatch = None if models.from_sampler or ro.logprobs is None else engine_logprob_mismatch(ro, logprobs, cfg, number)
     ref_lp = retry(
         lambda n: rollout_reference_logprobs(m.policy, models.ref_model, ro, temperature=cfg.temperature, batch_size=n)
     )
@@ -250,4 +270,5 @@ def make_experience(
         raw_scores=raw_scores, scores=scores, gold=gold, kl=kl, kl_coef=kl_coef, rl_scores=rl_scores,
         rewards=rewards, advantages=advantages, returns=returns,
         seconds={"generation": t_gen, "scoring": t_score, "preparation": time.perf_counter() - t0},
+        engine_mismatch=engine_mismatch,
     ), micro
