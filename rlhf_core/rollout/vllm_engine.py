@@ -85,6 +85,8 @@ class VLLMEngine:
         dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the venv sees only its own packages
         env.update(VLLM_CPU_KVCACHE_SPACE=str(cfg.kv_cache_gib), VLLM_ENABLE_V1_MULTIPROCESSING="0", HF_HUB_OFFLINE="1")
+        # the trainer waits while the engine samples: the engine may use the trainer's threads (vLLM would take 1)
+        env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
