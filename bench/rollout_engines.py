@@ -10,7 +10,8 @@ data, 48 new tokens at temperature 0.7 (the demo's ``ppo`` section). Reported se
   the shared value head's hidden states read off the loop), seconds and response tokens/s per batch;
 * ``vllm``: engine start (weights written + process + first token), then the same batches with
   per-row seeds, then ``load_weights`` (LoRA merged into a copy, safetensors written, reloaded in
-  place) timed ``--syncs`` times: what one PPO step adds per update.
+  place) timed ``--syncs`` times: what one PPO step adds per update; and per batch the largest
+  |vLLM - trainer| log-prob of a response token (what PPO logs as ``ppo/logprob_mismatch``).
 
 Response tokens = tokens up to and including each row's first EOS (what PPO trains on).
 Requires the vLLM venv (`make vllm`). On a shared machine the figures move with its load (the
@@ -57,7 +58,10 @@ def load_policy():
     return policy, ids, eos, tok.pad_token_id if tok.pad_token_id is not None else eos[0]
 
 
-def timed_batches(engine, ids, eos, pad, batches: int, seeded: bool) -> list[dict]:
+def timed_batches(engine, ids, eos, pad, batches: int, seeded: bool, policy=None) -> list[dict]:
+    """``policy`` given: also the largest |engine - trainer| log-prob of each batch's response tokens."""
+    from rlhf_core.ppo.logprobs import policy_logprobs
+
     out = []
     for b in range(batches):
         torch.manual_seed(b)
@@ -68,6 +72,11 @@ def timed_batches(engine, ids, eos, pad, batches: int, seeded: bool) -> list[dic
         seconds = time.perf_counter() - t0
         tokens = int(ro.response_mask.sum())
         out.append({"seconds": seconds, "tokens": tokens, "tokens_per_s": tokens / seconds})
+        if policy is not None:
+            with torch.no_grad():
+                lp = policy_logprobs(policy, ro.query_response_ids, ro.attention_mask, ro.response_start, TEMPERATURE)
+            out[-1]["max_logprob_gap"] = float((ro.logprobs - lp).abs()[ro.response_mask].max())
+        print(f"  {type(engine).__name__} batch {b}: {tokens} tokens in {seconds:.1f} s", flush=True)
     return out
 
 
@@ -84,9 +93,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batches", type=int, default=3)
     parser.add_argument("--syncs", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads(),
+                        help="torch threads of the trainer side; the vLLM engine gets as many (default: torch's)")
     parser.add_argument("--vllm-python", default=str(ROOT / ".venv-vllm" / "bin" / "python"))
     parser.add_argument("--out", default=str(ROOT / "bench" / "results" / "rollout_engines.json"))
     args = parser.parse_args()
+    torch.set_num_threads(args.threads)
     policy, ids, eos, pad = load_policy()
     result = {"shapes": {"prompts": PROMPTS, "max_new_tokens": NEW_TOKENS, "temperature": TEMPERATURE,
                          "model": "SmolLM2-135M-Instruct fp32 + LoRA r16 q/k/v/o"},
@@ -100,7 +112,8 @@ def main() -> None:
                                               max_model_len=512))
     try:
         start = time.perf_counter() - t0
-        result["vllm"] = {"start_seconds": start, **summary(timed_batches(engine, ids, eos, pad, args.batches, seeded=True))}
+        result["vllm"] = {"start_seconds": start, **summary(timed_batches(engine, ids, eos, pad, args.batches, seeded=True,
+                                                                                   policy=policy))}
         result["vllm"]["weight_sync_seconds"] = [engine.load_weights(policy) for _ in range(args.syncs)]
     finally:
         engine.close()

@@ -39,7 +39,7 @@ from rlhf_core.config.ppo import RolloutConfig
 from rlhf_core.errors import ConfigError, ModelLoadError, TrainingError
 from rlhf_core.processes import guarded, stop_tree
 from rlhf_core.rollout import vllm_venv_problem
-from rlhf_core.sampling import Rollout, _eos_tensor, left_pad, truncate_after_eos
+from rlhf_core.sampling import Rollout, left_pad, truncate_after_eos
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,8 @@ class VLLMEngine:
             raise ConfigError(problem)
         self.device = torch.device(device)
         self.dir = Path(tempfile.mkdtemp(prefix="rlhf-vllm-"))
-        self.log_path = Path(log_path) if log_path is not None else self.dir / "engine.log"
+        # the log outlives the engine: an error names it
+        self.log_path = Path(log_path) if log_path is not None else self.dir.with_suffix(".log")
         self.proc: subprocess.Popen | None = None
         self.weights = self.dir / "weights-0"
         self.syncs = 0
@@ -186,7 +187,7 @@ class VLLMEngine:
         ids, mask = truncate_after_eos(tokens, eos_id, pad_id)  # (B, R)
         mask = mask & (torch.arange(R) < lengths.unsqueeze(1))  # a row shorter than R ends there
         ids = torch.where(mask, ids, torch.full_like(ids, pad_id))
-        has_eos = (torch.isin(ids, _eos_tensor(eos_id, ids.device)) & mask).any(-1)  # (B,)
+        has_eos = (torch.isin(ids, torch.tensor(stop_ids)) & mask).any(-1)  # (B,)
         d = self.device
         return Rollout(
             query_ids=query_ids.to(d), query_mask=query_mask.to(d), response_ids=ids.to(d), response_mask=mask.to(d),

@@ -95,6 +95,9 @@ def serve(llm, requests, out) -> None:
                 t0 = time.perf_counter()
                 llm.collective_rpc("reload_weights", kwargs={"weights_path": request["path"]})
                 llm.apply_model(repack_tied_head)
+                # cached prompt blocks hold keys/values of the old weights
+                if not llm.reset_prefix_cache():
+                    raise RuntimeError("vLLM refused to reset its prefix cache after the weight reload")
                 reply(out, {"seconds": time.perf_counter() - t0})
             elif op == "close":
                 reply(out, {"closed": True})
