@@ -91,7 +91,7 @@ class VLLMEngine:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
             self.proc = subprocess.Popen(
-                guarded([str(Path(cfg.vllm_python).expanduser()), str(SERVER), "--model", str(self.weights),
+                guarded([str(Path(cfg.vllm_python).expanduser().absolute()), str(SERVER), "--model", str(self.weights),
                          "--dtype", dtype, "--max-model-len", str(max_len)]),
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log_file, env=env, text=True,
             )
