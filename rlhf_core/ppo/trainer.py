@@ -16,7 +16,10 @@ The rollout's log-probs come from the sampling loop itself or from a second forw
 sampler also yields the values, so the step runs no policy pass besides sampling and the
 update. ``ppo/logprob_mismatch`` is the largest |log-prob of the first minibatch's forward
 pass - rollout log-prob| before any update of the step: 0 when recomputed, rounding noise
-when read off the sampler. The policy stays in ``eval()`` mode throughout (dropout off), so
+when read off the sampler. With ``rollout.engine='vllm'`` (rlhf_core.rollout) the log-probs are
+always recomputed by the trainer, ``ppo/logprob_mismatch`` is the largest |vLLM - trainer|
+log-prob over the step's response tokens (past ``rollout.max_logprob_mismatch`` the run stops),
+and ``time/weight_sync`` is the time to hand the updated weights to the engine. The policy stays in ``eval()`` mode throughout (dropout off), so
 the recomputed log-probs equal the first minibatch's and the PPO ratio starts at exactly 1.
 
 Exact resume: the prompt order is a pure function of ``(seed, prompt position)`` and each
@@ -69,6 +72,9 @@ from rlhf_core.ppo.loss import entropy_from_logits, explained_variance, ppo_poli
 from rlhf_core.ppo.parallel import all_reduce_gradients, max_over, rollout_seeds, share, sum_stats
 from rlhf_core.ppo.score import RewardFn, tokenizers_match
 from rlhf_core.ppo.value import PolicyWithValue, build_policy_with_value
+from rlhf_core.rollout import RolloutEngine
+from rlhf_core.rollout.hf_engine import HFEngine
+from rlhf_core.rollout.vllm_engine import VLLMEngine
 from rlhf_core.stage_io import MODEL_DIR, save_stage_model
 from rlhf_core.tracking import NullTracker, Tracker
 from rlhf_core.training import (
@@ -111,8 +117,16 @@ def prompt_indices(step: int, batch_size: int, n_prompts: int, seed: int) -> lis
     return out
 
 
+def engine_log_name(dist: DataParallel | None) -> str:
+    """Where a vllm rollout engine's own log goes, under the stage directory (one engine per process)."""
+    return "vllm-engine.log" if dist is None or dist.world_size == 1 else f"vllm-engine.rank{dist.rank}.log"
+
+
 def use_sampler_logprobs(cfg: PPOConfig, policy: torch.nn.Module) -> bool:
-    """Resolve ``cfg.rollout_logprobs``: 'auto' reads them off the sampler when the policy computes in fp32."""
+    """Resolve ``cfg.rollout_logprobs``: 'auto' reads them off the sampler when the policy computes in fp32
+    and the sampler is the trainer's own (``rollout.engine='hf'``)."""
+    if cfg.rollout.engine != "hf":
+        return False
     if cfg.rollout_logprobs != "auto":
         return cfg.rollout_logprobs == "sampler"
     return next(policy.parameters()).dtype == torch.float32
@@ -153,8 +167,10 @@ def build_models(
     value_model: torch.nn.Module | None,
     reward_prompt_format: str | None,
     seed: int,
+    engine_log: Path | None = None,
 ) -> PPOModels:
-    """LoRA adapters, the frozen reference, policy + critic in eval mode, and how each model reads its input."""
+    """LoRA adapters, the frozen reference, policy + critic in eval mode, how each model reads its input, and
+    the rollout engine (started last; ``engine_log``: where a vllm engine's own log goes)."""
     device = next(policy.parameters()).device
     same_tokenizer = tokenizers_match(tokenizer, reward_tokenizer)
     reward_fmt = None if same_tokenizer else resolve_format(reward_tokenizer, reward_prompt_format or "auto")
@@ -174,10 +190,16 @@ def build_models(
     model.eval()  # dropout off for the whole run (see module docstring); gradients still flow
     if isinstance(reward_model, torch.nn.Module):
         reward_model.eval()
+    from_sampler = use_sampler_logprobs(cfg, model.policy)
+    if cfg.rollout.engine == "vllm":
+        engine: RolloutEngine = VLLMEngine(model.policy, cfg.rollout, device=device, log_path=engine_log)
+    else:
+        engine = HFEngine(model.policy, device=device, score_tokens=from_sampler,
+                          keep_hidden=from_sampler and model.value_head is not None)
     return PPOModels(
         model=model, ref_model=ref_model, reward_model=reward_model, tokenizer=tokenizer,
         reward_tokenizer=reward_tokenizer, reward_fmt=reward_fmt, eos_ids=eos_ids, pad_id=pad_id,
-        from_sampler=use_sampler_logprobs(cfg, model.policy), device=device,
+        from_sampler=from_sampler, device=device, engine=engine,
     )
 
 
@@ -351,12 +373,23 @@ def step_metrics(exp: Experience, update: UpdateStats, *, lr: float, update_seco
         "time/scoring": exp.seconds["scoring"],
         "time/update": exp.seconds["preparation"] + update_seconds,
     }
+    if exp.engine_mismatch is not None:  # the trainer recomputed the log-probs: compare the engine's
+        metrics["ppo/logprob_mismatch"] = exp.engine_mismatch
     if exp.gold is not None:
         metrics["ppo/gold"] = float(np.mean(exp.gold))
     return metrics
 
 
 # ----------------------------------------------------------------------------- the loop
+def build_optimization(models: PPOModels, cfg: PPOConfig) -> tuple[Any, Any, KLController]:
+    """AdamW over the trainable parameters, its schedule, and the KL coefficient's controller."""
+    optimizer = build_optimizer(models.model, cfg.optim)
+    kl_ctl: KLController = (
+        AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
+    )
+    return optimizer, build_scheduler(optimizer, cfg.optim), kl_ctl
+
+
 def train_ppo(
     cfg: PPOConfig,
     policy: torch.nn.Module,
@@ -399,48 +432,52 @@ def train_ppo(
     set_seed(seed)
     items, ptx = prepare_inputs(cfg, policy, tokenizer, prompts, ptx_examples, resolve_format(tokenizer, cfg.prompt_format))
     models = build_models(cfg, policy, tokenizer, reward_model, reward_tokenizer, ref_model=ref_model,
-                          value_model=value_model, reward_prompt_format=reward_prompt_format, seed=seed)
-    optimizer = build_optimizer(models.model, optim)
-    scheduler = build_scheduler(optimizer, optim)
-    kl_ctl: KLController = (
-        AdaptiveKLController(cfg.kl_coef, cfg.kl_target, cfg.kl_horizon) if cfg.adaptive_kl else FixedKLController(cfg.kl_coef)
-    )
-    run = RunState(
-        STAGE, Path(output_dir), optim, fingerprint=run_fingerprint(cfg, items, seed), tracker=tracker,
-        model=models.model, optimizer=optimizer, scheduler=scheduler, is_main=main,
-        barrier=dist.barrier if dist is not None else None,
-        extra_state=lambda: {"kl_controller": kl_ctl.state_dict(), "micro_batch_size": micro},
-    )
-    state = run.resume(resume, fingerprint_defaults={"samples_per_prompt": 1},  # older checkpoints: 1
-                       first=dist.main_first() if dist is not None else None)  # rank 0 prunes first
-    if state is not None:
-        kl_ctl.load_state_dict(state["kl_controller"])
-    # the micro-batch of the scoring passes and the update: halved after an out-of-memory error
-    micro = int((state or {}).get("micro_batch_size") or optim.micro_batch_size)
-    tracker.log_params(config_params(cfg, STAGE))
-    stop_reason, number, tokens = None, run.start_step, 0
-    with run.steps(progress) as steps:
-        for step in steps:
-            number = step + 1
-            # a prompt's samples sit next to each other (center_scores' groups)
-            batch = [items[i] for i in prompt_indices(step, B // per_prompt, len(items), seed) for _ in range(per_prompt)]
-            # 1-4. rollout, score, KL-penalised rewards, values + GAE
-            exp, micro = make_experience(models, cfg, batch, seeds=rollout_seeds(seed, number, B), kl_coef=kl_ctl.value,
-                                         number=number, micro=micro, gold_fn=gold_fn, dist=dist)
-            if stop_reason := kl_stop_reason(exp, cfg, number):
-                log.warning(stop_reason)
-                number = step  # this step did not train
-                break
-            # 5. PPO epochs over minibatches, then the schedule and the KL controller
-            t0 = time.perf_counter()
-            update, micro = ppo_update(models, optimizer, exp, cfg, number=number, micro=micro, ptx=ptx, dist=dist)
-            lr = optimizer.param_groups[0]["lr"]
-            scheduler.step()
-            kl_ctl.update(exp.mean_kl, B)
-            # 6. log, progress, checkpoint
-            tokens += int(exp.attention_mask.sum())
-            metrics = step_metrics(exp, update, lr=lr, update_seconds=time.perf_counter() - t0)
-            run.record(number, metrics, {"reward": metrics["ppo/reward"], "kl": exp.mean_kl})
+                          value_model=value_model, reward_prompt_format=reward_prompt_format, seed=seed,
+                          engine_log=Path(output_dir) / engine_log_name(dist))
+    try:
+        optimizer, scheduler, kl_ctl = build_optimization(models, cfg)
+        run = RunState(
+            STAGE, Path(output_dir), optim, fingerprint=run_fingerprint(cfg, items, seed), tracker=tracker,
+            model=models.model, optimizer=optimizer, scheduler=scheduler, is_main=main,
+            barrier=dist.barrier if dist is not None else None,
+            extra_state=lambda: {"kl_controller": kl_ctl.state_dict(), "micro_batch_size": micro},
+        )
+        state = run.resume(resume, fingerprint_defaults={"samples_per_prompt": 1},  # older checkpoints: 1
+                           first=dist.main_first() if dist is not None else None)  # rank 0 prunes first
+        if state is not None:
+            kl_ctl.load_state_dict(state["kl_controller"])
+            models.engine.load_weights(models.model.policy)  # the engine started from the weights before the resume
+        # the micro-batch of the scoring passes and the update: halved after an out-of-memory error
+        micro = int((state or {}).get("micro_batch_size") or optim.micro_batch_size)
+        tracker.log_params(config_params(cfg, STAGE))
+        stop_reason, number, tokens = None, run.start_step, 0
+        with run.steps(progress) as steps:
+            for step in steps:
+                number = step + 1
+                # a prompt's samples sit next to each other (center_scores' groups)
+                batch = [items[i] for i in prompt_indices(step, B // per_prompt, len(items), seed) for _ in range(per_prompt)]
+                # 1-4. rollout, score, KL-penalised rewards, values + GAE
+                exp, micro = make_experience(models, cfg, batch, seeds=rollout_seeds(seed, number, B), kl_coef=kl_ctl.value,
+                                             number=number, micro=micro, gold_fn=gold_fn, dist=dist)
+                if stop_reason := kl_stop_reason(exp, cfg, number):
+                    log.warning(stop_reason)
+                    number = step  # this step did not train
+                    break
+                # 5. PPO epochs over minibatches, then the schedule and the KL controller
+                t0 = time.perf_counter()
+                update, micro = ppo_update(models, optimizer, exp, cfg, number=number, micro=micro, ptx=ptx, dist=dist)
+                lr = optimizer.param_groups[0]["lr"]
+                scheduler.step()
+                kl_ctl.update(exp.mean_kl, B)
+                sync_seconds = models.engine.load_weights(models.model.policy) if number < optim.max_steps else 0.0
+                # 6. log, progress, checkpoint
+                tokens += int(exp.attention_mask.sum())
+                metrics = step_metrics(exp, update, lr=lr, update_seconds=time.perf_counter() - t0 - sync_seconds)
+                if cfg.rollout.engine != "hf":
+                    metrics["time/weight_sync"] = sync_seconds
+                run.record(number, metrics, {"reward": metrics["ppo/reward"], "kl": exp.mean_kl})
+    finally:
+        models.engine.close()  # a vllm engine's process tree, on error and interrupt too
     final_step = number if stop_reason else max(run.start_step, optim.max_steps)
     checkpoint = run.finish(final_step)
     model_dir = save_final_policy(models.model.policy, tokenizer, Path(output_dir), final_step, tracker, dist)
