@@ -163,3 +163,26 @@ def test_a_failed_request_is_named_and_the_reply_is_turned_into_a_rollout(policy
             engine.load_weights(policy)
         with pytest.raises(ValueError, match="top-k/top-p"):
             engine.generate(PROMPTS, seeds=[1, 2, 3], **{**GEN, "top_k": 5})
+
+
+def test_closing_an_engine_that_died_with_a_request_unsent_raises_nothing(policy, tmp_path):
+    # the request stays in stdin's buffer (the flush failed: no reader), which close() flushes again
+    cfg = fake_engine(tmp_path, """
+        print(json.dumps({"ready": True, "seconds": 0.0}), flush=True)
+        sys.exit(4)
+    """)
+    engine = VLLMEngine(policy, cfg, log_path=tmp_path / "engine.log")
+    engine.proc.wait(timeout=30)
+    with pytest.raises(TrainingError, match=r"died during generate \(exit status 4\)"):
+        engine.generate([[5, 6]], seeds=[1], **GEN)
+    engine.close()
+    assert not engine.dir.exists()
+
+
+def test_the_engine_gets_this_process_gpu_as_the_parent_sees_it(monkeypatch):
+    from rlhf_core.rollout.vllm_engine import visible_device
+
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,3")
+    assert visible_device(torch.device("cuda", 1)) == "3"  # local index 1 = physical GPU 3
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
+    assert visible_device(torch.device("cuda", 1)) == "1"

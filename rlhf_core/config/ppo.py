@@ -45,6 +45,10 @@ class RolloutConfig(StrictModel):
         ),
     )
     start_timeout_s: float = Field(600.0, gt=0, description="How long the vLLM engine may take to start.")
+    request_timeout_s: float = Field(
+        1800.0, gt=0,
+        description="How long one request to the vLLM engine (a rollout batch, a weight sync) may take before the stage fails.",
+    )
 
 
 class PPOConfig(StrictModel):

@@ -6,7 +6,8 @@ from the venv ``make vllm`` builds, with :mod:`rlhf_core.rollout.vllm_server` as
 The policy reaches it through files: its weights (LoRA adapters merged into a copy) are written
 as safetensors into a private temporary directory, which the engine starts from and, after every
 update, reloads in place (vLLM's ``reload_weights``). On CPU both sides share the memory
-bandwidth anyway; a GPU setup would sync through NCCL instead (not built here).
+bandwidth anyway. On CUDA the same files are used (an NCCL weight broadcast, as OpenRLHF and
+TRL's vllm-serve do, is not built), and the LoRA merge copies the policy on its device.
 
 The child cannot outlive the trainer (:func:`rlhf_core.processes.guarded`), and :meth:`close`
 stops its whole process tree (:func:`rlhf_core.processes.stop_tree`). Its log (vLLM's own
@@ -20,6 +21,7 @@ log-probs are those of the unfiltered, tempered distribution, as the interface s
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import logging
@@ -47,10 +49,32 @@ SERVER = Path(__file__).with_name("vllm_server.py")
 RESUME_HINT = "`rlhf run --resume` continues from the last checkpoint"
 
 
+def visible_device(device: torch.device) -> str:
+    """The ``CUDA_VISIBLE_DEVICES`` entry of ``device`` as this process sees it (its own list, if it has one)."""
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    visible = [d.strip() for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d.strip()]
+    return visible[index] if index < len(visible) else str(index)
+
+
 def write_weights(policy: torch.nn.Module, directory: Path) -> None:
-    """``policy``'s full weights (LoRA adapters merged, into a copy) and config, as HF safetensors in ``directory``."""
+    """``policy``'s full weights (LoRA adapters merged, into a copy) and config, as HF safetensors in ``directory``.
+
+    Written by hand, not with ``save_pretrained``: under torch.distributed transformers writes on
+    rank 0 only, and every data-parallel process feeds its own engine. A tied weight is written
+    once, under its source name (``lm_head.weight`` tied to the embeddings is left out, as HF does).
+    """
+    from safetensors.torch import save_file
+
     model = copy.deepcopy(policy).merge_and_unload() if hasattr(policy, "merge_and_unload") else policy
-    model.save_pretrained(directory, safe_serialization=True)
+    tied = getattr(model, "all_tied_weights_keys", None) or {}  # target -> source
+    state = model.state_dict()
+    for target, source in tied.items():
+        if target in state and source in state and state[target].data_ptr() == state[source].data_ptr():
+            del state[target]
+    directory.mkdir(parents=True, exist_ok=True)
+    save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(directory / "model.safetensors"),
+              metadata={"format": "pt"})
+    model.config.save_pretrained(directory)
 
 
 class VLLMEngine:
@@ -73,6 +97,7 @@ class VLLMEngine:
         self.proc: subprocess.Popen | None = None
         self.weights = self.dir / "weights-0"
         self.syncs = 0
+        self.request_timeout_s = cfg.request_timeout_s
         try:
             self._start(policy, cfg)
         except BaseException:
@@ -86,11 +111,11 @@ class VLLMEngine:
         dtype = str(next(policy.parameters()).dtype).removeprefix("torch.")
         env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}  # the venv sees only its own packages
         env.update(VLLM_CPU_KVCACHE_SPACE=str(cfg.kv_cache_gib), VLLM_ENABLE_V1_MULTIPROCESSING="0", HF_HUB_OFFLINE="1")
-        # the trainer waits while the engine samples: the engine may use the trainer's threads (vLLM would take 1)
-        env.setdefault("OMP_NUM_THREADS", str(torch.get_num_threads()))
+        # the trainer waits while the engine samples: the engine uses the trainer's threads (vLLM would take 1)
+        env["OMP_NUM_THREADS"] = str(torch.get_num_threads())
         extra: list[str] = []
         if self.device.type == "cuda":  # this process's GPU (one engine per data-parallel process), shared with the trainer
-            env["CUDA_VISIBLE_DEVICES"] = str(self.device.index if self.device.index is not None else torch.cuda.current_device())
+            env["CUDA_VISIBLE_DEVICES"] = visible_device(self.device)
             extra = ["--gpu-memory-utilization", str(cfg.gpu_memory_utilization)]
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log_file:
@@ -131,10 +156,14 @@ class VLLMEngine:
                 if deadline is not None and time.monotonic() > deadline:
                     raise TrainingError(f"vllm rollout engine: no answer to {doing} within {timeout:.0f} s; log {self.log_path}")
         line = self.proc.stdout.readline()
-        if not line:
-            self.proc.wait(timeout=30)
+        if not line.endswith("\n"):  # end of file, or a reply cut off: the process is ending
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=30)
             raise self._died(doing)
-        return json.loads(line)
+        try:
+            return json.loads(line)
+        except json.JSONDecodeError:
+            raise TrainingError(f"vllm rollout engine: unreadable answer to {doing}: {line[:200]!r}; log {self.log_path}") from None
 
     def _call(self, request: dict[str, Any]) -> dict[str, Any]:
         doing = request["op"]
@@ -145,7 +174,7 @@ class VLLMEngine:
             self.proc.stdin.flush()
         except (BrokenPipeError, OSError):
             raise self._died(doing) from None
-        reply = self._read(timeout=None, doing=doing)
+        reply = self._read(timeout=self.request_timeout_s, doing=doing)
         if "error" in reply:
             raise TrainingError(f"vllm rollout engine: {doing} failed: {reply['error']} (log {self.log_path})")
         return reply
@@ -222,12 +251,16 @@ class VLLMEngine:
                 proc.wait(timeout=30)
             except (BrokenPipeError, OSError, subprocess.TimeoutExpired):
                 pass
-        if proc is not None:
-            stop_tree(proc, grace_s=10.0)
-            for stream in (proc.stdin, proc.stdout):
-                if stream is not None:
-                    stream.close()
-        shutil.rmtree(self.dir, ignore_errors=True)
+        try:
+            if proc is not None:
+                stop_tree(proc, grace_s=10.0)
+                for stream in (proc.stdin, proc.stdout):
+                    if stream is not None:
+                        # closing stdin flushes what a failed request left buffered: a dead engine's pipe is broken
+                        with contextlib.suppress(OSError):
+                            stream.close()
+        finally:
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     def __enter__(self) -> VLLMEngine:
         return self
