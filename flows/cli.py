@@ -89,7 +89,7 @@ def run(
 
     Resumable: a killed run re-run with --resume skips finished stages and continues training from the last good checkpoint (a corrupt one is set aside).
 
-    Data-parallel SFT and reward model: --set distributed.num_processes=2 (DDP under torchrun; distributed.strategy=fsdp or deepspeed on CUDA). An impossible setup is refused before any stage starts.
+    Data-parallel SFT, reward model, DPO and PPO: --set distributed.num_processes=2 (DDP under torchrun; distributed.strategy=fsdp or deepspeed on CUDA for SFT/RM/DPO). PPO rollouts on vLLM: make vllm, then --set ppo.rollout.engine=vllm. An impossible setup is refused before any stage starts.
     """
     from flows.pipeline import run_pipeline
     from flows.runtime import Interrupted
