@@ -304,8 +304,10 @@ def machine_info() -> dict[str, Any]:
 
 
 def run_worker(python: Path, script: Path, side: str, spec_path: Path, out_path: Path, *, threads: int,
-               timeout: float, log_path: Path) -> dict[str, Any]:
+               timeout: float, log_path: Path, cpus: Sequence[int] | None = None) -> dict[str, Any]:
     """Run one worker in a fresh subprocess; its result JSON plus the child's rusage.
+
+    ``cpus``: pin the worker to these cores (two workers run side by side, each on its own core).
 
     ``child_cpu_s`` / ``child_maxrss_mib`` come from ``os.wait4`` (the whole process: imports,
     loading, training). A failed worker raises with the tail of its log.
@@ -315,7 +317,9 @@ def run_worker(python: Path, script: Path, side: str, spec_path: Path, out_path:
     cmd = [str(python), str(script), "--worker", side, "--spec", str(spec_path), "--out", str(out_path)]
     started = time.perf_counter()
     with open(log_path, "w") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads), cwd=str(ROOT))
+        pin = None if cpus is None else (lambda: os.sched_setaffinity(0, set(cpus)))
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=thread_env(threads), cwd=str(ROOT),
+                                preexec_fn=pin)
         deadline = started + timeout
         while True:
             pid, status, usage = os.wait4(proc.pid, os.WNOHANG)

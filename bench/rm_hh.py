@@ -2,6 +2,7 @@
 
     nice -n 10 .venv/bin/python bench/rm_hh.py                  # SmolLM2-135M, fp32 CPU (see --help for the budget)
     nice -n 10 .venv/bin/python bench/rm_hh.py --quick          # tiny random model, a few pairs: checks the harness
+    .venv/bin/python bench/rm_hh.py --threads 1 --concurrent     # both sides at once, one core each
 
 The sample (``--data``, default ``data/hh-rlhf/harmless-base-sample.jsonl.gz``) is read by the
 project's own importer, so conversations arrive as chat turns (``prompt_messages``) and rows the
@@ -11,7 +12,8 @@ Nothing is tuned on the held-out part: the settings below are fixed before the r
 
 Both sides train from the same base model directory on the same training pairs, in the same order
 budget (``--train-pairs`` pairs, one epoch, ``--batch-size`` pairs per step, AdamW at ``--lr``,
-cosine schedule, no warmup, max_length, fp32, threads); pairs longer than ``--max-length`` in our
+cosine schedule, no warmup, max_length, fp32, threads, no gradient checkpointing: TRL's
+``RewardConfig`` turns it on by default and is told not to); pairs longer than ``--max-length`` in our
 template rendering are left out up front on both sides (counted), so neither side truncates. Ours gets
 the rows as the data stage writes them (prompt turns + final replies, rendered through the chat
 template by ``rlhf_core.batching``); TRL gets the same turns as conversational ``chosen``/``rejected``
@@ -28,8 +30,10 @@ baselines on the same pairs (reply length in template tokens). Writes ``bench/re
 from __future__ import annotations
 
 import argparse
+import concurrent.futures
 import json
 import math
+import os
 import random
 import shutil
 import sys
@@ -123,6 +127,7 @@ def worker_trl(spec: dict[str, Any], out: Path) -> None:
         use_cpu=True, report_to="none", save_strategy="no", eval_strategy="no", logging_steps=10**6,
         disable_tqdm=True, dataloader_num_workers=0, seed=spec["seed"], data_seed=spec["seed"],
         max_length=spec["max_length"], center_rewards_coefficient=None,
+        gradient_checkpointing=False,  # RewardConfig turns it on by default: a second forward pass ours does not run
     )  # fmt: skip
     trainer = trl.RewardTrainer(model=model, args=args, train_dataset=Dataset.from_list(spec["trl_rows"]),
                                 processing_class=tokenizer, callbacks=[Meter()])
@@ -265,8 +270,13 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--threads", type=int, default=2, help="torch intra-op threads on both sides")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--timeout", type=float, default=3600, help="seconds per worker before it is killed")
+    ap.add_argument("--concurrent", action="store_true",
+                    help="run both sides at the same time, each pinned to its own core with --threads 1 "
+                         "(same machine state for both; half the wall time)")
     ap.add_argument("--out", type=Path, default=None)
     args = ap.parse_args(argv)
+    if args.concurrent and (args.threads != 1 or len(os.sched_getaffinity(0)) < 2):
+        ap.error("--concurrent needs --threads 1 and at least 2 usable cores (one per side)")
 
     from rlhf_core.config.model import ModelConfig
     from rlhf_core.models import load_tokenizer
@@ -302,19 +312,32 @@ def main(argv: list[str] | None = None) -> int:
     }
     held_examples = [examples[i] for i in held_idx]
     report["baselines"] = length_baselines(held_examples, args.seed)
-    for side in SIDES:
+    cores = sorted(os.sched_getaffinity(0))[:2] if args.concurrent else None
+    report["settings"]["concurrent"] = bool(args.concurrent)
+
+    def run_side(side: str) -> dict[str, Any]:
         python = C.OUR_PYTHON if side == "ours" else C.TRL116_PYTHON
         res_path = C.SCRATCH / f"result-rmhh-{side}.json"
         res_path.unlink(missing_ok=True)
-        print(f"{side}: training on {len(train)} pairs ({steps} steps), scoring {len(held)} held-out ...", flush=True)
-        res = C.run_worker(python, SCRIPT, side, spec_path, res_path, threads=args.threads, timeout=args.timeout,
-                           log_path=C.SCRATCH / f"log-rmhh-{side}.txt")
+        core = None if cores is None else [cores[SIDES.index(side)]]
+        print(f"{side}: training on {len(train)} pairs ({steps} steps), scoring {len(held)} held-out"
+              f"{'' if core is None else f' (core {core[0]})'} ...", flush=True)
+        return C.run_worker(python, SCRIPT, side, spec_path, res_path, threads=args.threads, timeout=args.timeout,
+                            log_path=C.SCRATCH / f"log-rmhh-{side}.txt", cpus=core)
+
+    if args.concurrent:
+        with concurrent.futures.ThreadPoolExecutor(len(SIDES)) as pool:
+            results = dict(zip(SIDES, pool.map(run_side, SIDES), strict=True))
+    else:
+        results = {side: run_side(side) for side in SIDES}
+    for side in SIDES:
+        res = results[side]
         res["pairs_per_cpu_s"] = len(train) / res["cpu_s"]
         res["pairs_per_s_wall"] = len(train) / res["wall_s"]
         res["agreement"] = agreement(res.pop("chosen_rewards"), res.pop("rejected_rewards"), args.seed)
         report["sides"][side] = res
         a = res["agreement"]
-        print(f"    agreement {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}], "
+        print(f"{side}: agreement {a['value']:.3f} [{a['ci_low']:.3f}, {a['ci_high']:.3f}], "
               f"{res['pairs_per_cpu_s']:.3f} pairs/cpu-s, {res['wall_s']:.0f} s wall", flush=True)
     ours, trl = report["sides"]["ours"], report["sides"]["trl"]
     report["speedup_cpu"] = ours["pairs_per_cpu_s"] / trl["pairs_per_cpu_s"]
