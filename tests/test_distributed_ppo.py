@@ -55,12 +55,11 @@ def _weights(model_dir) -> dict[str, torch.Tensor]:
     return load_file(str(next(model_dir.glob("*.safetensors"))))
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """(1-process result, 2-process result dict, their run dirs, the 2-process config): trained once."""
-    root = tmp_path_factory.mktemp("ppo-dp")
-    one = load_config("smoke", [*COMMON, f"workspace={root / 'ws1'}"])
-    two = load_config("smoke", [*COMMON, f"workspace={root / 'ws2'}", "distributed.num_processes=2"])
+def train_one_and_two(root, overrides=()):
+    """The smoke PPO stage (COMMON + ``overrides``) in this process and in 2 processes through the launcher:
+    (1-process result, 2-process result dict, their run dirs, the 2-process config)."""
+    one = load_config("smoke", [*COMMON, *overrides, f"workspace={root / 'ws1'}"])
+    two = load_config("smoke", [*COMMON, *overrides, f"workspace={root / 'ws2'}", "distributed.num_processes=2"])
     single, double = _run_dir(root / "one", one), _run_dir(root / "two", two)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -70,6 +69,38 @@ def runs(tmp_path_factory):
         torch.set_num_threads(threads)
     result = train_distributed("ppo", two, model_dir="tiny", run_dir=str(double.path), mlflow_run_id=None, tracking_uri=None)
     return reference, result, single, double, two
+
+
+def assert_same_training(result, reference, double) -> None:
+    """2 processes trained as 1: the same per-step metrics and final weights within the tolerances argued below."""
+    assert result["world_size"] == 2 and result["steps"] == 3 and not result["stopped_early"]
+    ours, theirs = result["history"], reference.history
+    assert len(ours) == len(theirs) == 3
+    # The same tokens are sampled (per-row seeds), so the rewards match to the reward model's float
+    # noise between batch paddings (measured 1.1e-7 relative). Losses and statistics after step 1
+    # also carry the weights' differences from gradient summation order (measured <= 1.7e-6
+    # relative); 2e-5 leaves 10x room, while another sample, minibatch or token weighting moves
+    # these numbers by far more (ppo/reward moves by ~0.3 between steps here).
+    for step, (a, b) in enumerate(zip(ours, theirs, strict=True), start=1):
+        assert set(a) == set(b)
+        for key in sorted(a):
+            if key.startswith("time/") or key == "ppo/logprob_mismatch":  # wall clock; rounding-noise by definition
+                continue
+            assert a[key] == pytest.approx(b[key], rel=2e-5, abs=1e-6), (step, key)
+        assert a["ppo/logprob_mismatch"] < 1e-4 and b["ppo/logprob_mismatch"] < 1e-4
+    got, want = _weights(double.model_dir("ppo")), _weights(reference.model_dir)
+    assert set(got) == set(want)
+    # Not bitwise: the 2 processes sum the gradient in another order, and Adam divides tiny gradients
+    # by their own tiny sqrt(v) (as tests/test_distributed.py argues). Measured 1.2e-7; 1e-5 is
+    # 0.1% of the 12 x lr (3 steps x 2 epochs x 2 minibatches) Adam can move a weight.
+    for name, value in want.items():
+        torch.testing.assert_close(got[name], value, rtol=0, atol=1e-5, msg=name)
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    """train_one_and_two on the smoke PPO settings, trained once for the module."""
+    return train_one_and_two(tmp_path_factory.mktemp("ppo-dp"))
 
 
 def test_ppo_rows_sample_the_same_tokens_whatever_their_batch_mates():
@@ -93,30 +124,8 @@ def test_ppo_rows_sample_the_same_tokens_whatever_their_batch_mates():
 
 def test_ppo_two_processes_match_one_process(runs):
     reference, result, _, double, _ = runs
-    assert result["world_size"] == 2 and result["steps"] == 3 and not result["stopped_early"]
-    ours, theirs = result["history"], reference.history
-    assert len(ours) == len(theirs) == 3
-    # The same tokens are sampled (per-row seeds), so the rewards match to the reward model's float
-    # noise between batch paddings (measured 1.1e-7 relative). Losses and statistics after step 1
-    # also carry the weights' differences from gradient summation order (measured <= 1.7e-6
-    # relative); 2e-5 leaves 10x room, while another sample, minibatch or token weighting moves
-    # these numbers by far more (ppo/reward moves by ~0.3 between steps here).
-    for step, (a, b) in enumerate(zip(ours, theirs, strict=True), start=1):
-        assert set(a) == set(b)
-        for key in sorted(a):
-            if key.startswith("time/") or key == "ppo/logprob_mismatch":  # wall clock; rounding-noise by definition
-                continue
-            assert a[key] == pytest.approx(b[key], rel=2e-5, abs=1e-6), (step, key)
-        assert a["ppo/logprob_mismatch"] < 1e-4 and b["ppo/logprob_mismatch"] < 1e-4
-    rewards = [h["ppo/reward"] for h in ours]
-    assert len(set(rewards)) == 3  # different samples each step
-    got, want = _weights(double.model_dir("ppo")), _weights(reference.model_dir)
-    assert set(got) == set(want)
-    # Not bitwise: the 2 processes sum the gradient in another order, and Adam divides tiny gradients
-    # by their own tiny sqrt(v) (as tests/test_distributed.py argues). Measured 1.2e-7; 1e-5 is
-    # 0.1% of the 12 x lr (3 steps x 2 epochs x 2 minibatches) Adam can move a weight.
-    for name, value in want.items():
-        torch.testing.assert_close(got[name], value, rtol=0, atol=1e-5, msg=name)
+    assert_same_training(result, reference, double)
+    assert len({h["ppo/reward"] for h in result["history"]}) == 3  # different samples each step
 
 
 def test_ppo_distributed_trained_and_rank0_alone_wrote_checkpoints(runs):

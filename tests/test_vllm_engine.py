@@ -208,11 +208,7 @@ def test_ppo_distributed_on_vllm_engines_matches_one_process(tmp_path):
     Each process's engine samples its rows with the rows' own seeds, so both runs draw the same tokens;
     the tolerances are tests/test_distributed_ppo.py's (gradient summation order).
     """
-    from rlhf_core.config.pipeline import load_config
-    from rlhf_core.tracking import NullTracker
-    from tasks.distributed import train_distributed
-    from tasks.stages import ppo
-    from tests.test_distributed_ppo import COMMON, _run_dir, _weights
+    from tests.test_distributed_ppo import assert_same_training, train_one_and_two
 
     running = engine_children()
     engine = [  # heads of 64 (vLLM's CPU kernels need >= 32)
@@ -220,27 +216,8 @@ def test_ppo_distributed_on_vllm_engines_matches_one_process(tmp_path):
         "ppo.rollout.engine=vllm", f"ppo.rollout.vllm_python={VLLM_PYTHON}", "ppo.rollout.kv_cache_gib=1",
         "ppo.rollout.max_logprob_mismatch=1e-3", "ppo.optim.checkpoint_every=10",
     ]
-    one = load_config("smoke", [*COMMON, *engine, f"workspace={tmp_path / 'ws1'}"])
-    two = load_config("smoke", [*COMMON, *engine, f"workspace={tmp_path / 'ws2'}", "distributed.num_processes=2"])
-    single, double = _run_dir(tmp_path / "one", one), _run_dir(tmp_path / "two", two)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        reference = ppo.fit(one, "tiny", single, NullTracker(), progress=False)
-    finally:
-        torch.set_num_threads(threads)
-    result = train_distributed("ppo", two, model_dir="tiny", run_dir=str(double.path), mlflow_run_id=None, tracking_uri=None)
+    reference, result, _, double, _ = train_one_and_two(tmp_path, engine)
     assert engine_children() == running  # every engine stopped with its stage
-    assert result["world_size"] == 2 and result["steps"] == 3
     assert sorted(p.name for p in double.stage("ppo").glob("vllm-engine*.log")) == [
         "vllm-engine.rank0.log", "vllm-engine.rank1.log"]
-    for step, (a, b) in enumerate(zip(result["history"], reference.history, strict=True), start=1):
-        assert set(a) == set(b)
-        assert a["ppo/logprob_mismatch"] < LOGPROB_BOUND and b["ppo/logprob_mismatch"] < LOGPROB_BOUND
-        for key in sorted(a):
-            if key.startswith("time/") or key == "ppo/logprob_mismatch":
-                continue
-            assert a[key] == pytest.approx(b[key], rel=2e-5, abs=1e-6), (step, key)
-    got, want = _weights(double.model_dir("ppo")), _weights(reference.model_dir)
-    for name, value in want.items():
-        torch.testing.assert_close(got[name], value, rtol=0, atol=1e-5, msg=name)
+    assert_same_training(result, reference, double)
