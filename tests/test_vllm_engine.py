@@ -80,7 +80,14 @@ def trainer_logprobs(model, ro) -> torch.Tensor:
 
 def engine_children() -> set[int]:
     """Pids of the vLLM engine processes below this one (the module's shared engine among them)."""
-    return {p.pid for p in psutil.Process().children(recursive=True) if "vllm_server" in " ".join(p.cmdline())}
+    pids = set()
+    for proc in psutil.Process().children(recursive=True):
+        try:  # other tests' children may be zombies not yet reaped, or gone by now
+            if "vllm_server" in " ".join(proc.cmdline()):
+                pids.add(proc.pid)
+        except psutil.Error:
+            continue
+    return pids
 
 
 def test_generate_returns_valid_rollouts_with_the_trainers_logprobs(engine, policy, tok):
