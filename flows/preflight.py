@@ -33,11 +33,11 @@ def preflight_config(cfg: PipelineConfig, *, data: bool = True) -> None:
     Data files that are missing, directories that are no dataset, empty files, an empty input
     list a stage needs; a model that is not where the config says (or is a corrupt GGUF, or
     pickled weights only); a sequence length past the model's context; the vLLM rollout engine's venv
-    missing (``ppo.rollout.engine: vllm``); a distributed setup this
+    missing (``ppo.rollout.engine`` or ``eval.engine``: vllm); a distributed setup this
     machine cannot run. ``data=False`` skips the data files (`rlhf eval` reads a run's curated data).
     """
     problems = (_data_problems(cfg) if data else []) + _model_problems(cfg)
-    if cfg.ppo.enabled and (venv := vllm_venv_problem(cfg.ppo.rollout)):
+    if (stages := cfg.vllm_used_by()) and (venv := vllm_venv_problem(cfg.ppo.rollout, vllm_key(stages))):
         problems.append(venv)
     if problems:
         raise ConfigError("\n".join(problems))
@@ -46,6 +46,11 @@ def preflight_config(cfg: PipelineConfig, *, data: bool = True) -> None:
     check_distributed(cfg.distributed)  # imports torch only when distributed is on
     if cfg.ppo.enabled:
         cfg.ppo.check_processes(cfg.distributed.num_processes, cfg.distributed.strategy)
+
+
+def vllm_key(stages: list[str]) -> str:
+    """The config key that asked for the vLLM engine, for ``stages`` (:meth:`PipelineConfig.vllm_used_by`)."""
+    return "ppo.rollout.engine" if "ppo" in stages else "eval.engine"
 
 
 def _data_problems(cfg: PipelineConfig) -> list[str]:
@@ -111,9 +116,9 @@ def _model_problems(cfg: PipelineConfig) -> list[str]:
         except ModelLoadError as exc:
             problems.append(f"model.tiny.tokenizer: {exc}")
         head_dim = model.tiny.hidden_size // model.tiny.num_heads
-        if cfg.ppo.enabled and cfg.ppo.rollout.engine == "vllm" and head_dim < VLLM_CPU_MIN_HEAD_DIM and _on_cpu(cfg):
+        if (stages := cfg.vllm_used_by()) and head_dim < VLLM_CPU_MIN_HEAD_DIM and _on_cpu(cfg):
             problems.append(
-                f"ppo.rollout.engine: vLLM's CPU attention kernels need a head size of {VLLM_CPU_MIN_HEAD_DIM} or more; "
+                f"{vllm_key(stages)}: vLLM's CPU attention kernels need a head size of {VLLM_CPU_MIN_HEAD_DIM} or more; "
                 f"the tiny model's is {head_dim} (model.tiny.hidden_size / model.tiny.num_heads): widen it, or use the "
                 "hf engine"
             )

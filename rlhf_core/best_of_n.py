@@ -31,17 +31,24 @@ import torch
 
 from rlhf_core.batching import Format, resolve_format
 from rlhf_core.conversation import Messages
-from rlhf_core.errors import ConfigError
+from rlhf_core.errors import ConfigError, TrainingError
 from rlhf_core.eval_prompts import eval_prompts
 from rlhf_core.generation import eos_token_ids, prepare_prompts
 from rlhf_core.losses import masked_sum
 from rlhf_core.ppo.kl import kl_estimate, reference_context
+from rlhf_core.ppo.experience import engine_logprob_gap
 from rlhf_core.ppo.logprobs import policy_logprobs
+from rlhf_core.ppo.parallel import rollout_seeds
 from rlhf_core.ppo.score import RewardFn, exchange_ids, reward_scores, tokenizers_match
-from rlhf_core.sampling import sample
+from rlhf_core.sampling import Rollout, sample
 
 if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
+
+    from rlhf_core.rollout import RolloutEngine
+
+# Rows per request to a rollout engine (vLLM batches them itself; a request must finish within its timeout)
+ENGINE_CHUNK = 256
 
 
 # ----------------------------------------------------------------------------- small pieces
@@ -145,6 +152,7 @@ class Samples:
     token_lengths: list[int]  # (B*N,) response tokens, the first EOS included
     has_eos: list[bool]  # (B*N,) emitted EOS within max_new_tokens
     kl: list[float] | None  # (B*N,) sequence KL to the reference: sum over tokens of k1 (measure_kl=True)
+    engine_gap: float | None = None  # largest |engine - trainer| log-prob (a rollout engine and measure_kl)
 
     def grouped(self) -> list[list[str]]:
         """Texts as (B, N) nested lists."""
@@ -166,15 +174,22 @@ def sample_responses(
     batch_size: int = 16,
     reference: torch.nn.Module | None = None,
     measure_kl: bool = False,
+    engine: RolloutEngine | None = None,
+    max_engine_gap: float | None = None,
 ) -> Samples:
-    """Sample ``n`` responses to each prompt with :func:`rlhf_core.sampling.sample` (PPO's sampler).
+    """Sample ``n`` responses to each prompt with :func:`rlhf_core.sampling.sample` (PPO's sampler) or ``engine``.
 
-    prompt_ids: B token-id lists (from :func:`tokenize_prompts`). Rows are processed
-    ``batch_size`` at a time from one RNG stream seeded by ``seed``: the result is a function of
-    (model, prompts, n, settings, seed, batch_size). With ``measure_kl`` the sequence KL to the
-    reference (``reference``, or the policy with LoRA adapters disabled when None) is measured on
-    these very samples: per-token ``k1 = log p - log q`` from logits / ``temperature`` (the
-    distribution sampled from, as PPO's ``ppo/kl``), summed over the response.
+    prompt_ids: B token-id lists (from :func:`tokenize_prompts`). Without ``engine``, rows are
+    processed ``batch_size`` at a time from one RNG stream seeded by ``seed``: the result is a
+    function of (model, prompts, n, settings, seed, batch_size). With a rollout ``engine``
+    (:mod:`rlhf_core.rollout`, already serving ``policy``'s weights: the caller syncs them) each
+    row has its own seed, a function of (``seed``, row) as PPO's per-row seeds, so the rows come
+    in chunks of :data:`ENGINE_CHUNK` whatever ``batch_size`` is. With ``measure_kl`` the sequence
+    KL to the reference (``reference``, or the policy with LoRA adapters disabled when None) is
+    measured on these very samples: per-token ``k1 = log p - log q`` from logits / ``temperature``
+    (the distribution sampled from, as PPO's ``ppo/kl``), summed over the response; with an
+    engine that reports log-probs, ``Samples.engine_gap`` is then the largest |engine - trainer|
+    log-prob, and past ``max_engine_gap`` a TrainingError (the engine sampled from other weights).
     """
     if n < 1 or batch_size < 1:
         raise ValueError(f"sample_responses: n ({n}) and batch_size ({batch_size}) must be >= 1")
@@ -189,12 +204,23 @@ def sample_responses(
     lengths: list[int] = []
     has_eos: list[bool] = []
     kls: list[float] = []
+    gaps: list[float] = []
+    settings = dict(max_new_tokens=max_new_tokens, eos_id=eos_ids, pad_id=pad_id, temperature=temperature, top_k=top_k,
+                    top_p=top_p)
+
+    def rollouts() -> Iterator[Rollout]:
+        if engine is None:
+            for start in range(0, len(rows), batch_size):
+                yield sample(policy, rows[start : start + batch_size], device=device, **settings)
+            return
+        seeds = rollout_seeds(seed, 0, len(rows))  # PPO's steps count from 1: step 0 is never a training step's
+        for start in range(0, len(rows), ENGINE_CHUNK):
+            ro = engine.generate(rows[start : start + ENGINE_CHUNK], seeds=seeds[start : start + ENGINE_CHUNK], **settings)
+            for first in range(0, len(ro.has_eos), batch_size):  # the trainer's passes, batch_size rows at a time
+                yield rollout_rows(ro, first, first + batch_size)
+
     with seeded(seed), eval_mode(policy, reference):
-        for start in range(0, len(rows), batch_size):
-            ro = sample(
-                policy, rows[start : start + batch_size], device=device, max_new_tokens=max_new_tokens,
-                eos_id=eos_ids, pad_id=pad_id, temperature=temperature, top_k=top_k, top_p=top_p,
-            )
+        for ro in rollouts():
             mask = ro.response_mask  # (b, R)
             texts += tokenizer.batch_decode(torch.where(mask, ro.response_ids, pad_id), skip_special_tokens=True)
             responses += [row[m].tolist() for row, m in zip(ro.response_ids.cpu(), mask.cpu(), strict=True)]
@@ -206,8 +232,25 @@ def sample_responses(
                 with reference_context(policy, reference) as ref:
                     ref_logp = policy_logprobs(ref, ids, attn, p, temperature)  # (b, R)
                 kls += masked_sum(kl_estimate(logp.float(), ref_logp.float(), "k1"), mask, dim=-1).tolist()  # (b,)
+                if engine is not None and ro.logprobs is not None:
+                    gaps.append(engine_logprob_gap(ro, logp.float()))
+    gap = max(gaps) if gaps else None
+    if gap is not None and max_engine_gap is not None and gap > max_engine_gap:
+        raise TrainingError(
+            f"the rollout engine's log-probs differ from the trainer's by up to {gap:.3g} nats (bound "
+            f"{max_engine_gap:g}, ppo.rollout.max_logprob_mismatch): it did not sample from the evaluated weights"
+        )
     return Samples(texts=texts, n=n, prompt_ids=rows, response_ids=responses, token_lengths=lengths,
-                   has_eos=has_eos, kl=kls if measure_kl else None)
+                   has_eos=has_eos, kl=kls if measure_kl else None, engine_gap=gap)
+
+
+def rollout_rows(ro: Rollout, start: int, stop: int) -> Rollout:
+    """Rows ``start:stop`` of a rollout (its padding columns kept: the masks say which tokens are real)."""
+    return Rollout(
+        query_ids=ro.query_ids[start:stop], query_mask=ro.query_mask[start:stop], response_ids=ro.response_ids[start:stop],
+        response_mask=ro.response_mask[start:stop], has_eos=ro.has_eos[start:stop],
+        logprobs=None if ro.logprobs is None else ro.logprobs[start:stop],
+    )
 
 
 # ----------------------------------------------------------------------------- scoring
@@ -331,10 +374,12 @@ def best_of_n_candidates(
     prompt_format: str = "auto",
     reward_prompt_format: str = "auto",
     truncate_prompt: bool = False,
+    engine: RolloutEngine | None = None,
 ) -> Candidates:
     """Sample ``n`` responses per prompt and score each with the reward model (see the module docstring).
 
-    ``prompts``: strings, or prompt rows / a DataFrame (``prompt``, ``prompt_messages``).
+    ``prompts``: strings, or prompt rows / a DataFrame (``prompt``, ``prompt_messages``). ``engine``:
+    a rollout engine serving ``policy``'s weights samples them (:func:`sample_responses`).
     """
     rows = eval_prompts(prompts, source="best-of-N prompts")
     fmt = resolve_format(tokenizer, prompt_format)
@@ -342,7 +387,7 @@ def best_of_n_candidates(
                            truncate=truncate_prompt, source="best-of-N prompts")
     samples = sample_responses(
         policy, tokenizer, ids, n=n, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
-        top_k=top_k, seed=seed, batch_size=batch_size,
+        top_k=top_k, seed=seed, batch_size=batch_size, engine=engine,
     )
     scores = score_samples(
         samples, rows.prompts, reward_model, reward_tokenizer, tokenizer,
@@ -368,12 +413,13 @@ def best_of_n(
     top_k: int = 0,
     prompt_format: str = "auto",
     reward_prompt_format: str = "auto",
+    engine: RolloutEngine | None = None,
 ) -> list[str]:
     """One response per prompt (strings or prompt rows, as :func:`best_of_n_candidates`): the reward
-    model's favourite of ``n`` samples from ``policy`` (WebGPT)."""
+    model's favourite of ``n`` samples from ``policy`` (WebGPT), sampled by ``engine`` if given."""
     candidates = best_of_n_candidates(
         policy, tokenizer, reward_model, reward_tokenizer, prompts, n=n, max_new_tokens=max_new_tokens,
         temperature=temperature, top_p=top_p, top_k=top_k, seed=seed, batch_size=batch_size,
-        prompt_format=prompt_format, reward_prompt_format=reward_prompt_format,
+        prompt_format=prompt_format, reward_prompt_format=reward_prompt_format, engine=engine,
     )
     return candidates.best()[0]

@@ -31,6 +31,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from transformers import PreTrainedTokenizerBase
 
     from rlhf_core.ppo.score import RewardFn
+    from rlhf_core.rollout import RolloutEngine
 
 
 # ----------------------------------------------------------------------------- sampling a policy
@@ -58,6 +59,8 @@ def evaluate_policy(
     method: str = "policy",
     series: str | None = None,
     gold: bool = True,
+    engine: RolloutEngine | None = None,
+    max_engine_gap: float | None = None,
 ) -> EvalReport:
     """Sample one response per held-out prompt from ``policy`` and compare it with the SFT model's.
 
@@ -68,8 +71,11 @@ def evaluate_policy(
     from the reference with the same ``seed`` (common random numbers: a policy equal to its
     reference gets the very same responses, delta 0). ``baseline_rm``: their reward-model scores,
     if already known. ``prompt_format`` must be the one SFT/PPO used; ``reward_prompt_format``
-    the reward model's. ``gold=False``: data without a gold scorer (no gold figures). See the
-    module docstring for every figure.
+    the reward model's. ``gold=False``: data without a gold scorer (no gold figures). ``engine``:
+    a rollout engine (:mod:`rlhf_core.rollout`) serving ``policy``'s weights, which samples instead
+    of the trainer's sampler (it is given the reference's weights for a baseline sampled here, and
+    the policy's back after); ``max_engine_gap`` bounds its log-probs' distance from the policy's
+    (:func:`~rlhf_core.best_of_n.sample_responses`). See the module docstring for every figure.
     """
     from rlhf_core.batching import resolve_format
     from rlhf_core.best_of_n import reward_model_scores, sample_responses, score_samples, tokenize_prompts
@@ -86,24 +92,40 @@ def evaluate_policy(
                            truncate=truncate_prompt, source=f"{method} evaluation prompts")
     gen = dict(max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, top_k=top_k, seed=seed,
                batch_size=batch_size)
-    samples = sample_responses(policy, tokenizer, ids, reference=reference, measure_kl=True, **gen)
     score = dict(reward_fmt=reward_fmt, batch_size=batch_size, contexts=rows.contexts)
-    policy_rm = score_samples(samples, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
     if baseline_responses is None:
+        if engine is not None:
+            if reference is None:
+                raise ValueError("evaluate_policy: a rollout engine samples the baseline from an explicit reference model")
+            engine.load_weights(reference)
         with reference_context(policy, reference) as ref:
-            baseline = sample_responses(ref, tokenizer, ids, **gen)
+            baseline = sample_responses(ref, tokenizer, ids, engine=engine, **gen)
+        if engine is not None:
+            engine.load_weights(policy)
         baseline_responses = baseline.texts
         baseline_rm = score_samples(baseline, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
     elif baseline_rm is None:  # text only: rendered for the reward model
         baseline_rm = reward_model_scores(reward_model, reward_tokenizer, rows.prompts, baseline_responses,
                                           fmt=reward_fmt, batch_size=batch_size, contexts=rows.contexts)
+    # sample_responses forks the RNG: the order of the two draws moves nothing
+    samples = sample_responses(policy, tokenizer, ids, reference=reference, measure_kl=True, engine=engine,
+                               max_engine_gap=max_engine_gap, **gen)
+    policy_rm = score_samples(samples, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
     return build_report(
         method=method, series=series, prompts=rows, policy_texts=samples.texts, sft_texts=list(baseline_responses),
         policy_rm=policy_rm, sft_rm=baseline_rm, kl=samples.kl or [], kl_source="measured",
         lengths=samples.token_lengths, finished=samples.has_eos, gold=gold, n_boot=n_boot, seed=seed,
         confidence=confidence,
-        settings=dict(**gen, n_boot=n_boot, confidence=confidence, prompt_format=fmt, reward_prompt_format=reward_fmt),
+        settings=dict(**gen, n_boot=n_boot, confidence=confidence, prompt_format=fmt, reward_prompt_format=reward_fmt,
+                      **engine_settings(engine, samples.engine_gap)),
     )
+
+
+def engine_settings(engine: RolloutEngine | None, gap: float | None = None) -> dict[str, Any]:
+    """What an evaluation's settings record of the engine that sampled it (nothing for the trainer's sampler)."""
+    if engine is None:
+        return {}
+    return {"engine": engine.name, **({} if gap is None else {"engine_logprob_gap": gap})}
 
 
 def compare_methods(
@@ -119,6 +141,8 @@ def compare_methods(
     reward_prompt_format: str = "auto",
     truncate_prompt: bool = False,
     log: Callable[[str], None] | None = None,
+    engine: RolloutEngine | None = None,
+    max_engine_gap: float | None = None,
 ) -> MethodComparison:
     """Evaluate the SFT model, best-of-N from it, and each of ``policies`` on the same prompts.
 
@@ -130,7 +154,9 @@ def compare_methods(
     best-of-1 is an independent SFT sample whose delta to the baseline shows the noise level;
     every N comes from the first N of the same ``max(cfg.best_of_n)`` candidates. Methods run in
     the order: sft, best-of-N (ascending), then ``policies`` as given. ``cfg.gold`` False: no gold
-    figures and no reward-model-vs-gold agreement (data without a gold scorer).
+    figures and no reward-model-vs-gold agreement (data without a gold scorer). ``engine``: a
+    rollout engine started on ``reference``'s weights, which samples every method (each policy's
+    weights are loaded into it in turn); None = the trainer's sampler.
     """
     import torch
 
@@ -147,12 +173,12 @@ def compare_methods(
                batch_size=cfg.batch_size)
     common = dict(n_boot=cfg.n_boot, seed=cfg.seed, confidence=cfg.confidence, gold=cfg.gold)
     settings = {**gen, "n_boot": cfg.n_boot, "seed": cfg.seed, "confidence": cfg.confidence, "prompt_format": fmt,
-                "reward_prompt_format": reward_fmt}
+                "reward_prompt_format": reward_fmt, **engine_settings(engine)}
     reports: dict[str, EvalReport] = {}
     on_policy: Estimate | None = None
 
     say(f"eval: sampling the SFT baseline on {len(rows)} prompts")
-    sft = sample_responses(reference, tokenizer, ids, seed=cfg.seed, **gen)
+    sft = sample_responses(reference, tokenizer, ids, seed=cfg.seed, engine=engine, **gen)
     score = dict(reward_fmt=reward_fmt, batch_size=cfg.batch_size, contexts=rows.contexts)
     sft_rm = score_samples(sft, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
     reports["sft"] = build_report(
@@ -163,7 +189,7 @@ def compare_methods(
     if cfg.best_of_n:
         n_max = max(cfg.best_of_n)
         say(f"eval: best-of-{n_max} candidates from the SFT model ({len(rows) * n_max} samples)")
-        cand = sample_responses(reference, tokenizer, ids, n=n_max, seed=cfg.seed + 1, **gen)
+        cand = sample_responses(reference, tokenizer, ids, n=n_max, seed=cfg.seed + 1, engine=engine, **gen)
         scores = score_samples(cand, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
         scores = scores.reshape(len(rows), n_max)  # (B, N)
         grouped = cand.grouped()
@@ -190,11 +216,14 @@ def compare_methods(
         say(f"eval: {name}")
         policy = source if isinstance(source, torch.nn.Module) else source()
         try:
+            if engine is not None:
+                engine.load_weights(policy)
             reports[name] = evaluate_policy(
                 policy, tokenizer, reference=reference, reward_model=reward_model, reward_tokenizer=reward_tokenizer,
                 prompts=rows.as_rows(), baseline_responses=sft.texts, baseline_rm=sft_rm, seed=cfg.seed,
                 prompt_format=fmt, reward_prompt_format=reward_fmt, truncate_prompt=truncate_prompt,
-                method=name, series=series_of(name), **gen, **{k: v for k, v in common.items() if k != "seed"},
+                method=name, series=series_of(name), engine=engine, max_engine_gap=max_engine_gap, **gen,
+                **{k: v for k, v in common.items() if k != "seed"},
             )
         finally:
             del policy

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 import torch
 
-from rlhf_core.errors import DataError, ModelLoadError
+from rlhf_core.errors import DataError, ModelLoadError, TrainingError
 from rlhf_core.config.eval import EvalConfig
 from rlhf_core.eval_prompts import eval_prompts, select_eval_prompts
 from rlhf_core.eval_report import ESTIMATES, build_report, is_looping, ranking_agreement, series_of, win_scores
@@ -530,3 +530,86 @@ def test_conversation_prompts_are_sampled_and_scored_as_their_turns(tok, models)
     assert [s["policy_response"] for s in best] == texts  # the evaluation renders them as best-of-N does
     assert [s["policy_rm"] for s in best] == pytest.approx(scores.tolist())
     assert [s["prompt"] for s in best] == [r["prompt"] for r in ROWS]
+
+
+# ----------------------------------------------------------------------------- a rollout engine samples
+class SwappingEngine:
+    """A fake rollout engine: samples (per-row seeds, our sampler) from the module it was last given, and
+    records every weight load, as the vllm engine serves whatever weights it was handed."""
+
+    name = "fake"
+
+    def __init__(self, module, *, logprob_offset=0.0):
+        from rlhf_core.rollout.hf_engine import HFEngine
+
+        self.inner = HFEngine(module)
+        self.loads = []
+        self.offset = logprob_offset
+
+    def generate(self, prompt_ids, **kwargs):
+        ro = self.inner.generate(prompt_ids, **kwargs)
+        ro.logprobs = ro.logprobs + self.offset
+        return ro
+
+    def load_weights(self, policy):
+        from rlhf_core.rollout.hf_engine import HFEngine
+
+        self.loads.append(policy)
+        self.inner = HFEngine(policy)
+        return 0.0
+
+    def close(self):
+        pass
+
+
+def test_sample_responses_through_an_engine_use_per_row_seeds_and_check_its_log_probs(tok, models):
+    from rlhf_core.best_of_n import sample_responses, tokenize_prompts
+
+    ids = tokenize_prompts(models["sft"], tok, [r["prompt"] for r in ROWS], fmt="chat", max_new_tokens=6)
+    kw = dict(n=3, max_new_tokens=6, temperature=0.7, seed=4)
+    engine = SwappingEngine(models["other"])
+    a = sample_responses(models["other"], tok, ids, batch_size=2, engine=engine, measure_kl=True,
+                         reference=models["sft"], **kw)
+    b = sample_responses(models["other"], tok, ids, batch_size=12, engine=engine, measure_kl=True,
+                         reference=models["sft"], **kw)
+    hf = sample_responses(models["other"], tok, ids, batch_size=2, **kw)
+    # a row's tokens depend on (seed, row) only: the trainer's batch size does not move them
+    assert a.texts == b.texts and a.token_lengths == b.token_lengths
+    assert a.kl == pytest.approx(b.kl, abs=1e-5)
+    assert a.texts != hf.texts  # per-row seeds draw other samples than the sampler's single stream
+    # the engine's log-probs (the sampler's here) sit within rounding of the trainer's recomputed ones
+    assert a.engine_gap is not None and a.engine_gap < 1e-4
+    assert hf.engine_gap is None
+    wrong = SwappingEngine(models["other"], logprob_offset=0.5)  # as if it served other weights
+    with pytest.raises(TrainingError, match=r"differ from the trainer's by up to 0.5 .*did not sample from the evaluated"):
+        sample_responses(models["other"], tok, ids, engine=wrong, measure_kl=True, reference=models["sft"],
+                         max_engine_gap=0.01, **kw)
+
+
+def test_compare_methods_through_an_engine_loads_each_policy_once_in_order(tok, models):
+    cfg = EvalConfig(best_of_n=[1, 2], max_new_tokens=6, n_boot=100, batch_size=8)
+    engine = SwappingEngine(models["sft"])  # started on the reference, as the eval stage starts it
+    same = _tiny(tok, 0)  # the SFT weights in another module: common random numbers give the same samples
+    comp = compare_methods(
+        {"ppo": models["other"], "copy": same}, tok, reference=models["sft"], reward_model=models["rm"],
+        reward_tokenizer=tok, prompts=ROWS, cfg=cfg, engine=engine, max_engine_gap=1e-3,
+    )
+    assert engine.loads == [models["other"], same]  # SFT and best-of-N on the starting weights, then each policy
+    assert list(comp.reports) == ["sft", "best-of-1", "best-of-2", "ppo", "copy"]
+    copy = comp.reports["copy"]
+    assert [s["policy_response"] for s in copy.samples] == [s["sft_response"] for s in copy.samples]
+    assert copy.estimates["kl_to_ref"].value == pytest.approx(0.0, abs=1e-6)
+    assert copy.settings["engine"] == "fake" and copy.settings["engine_logprob_gap"] < 1e-4
+    assert comp.reports["sft"].settings["engine"] == "fake"
+    ppo = comp.reports["ppo"]
+    assert [s["policy_response"] for s in ppo.samples] != [s["sft_response"] for s in ppo.samples]
+
+
+def test_evaluate_policy_samples_its_own_baseline_from_the_reference_on_the_engine(tok, models):
+    engine = SwappingEngine(models["other"])
+    kw = dict(reward_model=models["rm"], reward_tokenizer=tok, prompts=ROWS, seed=2, engine=engine, **GEN)
+    report = evaluate_policy(models["other"], tok, reference=models["sft"], **kw)
+    assert engine.loads == [models["sft"], models["other"]]  # the baseline's weights, then the policy's back
+    assert report.settings["engine"] == "fake"
+    with pytest.raises(ValueError, match="explicit reference"):
+        evaluate_policy(models["other"], tok, reference=None, **kw)

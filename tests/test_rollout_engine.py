@@ -54,7 +54,6 @@ def test_missing_vllm_venv_is_one_line_naming_the_install_command(policy, tmp_pa
     problem = vllm_venv_problem(cfg)
     assert problem is not None and "\n" not in problem
     assert "make vllm" in problem and str(tmp_path / "nope") in problem
-    assert vllm_venv_problem(RolloutConfig(engine="hf", vllm_python="/nope")) is None
     with pytest.raises(ConfigError, match="make vllm"):
         VLLMEngine(policy, cfg)
 
@@ -66,6 +65,32 @@ def test_preflight_names_a_missing_vllm_venv(tmp_path):
     cfg = load_config("smoke", ["ppo.rollout.engine=vllm", f"ppo.rollout.vllm_python={tmp_path}/py"])
     with pytest.raises(ConfigError, match=r"ppo.rollout.engine is 'vllm' but .* run `make vllm`"):
         preflight_config(cfg)
+
+
+def test_preflight_names_the_key_that_asked_for_vllm(tmp_path):
+    from flows.preflight import preflight_config
+    from rlhf_core.config.pipeline import load_config
+
+    missing = f"ppo.rollout.vllm_python={tmp_path}/py"
+    cfg = load_config("smoke", ["eval.engine=vllm", missing])  # PPO on hf, the evaluation on vLLM
+    assert cfg.vllm_used_by() == ["eval"]
+    with pytest.raises(ConfigError, match=r"(?m)^eval.engine is 'vllm' but .* run `make vllm`"):
+        preflight_config(cfg)
+    off = load_config("smoke", ["eval.engine=vllm", "eval.enabled=false", missing])
+    assert off.vllm_used_by() == []
+    # eval.engine unset: the evaluation follows the PPO stage's engine; eval.engine=hf keeps it on the sampler
+    assert load_config("smoke", ["ppo.rollout.engine=vllm"]).vllm_used_by() == ["ppo", "eval"]
+    assert load_config("smoke", ["ppo.rollout.engine=vllm", "eval.engine=hf"]).vllm_used_by() == ["ppo"]
+
+
+def test_eval_on_vllm_refuses_sampling_filters_naming_where_the_engine_came_from():
+    from rlhf_core.config.pipeline import load_config
+
+    with pytest.raises(ConfigError, match=r"eval.engine is 'vllm'.*set eval.top_k=0 and eval.top_p=1.0"):
+        load_config("smoke", ["eval.engine=vllm", "eval.top_p=0.9"])
+    with pytest.raises(ConfigError, match=r"ppo.rollout.engine \(eval.engine unset\) is 'vllm'"):
+        load_config("smoke", ["ppo.rollout.engine=vllm", "eval.top_k=5"])
+    load_config("smoke", ["ppo.rollout.engine=vllm", "eval.engine=hf", "eval.top_k=5"])  # the sampler filters
 
 
 def test_vllm_engine_config_rules():

@@ -164,6 +164,40 @@ def test_reloaded_weights_change_what_is_sampled(engine, policy, tok):
     assert again.response_ids.tolist() == before.response_ids.tolist()
 
 
+def test_evaluation_and_best_of_n_sample_through_the_vllm_engine(engine, policy, tok):
+    """compare_methods on the engine: SFT and best-of-N from the weights it started on, then each policy loaded
+    in turn; a copy of the SFT weights draws the SFT samples again (per-row seeds), its KL is 0."""
+    from rlhf_core.best_of_n import best_of_n_candidates
+    from rlhf_core.config.eval import EvalConfig
+    from rlhf_core.evaluation import compare_methods
+
+    reward = TokenFractionReward(tok.convert_tokens_to_ids("e"), n=12)
+    cfg = EvalConfig(best_of_n=[1, 4], n_prompts=None, max_new_tokens=12, n_boot=50, batch_size=4, gold=False)
+    other, copy = vllm_llama(seed=1), vllm_llama()
+    try:
+        comp = compare_methods({"ppo": other, "copy": copy}, tok, reference=policy, reward_model=reward,
+                               reward_tokenizer=tok, prompts=PROMPTS, cfg=cfg, prompt_format="plain",
+                               engine=engine, max_engine_gap=LOGPROB_BOUND)
+        reports = comp.reports
+        assert list(reports) == ["sft", "best-of-1", "best-of-4", "ppo", "copy"]
+        assert [s["policy_response"] for s in reports["copy"].samples] == [s["sft_response"] for s in reports["copy"].samples]
+        assert reports["copy"].estimates["kl_to_ref"].value == pytest.approx(0.0, abs=1e-5)
+        assert reports["ppo"].estimates["kl_to_ref"].value > 0.01  # other weights: the sync took
+        for name in ("ppo", "copy"):
+            assert reports[name].settings["engine"] == "vllm"
+            assert reports[name].settings["engine_logprob_gap"] < LOGPROB_BOUND
+        rm1 = [s["policy_rm"] for s in reports["best-of-1"].samples]
+        rm4 = [s["policy_rm"] for s in reports["best-of-4"].samples]
+        assert all(b >= a for a, b in zip(rm1, rm4, strict=True))
+
+        engine.load_weights(policy)  # best-of-N on its own, from the same candidates' seeds: the same picks
+        cand = best_of_n_candidates(policy, tok, reward, tok, PROMPTS, n=4, max_new_tokens=12, temperature=0.7,
+                                    seed=cfg.seed + 1, batch_size=3, prompt_format="plain", engine=engine)
+        assert cand.best()[0] == [s["policy_response"] for s in reports["best-of-4"].samples]
+    finally:
+        engine.load_weights(policy)  # the module's engine serves the module's policy
+
+
 def test_a_model_vllm_cannot_serve_is_named_before_anything_runs():
     running = engine_children()
     with pytest.raises(ModelLoadError, match=r"cannot serve the policy \(LlamaForCausalLM, float32\): .*head_dim=16"):

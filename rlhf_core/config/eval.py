@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Literal
+
 from pydantic import Field, field_validator
 
 from rlhf_core.config.base import StrictModel
@@ -27,6 +29,12 @@ class EvalConfig(StrictModel):
     top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling mass (1.0 = off, which keeps the KL exact).")
     top_k: int = Field(0, ge=0, description="Sample only from the k most likely tokens (0 = off).")
     batch_size: int = Field(16, ge=1, description="Responses sampled / scored per forward batch.")
+    engine: Literal["hf", "vllm"] | None = Field(
+        None,
+        description="Which engine samples the evaluation's responses (SFT, best-of-N, every policy): 'hf' (the "
+        "trainer's sampler) or 'vllm' (with ppo.rollout's vLLM settings; no top_k/top_p). None = the PPO stage's, "
+        "ppo.rollout.engine.",
+    )
     n_boot: int = Field(1000, ge=1, description="Bootstrap resamples per interval.")
     confidence: float = Field(0.95, gt=0, lt=1, description="Confidence level of the bootstrap intervals.")
     seed: int = Field(0, description="Seed of the prompt subset, the sampling and the bootstrap.")

@@ -62,6 +62,28 @@ class PipelineConfig(StrictModel):
     def model_cache(self) -> Path:
         return self.model.cache_dir or self.workspace / "models"
 
+    @property
+    def eval_engine(self) -> str:
+        """The engine that samples the evaluation: ``eval.engine``, else the PPO stage's (``ppo.rollout.engine``)."""
+        return self.eval.engine or self.ppo.rollout.engine
+
+    def vllm_used_by(self) -> list[str]:
+        """The enabled stages that sample with the vLLM engine (``ppo``, ``eval``)."""
+        return [stage for stage, used in (("ppo", self.ppo.enabled and self.ppo.rollout.engine == "vllm"),
+                                          ("eval", self.eval.enabled and self.eval_engine == "vllm")) if used]
+
+    @model_validator(mode="after")
+    def _eval_engine_fits(self) -> PipelineConfig:
+        if self.eval.enabled and self.eval_engine == "vllm" and (self.eval.top_k or self.eval.top_p < 1.0):
+            source = "eval.engine" if self.eval.engine else "ppo.rollout.engine (eval.engine unset)"
+            raise PydanticCustomError(
+                "eval_engine_filters",
+                "{source} is 'vllm', which samples without top_k/top_p filters: set eval.top_k=0 and eval.top_p=1.0, "
+                "or eval.engine=hf",
+                {"source": source},
+            )
+        return self
+
     @model_validator(mode="after")
     def _no_secrets(self) -> PipelineConfig:
         """A config is logged, dumped and sent to Prefect as parameters: no value may carry a credential."""

@@ -30,6 +30,8 @@ INSTALL_VLLM = "make vllm"
 
 
 class RolloutEngine(Protocol):
+    name: str  # the config's name for it: "hf", "vllm"
+
     def generate(
         self,
         prompt_ids: Sequence[Sequence[int]],
@@ -50,15 +52,14 @@ class RolloutEngine(Protocol):
     def close(self) -> None: ...
 
 
-def vllm_venv_problem(cfg: RolloutConfig) -> str | None:
-    """One line when ``cfg`` asks for the vLLM engine but its venv is not there (None otherwise)."""
-    if cfg.engine != "vllm":
-        return None
+def vllm_venv_problem(cfg: RolloutConfig, key: str = "ppo.rollout.engine") -> str | None:
+    """One line when the vLLM engine's venv (``cfg.vllm_python``) is not there, naming the config ``key``
+    that asked for the engine (None: it is there). Whether the engine is wanted is the caller's question."""
     python = Path(cfg.vllm_python).expanduser()
     if python.is_file():
         return None
     where = "" if python.is_absolute() else f" (relative to {Path.cwd()})"
     return (
-        f"ppo.rollout.engine is 'vllm' but its venv's Python {cfg.vllm_python}{where} does not exist: "
+        f"{key} is 'vllm' but its venv's Python {cfg.vllm_python}{where} does not exist: "
         f"run `{INSTALL_VLLM}` (or set ppo.rollout.vllm_python)"
     )

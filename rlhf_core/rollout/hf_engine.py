@@ -16,6 +16,8 @@ class HFEngine:
     sampling loop (PPO's ``rollout_logprobs='sampler'``); neither changes the tokens drawn.
     """
 
+    name = "hf"
+
     def __init__(
         self, policy: torch.nn.Module, *, device: torch.device | str | None = None,
         score_tokens: bool = True, keep_hidden: bool = False,

@@ -84,6 +84,8 @@ class VLLMEngine:
     policy (its error, named), TrainingError when the process dies or a request fails.
     """
 
+    name = "vllm"
+
     def __init__(
         self, policy: torch.nn.Module, cfg: RolloutConfig, *, device: torch.device | str = "cpu",
         log_path: str | Path | None = None,

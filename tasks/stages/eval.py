@@ -37,6 +37,7 @@ if TYPE_CHECKING:  # pragma: no cover
     import pandas as pd
 
     from rlhf_core.config.pipeline import PipelineConfig
+    from rlhf_core.rollout import RolloutEngine
 
 PRIMARY = "ppo"  # the policy whose figures get the plain eval/... names, when present
 AGREEMENT_ON_POLICY = "eval/rm_gold_agreement_on_policy"
@@ -139,11 +140,16 @@ def run_evaluation(
     )
     stage_policy = dict(model=cfg.model, cache_dir=cfg.model_cache, tokenizer=tokenizer, sft_dir=sft_dir, lora=cfg.ppo.optim.lora)
     loaders = {name: (lambda d=d: load_stage_policy(d, **stage_policy)) for name, d in dirs.items()}
-    comparison = compare_methods(
-        loaders, tokenizer, reference=reference, reward_model=reward_model, reward_tokenizer=tokenizer,
-        prompts=prompts, cfg=ecfg, prompt_format=cfg.ppo.prompt_format, reward_prompt_format=cfg.reward.prompt_format,
-        log=log,
-    )
+    engine = eval_engine(cfg, ecfg, reference, out, log)
+    try:
+        comparison = compare_methods(
+            loaders, tokenizer, reference=reference, reward_model=reward_model, reward_tokenizer=tokenizer,
+            prompts=prompts, cfg=ecfg, prompt_format=cfg.ppo.prompt_format, reward_prompt_format=cfg.reward.prompt_format,
+            log=log, engine=engine, max_engine_gap=cfg.ppo.rollout.max_logprob_mismatch,
+        )
+    finally:
+        if engine is not None:
+            engine.close()  # the vllm engine's process tree, on error and interrupt too
 
     primary = PRIMARY if PRIMARY in comparison.reports else next(iter(policy_dirs), "sft")
     every_method = comparison.metrics()
@@ -187,6 +193,22 @@ def run_evaluation(
         "metrics": {k: v for k, v in primary_metrics.items() if math.isfinite(v)},
         "methods": [metric_name(n) for n in comparison.reports],
     }
+
+
+def eval_engine(
+    cfg: PipelineConfig, ecfg: EvalConfig, reference: Any, out: Path, log: Callable[[str], None] | None
+) -> RolloutEngine | None:
+    """The rollout engine that samples the evaluation (``ecfg.engine``, else ``ppo.rollout.engine``), started on
+    the SFT model's weights with ``ppo.rollout``'s settings; None for 'hf' (the trainer's own sampler, in process)."""
+    if (ecfg.engine or cfg.ppo.rollout.engine) != "vllm":
+        return None
+    from rlhf_core.rollout.vllm_engine import VLLMEngine
+
+    engine = VLLMEngine(reference, cfg.ppo.rollout, device=next(reference.parameters()).device,
+                        log_path=out / "vllm-engine.log")
+    if log:
+        log(f"eval: vllm engine ready in {engine.start_seconds:.1f} s (log {engine.log_path})")
+    return engine
 
 
 def read_eval_prompts(path: str | Path) -> pd.DataFrame:
