@@ -326,6 +326,9 @@ class MethodComparison:
     # (the best-of-N candidates): its accuracy on what PPO and best-of-N actually show it.
     rm_gold_agreement_on_policy: Estimate | None = None
     gold: bool = True  # False: data without a gold scorer (the reports hold NO_GOLD_ESTIMATES)
+    # Output diversity: "sft" -> DiversityReport, each final policy -> DiversityComparison with SFT
+    # (rlhf_core.diversity); empty when eval.diversity_samples is 0
+    diversity: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> list[dict[str, Any]]:
         """One JSON-safe row per method (values and intervals of every estimate)."""
@@ -347,13 +350,15 @@ class MethodComparison:
         return out
 
     def metrics(self) -> dict[str, float]:
-        """``eval/<method>/<name>`` for every method (MLflow-safe names)."""
+        """``eval/<method>/<name>`` for every method, and ``eval/<method>/diversity/...`` (MLflow-safe names)."""
         out: dict[str, float] = {}
         for name, report in self.reports.items():
             out.update({metric_name(key): value for key, value in report.metrics(prefix=f"eval/{name}").items()})
         agreement = self.rm_gold_agreement_on_policy
         if agreement is not None and math.isfinite(agreement.value):
             out["eval/rm_gold_agreement_on_policy"] = agreement.value
+        for name, div in self.diversity.items():
+            out.update(div.metrics(f"eval/{name}/diversity"))
         return out
 
     def to_dict(self, *, include_samples: bool = False) -> dict[str, Any]:
@@ -365,6 +370,7 @@ class MethodComparison:
             "table": self.table(),
             "gold_vs_sqrt_kl": self.points(),
             "reports": {n: r.to_dict(include_samples=include_samples) for n, r in self.reports.items()},
+            "diversity": {n: d.to_dict() for n, d in self.diversity.items()},
         }
 
 

@@ -152,7 +152,11 @@ def compare_methods(
     ``reference`` is the SFT model: its one sample per prompt (seed ``cfg.seed``) is every
     method's baseline. Best-of-N candidates are a separate draw (seed ``cfg.seed + 1``), so
     best-of-1 is an independent SFT sample whose delta to the baseline shows the noise level;
-    every N comes from the first N of the same ``max(cfg.best_of_n)`` candidates. Methods run in
+    every N comes from the first N of the same ``max(cfg.best_of_n)`` candidates. Output diversity
+    (``cfg.diversity_samples`` k > 0, on the first ``cfg.diversity_prompts`` prompts): the SFT
+    model's k samples per prompt are its first k candidates (drawn apart when N < k), each final
+    policy's (not the ``-step-`` checkpoints') k more of its own, seed ``cfg.seed + 1``, compared
+    with SFT's prompt by prompt (:func:`rlhf_core.diversity.compare_diversity`). Methods run in
     the order: sft, best-of-N (ascending), then ``policies`` as given. ``cfg.gold`` False: no gold
     figures and no reward-model-vs-gold agreement (data without a gold scorer). ``engine``: a
     rollout engine started on ``reference``'s weights, which samples every method (each policy's
@@ -162,6 +166,8 @@ def compare_methods(
 
     from rlhf_core.batching import resolve_format
     from rlhf_core.best_of_n import best_of_n_kl, sample_responses, score_samples, select_best, tokenize_prompts
+
+    from rlhf_core.diversity import compare_diversity, diversity_report
 
     say = log or (lambda message: None)
     rows = select_eval_prompts(eval_prompts(prompts), cfg.n_prompts, cfg.seed)
@@ -176,6 +182,9 @@ def compare_methods(
                 "reward_prompt_format": reward_fmt, **engine_settings(engine)}
     reports: dict[str, EvalReport] = {}
     on_policy: Estimate | None = None
+    diversity: dict[str, Any] = {}
+    k, m = cfg.diversity_samples, min(len(rows), cfg.diversity_prompts or len(rows))
+    stats = dict(n_boot=cfg.n_boot, seed=cfg.seed, confidence=cfg.confidence)
 
     say(f"eval: sampling the SFT baseline on {len(rows)} prompts")
     sft = sample_responses(reference, tokenizer, ids, seed=cfg.seed, engine=engine, **gen)
@@ -212,6 +221,16 @@ def compare_methods(
                 **common,
             )
 
+    sft_spread: list[list[str]] | None = None
+    if k:  # the SFT model's: its first k best-of-N candidates when there are as many, else a draw of its own
+        if cfg.best_of_n and max(cfg.best_of_n) >= k:
+            sft_spread = [texts[:k] for texts in grouped[:m]]
+        else:
+            say(f"eval: {k} samples per prompt from the SFT model on {m} prompts (diversity)")
+            sft_spread = sample_responses(reference, tokenizer, ids[:m], n=k, seed=cfg.seed + 1, engine=engine,
+                                          **gen).grouped()
+        diversity["sft"] = diversity_report(sft_spread, **stats)
+
     for name, source in policies.items():
         say(f"eval: {name}")
         policy = source if isinstance(source, torch.nn.Module) else source()
@@ -223,11 +242,14 @@ def compare_methods(
                 prompts=rows.as_rows(), baseline_responses=sft.texts, baseline_rm=sft_rm, seed=cfg.seed,
                 prompt_format=fmt, reward_prompt_format=reward_fmt, truncate_prompt=truncate_prompt,
                 method=name, series=series_of(name), engine=engine, max_engine_gap=max_engine_gap, **gen,
-                **{k: v for k, v in common.items() if k != "seed"},
+                **{key: v for key, v in common.items() if key != "seed"},
             )
+            if sft_spread is not None and series_of(name) == name:  # final policies, not the PPO checkpoints
+                spread = sample_responses(policy, tokenizer, ids[:m], n=k, seed=cfg.seed + 1, engine=engine, **gen)
+                diversity[name] = compare_diversity(spread.grouped(), sft_spread, **stats)
         finally:
             del policy
-    return MethodComparison(reports, rm_gold_agreement_on_policy=on_policy, gold=cfg.gold)
+    return MethodComparison(reports, rm_gold_agreement_on_policy=on_policy, gold=cfg.gold, diversity=diversity)
 
 
 # ----------------------------------------------------------------------------- PPO checkpoints

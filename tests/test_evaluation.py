@@ -389,7 +389,12 @@ def test_run_evaluation_writes_report_and_logs(tmp_path, tok, models):
     assert set(DASHBOARD) <= set(logged) and "eval/ppo-step-000001/kl_to_ref" in logged
     # every method's point estimates; 95% bounds only for the primary's (the rest are in eval.json)
     assert "eval/best-of-2/gold_delta" in logged and "eval/gold_win_rate_vs_sft_ci_high" in logged
-    assert not [k for k in logged if k.count("/") > 1 and k.endswith(("_ci_low", "_ci_high"))]
+    assert not [k for k in logged if k.count("/") > 1 and k.endswith(("_ci_low", "_ci_high"))
+                and not k.startswith("eval/diversity/")]
+    # the primary's output diversity beside the SFT model's, with intervals (best-of-2 < 4 samples: SFT draws its own)
+    assert {"eval/diversity/distinct_2_ci_low", "eval/diversity/sft/self_similarity",
+            "eval/diversity/self_similarity_minus_sft_ci_high", "eval/ppo/diversity/distinct_1"} <= set(logged)
+    assert "Output diversity: 4 samples per prompt" in (tmp_path / "eval" / "comparison.md").read_text()
     assert {p.name for p in tracker.artifacts} == {"eval.json", "comparison.md", "samples.jsonl", "gold_vs_kl.png"}
     report = json.loads((tmp_path / "eval" / "eval.json").read_text())
     assert report["metrics"]["eval/gold_delta"] == logged["eval/gold_delta"]
@@ -613,3 +618,39 @@ def test_evaluate_policy_samples_its_own_baseline_from_the_reference_on_the_engi
     assert report.settings["engine"] == "fake"
     with pytest.raises(ValueError, match="explicit reference"):
         evaluate_policy(models["other"], tok, reference=None, **kw)
+
+
+def test_output_diversity_policy_vs_sft_in_the_comparison(tok, models):
+    # no best-of-N: the SFT model's diversity samples are a draw of their own (seed + 1), as each policy's, so a
+    # policy with the SFT weights draws the very same samples: every difference is exactly 0
+    cfg = EvalConfig(best_of_n=[], max_new_tokens=6, n_boot=100, batch_size=8, diversity_samples=3, diversity_prompts=3)
+    collapsed = _tiny(tok, 1)  # logits x 100: sampling at 0.7 is all but greedy, the k samples of a prompt one reply
+    with torch.no_grad():
+        collapsed.get_output_embeddings().weight.mul_(100.0)
+    comp = compare_methods(
+        {"ppo-step-000001": models["other"], "ppo": collapsed, "copy": _tiny(tok, 0)}, tok, reference=models["sft"],
+        reward_model=models["rm"], reward_tokenizer=tok, prompts=ROWS, cfg=cfg,
+    )
+    assert list(comp.diversity) == ["sft", "ppo", "copy"]  # final policies only, not the checkpoints
+    sft, ppo, copy = comp.diversity["sft"], comp.diversity["ppo"], comp.diversity["copy"]
+    assert sft.n_prompts == 3 and all(row.n_samples == 3 for row in sft.per_prompt)
+    assert copy.policy.per_prompt == sft.per_prompt
+    assert copy.distinct_2_diff.value == 0.0 and copy.self_similarity_diff.value == 0.0
+    # mode collapse, as the report should show it: fewer distinct bigrams, samples alike, intervals clear of 0
+    assert ppo.self_similarity_diff.ci_low > 0.5 and ppo.distinct_2_diff.ci_high < 0
+    metrics = comp.metrics()
+    assert metrics["eval/ppo/diversity/distinct_2"] == ppo.policy.distinct_2.value
+    assert metrics["eval/ppo/diversity/self_similarity_minus_sft"] == ppo.self_similarity_diff.value
+    assert "eval/sft/diversity/distinct_1" in metrics and not any("ppo-step" in k and "diversity" in k for k in metrics)
+    json.dumps(comp.to_dict(), allow_nan=False)
+    from tasks.stages.eval import comparison_markdown
+
+    table = comparison_markdown(comp)
+    assert "Output diversity: 3 samples per prompt on 3 prompts" in table
+    assert "| copy | " in table and "+0.000 [+0.000, +0.000]" in table
+
+    off = compare_methods({"ppo": models["other"]}, tok, reference=models["sft"], reward_model=models["rm"],
+                          reward_tokenizer=tok, prompts=ROWS, cfg=cfg.model_copy(update={"diversity_samples": 0}))
+    assert off.diversity == {} and "Output diversity" not in comparison_markdown(off)
+    with pytest.raises(ValueError, match="2 or more samples"):
+        EvalConfig(diversity_samples=1)

@@ -29,6 +29,15 @@ class EvalConfig(StrictModel):
     top_p: float = Field(1.0, gt=0, le=1.0, description="Nucleus sampling mass (1.0 = off, which keeps the KL exact).")
     top_k: int = Field(0, ge=0, description="Sample only from the k most likely tokens (0 = off).")
     batch_size: int = Field(16, ge=1, description="Responses sampled / scored per forward batch.")
+    diversity_samples: int = Field(
+        4, ge=0,
+        description="Output diversity (RLHF narrows what a model says): sample this many responses per prompt from the "
+        "SFT model and each final policy, and report distinct-1/2 and the samples' pairwise similarity, policy vs SFT, "
+        "with intervals (rlhf_core/diversity.py). 0 = off; otherwise >= 2.",
+    )
+    diversity_prompts: int | None = Field(
+        16, ge=1, description="Measure diversity on the first this many evaluation prompts (None = all of them).",
+    )
     engine: Literal["hf", "vllm"] | None = Field(
         None,
         description="Which engine samples the evaluation's responses (SFT, best-of-N, every policy): 'hf' (the "
@@ -46,6 +55,13 @@ class EvalConfig(StrictModel):
         "and the reward model's held-out human agreement beside the shorter-reply baseline, says there is no gold "
         "score, and the registry never promotes the policy on its own (`champion` is moved by hand).",
     )
+
+    @field_validator("diversity_samples")
+    @classmethod
+    def _two_or_none(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("diversity needs 2 or more samples per prompt (0 = off)")
+        return value
 
     @field_validator("best_of_n")
     @classmethod

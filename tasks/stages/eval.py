@@ -156,6 +156,8 @@ def run_evaluation(
     primary_metrics = comparison.reports[primary].metrics()
     if AGREEMENT_ON_POLICY in every_method:
         primary_metrics[AGREEMENT_ON_POLICY] = every_method[AGREEMENT_ON_POLICY]
+    if primary in comparison.diversity:  # eval/diversity/..., the SFT model's beside it, with intervals
+        primary_metrics.update(comparison.diversity[primary].metrics("eval/diversity"))
     if held_out is not None:
         primary_metrics.update(held_out_metrics(held_out))
     tracker.log_metrics({**point_estimates(every_method), **primary_metrics}, step=0)
@@ -285,6 +287,7 @@ def comparison_markdown(comparison: MethodComparison, held_out: Mapping[str, Any
             f"{agreement.n} prompts): agree on {agreement.value:.3f} [{agreement.ci_low:.3f}, {agreement.ci_high:.3f}] "
             "of the pairs (0.5 = chance: the nearer to it, the less optimising the reward can raise the gold score)."
         )]
+    lines += diversity_markdown(comparison)
     if held_out is not None:
         rm, shorter = held_out["reward_model"], held_out["prefer_shorter"]
         lines += ["", (
@@ -293,6 +296,35 @@ def comparison_markdown(comparison: MethodComparison, held_out: Mapping[str, Any
             "(what length alone earns: a reward model has to beat it)."
         )]
     return "\n".join(lines) + "\n"
+
+
+def diversity_markdown(comparison: MethodComparison) -> list[str]:
+    """comparison.md's output-diversity table (no lines when diversity was off): distinct-1/2 and the samples'
+    pairwise similarity per method, each policy's difference from SFT with its interval."""
+    from rlhf_core.diversity import DiversityComparison
+
+    if "sft" not in comparison.diversity:
+        return []
+    sft = comparison.diversity["sft"]
+    k = sft.per_prompt[0].n_samples
+    lines = ["", f"Output diversity: {k} samples per prompt on {sft.n_prompts} prompts (distinct n-grams over a "
+             "prompt's samples, higher = more varied; self-similarity = word-bigram Jaccard of two samples, higher = "
+             "more alike). RLHF narrowing what the model says shows as distinct-2 below SFT's and self-similarity above.",
+             "", "| method | distinct-1 | distinct-2 | self-similarity | distinct-2 Δ vs SFT [95% CI] | "
+             "self-similarity Δ vs SFT [95% CI] |", "|---|---|---|---|---|---|"]
+    for name, div in comparison.diversity.items():
+        own = div.policy if isinstance(div, DiversityComparison) else div
+        cells = [name, f"{own.distinct_1.value:.3f}", f"{own.distinct_2.value:.3f}", f"{own.self_similarity.value:.3f}"]
+        if isinstance(div, DiversityComparison):
+            cells += [_signed(div.distinct_2_diff), _signed(div.self_similarity_diff)]
+        else:
+            cells += ["–", "–"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def _signed(est: Any) -> str:
+    return f"{est.value:+.3f} [{est.ci_low:+.3f}, {est.ci_high:+.3f}]"
 
 
 def _interval(est: Mapping[str, Any]) -> str:
