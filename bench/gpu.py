@@ -1,7 +1,8 @@
-"""GPU throughput of our own code paths: SFT and reward-model training MFU, PPO generation tokens/s.
+"""GPU throughput of our own code paths: SFT/RM training MFU, rollout tokens/s (ours, vLLM), PPO steps/s.
 
     .venv/bin/python bench/gpu.py                                   # Qwen/Qwen2.5-0.5B, bf16, on CUDA
     .venv/bin/python bench/gpu.py --model /path/to/hf-dir --seq-len 2048 --batch-size 4
+    .venv/bin/python bench/gpu.py --phases ppo --ppo-engine vllm    # a whole PPO step with vLLM rollouts
     .venv/bin/python bench/gpu.py --allow-cpu --model tiny ...      # CPU check of the script itself
 
 What runs (nothing here re-implements a step; each phase times the functions the stages use):
@@ -19,14 +20,39 @@ What runs (nothing here re-implements a step; each phase times the functions the
   temperature sampling), on ``--gen-batch`` random prompts of ``--prompt-tokens`` tokens. EOS is
   ignored by default so every call samples exactly ``--gen-tokens`` tokens per row (vLLM's
   ``ignore_eos`` convention for throughput runs).
+* **vllm**: the ``vllm`` rollout engine (``rlhf_core.rollout.vllm_engine.VLLMEngine``, vLLM in its own
+  venv and process, what ``ppo.rollout.engine: vllm`` starts) on the same prompts, token budget,
+  temperature and EOS rule as ``gen``: the engine's start (weights written, process, first token),
+  tokens/s over ``--gen-repeats`` calls after one untimed call (one seed per row, as PPO passes),
+  and ``load_weights`` (weights written, reloaded in place) ``--vllm-syncs`` times: what each PPO
+  step adds. When the vLLM venv is missing (``make vllm``) or vLLM refuses the model, the phase is
+  recorded as skipped, with the reason, and the other phases run. Peak memory is this process's
+  (the engine process is not counted). On CPU vLLM's attention kernels need a head size >= 32:
+  ``--model tiny --tiny-hidden-size 128 --tiny-heads 2`` (tests/test_vllm_engine.py's shape).
 * **ppo**: ``rlhf_core.ppo.trainer.train_ppo`` for a few steps on synthetic chat prompts, with the
   model itself as the reward model's starting point; the generation share is
-  ``time/generation / (time/generation + time/scoring + time/update)`` over the timed steps,
-  from the loop's own timers (EOS is *not* ignored here: the responses end where the model
-  stops, as in a real run).
+  ``time/generation / (time/generation + time/scoring + time/update + time/weight_sync)`` over
+  the timed steps, from the loop's own timers (EOS is *not* ignored here: the responses end
+  where the model stops, as in a real run). ``--ppo-engine vllm`` samples with the vLLM engine
+  (``RolloutConfig(engine="vllm")``): its step also pays ``time/weight_sync``, reported on its own
+  and in the step's total; a run's last step syncs nothing (no rollout follows), so one more,
+  untimed, step runs after the timed ones.
+* **ppo-dp**: the same ``train_ppo`` data-parallel (``rlhf_core.distributed.DataParallel``, the
+  per-process PPO of ``rlhf_core.ppo.parallel``) in ``--dp-processes`` processes started by
+  ``torchrun`` (``python -m torch.distributed.run``, as ``tasks.distributed`` launches the PPO stage;
+  nccl on CUDA, one device a process; gloo on CPU), against 1 process at the same global rollout
+  batch, both launched the same way as fresh processes of this script (``--dp-worker``). Rank 0
+  stamps each step's end (after a device sync, so after the gradient all-reduce); figure: steps/s
+  of each, and the scaling efficiency ``t1 / (N * tN)`` (t = seconds per step; 1.0 = N processes
+  take 1/N of the time). Skipped, with the reason, when fewer than 2 processes can run (one CUDA
+  device). ``--ppo-engine`` applies (one vLLM engine per process).
 
 Timing: a tracker stamps the end of every optimizer step after ``torch.cuda.synchronize()``;
-the first ``--warmup`` steps (allocator, cuDNN/cuBLAS heuristics, ``--compile``) are left out.
+the first ``--warmup`` steps (allocator, cuDNN/cuBLAS heuristics, ``--compile``) are left out
+(``--ppo-warmup`` for ppo and ppo-dp).
+
+No figure of the vllm, ppo-dp or ``--ppo-engine vllm`` paths has been measured on a GPU: no GPU
+was lent to the sessions that wrote them; they were run on CPU only (bench/README.md).
 
 MFU = achieved model FLOP/s / peak dense bf16 FLOP/s of the GPU (table below, or
 ``--peak-tflops``). Model FLOPs per optimizer step, forward + backward = 3x forward (PaLM,
@@ -49,6 +75,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import json
 import os
 import random
 import re
@@ -82,7 +109,9 @@ PEAK_BF16_TFLOPS: list[tuple[str, float, str]] = [
     ("L4", 121.0, "L4 bf16 dense"),
 ]
 
-PHASES = ("sft", "rm", "gen", "ppo")
+PHASES = ("sft", "rm", "gen", "vllm", "ppo", "ppo-dp")
+VLLM_PYTHON = ROOT / ".venv-vllm" / "bin" / "python"  # what `make vllm` builds
+GEN_TEMPERATURE = 0.7  # the PPO presets' sampling temperature (gen, vllm)
 
 
 # ----------------------------------------------------------------------------- arguments
@@ -123,14 +152,31 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--ppo-epochs", type=int, default=1, help="ppo: PPO epochs per step (demo preset: 1)")
     p.add_argument("--ppo-value-model", choices=["shared", "separate"], default="shared",
                    help="ppo: value head on the policy trunk (demo preset) or a separate critic")
-    p.add_argument("--ppo-warmup", type=int, default=1, help="ppo: untimed steps first")
-    p.add_argument("--ppo-steps", type=int, default=3, help="ppo: timed steps")
+    p.add_argument("--ppo-warmup", type=int, default=1, help="ppo, ppo-dp: untimed steps first")
+    p.add_argument("--ppo-steps", type=int, default=3, help="ppo, ppo-dp: timed steps")
+    p.add_argument("--ppo-engine", choices=["hf", "vllm"], default="hf",
+                   help="ppo, ppo-dp: the rollout engine (ppo.rollout.engine): our sampler, or vLLM (needs `make vllm`)")
+    p.add_argument("--dp-processes", type=int, default=None,
+                   help="ppo-dp: data-parallel processes (default: the visible CUDA devices; 2 on CPU with --allow-cpu)")
+    p.add_argument("--vllm-python", default=str(VLLM_PYTHON), help="vllm, --ppo-engine vllm: the vLLM venv's Python")
+    p.add_argument("--vllm-syncs", type=int, default=3, help="vllm: timed weight syncs (load_weights)")
+    p.add_argument("--vllm-gpu-memory-utilization", type=float, default=None,
+                   help="vllm engines on CUDA: their share of the GPU (default: ppo.rollout's, which leaves the "
+                        "rest to the trainer)")
+    p.add_argument("--vllm-kv-cache-gib", type=int, default=None,
+                   help="vllm engines on CPU: KV cache GiB (default: ppo.rollout's)")
+    p.add_argument("--tiny-hidden-size", type=int, default=None,
+                   help="--model tiny: width (default: model.tiny's); vLLM on CPU needs hidden/heads >= 32")
+    p.add_argument("--tiny-heads", type=int, default=None, help="--model tiny: attention heads (default: model.tiny's)")
     p.add_argument("--peak-tflops", type=float, default=None, help="peak dense TFLOP/s for MFU (overrides the table)")
     p.add_argument("--allow-cpu", action="store_true", help="run on CPU when there is no CUDA (checks the script only)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/gpu_<gpu-name>.json)")
+    # one process of a ppo-dp run (launched by torchrun from this script): writes its timings to PATH
+    p.add_argument("--dp-worker", type=Path, default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)  # what a ppo-dp worker is started with
     args.phases = [x.strip() for x in args.phases.split(",") if x.strip()]
     args.seen = {}  # the model's shapes and attention implementation, from the first load
     unknown = set(args.phases) - set(PHASES)
@@ -139,9 +185,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup < 1:
         p.error("--warmup must be >= 1 (the first step pays for allocation and kernel selection)")
     for name in ("steps", "batch_size", "rm_batch_size", "grad_accum", "gen_batch", "gen_tokens", "gen_repeats",
-                 "ppo_batch", "ppo_micro", "ppo_epochs", "ppo_steps", "seq_len"):
+                 "ppo_batch", "ppo_micro", "ppo_epochs", "ppo_steps", "seq_len", "vllm_syncs"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.dp_processes is not None and args.dp_processes < 1:
+        p.error("--dp-processes must be >= 1")
+    if args.vllm_kv_cache_gib is not None and args.vllm_kv_cache_gib < 1:
+        p.error("--vllm-kv-cache-gib must be >= 1")
+    if args.vllm_gpu_memory_utilization is not None and not 0 < args.vllm_gpu_memory_utilization < 1:
+        p.error("--vllm-gpu-memory-utilization must be in (0, 1)")
+    if "ppo-dp" in args.phases and args.ppo_warmup < 1:
+        p.error("--ppo-warmup must be >= 1 for ppo-dp (its clock starts at the end of the first step)")
     if args.ppo_batch % args.ppo_micro:
         p.error("--ppo-batch must be a multiple of --ppo-micro")
     if args.prompt_tokens is None:
@@ -236,13 +290,21 @@ class Shapes:
                 "hidden_d": self.hidden, "attn_width_d_attn": self.attn_width, "vocab_V": self.vocab}
 
 
-def load_model(args: argparse.Namespace, dev: Device, tokenizer: Any) -> Any:
-    """The causal LM through rlhf_core.models (as every stage loads it), on the device, in the benchmark's dtype."""
-    from rlhf_core.config.model import ModelConfig
+def model_config(args: argparse.Namespace, device: str) -> Any:
+    """The ModelConfig of ``--model`` on ``device`` in the benchmark's dtype (``--tiny-*`` shape the tiny model)."""
+    from rlhf_core.config.model import ModelConfig, TinyModelConfig
+
+    tiny = {k: v for k, v in (("hidden_size", args.tiny_hidden_size), ("num_heads", args.tiny_heads)) if v is not None}
+    dtype = "bfloat16" if args.precision == "bf16" else "float32"
+    return ModelConfig(base=args.model, device=device, dtype=dtype, tiny=TinyModelConfig(**tiny))
+
+
+def load_model(args: argparse.Namespace, dev: Device, tokenizer: Any, device: str | None = None) -> Any:
+    """The causal LM through rlhf_core.models (as every stage loads it), on ``device`` (default: the
+    benchmark's), in the benchmark's dtype."""
     from rlhf_core.models import load_causal_lm
 
-    dtype = "bfloat16" if args.precision == "bf16" else "float32"
-    model = load_causal_lm(ModelConfig(base=args.model, device=dev.type, dtype=dtype), args.cache_dir, tokenizer)
+    model = load_causal_lm(model_config(args, device or dev.type), args.cache_dir, tokenizer)
     set_attention(model, args.attn)
     if "shapes" not in args.seen:
         args.seen.update(shapes=Shapes(model), attn=model.config._attn_implementation)
@@ -423,32 +485,45 @@ def run_rm(args: argparse.Namespace, dev: Device, tokenizer: Any, peak: float | 
     return result
 
 
+def rollout_inputs(args: argparse.Namespace, tokenizer: Any, model: Any) -> tuple[list[list[int]], list[int], int]:
+    """The gen and vllm phases' prompts (``--gen-batch`` random rows of ``--prompt-tokens``), EOS ids and pad id."""
+    from rlhf_core.generation import eos_token_ids
+
+    vocab = min(len(tokenizer), Shapes(model).vocab)
+    rng = random.Random(args.seed + 2)
+    queries = [token_ids(rng, args.prompt_tokens, vocab) for _ in range(args.gen_batch)]
+    # -1 is no token id: no row ever finishes early, so every call samples B x G tokens
+    eos = eos_token_ids(tokenizer, model) if args.no_ignore_eos else [-1]
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    return queries, eos, pad_id
+
+
+def timed_calls(args: argparse.Namespace, dev: Device, generate: Any) -> list[tuple[float, int, int]]:
+    """(seconds, sampled positions, valid response tokens) of ``--gen-repeats`` calls ``generate(i)`` after one untimed."""
+
+    def call(i: int) -> tuple[float, int, int]:
+        dev.sync()
+        t0 = time.perf_counter()
+        ro = generate(i)
+        dev.sync()
+        return time.perf_counter() - t0, int(ro.response_ids.numel()), int(ro.response_mask.sum())
+
+    call(0)  # warmup: allocator, kernels
+    return [call(i) for i in range(1, args.gen_repeats + 1)]
+
+
 def run_gen(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, Any]:
     import torch
 
-    from rlhf_core.generation import eos_token_ids
     from rlhf_core.sampling import sample
 
     dev.reset_peak()
     model = load_model(args, dev, tokenizer).eval()
-    vocab = min(len(tokenizer), Shapes(model).vocab)
-    rng = random.Random(args.seed + 2)
+    queries, eos, pad_id = rollout_inputs(args, tokenizer, model)
     B, P, G = args.gen_batch, args.prompt_tokens, args.gen_tokens
-    queries = [token_ids(rng, P, vocab) for _ in range(B)]
-    # -1 is no token id: no row ever finishes early, so every call samples B x G tokens
-    eos = eos_token_ids(tokenizer, model) if args.no_ignore_eos else [-1]
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     torch.manual_seed(args.seed)
-
-    def call() -> tuple[float, int, int]:
-        dev.sync()
-        t0 = time.perf_counter()
-        ro = sample(model, queries, device=model.device, max_new_tokens=G, eos_id=eos, pad_id=pad_id, temperature=0.7)
-        dev.sync()
-        return time.perf_counter() - t0, int(ro.response_ids.numel()), int(ro.response_mask.sum())
-
-    call()  # warmup: allocator, kernels
-    runs = [call() for _ in range(args.gen_repeats)]
+    runs = timed_calls(args, dev, lambda i: sample(model, queries, device=model.device, max_new_tokens=G, eos_id=eos,
+                                                   pad_id=pad_id, temperature=GEN_TEMPERATURE))
     seconds = sum(r[0] for r in runs)
     sampled = sum(r[1] for r in runs)
     result = {
@@ -464,55 +539,297 @@ def run_gen(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, 
     return result
 
 
-def run_ppo(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, Any]:
+def rollout_config(args: argparse.Namespace, engine: str, max_model_len: int) -> Any:
+    """``ppo.rollout`` for ``engine`` with the ``--vllm-*`` settings (RolloutConfig's defaults otherwise)."""
+    from rlhf_core.config.ppo import RolloutConfig
+
+    given = {"kv_cache_gib": args.vllm_kv_cache_gib, "gpu_memory_utilization": args.vllm_gpu_memory_utilization}
+    return RolloutConfig(engine=engine, vllm_python=args.vllm_python, max_model_len=max_model_len,
+                         **{k: v for k, v in given.items() if v is not None})
+
+
+def vllm_version(python: str) -> str | None:
+    """The vllm distribution's version in the venv of ``python``, read off its dist-info (importing vllm takes seconds)."""
+    venv = Path(python).expanduser().absolute().parent.parent
+    for info in sorted(venv.glob("lib/python*/site-packages/vllm*.dist-info")):
+        name, _, version = info.name.removesuffix(".dist-info").partition("-")
+        return f"{name} {version}"
+    return None
+
+
+def skipped(phase: str, reason: str) -> dict[str, Any]:
+    print(f"warning: {phase} skipped: {reason}", file=sys.stderr)
+    return {"skipped": reason}
+
+
+def run_vllm(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, Any]:
+    from rlhf_core.errors import ModelLoadError
+    from rlhf_core.rollout import vllm_venv_problem
+    from rlhf_core.rollout.vllm_engine import VLLMEngine
+
+    B, P, G = args.gen_batch, args.prompt_tokens, args.gen_tokens
+    cfg = rollout_config(args, "vllm", max_model_len=max(16, P + G))
+    if problem := vllm_venv_problem(cfg):
+        return skipped("vllm", problem)
+    dev.reset_peak()
+    model = load_model(args, dev, tokenizer).eval()
+    queries, eos, pad_id = rollout_inputs(args, tokenizer, model)
+    if not args.no_ignore_eos:
+        # vLLM refuses an out-of-vocabulary stop id such as gen's -1 and the engine has no ignore-EOS switch:
+        # stop on an id no text encodes (past the tokenizer's ids, where the embedding is padded, as Qwen2.5's
+        # is), else the vocabulary's last id; tokens/s counts the tokens actually sampled either way
+        vocab = Shapes(model).vocab
+        eos = [len(tokenizer) if len(tokenizer) < vocab else vocab - 1]
+    log_path = _scratch() / "gpu-vllm-engine.log"
+    log_path.unlink(missing_ok=True)  # the engine appends
+    t0 = time.perf_counter()
+    try:
+        engine = VLLMEngine(model, cfg, device=model.device, log_path=log_path)
+    except ModelLoadError as exc:  # e.g. a head size vLLM's kernels lack: the other phases still run
+        del model
+        dev.free()
+        return skipped("vllm", str(exc))
+    try:
+        start_wall = time.perf_counter() - t0
+        # one seed per row, as PPO passes them (rlhf_core.ppo.parallel.rollout_seeds); other seeds each call
+        runs = timed_calls(args, dev, lambda i: engine.generate(
+            queries, seeds=[i * B + r for r in range(B)], max_new_tokens=G, eos_id=eos, pad_id=pad_id,
+            temperature=GEN_TEMPERATURE, top_k=0, top_p=1.0))
+        syncs = [engine.load_weights(model) for _ in range(args.vllm_syncs)]
+    finally:
+        engine.close()
+    seconds = sum(r[0] for r in runs)
+    valid = sum(r[2] for r in runs)
+    result = {
+        "engine": vllm_version(args.vllm_python), "vllm_python": args.vllm_python,
+        "kv_cache": (f"gpu_memory_utilization {cfg.gpu_memory_utilization}" if dev.cuda
+                     else f"{cfg.kv_cache_gib} GiB (VLLM_CPU_KVCACHE_SPACE)"),
+        "batch": B, "prompt_tokens": P, "new_tokens_max": G, "ignore_eos": not args.no_ignore_eos,
+        "start_seconds": engine.start_seconds, "start_wall_seconds": start_wall,
+        "calls_timed": len(runs), "seconds_per_call_median": statistics.median(r[0] for r in runs),
+        # vLLM computes no position past a row's end: its tokens are the valid ones (= B x G without EOS)
+        "valid_tokens": valid, "tokens_per_s": valid / seconds, "stop_ids": eos,
+        "tokens_short_of_budget": B * G * len(runs) - valid,  # rows that drew a stop id before G tokens
+        "weight_sync_seconds": syncs, "weight_sync_seconds_median": statistics.median(syncs),
+        "peak_memory_gib": dev.peak_memory_gib(),
+        "peak_memory_note": "this process only (the policy copy the weights are written from); not the engine process",
+        "engine_log": str(log_path),
+    }
+    del model
+    dev.free()
+    return result
+
+
+def ppo_config(args: argparse.Namespace) -> Any:
+    """The ppo and ppo-dp phases' PPOConfig: one minibatch of ``--ppo-batch`` rollouts a step, ``--ppo-engine``."""
     from rlhf_core.config.optim import OptimConfig
     from rlhf_core.config.ppo import PPOConfig
-    from rlhf_core.ppo.trainer import train_ppo
-    from rlhf_core.reward.model import RewardModel
 
-    dev.reset_peak()
-    policy = load_model(args, dev, tokenizer)
-    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-    reward = RewardModel.from_model(load_model(args, dev, tokenizer), pad_token_id=pad_id, seed=args.seed)
-    set_attention(reward.transformers_model, args.attn)
-    steps = args.ppo_warmup + args.ppo_steps
-    prompts = C.synth_prompts(args.ppo_batch * steps, args.seed)
+    # a run's last step syncs no weights (nothing samples after it): with vllm, one more untimed step
+    steps = args.ppo_warmup + args.ppo_steps + int(args.ppo_engine == "vllm")
+    max_length = 256 + args.gen_tokens
     shared = args.ppo_value_model == "shared"
-    cfg = PPOConfig(
+    return PPOConfig(
         optim=OptimConfig(learning_rate=1e-6, max_steps=steps, micro_batch_size=args.ppo_micro,
-                          grad_accum_steps=args.ppo_batch // args.ppo_micro, max_length=256 + args.gen_tokens,
+                          grad_accum_steps=args.ppo_batch // args.ppo_micro, max_length=max_length,
                           truncate_prompt=True, checkpoint_every=0, keep_checkpoints=1, log_every=1,
                           mixed_precision="bf16" if args.precision == "autocast" else "no"),
         max_new_tokens=args.gen_tokens, rollout_batch_size=args.ppo_batch, ppo_epochs=args.ppo_epochs,
         value_model=args.ppo_value_model, value_init="policy" if shared else "reward",
+        rollout=rollout_config(args, args.ppo_engine, max_model_len=max_length),
     )
+
+
+def timed_ppo(args: argparse.Namespace, dev: Device, tokenizer: Any, *, output_dir: Path, device: str | None = None,
+              dist: Any = None) -> StepClock:
+    """``train_ppo`` on synthetic chat prompts, the model itself as the reward model's start; the step clock
+    (rank 0's under ``dist``: the other processes track nothing)."""
+    from rlhf_core.ppo.trainer import train_ppo
+    from rlhf_core.reward.model import RewardModel
+
+    policy = load_model(args, dev, tokenizer, device)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    reward = RewardModel.from_model(load_model(args, dev, tokenizer, device), pad_token_id=pad_id, seed=args.seed)
+    set_attention(reward.transformers_model, args.attn)
+    cfg = ppo_config(args)
+    prompts = C.synth_prompts(args.ppo_batch * cfg.optim.max_steps, args.seed)
     clock = StepClock(dev)
+    train_ppo(cfg, policy, tokenizer, reward, tokenizer, prompts, output_dir=output_dir, tracker=clock,
+              seed=args.seed, resume=False, progress=False, dist=dist)
+    del policy, reward
+    return clock
+
+
+def ppo_timers(args: argparse.Namespace, metrics: list[dict[str, float]]) -> dict[str, Any]:
+    """The loop's own timers summed over the timed steps (after ``--ppo-warmup``, ``--ppo-steps`` of them)."""
+    timed = metrics[args.ppo_warmup : args.ppo_warmup + args.ppo_steps]
+    sums = {part: sum(m.get(f"time/{part}", 0.0) for m in timed) for part in ("generation", "scoring", "update", "weight_sync")}
+    total = sum(sums.values())
+    result = {
+        "steps_timed": len(timed), "engine": args.ppo_engine,
+        "response_length_mean": statistics.fmean(m["ppo/response_length"] for m in timed),
+        "generation_s": sums["generation"], "scoring_s": sums["scoring"], "update_s": sums["update"],
+        "weight_sync_s": sums["weight_sync"] if args.ppo_engine == "vllm" else None,
+        "step_seconds_median": statistics.median(
+            sum(m.get(f"time/{part}", 0.0) for part in ("generation", "scoring", "update", "weight_sync")) for m in timed),
+        "generation_share": sums["generation"] / total,
+        # response tokens (up to and including EOS) per second of generation; our sampler runs
+        # until the longest row of the batch ends, so it computes more positions than this
+        "generation_tokens_per_s_valid": sum(m["ppo/response_length"] * args.ppo_batch for m in timed) / sums["generation"],
+    }
+    if args.ppo_engine == "vllm":
+        result["weight_sync_share"] = sums["weight_sync"] / total
+        result["logprob_mismatch_max"] = max(m["ppo/logprob_mismatch"] for m in timed)  # |vLLM - trainer|, nats
+    return result
+
+
+def run_ppo(args: argparse.Namespace, dev: Device, tokenizer: Any) -> dict[str, Any]:
+    from rlhf_core.rollout import vllm_venv_problem
+
+    cfg = ppo_config(args)
+    if problem := vllm_venv_problem(cfg.rollout):
+        return skipped("ppo", problem)
+    dev.reset_peak()
     out = Path(tempfile.mkdtemp(prefix="gpu-bench-ppo-", dir=_scratch()))
     try:
-        train_ppo(cfg, policy, tokenizer, reward, tokenizer, prompts, output_dir=out, tracker=clock,
-                  seed=args.seed, resume=False, progress=False)
+        clock = timed_ppo(args, dev, tokenizer, output_dir=out)
     finally:
         shutil.rmtree(out, ignore_errors=True)
-    timed = clock.metrics[args.ppo_warmup :]
-    gen = sum(m["time/generation"] for m in timed)
-    score = sum(m["time/scoring"] for m in timed)
-    update = sum(m["time/update"] for m in timed)
-    lengths = [m["ppo/response_length"] for m in timed]
     result = {
-        "steps_timed": len(timed), "rollout_batch": args.ppo_batch, "micro_batch": args.ppo_micro,
-        "ppo_epochs": args.ppo_epochs, "value_model": args.ppo_value_model, "max_new_tokens": args.gen_tokens,
-        "response_length_mean": statistics.fmean(lengths),
-        "generation_s": gen, "scoring_s": score, "update_s": update,
-        "step_seconds_median": statistics.median(m["time/generation"] + m["time/scoring"] + m["time/update"] for m in timed),
-        "generation_share": gen / (gen + score + update),
-        # response tokens (up to and including EOS) per second of generation; the sampler runs
-        # until the longest row of the batch ends, so it computes more positions than this
-        "generation_tokens_per_s_valid": sum(m["ppo/response_length"] * args.ppo_batch for m in timed) / gen,
+        "rollout_batch": args.ppo_batch, "micro_batch": args.ppo_micro, "ppo_epochs": args.ppo_epochs,
+        "value_model": args.ppo_value_model, "max_new_tokens": args.gen_tokens,
+        **ppo_timers(args, clock.metrics),
         "peak_memory_gib": dev.peak_memory_gib(),
     }
-    del policy, reward
+    if args.ppo_engine == "vllm":
+        result["peak_memory_note"] = "this process only; not the vLLM engine process"
     dev.free()
     return result
+
+
+# ----------------------------------------------------------------------------- ppo-dp
+def dp_processes(args: argparse.Namespace, dev: Device) -> int:
+    """``--dp-processes``, else one process per visible CUDA device (2 on CPU)."""
+    if args.dp_processes is not None:
+        return args.dp_processes
+    return int(dev.info["count"]) if dev.cuda else 2
+
+
+def scaling_efficiency(t1: float, tn: float, n: int) -> float:
+    """Strong-scaling efficiency at equal global batch: ``t1 / (n * tn)`` (t = seconds per step); 1.0 = linear."""
+    return t1 / (n * tn)
+
+
+def step_window(marks: list[float], warmup: int, steps: int) -> list[float]:
+    """Seconds of steps ``warmup + 1 .. warmup + steps`` from the stamps at each step's end (``warmup`` >= 1)."""
+    return [b - a for a, b in zip(marks[warmup - 1 : warmup + steps - 1], marks[warmup : warmup + steps])]
+
+
+def dp_worker(args: argparse.Namespace, dev: Device, tokenizer: Any) -> int:
+    """One process of a ppo-dp run, started by torchrun (``run_ppo_dp``); rank 0 writes its clock to ``--dp-worker``."""
+    import torch
+
+    world, local = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("LOCAL_RANK", "0"))
+    device = None
+    if dev.cuda:  # one device a process (nccl)
+        torch.cuda.set_device(local)
+        device = f"cuda:{local}"
+    dist = None
+    if world > 1:
+        from rlhf_core.distributed import DataParallel
+
+        dist = DataParallel.from_launcher()
+    try:
+        dev.reset_peak()
+        clock = timed_ppo(args, dev, tokenizer, output_dir=args.dp_worker.parent / "ppo", device=device, dist=dist)
+        if dist is None or dist.is_main:
+            C.write_json(args.dp_worker, {"world_size": world, "marks": clock.marks, "metrics": clock.metrics,
+                                          "peak_memory_gib": dev.peak_memory_gib()})
+        if dist is not None:
+            dist.barrier()
+    finally:
+        if dist is not None:
+            dist.close()
+    return 0
+
+
+def launch_ppo(args: argparse.Namespace, processes: int) -> dict[str, Any]:
+    """``processes`` copies of this script's ppo-dp worker under torchrun; rank 0's clock and timers."""
+    import subprocess
+
+    from rlhf_core.errors import TrainingError
+    from rlhf_core.processes import free_port, guarded, stop_tree
+    from tasks.distributed import worker_error
+
+    work = Path(tempfile.mkdtemp(prefix=f"gpu-bench-ppo-dp{processes}-", dir=_scratch()))
+    result, log_path = work / "result.json", work / "torchrun.log"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--master_addr=127.0.0.1", f"--master_port={free_port()}",
+                f"--nproc_per_node={processes}"]
+    # the parent's resolved model and precision, so that every process loads what the parent would
+    worker = [str(Path(__file__).resolve()), *args.argv, "--model", args.model, "--precision", args.precision,
+              "--dp-worker", str(result)]
+    started = time.perf_counter()
+    with open(log_path, "w") as log:
+        log.write(f"$ {' '.join(torchrun + worker)}\n")
+        log.flush()
+        # guarded: a SIGKILL of this process stops torchrun, which stops its workers (as tasks.distributed does)
+        proc = subprocess.Popen(guarded([*torchrun, *worker]), stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
+        try:
+            proc.wait()
+        except BaseException:
+            stop_tree(proc)
+            raise
+    if proc.returncode != 0 or not result.is_file():
+        text = log_path.read_text(errors="replace")
+        # a worker's one-line error (main's "error: ..."), else the first exception a worker raised
+        cause = next((ln.strip() for ln in text.splitlines() if ln.startswith("error: ")), None) or worker_error(text)
+        raise TrainingError(f"ppo-dp: the {processes}-process run exited with code {proc.returncode}: "
+                            f"{cause.strip()}; full log: {log_path}")
+    data = json.loads(result.read_text())
+    shutil.rmtree(work, ignore_errors=True)
+    per_step = step_window(data["marks"], args.ppo_warmup, args.ppo_steps)
+    seconds = sum(per_step)
+    timers = ppo_timers(args, data["metrics"])
+    return {
+        "processes": int(data["world_size"]), "rows_per_process": args.ppo_batch // processes,
+        "seconds": seconds, "steps_per_s": len(per_step) / seconds,
+        "responses_per_s": len(per_step) * args.ppo_batch / seconds,
+        "step_seconds_median": statistics.median(per_step),  # rank 0's wall clock, not the sum of its timers
+        **{k: v for k, v in timers.items() if k != "step_seconds_median"},
+        "peak_memory_gib": data["peak_memory_gib"], "launch_wall_s": time.perf_counter() - started,
+    }
+
+
+def run_ppo_dp(args: argparse.Namespace, dev: Device) -> dict[str, Any]:
+    from rlhf_core.config.distributed import DistributedConfig
+    from rlhf_core.distributed import check_distributed
+    from rlhf_core.errors import ConfigError
+    from rlhf_core.rollout import vllm_venv_problem
+
+    n = dp_processes(args, dev)
+    if n < 2:
+        return skipped("ppo-dp", f"needs 2 or more processes, this run has {n} ({dev.info.get('count', 0)} CUDA "
+                                 "device(s) visible; nccl takes one a process): nothing to scale")
+    backend = "nccl" if dev.cuda else "gloo"
+    try:
+        check_distributed(DistributedConfig(num_processes=n, backend=backend))
+    except ConfigError as exc:
+        return skipped("ppo-dp", str(exc))
+    if problem := vllm_venv_problem(ppo_config(args).rollout):
+        return skipped("ppo-dp", problem)
+    one = launch_ppo(args, 1)
+    many = launch_ppo(args, n)
+    t1, tn = one["seconds"] / one["steps_timed"], many["seconds"] / many["steps_timed"]
+    return {
+        "processes": n, "backend": backend, "launcher": "torchrun", "engine": args.ppo_engine,
+        "rollout_batch": args.ppo_batch, "micro_batch": args.ppo_micro, "ppo_epochs": args.ppo_epochs,
+        "value_model": args.ppo_value_model, "max_new_tokens": args.gen_tokens,
+        "steps_per_s_1": one["steps_per_s"], "steps_per_s_n": many["steps_per_s"],
+        "speedup": t1 / tn, "scaling_efficiency": scaling_efficiency(t1, tn, n),
+        "one_process": one, "n_processes": many,
+        "peak_memory_gib": max(one["peak_memory_gib"], many["peak_memory_gib"]),
+        "peak_memory_note": "rank 0's, per process",
+    }
 
 
 def _scratch() -> Path:
@@ -568,6 +885,12 @@ def _run(args: argparse.Namespace, dev: Device, peak: float | None, peak_source:
     from rlhf_core.models import load_tokenizer
 
     tokenizer = load_tokenizer(ModelConfig(base=args.model), args.cache_dir)
+    if args.dp_worker is not None:
+        return dp_worker(args, dev, tokenizer)
+    if "ppo" in args.phases or "ppo-dp" in args.phases:
+        cfg = ppo_config(args)  # a bad PPO setting fails here, before any phase runs
+        if "ppo-dp" in args.phases:
+            cfg.check_processes(dp_processes(args, dev))
     started = time.perf_counter()
     results: dict[str, Any] = {}
     for phase in args.phases:
@@ -579,19 +902,18 @@ def _run(args: argparse.Namespace, dev: Device, peak: float | None, peak_source:
             results["rm"] = run_rm(args, dev, tokenizer, peak)
         elif phase == "gen":
             results["gen"] = run_gen(args, dev, tokenizer)
+        elif phase == "vllm":
+            results["vllm"] = run_vllm(args, dev, tokenizer)
         elif phase == "ppo":
             results["ppo"] = run_ppo(args, dev, tokenizer)
+        elif phase == "ppo-dp":
+            results["ppo-dp"] = run_ppo_dp(args, dev)
         results[phase]["phase_wall_s"] = time.perf_counter() - t0
+    if "shapes" not in args.seen:  # only skipped phases, or ppo-dp (its processes loaded the model)
+        load_model(args, dev, tokenizer)  # fills args.seen; dropped at once
+        dev.free()
     shapes, attn = args.seen["shapes"], args.seen["attn"]
-    summary = {
-        "sft_tokens_per_s": results.get("sft", {}).get("tokens_per_s"),
-        "sft_mfu": results.get("sft", {}).get("mfu"),
-        "rm_tokens_per_s": results.get("rm", {}).get("tokens_per_s"),
-        "rm_mfu": results.get("rm", {}).get("mfu"),
-        "generation_tokens_per_s": results.get("gen", {}).get("tokens_per_s"),
-        "ppo_generation_share": results.get("ppo", {}).get("generation_share"),
-        "peak_memory_gib": max((r["peak_memory_gib"] for r in results.values()), default=None),
-    }
+    summary = summarize(results)
     payload = {
         "benchmark": "bench/gpu.py",
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -617,6 +939,36 @@ def _run(args: argparse.Namespace, dev: Device, peak: float | None, peak_source:
     return 0
 
 
+def summarize(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The headline figures of each phase that ran (None for a phase not run or skipped)."""
+
+    def get(phase: str, key: str) -> Any:
+        return results.get(phase, {}).get(key)
+
+    gen, vllm = get("gen", "tokens_per_s"), get("vllm", "tokens_per_s")
+    same_tokens = get("gen", "ignore_eos") and get("vllm", "ignore_eos")  # both sampled B x G tokens a call
+    return {
+        "sft_tokens_per_s": get("sft", "tokens_per_s"),
+        "sft_mfu": get("sft", "mfu"),
+        "rm_tokens_per_s": get("rm", "tokens_per_s"),
+        "rm_mfu": get("rm", "mfu"),
+        "generation_tokens_per_s": gen,
+        "vllm_tokens_per_s": vllm,
+        "vllm_vs_gen_tokens_per_s": vllm / gen if gen and vllm and same_tokens else None,
+        "vllm_start_seconds": get("vllm", "start_seconds"),
+        "vllm_weight_sync_seconds": get("vllm", "weight_sync_seconds_median"),
+        "ppo_engine": get("ppo", "engine"),
+        "ppo_generation_share": get("ppo", "generation_share"),
+        "ppo_weight_sync_share": get("ppo", "weight_sync_share"),
+        "ppo_dp_processes": get("ppo-dp", "processes"),
+        "ppo_dp_steps_per_s_1": get("ppo-dp", "steps_per_s_1"),
+        "ppo_dp_steps_per_s_n": get("ppo-dp", "steps_per_s_n"),
+        "ppo_dp_scaling_efficiency": get("ppo-dp", "scaling_efficiency"),
+        "skipped": {phase: r["skipped"] for phase, r in results.items() if "skipped" in r},
+        "peak_memory_gib": max((r["peak_memory_gib"] for r in results.values() if "peak_memory_gib" in r), default=None),
+    }
+
+
 def _fmt(value: Any, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
@@ -636,10 +988,24 @@ def _print_table(payload: dict[str, Any], out: Path) -> None:
         r = payload["gen"]
         print(f"| gen (rollout) | {r['tokens_per_s']:,.0f} | - | - | {r['seconds_per_call_median']:.3f} per call | "
               f"{r['peak_memory_gib']:.2f} |")
-    if "ppo" in payload:
+    for phase, r in payload.items():
+        if phase in PHASES and "skipped" in r:
+            print(f"| {phase} | skipped: {r['skipped']} | - | - | - | - |")
+    if "skipped" not in payload.get("vllm", {"skipped": True}):
+        r = payload["vllm"]
+        print(f"| vllm (rollout) | {r['tokens_per_s']:,.0f} | - | - | {r['seconds_per_call_median']:.3f} per call; "
+              f"start {r['start_seconds']:.1f} s; weight sync {r['weight_sync_seconds_median']:.2f} s | "
+              f"{r['peak_memory_gib']:.2f} (this process) |")
+    if "skipped" not in payload.get("ppo", {"skipped": True}):
         r = payload["ppo"]
-        print(f"| ppo step | generation share {r['generation_share']:.1%} | - | - | {r['step_seconds_median']:.3f} | "
-              f"{r['peak_memory_gib']:.2f} |")
+        sync = f", weight sync {r['weight_sync_share']:.1%}" if r["engine"] == "vllm" else ""
+        print(f"| ppo step ({r['engine']}) | generation share {r['generation_share']:.1%}{sync} | - | - | "
+              f"{r['step_seconds_median']:.3f} | {r['peak_memory_gib']:.2f} |")
+    if "skipped" not in payload.get("ppo-dp", {"skipped": True}):
+        r = payload["ppo-dp"]
+        print(f"| ppo-dp ({r['engine']}, {r['backend']}) | steps/s {r['steps_per_s_1']:.3f} (1 process) -> "
+              f"{r['steps_per_s_n']:.3f} ({r['processes']}); scaling efficiency {r['scaling_efficiency']:.1%} | - | - | "
+              f"{r['n_processes']['step_seconds_median']:.3f} | {r['peak_memory_gib']:.2f} (rank 0) |")
     print(f"-> {out}")
 
 
