@@ -8,6 +8,7 @@
    machine (the base model converted into the workspace first): the process's wall time, and each
    stage's span read off the run's ``run.log`` (from its subflow's start to the next one's; the last
    ends at the log's last line), orchestration included.
+   ``--source-run RUN_DIR --workspace WS`` skips this step and reuses a finished run.
 2. **engines**: the PPO and evaluation stages again, for each ``ppo.rollout.engine`` (the evaluation
    follows it: ``eval.engine`` unset), ``--repeats`` times in alternating order, each in a fresh
    process: a new run directory whose data, SFT and reward stages are those of the run of step 1
@@ -143,6 +144,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--engines", default=",".join(ENGINES), help="comma-separated subset of hf,vllm")
     p.add_argument("--workspace", type=Path, default=None, help="keep the workspace here (default: a temporary one)")
     p.add_argument("--out", type=Path, default=None, help="result JSON (default bench/results/demo_engines.json)")
+    p.add_argument("--source-run", type=Path, default=None,
+                   help="skip step 1: a finished run of --config (its data, SFT and reward stages) in --workspace")
     args = p.parse_args(argv)
     engines = [e for e in args.engines.split(",") if e]
     if bad := [e for e in engines if e not in ENGINES]:
@@ -152,9 +155,14 @@ def main(argv: list[str] | None = None) -> int:
     workspace.mkdir(parents=True, exist_ok=True)
     machine = C.machine_info()
     try:
-        print(f"pipeline: rlhf run -c {args.config} (fresh workspace {workspace})", flush=True)
-        pipeline = run_pipeline(args.config, args.overrides, workspace)
-        print(f"  {pipeline['process_wall_s']:.1f} s; stages {pipeline['stage_spans_s']}", flush=True)
+        if args.source_run is not None:
+            if args.workspace is None or not all((args.source_run / s).is_dir() for s in REUSED_STAGES):
+                p.error("--source-run needs --workspace and a run directory with data, sft and reward stages")
+            pipeline = {"source_run": str(args.source_run), "run_dir": str(args.source_run)}
+        else:
+            print(f"pipeline: rlhf run -c {args.config} (fresh workspace {workspace})", flush=True)
+            pipeline = run_pipeline(args.config, args.overrides, workspace)
+            print(f"  {pipeline['process_wall_s']:.1f} s; stages {pipeline['stage_spans_s']}", flush=True)
         runs: list[dict[str, Any]] = []
         for repeat, engine in C.alternating(engines, args.repeats):
             print(f"engines: repeat {repeat + 1}, {engine}", flush=True)

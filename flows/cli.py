@@ -89,7 +89,7 @@ def run(
 
     Resumable: a killed run re-run with --resume skips finished stages and continues training from the last good checkpoint (a corrupt one is set aside).
 
-    Data-parallel SFT, reward model, DPO and PPO: --set distributed.num_processes=2 (DDP under torchrun; distributed.strategy=fsdp or deepspeed on CUDA for SFT/RM/DPO). PPO rollouts on vLLM: make vllm, then --set ppo.rollout.engine=vllm. An impossible setup is refused before any stage starts.
+    Data-parallel SFT, reward model, DPO and PPO: --set distributed.num_processes=2 (DDP under torchrun; distributed.strategy=fsdp or deepspeed on CUDA for SFT/RM/DPO). PPO rollouts on vLLM: make vllm, then --set ppo.rollout.engine=vllm (the evaluation samples on it too; eval.engine=hf keeps it on the trainer's sampler). An impossible setup is refused before any stage starts.
     """
     from flows.pipeline import run_pipeline
     from flows.runtime import Interrupted
@@ -117,8 +117,7 @@ def eval_(
 ) -> None:
     """Evaluate a run's PPO (and DPO) policy against its SFT model and best-of-N on held-out prompts.
 
-    Gold score, reward-model score, win rates, KL to the SFT model, refusal and repetition rates,
-    with bootstrap intervals; writes eval/comparison.md, eval.json, samples and the gold-vs-sqrt(KL) plot.
+    Gold score, reward-model score, win rates, KL to the SFT model, refusal and repetition rates, output diversity (policy vs SFT), with bootstrap intervals; writes eval/comparison.md, eval.json, samples and the gold-vs-sqrt(KL) plot. Samples through ppo.rollout.engine (or eval.engine).
     """
     from flows.pipeline import run_eval
     from flows.runtime import Interrupted

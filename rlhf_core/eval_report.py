@@ -329,6 +329,8 @@ class MethodComparison:
     # Output diversity: "sft" -> DiversityReport, each final policy -> DiversityComparison with SFT
     # (rlhf_core.diversity); empty when eval.diversity_samples is 0
     diversity: dict[str, Any] = field(default_factory=dict)
+    # Elo of every method from gold head-to-heads on the same prompts, SFT at 1000 (rlhf_core.ratings); [] without gold
+    elo: list[Any] = field(default_factory=list)
 
     def table(self) -> list[dict[str, Any]]:
         """One JSON-safe row per method (values and intervals of every estimate)."""
@@ -359,6 +361,8 @@ class MethodComparison:
             out["eval/rm_gold_agreement_on_policy"] = agreement.value
         for name, div in self.diversity.items():
             out.update(div.metrics(f"eval/{name}/diversity"))
+        for rating in self.elo:
+            out[metric_name(f"eval/{rating.name}/elo")] = rating.rating
         return out
 
     def to_dict(self, *, include_samples: bool = False) -> dict[str, Any]:
@@ -371,7 +375,27 @@ class MethodComparison:
             "gold_vs_sqrt_kl": self.points(),
             "reports": {n: r.to_dict(include_samples=include_samples) for n, r in self.reports.items()},
             "diversity": {n: d.to_dict() for n, d in self.diversity.items()},
+            "elo": [r.to_dict() for r in self.elo],
         }
+
+
+def gold_head_to_heads(reports: Mapping[str, EvalReport]) -> list[tuple[str, str, float]]:
+    """Every pair of methods on every prompt, judged by the gold scorer: ``(a, b, 1 | 0 | 0.5)`` (equal gold: a tie).
+
+    The reports must cover the same prompts in the same order (:func:`compare_methods`' do).
+    """
+    names = list(reports)
+    golds = {name: [row["policy_gold"] for row in reports[name].samples] for name in names}
+    ids = [row["id"] for row in reports[names[0]].samples] if names else []
+    for name in names:
+        if [row["id"] for row in reports[name].samples] != ids:
+            raise ValueError(f"gold_head_to_heads: {name} was evaluated on other prompts than {names[0]}")
+    games = []
+    for i, a in enumerate(names):
+        for b in names[i + 1 :]:
+            for ga, gb in zip(golds[a], golds[b], strict=True):
+                games.append((a, b, 1.0 if ga > gb else 0.0 if ga < gb else 0.5))
+    return games
 
 
 def series_of(name: str) -> str:

@@ -22,7 +22,14 @@ import numpy as np
 
 from rlhf_core.config.eval import EvalConfig
 from rlhf_core.eval_prompts import eval_prompts, select_eval_prompts
-from rlhf_core.eval_report import EvalReport, MethodComparison, build_report, ranking_agreement, series_of
+from rlhf_core.eval_report import (
+    EvalReport,
+    MethodComparison,
+    build_report,
+    gold_head_to_heads,
+    ranking_agreement,
+    series_of,
+)
 from rlhf_core.gold import gold_score
 from rlhf_core.stats import Estimate, estimate
 
@@ -152,21 +159,18 @@ def compare_methods(
     ``reference`` is the SFT model: its one sample per prompt (seed ``cfg.seed``) is every
     method's baseline. Best-of-N candidates are a separate draw (seed ``cfg.seed + 1``), so
     best-of-1 is an independent SFT sample whose delta to the baseline shows the noise level;
-    every N comes from the first N of the same ``max(cfg.best_of_n)`` candidates. Output diversity
-    (``cfg.diversity_samples`` k > 0, on the first ``cfg.diversity_prompts`` prompts): the SFT
-    model's k samples per prompt are its first k candidates (drawn apart when N < k), each final
-    policy's (not the ``-step-`` checkpoints') k more of its own, seed ``cfg.seed + 1``, compared
-    with SFT's prompt by prompt (:func:`rlhf_core.diversity.compare_diversity`). Methods run in
-    the order: sft, best-of-N (ascending), then ``policies`` as given. ``cfg.gold`` False: no gold
-    figures and no reward-model-vs-gold agreement (data without a gold scorer). ``engine``: a
-    rollout engine started on ``reference``'s weights, which samples every method (each policy's
-    weights are loaded into it in turn); None = the trainer's sampler.
+    every N comes from the first N of the same ``max(cfg.best_of_n)`` candidates. Diversity
+    (k = ``cfg.diversity_samples`` on the first ``cfg.diversity_prompts`` prompts): SFT's first k
+    candidates (a draw of its own when N < k) against k samples of each final policy, seed + 1
+    (:func:`rlhf_core.diversity.compare_diversity`). Elo: :func:`method_elo`. Order: sft, best-of-N,
+    ``policies`` as given. ``cfg.gold`` False: no gold figures (data without a gold scorer).
+    ``engine``: a rollout engine started on ``reference``'s weights that samples every method
+    (each policy's weights loaded in turn); None = the trainer's sampler.
     """
     import torch
 
     from rlhf_core.batching import resolve_format
-    from rlhf_core.best_of_n import best_of_n_kl, sample_responses, score_samples, select_best, tokenize_prompts
-
+    from rlhf_core.best_of_n import sample_responses, score_samples, tokenize_prompts
     from rlhf_core.diversity import compare_diversity, diversity_report
 
     say = log or (lambda message: None)
@@ -185,7 +189,6 @@ def compare_methods(
     diversity: dict[str, Any] = {}
     k, m = cfg.diversity_samples, min(len(rows), cfg.diversity_prompts or len(rows))
     stats = dict(n_boot=cfg.n_boot, seed=cfg.seed, confidence=cfg.confidence)
-
     say(f"eval: sampling the SFT baseline on {len(rows)} prompts")
     sft = sample_responses(reference, tokenizer, ids, seed=cfg.seed, engine=engine, **gen)
     score = dict(reward_fmt=reward_fmt, batch_size=cfg.batch_size, contexts=rows.contexts)
@@ -195,40 +198,21 @@ def compare_methods(
         kl=0.0, kl_source="reference", lengths=sft.token_lengths, finished=sft.has_eos, settings=settings, **common,
     )
 
+    grouped: list[list[str]] = []
     if cfg.best_of_n:
         n_max = max(cfg.best_of_n)
         say(f"eval: best-of-{n_max} candidates from the SFT model ({len(rows) * n_max} samples)")
         cand = sample_responses(reference, tokenizer, ids, n=n_max, seed=cfg.seed + 1, engine=engine, **gen)
         scores = score_samples(cand, rows.prompts, reward_model, reward_tokenizer, tokenizer, **score)
-        scores = scores.reshape(len(rows), n_max)  # (B, N)
         grouped = cand.grouped()
-        if cfg.gold and n_max > 1:
-            cand_gold = np.array([[gold_score(p, t, harmful=h) for t in texts]
-                                  for p, texts, h in zip(rows.prompts, grouped, rows.harmful, strict=True)])
-            on_policy = estimate(ranking_agreement(scores, cand_gold), n_boot=cfg.n_boot, seed=cfg.seed,
-                                 confidence=cfg.confidence)
-        token_lengths = np.asarray(cand.token_lengths).reshape(len(rows), n_max)
-        finished = np.asarray(cand.has_eos).reshape(len(rows), n_max)
-        for n in cfg.best_of_n:
-            idx = select_best(scores, n)  # (B,)
-            picked = np.arange(len(rows))
-            reports[f"best-of-{n}"] = build_report(
-                method=f"best-of-{n}", series="best-of-n", prompts=rows,
-                policy_texts=[grouped[i][j] for i, j in enumerate(idx)], sft_texts=sft.texts,
-                policy_rm=scores[picked, idx], sft_rm=sft_rm, kl=best_of_n_kl(n), kl_source="analytic",
-                lengths=token_lengths[picked, idx].tolist(), finished=finished[picked, idx].tolist(),
-                settings={**settings, "n": n, "candidate_seed": cfg.seed + 1},
-                **common,
-            )
+        best, on_policy = best_of_n_reports(cfg, rows, cand, scores.reshape(len(rows), n_max), sft.texts, sft_rm,
+                                            settings=settings, common=common)
+        reports.update(best)
 
-    sft_spread: list[list[str]] | None = None
-    if k:  # the SFT model's: its first k best-of-N candidates when there are as many, else a draw of its own
-        if cfg.best_of_n and max(cfg.best_of_n) >= k:
-            sft_spread = [texts[:k] for texts in grouped[:m]]
-        else:
-            say(f"eval: {k} samples per prompt from the SFT model on {m} prompts (diversity)")
-            sft_spread = sample_responses(reference, tokenizer, ids[:m], n=k, seed=cfg.seed + 1, engine=engine,
-                                          **gen).grouped()
+    sft_spread = None  # the SFT model's k samples a prompt: its first k best-of-N candidates, or a draw of its own
+    if k:
+        sft_spread = [texts[:k] for texts in grouped[:m]] if len(grouped) and len(grouped[0]) >= k else (
+            sample_responses(reference, tokenizer, ids[:m], n=k, seed=cfg.seed + 1, engine=engine, **gen).grouped())
         diversity["sft"] = diversity_report(sft_spread, **stats)
 
     for name, source in policies.items():
@@ -249,7 +233,51 @@ def compare_methods(
                 diversity[name] = compare_diversity(spread.grouped(), sft_spread, **stats)
         finally:
             del policy
-    return MethodComparison(reports, rm_gold_agreement_on_policy=on_policy, gold=cfg.gold, diversity=diversity)
+    return MethodComparison(reports, rm_gold_agreement_on_policy=on_policy, gold=cfg.gold, diversity=diversity,
+                            elo=method_elo(reports, cfg))
+
+
+def method_elo(reports: Mapping[str, EvalReport], cfg: EvalConfig) -> list[Any]:
+    """Elo of every method from gold head-to-heads on the same prompts, SFT at 1000 ([] without gold or a rival)."""
+    if not cfg.gold or len(reports) < 2:
+        return []
+    from rlhf_core.ratings import elo_ratings
+
+    return elo_ratings(gold_head_to_heads(reports), anchor="sft", n_boot=cfg.n_boot, seed=cfg.seed,
+                       confidence=cfg.confidence)
+
+
+def best_of_n_reports(
+    cfg: EvalConfig, rows: Any, cand: Any, scores: np.ndarray, sft_texts: Sequence[str], sft_rm: np.ndarray, *,
+    settings: Mapping[str, Any], common: Mapping[str, Any],
+) -> tuple[dict[str, EvalReport], Estimate | None]:
+    """Best-of-N reports for every N in ``cfg.best_of_n`` from the first N of the same candidates ``cand``
+    (``scores``: their reward-model scores, (B, N_max)), and with the gold scorer the reward model's ranking
+    agreement with it on these SFT samples (None without gold or with one candidate)."""
+    from rlhf_core.best_of_n import best_of_n_kl, select_best
+
+    B, n_max = scores.shape
+    grouped = cand.grouped()
+    on_policy = None
+    if cfg.gold and n_max > 1:
+        cand_gold = np.array([[gold_score(p, t, harmful=h) for t in texts]
+                              for p, texts, h in zip(rows.prompts, grouped, rows.harmful, strict=True)])
+        on_policy = estimate(ranking_agreement(scores, cand_gold), n_boot=cfg.n_boot, seed=cfg.seed,
+                             confidence=cfg.confidence)
+    token_lengths = np.asarray(cand.token_lengths).reshape(B, n_max)
+    finished = np.asarray(cand.has_eos).reshape(B, n_max)
+    picked = np.arange(B)
+    reports = {}
+    for n in cfg.best_of_n:
+        idx = select_best(scores, n)  # (B,)
+        reports[f"best-of-{n}"] = build_report(
+            method=f"best-of-{n}", series="best-of-n", prompts=rows,
+            policy_texts=[grouped[i][j] for i, j in enumerate(idx)], sft_texts=sft_texts,
+            policy_rm=scores[picked, idx], sft_rm=sft_rm, kl=best_of_n_kl(n), kl_source="analytic",
+            lengths=token_lengths[picked, idx].tolist(), finished=finished[picked, idx].tolist(),
+            settings={**settings, "n": n, "candidate_seed": cfg.seed + 1}, **common,
+        )
+    return reports, on_policy
 
 
 # ----------------------------------------------------------------------------- PPO checkpoints

@@ -46,7 +46,7 @@ TIERS: dict[str, tuple[str, ...]] = {
         "test_data_roundtrip", "test_data_stage", "test_dedup", "test_demo_curation", "test_deploy", "test_gold",
         "test_import_direction", "test_imports", "test_infra_k8s", "test_progress", "test_runtime_env", "test_security",
         "test_tiers", "test_workspace",
-        "test_conversation_render", "test_eval_no_gold", "test_ratings", "test_diversity",
+        "test_conversation_render", "test_eval_no_gold", "test_ratings", "test_diversity", "test_labeling",
     ),
     # (b) two ways of computing the same thing agree: float64 oracles, padding, accumulation, 2 processes = 1
     "invariants": (

@@ -654,3 +654,35 @@ def test_output_diversity_policy_vs_sft_in_the_comparison(tok, models):
     assert off.diversity == {} and "Output diversity" not in comparison_markdown(off)
     with pytest.raises(ValueError, match="2 or more samples"):
         EvalConfig(diversity_samples=1)
+
+
+def test_gold_head_to_heads_and_elo_of_the_methods(tok, models):
+    from rlhf_core.eval_report import EvalReport, gold_head_to_heads
+
+    def report(name, golds, ids=("p0", "p1", "p2")):
+        return EvalReport(method=name, series=name, kl_source="measured", estimates={},
+                          samples=[{"id": i, "policy_gold": g} for i, g in zip(ids, golds, strict=True)])
+
+    reports = {"sft": report("sft", [0.1, 0.5, 0.3]), "ppo": report("ppo", [0.2, 0.5, 0.1]), "bon": report("bon", [0.9, 0.9, 0.9])}
+    assert gold_head_to_heads(reports) == [
+        ("sft", "ppo", 0.0), ("sft", "ppo", 0.5), ("sft", "ppo", 1.0),
+        ("sft", "bon", 0.0), ("sft", "bon", 0.0), ("sft", "bon", 0.0),
+        ("ppo", "bon", 0.0), ("ppo", "bon", 0.0), ("ppo", "bon", 0.0),
+    ]
+    with pytest.raises(ValueError, match="ppo was evaluated on other prompts than sft"):
+        gold_head_to_heads({"sft": reports["sft"], "ppo": report("ppo", [0, 0, 0], ids=("p0", "p1", "x"))})
+
+    cfg = EvalConfig(best_of_n=[1, 4], max_new_tokens=6, n_boot=100, batch_size=8, diversity_samples=0)
+    comp = compare_methods({"ppo": models["other"]}, tok, reference=models["sft"], reward_model=models["rm"],
+                           reward_tokenizer=tok, prompts=ROWS, cfg=cfg)
+    ratings = {r.name: r for r in comp.elo}
+    assert set(ratings) == set(comp.reports) and ratings["sft"].rating == 1000.0
+    assert all(r.games == 3 * len(ROWS) for r in comp.elo)  # each method met the 3 others on every prompt
+    assert all(r.ci_low <= r.rating <= r.ci_high for r in comp.elo)
+    assert comp.metrics()["eval/ppo/elo"] == ratings["ppo"].rating
+    from tasks.stages.eval import comparison_markdown
+
+    assert "| sft | 1000 [1000, 1000] |" in comparison_markdown(comp)
+    no_gold = compare_methods({"ppo": models["other"]}, tok, reference=models["sft"], reward_model=models["rm"],
+                              reward_tokenizer=tok, prompts=ROWS, cfg=cfg.model_copy(update={"gold": False}))
+    assert no_gold.elo == [] and "Elo" not in comparison_markdown(no_gold)

@@ -121,6 +121,21 @@ def test_a_rows_tokens_depend_on_its_seed_alone(engine, tok):
     assert a.response_ids.tolist() != c.response_ids[:, : a.response_ids.shape[1]].tolist()
 
 
+def test_a_batch_past_the_schedulers_token_budget_samples_with_per_row_seeds(engine, tok):
+    """48 prompts of ~180 tokens: more prompt tokens than vLLM's CPU default step budget (2048), which
+    with chunked prefill split a seeded request and failed ("CPU Generator does not use offset"; the
+    demo's best-of-N candidates hit it). One long request, seeded, must still draw what it draws alone."""
+    text = " ".join(PROMPTS) * 3
+    ids = [tok(text[i : i + 400])["input_ids"][:180] for i in range(48)]
+    seeds = list(range(1000, 1048))
+    ro = engine.generate(ids, seeds=seeds, **GEN)
+    assert ro.response_ids.shape[0] == 48
+    alone = engine.generate(ids[40:41], seeds=seeds[40:41], **GEN)
+    n = int(alone.response_mask[0].sum())
+    assert int(ro.response_mask[40].sum()) == n
+    assert ro.response_ids[40, :n].tolist() == alone.response_ids[0, :n].tolist()
+
+
 def test_the_stop_token_ends_a_response_and_counts_as_eos(engine, tok):
     ids = prompt_ids(tok, 1)
     free = engine.generate(ids, seeds=[5], **{**GEN, "eos_id": 127})  # 127 = DEL: never in the text vocabulary

@@ -33,9 +33,19 @@ def reply(out, message: dict) -> None:
     out.flush()
 
 
+# On CPU, a whole prompt per scheduler step: vLLM rewinds a seeded request's generator after a partial
+# (chunked) prefill with Generator.set_offset, which CPU generators lack ("CPU Generator does not use
+# offset"), so chunked prefill is off and a step may hold this many tokens (>= the context length).
+CPU_MAX_BATCHED_TOKENS = 16384
+
+
 def build_llm(args: argparse.Namespace):
+    import torch
     from vllm import LLM
 
+    cpu = {} if torch.cuda.is_available() else {
+        "enable_chunked_prefill": False, "max_num_batched_tokens": max(args.max_model_len, CPU_MAX_BATCHED_TOKENS),
+    }
     return LLM(
         model=args.model, dtype=args.dtype, max_model_len=args.max_model_len, enforce_eager=True,
         skip_tokenizer_init=True,  # prompts and outputs are token ids: no tokenizer, no detokenizing
@@ -43,6 +53,7 @@ def build_llm(args: argparse.Namespace):
         logprobs_mode="processed_logprobs",  # after temperature (and top-k/top-p when set)
         seed=0,
         **({"gpu_memory_utilization": args.gpu_memory_utilization} if args.gpu_memory_utilization else {}),
+        **cpu,
     )
 
 

@@ -158,6 +158,10 @@ def run_evaluation(
         primary_metrics[AGREEMENT_ON_POLICY] = every_method[AGREEMENT_ON_POLICY]
     if primary in comparison.diversity:  # eval/diversity/..., the SFT model's beside it, with intervals
         primary_metrics.update(comparison.diversity[primary].metrics("eval/diversity"))
+    for rating in comparison.elo:  # eval/elo: the primary's Elo among all methods (SFT = 1000), with its interval
+        if rating.name == primary:
+            primary_metrics.update({"eval/elo": rating.rating, "eval/elo_ci_low": rating.ci_low,
+                                    "eval/elo_ci_high": rating.ci_high})
     if held_out is not None:
         primary_metrics.update(held_out_metrics(held_out))
     tracker.log_metrics({**point_estimates(every_method), **primary_metrics}, step=0)
@@ -287,7 +291,7 @@ def comparison_markdown(comparison: MethodComparison, held_out: Mapping[str, Any
             f"{agreement.n} prompts): agree on {agreement.value:.3f} [{agreement.ci_low:.3f}, {agreement.ci_high:.3f}] "
             "of the pairs (0.5 = chance: the nearer to it, the less optimising the reward can raise the gold score)."
         )]
-    lines += diversity_markdown(comparison)
+    lines += diversity_markdown(comparison) + elo_markdown(comparison)
     if held_out is not None:
         rm, shorter = held_out["reward_model"], held_out["prefer_shorter"]
         lines += ["", (
@@ -320,6 +324,18 @@ def diversity_markdown(comparison: MethodComparison) -> list[str]:
         else:
             cells += ["–", "–"]
         lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
+def elo_markdown(comparison: MethodComparison) -> list[str]:
+    """comparison.md's Elo table (no lines without ratings): best first, with intervals and records."""
+    if not comparison.elo:
+        return []
+    lines = ["", "Elo from gold head-to-heads (every method against every other on each prompt, the higher gold "
+             "score wins, equal scores tie; Bradley-Terry, SFT = 1000, 95% bootstrap interval over games):", "",
+             "| method | Elo [95% CI] | won | lost | tied |", "|---|---|---|---|---|"]
+    for r in comparison.elo:
+        lines.append(f"| {r.name} | {r.rating:.0f} [{r.ci_low:.0f}, {r.ci_high:.0f}] | {r.wins} | {r.losses} | {r.ties} |")
     return lines
 
 
