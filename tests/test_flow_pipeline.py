@@ -143,7 +143,10 @@ def test_the_parent_run_carries_the_headline_figures_of_its_stages(smoke_run):
     # the eval run: every method's point estimates, intervals only for the headline (primary) figures;
     # the other intervals are in its eval_comparison.json table
     assert "eval/ppo/gold_delta" in ev and "eval/dpo/gold_win_rate_vs_sft" in ev
-    assert not [k for k in ev if k.count("/") > 1 and k.endswith(("_ci_low", "_ci_high"))]
+    methods = {k.split("/")[1] for k in ev if k.endswith("/gold_delta") and k.count("/") == 2}
+    assert {"ppo", "dpo"} <= methods
+    assert not [k for k in ev if k.split("/")[1] in methods and k.endswith(("_ci_low", "_ci_high"))]
+    assert "eval/diversity/distinct_2_ci_low" in ev  # the primary policy's diversity is a headline figure
     assert "eval_comparison.json" in {a.path for a in client.list_artifacts(by_stage["eval"].info.run_id)}
 
 
