@@ -133,6 +133,45 @@ def eval_(
     console.print(f"report: [bold]{result['eval_json']}[/]; plot: {result['plot']}", soft_wrap=True)
 
 
+@app.command()
+def iterate(
+    config: ConfigOpt = None,
+    set_: SetOpt = None,
+    workspace: WorkspaceOpt = None,
+    rounds: Annotated[int, typer.Option(help="Rounds to run one after the other (each a `rlhf-iterate` flow run).")] = 1,
+    labeler: Annotated[
+        Optional[str],
+        typer.Option(help="Who labels: simulated (the demo panel), file (JSONL out and back), label-studio "
+                     "(LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY). Default: the config's iterate.labeler."),
+    ] = None,
+    from_run: Annotated[
+        Optional[str], typer.Option(help="Start from this run's PPO policy instead of the registry's champion.")
+    ] = None,
+    resume: Annotated[
+        Optional[str], typer.Option(help="Carry on a round (its run id) that timed out or was stopped; labels given are kept.")
+    ] = None,
+) -> None:
+    """Iterated online RLHF: label the champion's own replies, update the reward model, PPO from the champion, evaluate.
+
+    A round starts from the registry's champion policy (models:/<name>-policy@champion, made by `rlhf run`), samples replies to fresh RL prompts, sends the pairs for labelling and waits (iterate.label_timeout_s), then trains the reward model from the champion's on old + new pairs and PPO from the champion, evaluates the new policy beside the champion and moves `champion` by the registry rule. Elo by round: <workspace>/iterate/<name>/. Settings: iterate.* (rlhf config show).
+    """
+    from flows.iterate import run_iterate
+    from flows.runtime import Interrupted
+
+    overrides = [*(set_ or []), *([f"iterate.labeler={labeler}"] if labeler else [])]
+    cfg = _load(config, overrides, workspace)
+    try:
+        summary = run_iterate(cfg, rounds=rounds, from_run=from_run, resume_run=resume)
+    except Interrupted as exc:
+        raise _stopped(exc) from None
+    console = _console()
+    for row in summary.rounds:
+        decision = f"promoted {row['new_version']}" if row["promoted"] else f"kept {row['champion_before']}"
+        console.print(f"round {row['round']} ({row['run']}): {row['labels']} labels, Elo new "
+                      f"{row['elo_new']:.0f} vs champion {row['elo_champion']:.0f}; {decision}", soft_wrap=True)
+    console.print(f"history: {summary.history}", soft_wrap=True)
+
+
 def _stopped(exc) -> typer.Exit:
     """Say in one line what an interrupt stopped and how to carry on; the exit (130 Ctrl-C, 143 SIGTERM) to raise.
 

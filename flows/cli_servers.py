@@ -174,8 +174,12 @@ def deploy(
         Optional[str], typer.Option(help="MLflow tracking URI for the runs, e.g. http://127.0.0.1:5000 (default: the config's).")
     ] = None,
     worker: Annotated[bool, typer.Option("--worker/--no-worker", help="Start a worker and run until Ctrl-C.")] = True,
+    scheduled_flow: Annotated[
+        str, typer.Option(help="The flow the schedule goes on: rlhf-pipeline, or rlhf-iterate (one round of iterated "
+                          "RLHF from the registry's champion each time).")
+    ] = "rlhf-pipeline",
 ) -> None:
-    """Register a deployment per flow (the pipeline's with a schedule) and start a worker for them.
+    """Register a deployment per flow (the pipeline's, or with --scheduled-flow rlhf-iterate the round's, with a schedule) and start a worker for them.
 
     Every flow (the whole pipeline and each stage) can be run by hand from the Prefect UI; the schedule goes on the pipeline only. Relative data paths resolve against the current directory, else the repository (the presets' data/demo files); a missing file is refused.
     """
@@ -183,6 +187,11 @@ def deploy(
     from flows.servers import preflight, start_worker
     from rlhf_core.config.pipeline import load_config
 
+    from flows.deploy import SCHEDULABLE_FLOWS
+    from rlhf_core.errors import UserError
+
+    if scheduled_flow not in SCHEDULABLE_FLOWS:
+        raise UserError(f"--scheduled-flow {scheduled_flow!r}: one of {', '.join(SCHEDULABLE_FLOWS)}")
     schedule = make_schedule(DEFAULT_CRON if cron is None and interval is None else cron, interval, not paused)
     cfg = load_config(config, set_ or [])
     if workspace is not None:
@@ -204,7 +213,7 @@ def deploy(
     preflight(cfg.tracking.tracking_uri, api)
 
     console = _console()
-    deployed = deploy_flows(cfg, api, pool=pool, schedule=schedule, deployment_name=name)
+    deployed = deploy_flows(cfg, api, pool=pool, schedule=schedule, deployment_name=name, scheduled_flow=scheduled_flow)
     console.print(f"[green]deployed[/] {len(deployed)} flows as '{deployed[0].deployment_name}' on work pool '{pool}':")
     width = max(len(d.flow_name) for d in deployed)
     for d in deployed:

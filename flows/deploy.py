@@ -34,10 +34,11 @@ from rlhf_core.config.pipeline import PipelineConfig
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 # Modules whose flows are deployed (import path, file path relative to the repo).
-FLOW_MODULES: tuple[tuple[str, str], ...] = (("flows.stages", "flows/stages.py"),)
+FLOW_MODULES: tuple[tuple[str, str], ...] = (("flows.stages", "flows/stages.py"), ("flows.iterate", "flows/iterate.py"))
 DEFAULT_POOL = "rlhf-process"
 DEFAULT_CRON = "0 3 * * *"  # 03:00 UTC daily: off-hours for a shared machine
-SCHEDULED_FLOW = "rlhf-pipeline"  # the one flow a schedule goes on
+SCHEDULED_FLOW = "rlhf-pipeline"  # the flow a schedule goes on by default
+SCHEDULABLE_FLOWS = ("rlhf-pipeline", "rlhf-iterate")  # `rlhf deploy --scheduled-flow`: the weekly round
 # What every flow run started by a worker should have, whatever the worker's shell had.
 RUN_ENV = {
     "DO_NOT_TRACK": "1",
@@ -237,10 +238,11 @@ def deploy_flows(
     source_dir: Path = REPO_DIR,
     env: Mapping[str, str] | None = None,
     modules: Sequence[tuple[str, str]] = FLOW_MODULES,
+    scheduled_flow: str = SCHEDULED_FLOW,
 ) -> list[DeployedFlow]:
     """Create or update one deployment per discovered flow; return what was registered.
 
-    ``schedule`` goes on the :data:`SCHEDULED_FLOW` deployment only. Its on/off state is the
+    ``schedule`` goes on the ``scheduled_flow`` deployment only (the pipeline, or `rlhf-iterate` for rounds). Its on/off state is the
     schedule's own ``active`` flag, and deployments are never paused: the Prefect UI then shows
     one consistent state (the deployments list, the schedule toggle and the deployment toggle),
     as for ``infra/prefect.yaml``. ``cfg.workspace`` should be absolute: the worker runs flows
@@ -256,7 +258,7 @@ def deploy_flows(
     with _api_settings(prefect_api_url):
         for entry in discover_flows(modules):
             remote: Flow = Flow.from_source(source=str(source_dir), entrypoint=entry.entrypoint)
-            scheduled = schedule is not None and entry.flow_name == SCHEDULED_FLOW
+            scheduled = schedule is not None and entry.flow_name == scheduled_flow
             deployment = remote.to_deployment(
                 name=name,
                 schedules=[schedule.to_prefect()] if scheduled else [],
@@ -275,7 +277,7 @@ def deploy_flows(
             )
     if not deployed:
         raise ServerError(f"no Prefect flows found in {', '.join(p for _, p in modules)}: nothing to deploy")
-    return sorted(deployed, key=lambda d: d.flow_name != SCHEDULED_FLOW)  # the pipeline first
+    return sorted(deployed, key=lambda d: d.flow_name != scheduled_flow)  # the scheduled one first
 
 
 def check_cron(cron: str) -> None:

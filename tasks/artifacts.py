@@ -30,7 +30,7 @@ from pathlib import Path
 
 from rlhf_core.stage_io import CHECKPOINTS_DIR, MODEL_DIR
 
-STAGES = ("data", "sft", "reward", "ppo", "dpo", "eval")
+STAGES = ("label", "data", "sft", "reward", "ppo", "dpo", "eval")  # label: an `rlhf iterate` round's
 OUTPUTS_FILE = "outputs.json"
 
 
@@ -92,9 +92,37 @@ class Workspace:
                             "a run of another workspace needs --workspace")
         return run
 
+    def try_lock(self, name: str, busy: str):
+        """``with ws.try_lock("iterate", "a round is running"):`` one at a time, the second refused (UserError)."""
+        return try_file_lock(self.root / "locks" / f"{name}.lock", busy)
+
     def lock(self, name: str):
         """``with ws.lock("mlflow-store"):`` one process at a time, among all runs using this workspace."""
         return file_lock(self.root / "locks" / f"{name}.lock")
+
+
+@contextmanager
+def try_file_lock(path: Path, busy: str) -> Iterator[None]:
+    """Like :func:`file_lock`, but a held lock raises UserError(``busy``) at once instead of waiting."""
+    from rlhf_core.errors import UserError
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            raise UserError(busy + (f" ({holder})" if holder else "")) from None
+        try:
+            handle.seek(0)
+            handle.truncate()
+            handle.write(f"pid {os.getpid()}")
+            handle.flush()
+            yield
+        finally:
+            handle.truncate(0)
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 @contextmanager

@@ -151,3 +151,30 @@ def plot_gold_vs_sqrt_kl(points: list[Mapping[str, Any]], path: str | Path, *, t
         return _save(fig, path)
     finally:
         plt.close(fig)
+
+
+def plot_elo_by_round(rounds: list[Mapping[str, Any]], path: str | Path) -> Path:
+    """Elo (SFT = 1000) of each `rlhf iterate` round's new policy and of the champion it started from,
+    with intervals, by round; filled where the round promoted the new one. ``rounds``: the round ledger's rows."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    xs = [r["round"] for r in rounds]
+    ys = [r["elo_new"] for r in rounds]
+    lows = [r["elo_new"] - r["elo_new_ci_low"] for r in rounds]
+    highs = [r["elo_new_ci_high"] - r["elo_new"] for r in rounds]
+    ax.errorbar(xs, ys, yerr=[lows, highs], fmt="none", ecolor="tab:blue", capsize=4)
+    for r in rounds:
+        ax.plot(r["round"], r["elo_new"], "o", color="tab:blue", fillstyle="full" if r["promoted"] else "none")
+    champ = [r for r in rounds if r.get("elo_champion") is not None]
+    ax.errorbar([r["round"] - 0.1 for r in champ], [r["elo_champion"] for r in champ],
+                yerr=[[r["elo_champion"] - r["elo_champion_ci_low"] for r in champ],
+                      [r["elo_champion_ci_high"] - r["elo_champion"] for r in champ]],
+                fmt="x", color="tab:orange", capsize=3, label="champion it started from")
+    ax.axhline(1000.0, color="grey", linestyle="--", linewidth=1, label="SFT (1000)")
+    ax.set_xlabel("round")
+    ax.set_ylabel("Elo (gold head-to-heads)")
+    ax.set_xticks(xs)
+    ax.set_title("New policy per round (filled: promoted to champion)")
+    ax.legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    return _save(fig, path)

@@ -62,9 +62,10 @@ TIERS: dict[str, tuple[str, ...]] = {
     # (d) the flows and the CLI: Prefect's engine (harness or ephemeral API), MLflow sqlite, subprocesses
     "flows": (
         "test_concurrent_runs", "test_config_preflight", "test_flow_pipeline", "test_interrupts", "test_tracking",
+        "test_iterate",
     ),
     # (e) real servers (Prefect, MLflow), a worker, a real browser
-    "e2e": ("test_crash_reconcile", "test_e2e_ui", "test_servers", "test_tracking_outage"),
+    "e2e": ("test_crash_reconcile", "test_e2e_ui", "test_label_studio", "test_servers", "test_tracking_outage"),
 }
 TIER_OF = {module: tier for tier, modules in TIERS.items() for module in modules}
 

@@ -22,6 +22,7 @@ from rlhf_core.config.data import DataConfig
 from rlhf_core.config.distributed import DistributedConfig
 from rlhf_core.config.dpo import DPOConfig
 from rlhf_core.config.eval import EvalConfig
+from rlhf_core.config.iterate import IterateConfig
 from rlhf_core.config.model import ModelConfig
 from rlhf_core.config.ppo import PPOConfig
 from rlhf_core.config.reward import RewardConfig
@@ -57,6 +58,7 @@ class PipelineConfig(StrictModel):
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
     registry: RegistryConfig = Field(default_factory=RegistryConfig)
     distributed: DistributedConfig = Field(default_factory=DistributedConfig)
+    iterate: IterateConfig = Field(default_factory=IterateConfig)
 
     @property
     def model_cache(self) -> Path:

@@ -61,6 +61,11 @@ class PPOConfig(StrictModel):
     """
 
     enabled: bool = Field(True, description="Run this stage.")
+    init_from: str | None = Field(
+        None, min_length=1,
+        description="A policy stage directory to start from instead of the SFT model (an `rlhf iterate` round sets "
+        "it to the champion); the KL reference stays the SFT model, and the final policy is saved merged.",
+    )
     optim: OptimConfig = Field(
         default_factory=lambda: OptimConfig(learning_rate=1e-6, max_steps=20),
         description=(

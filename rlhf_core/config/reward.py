@@ -17,6 +17,11 @@ class RewardConfig(StrictModel):
     """Bradley-Terry reward model on preference pairs, initialised from the SFT model."""
 
     enabled: bool = Field(True, description="Run this stage.")
+    init_from: str | None = Field(
+        None, min_length=1,
+        description="A reward-model stage directory to warm-start from instead of the SFT model (an `rlhf iterate` "
+        "round sets it to the champion's reward model).",
+    )
     optim: OptimConfig = Field(
         default_factory=lambda: OptimConfig(**_REWARD_OPTIM_DEFAULTS),
         description=(

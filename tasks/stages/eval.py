@@ -40,6 +40,7 @@ if TYPE_CHECKING:  # pragma: no cover
     from rlhf_core.rollout import RolloutEngine
 
 PRIMARY = "ppo"  # the policy whose figures get the plain eval/... names, when present
+PREVIOUS_CHAMPION = "champion"  # in an `rlhf iterate` round: the policy PPO started from
 AGREEMENT_ON_POLICY = "eval/rm_gold_agreement_on_policy"
 _CI_SUFFIXES = ("_ci_low", "_ci_high")
 
@@ -74,6 +75,8 @@ def run(cfg: PipelineConfig, run: RunDir, tracker: StageTracker) -> StageOutputs
     """Evaluate the run's SFT, PPO and DPO models (those it has) and best-of-N on the curated eval prompts."""
     data, sft, reward = run.require("data"), run.require("sft"), run.require("reward")
     policy_dirs = {name: run.require(name)["model_dir"] for name in ("ppo", "dpo") if run.outputs(name)}
+    if cfg.ppo.init_from:  # an `rlhf iterate` round: the champion it started from is compared too
+        policy_dirs[PREVIOUS_CHAMPION] = cfg.ppo.init_from
     out_dir = run.stage("eval")
     tracker.log_params({"eval": cfg.eval.model_dump(mode="json")})
     log_curated_inputs(tracker, data, ("eval_prompts",), context="evaluation")

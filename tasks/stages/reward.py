@@ -42,7 +42,7 @@ def run(cfg: PipelineConfig, policy_dir: str, run: RunDir, tracker: StageTracker
     data = run.require("data")
     train_pairs, eval_pairs = split_train_eval(pd.read_parquet(data["preferences"]))
     out_dir = run.stage("reward")
-    tracker.log_params({"reward": cfg.reward.model_dump(mode="json"), "init_from": policy_dir})
+    tracker.log_params({"reward": cfg.reward.model_dump(mode="json"), "init_from": cfg.reward.init_from or policy_dir})
     log_curated_inputs(tracker, data, ("preferences",), context="training")
 
     if cfg.distributed.enabled:
@@ -80,7 +80,9 @@ def fit(cfg: PipelineConfig, policy_dir: str, run: RunDir, tracker: Tracker | No
     from rlhf_core.reward.train import train_reward_model
 
     tokenizer = load_tokenizer(cfg.model, cfg.model_cache)
-    if policy_dir == "tiny":
+    if cfg.reward.init_from:  # warm start (an `rlhf iterate` round: the champion's reward model)
+        reward_model = RewardModel.from_pretrained(cfg.reward.init_from, trust_remote_code=cfg.model.trust_remote_code)
+    elif policy_dir == "tiny":
         reward_model = RewardModel.from_model(build_tiny_model(cfg.model.tiny, tokenizer), seed=cfg.seed)
     else:
         reward_model = RewardModel.from_causal_lm_dir(policy_dir, seed=cfg.seed, trust_remote_code=cfg.model.trust_remote_code)
