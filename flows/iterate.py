@@ -3,8 +3,9 @@
 A round (Bai et al. 2022, "Iterated Online RLHF", sec. 4.5) is a new run directory:
 
     label    the champion's replies to fresh RL prompts, labelled (simulated panel, files, Label Studio)
-    data     the source run's curated files, its preference pairs grown by the round's labelled rows
-    sft      the source run's SFT model (linked: the KL reference stays the SFT model)
+    data     the base run's curated files (the latest round's, else the champion's run's), its
+             preference pairs grown by the round's labelled rows
+    sft      the base run's SFT model (linked: the KL reference stays the SFT model)
     reward   warm-started from the champion's reward model, trained on old + new pairs
     ppo      from the champion policy against that reward model (KL to the SFT model)
     eval     the new policy beside SFT, best-of-N and the previous champion; the registry rule
@@ -230,6 +231,10 @@ def run_iterate(cfg: PipelineConfig, rounds: int = 1, from_run: str | None = Non
     if rounds < 1:
         raise UserError(f"--rounds {rounds}: at least one round")
     preflight_config(cfg, data=False)  # a round reads its source run's curated data, not the config's files
+    if cfg.iterate.labeler == "label-studio":  # reachable, credentials accepted: before minutes of sampling
+        from tasks.iterate import make_labeler
+
+        make_labeler(cfg).check()
     prepare_environment(cfg.workspace)
     start_up(cfg)
     quiet_console()

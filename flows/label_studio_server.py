@@ -44,8 +44,17 @@ class LabelStudioServer:
     log_path: Path
     startup_s: float = 0.0
 
+    name = "Label Studio"
+
     def running(self) -> bool:
         return self.process.poll() is None
+
+    def log_tail(self, lines: int = 25) -> str:
+        """The last ``lines`` of its log (what `rlhf ui` shows when it stops unexpectedly)."""
+        try:
+            return "\n".join(self.log_path.read_text(encoding="utf-8", errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
 
     def stop(self, grace_s: float = 20.0) -> None:
         """SIGTERM the process group, then SIGKILL whatever of it is left after ``grace_s``."""
@@ -82,14 +91,17 @@ def _signal_group(pid: int, sig: int) -> None:
 
 def server_env(data_dir: Path, url: str, username: str, password: str) -> dict[str, str]:
     """The child's environment: its data directory, the admin login Label Studio creates on first
-    start (through the environment, never argv, which ``ps`` shows), and no phone-home (Sentry,
-    analytics, PyPI version check). Our own client settings are not passed on."""
+    start (through the environment, never argv, which ``ps`` shows), no phone-home (Sentry,
+    analytics, PyPI version check), and no open sign-up: people join through the admin's invite link
+    (Organization > Add People), so nobody who merely reaches the port can label. Our own client
+    settings are not passed on."""
     env = {k: v for k, v in os.environ.items() if k not in (URL_ENV, KEY_ENV)}
     env.update({
         "LABEL_STUDIO_BASE_DATA_DIR": str(data_dir), "LABEL_STUDIO_HOST": url,
         USERNAME_ENV: username, PASSWORD_ENV: password,
         "LABEL_STUDIO_SENTRY_DSN": "", "LABEL_STUDIO_FRONTEND_SENTRY_DSN": "",
         "LABEL_STUDIO_COLLECT_ANALYTICS": "false", "LABEL_STUDIO_LATEST_VERSION_CHECK": "false",
+        "LABEL_STUDIO_DISABLE_SIGNUP_WITHOUT_LINK": "true",
     })
     return env
 

@@ -157,7 +157,8 @@ def scheduled_deployment(stack):
     ws, deploy = stack["ws"], Command(
         ["deploy", "--config", "smoke", "--workspace", str(stack["ws"]), "--set", f"model.cache_dir={MODEL_CACHE}",
          "--prefect-api-url", f"{stack['prefect_url']}/api", "--tracking-uri", stack["mlflow_url"], "--pool", POOL,
-         "--interval", "60", "--active", "--name", SCHEDULED, "--no-worker"],
+         "--interval", "60", "--active", "--name", SCHEDULED, "--no-worker",
+         "--set", "registry.require_gold_ci_above_zero=false"],  # its policy becomes the champion rounds start from
         stack["ws"] / "deploy-scheduled.out",
     )  # fmt: skip
     assert deploy.proc.wait(timeout=180) == 0, deploy.output()
@@ -404,3 +405,43 @@ def test_the_mlflow_links_in_the_prefect_artifacts_land_on_the_runs(stack, flow_
         )
         followed += 1
     assert followed >= 2, links  # the parent run and at least one stage run
+
+
+ROUNDS = "rlhf-smoke-rounds"  # `rlhf deploy --scheduled-flow rlhf-iterate`: a round on a schedule
+
+
+def test_a_scheduled_iterate_deployment_runs_two_rounds_by_itself(stack, flow_run):
+    """Iterated online RLHF on a schedule: the scheduler (not the test) starts two `rlhf-iterate` rounds,
+    each from the registry's champion (the scheduled pipeline run's policy, then whatever won)."""
+    assert flow_run["state_type"] == "COMPLETED"
+    prefect: PrefectAPI = stack["prefect"]
+    deploy = Command(
+        ["deploy", "--config", "smoke", "--workspace", str(stack["ws"]), "--set", f"model.cache_dir={MODEL_CACHE}",
+         "--set", "iterate.prompts_per_round=4", "--set", "registry.require_gold_ci_above_zero=false",
+         "--prefect-api-url", f"{stack['prefect_url']}/api", "--tracking-uri", stack["mlflow_url"], "--pool", POOL,
+         "--scheduled-flow", "rlhf-iterate", "--interval", "90", "--active", "--name", ROUNDS, "--no-worker"],
+        stack["ws"] / "deploy-rounds.out",
+    )  # fmt: skip
+    assert deploy.proc.wait(timeout=180) == 0, deploy.output()
+    assert "rlhf-iterate" in deploy.output().split("flows as")[1].splitlines()[1], deploy.output()  # listed first, scheduled
+    rounds = prefect.deployment("rlhf-iterate", ROUNDS)
+    assert rounds["schedules"][0]["active"] is True
+    assert prefect.deployment("rlhf-pipeline", ROUNDS)["schedules"] == []
+    deadline = time.monotonic() + 2 * FIRE_TIMEOUT + 2 * RUN_TIMEOUT
+    done: list[dict] = []
+    while len(done) < 2:
+        runs = prefect.flow_runs_of(rounds["id"])
+        done = [r for r in runs if r["state_type"] in ("COMPLETED", "FAILED", "CRASHED")]
+        assert time.monotonic() < deadline, f"two rounds did not finish: {[(r['name'], r['state_type']) for r in runs]}"
+        time.sleep(3)
+    prefect.set_schedule_active(rounds, False)
+    for run in done[:2]:
+        assert run["created_by"]["type"] == "SCHEDULE" and run["state_type"] == "COMPLETED", (
+            f"{run['name']} {run['state_type']}: {run['state']['message']}\n{prefect.logs(run['id'])[-4000:]}")
+    from tasks.iterate import LEDGER, read_ledger
+
+    ledger = read_ledger(stack["ws"] / "iterate" / "rlhf-smoke" / LEDGER)
+    assert [r["round"] for r in ledger][:2] == [1, 2]
+    assert ledger[0]["champion_before"].startswith("rlhf-smoke-policy v")
+    tagged = stack["mlflow"].runs_tagged("rlhf.flow", "rlhf-iterate")  # each round's run in the MLflow tracking server
+    assert {tags_of(r).get("rlhf.round") for r in tagged} >= {"1", "2"}
