@@ -142,7 +142,8 @@ def iterate(
     labeler: Annotated[
         Optional[str],
         typer.Option(help="Who labels: simulated (the demo panel), file (JSONL out and back), label-studio "
-                     "(LABEL_STUDIO_URL, LABEL_STUDIO_API_KEY). Default: the config's iterate.labeler."),
+                     "(LABEL_STUDIO_URL with LABEL_STUDIO_API_KEY, or LABEL_STUDIO_USERNAME and LABEL_STUDIO_PASSWORD). "
+                     "Default: the config's iterate.labeler."),
     ] = None,
     from_run: Annotated[
         Optional[str], typer.Option(help="Start from this run's PPO policy instead of the registry's champion.")
@@ -160,16 +161,24 @@ def iterate(
 
     overrides = [*(set_ or []), *([f"iterate.labeler={labeler}"] if labeler else [])]
     cfg = _load(config, overrides, workspace)
+    from tasks.stages.label import LabelTimeout
+
     try:
         summary = run_iterate(cfg, rounds=rounds, from_run=from_run, resume_run=resume)
     except Interrupted as exc:
         raise _stopped(exc) from None
+    except LabelTimeout as exc:
+        if exc.resume_run is None:
+            raise
+        again = _same_command(["iterate", "--resume", exc.resume_run], config, overrides, workspace)
+        raise LabelTimeout(str(exc).rsplit(": rlhf iterate --resume", 1)[0] + f": {again}") from None
     console = _console()
     for row in summary.rounds:
-        decision = f"promoted {row['new_version']}" if row["promoted"] else f"kept {row['champion_before']}"
-        console.print(f"round {row['round']} ({row['run']}): {row['labels']} labels, Elo new "
-                      f"{row['elo_new']:.0f} vs champion {row['elo_champion']:.0f}; {decision}", soft_wrap=True)
-    console.print(f"history: {summary.history}", soft_wrap=True)
+        console.print(f"round {row['round']} ({row['run']}): {row['labels']} labels, {row['rows_added']} pairs added; "
+                      f"Elo new {row['elo_new']:.0f} vs champion {row['elo_champion']:.0f} ({row['champion_before']})",
+                      soft_wrap=True)
+        console.print(f"  registry: {row['decision']}", soft_wrap=True)
+    console.print(f"history: {summary.history} (rounds.jsonl, elo_by_round.png)", soft_wrap=True)
 
 
 def _stopped(exc) -> typer.Exit:

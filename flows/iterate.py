@@ -108,7 +108,7 @@ def rlhf_iterate(config: PipelineConfig, from_run: str | None = None, resume_run
         except LabelTimeout as exc:
             if ctx.tracking_enabled:
                 ctx.parent_tracker().finish_quietly("FAILED")
-            raise LabelTimeout(f"{exc}: rlhf iterate --resume {run.run_id}") from None
+            raise LabelTimeout(f"{exc}: rlhf iterate --resume {run.run_id}", resume_run=run.run_id) from None
         except BaseException:
             if ctx.tracking_enabled:
                 ctx.parent_tracker().finish_quietly("FAILED")
@@ -146,10 +146,11 @@ def _elo(eval_json: dict[str, Any], name: str) -> dict[str, float]:
     return {"rating": float("nan"), "ci_low": float("nan"), "ci_high": float("nan")}
 
 
-def _promoted(cfg: PipelineConfig, ctx: StageContext, ppo_dir: str) -> tuple[bool, str | None]:
-    """Whether the registry's champion alias now points at this round's policy, and that version."""
+def _promoted(cfg: PipelineConfig, ctx: StageContext, ppo_dir: str) -> tuple[bool, str | None, str]:
+    """Whether the registry's champion alias now points at this round's policy, that version, and the
+    registry's reason (the version's ``promotion_decision`` tag)."""
     if not (ctx.tracking_enabled and cfg.registry.enabled):
-        return False, None
+        return False, None, "not registered (tracking or registry off)"
     from mlflow.exceptions import MlflowException
     from mlflow.tracking import MlflowClient
 
@@ -158,11 +159,14 @@ def _promoted(cfg: PipelineConfig, ctx: StageContext, ppo_dir: str) -> tuple[boo
     client = MlflowClient(tracking_uri=ctx.tracking_uri)
     name = ctx.registered_model("policy")
     version = find_version(client, name, ppo_dir)
+    if version is None:
+        return False, None, f"no registered {name} version for this round's policy"
     try:
         champion = client.get_model_version_by_alias(name, CHAMPION).version
     except MlflowException:
         champion = None
-    return version is not None and champion == version, (f"{name} v{version}" if version else None)
+    decision = client.get_model_version(name, version).tags.get("promotion_decision", "no decision recorded")
+    return champion == version, f"{name} v{version}", decision
 
 
 def record_round(cfg: PipelineConfig, ctx: StageContext, run: RunDir, number: int, champion: Champion) -> dict[str, Any]:
@@ -172,10 +176,10 @@ def record_round(cfg: PipelineConfig, ctx: StageContext, run: RunDir, number: in
     result = json.loads(Path(run.require("eval")["eval_json"]).read_text(encoding="utf-8"))
     labels = json.loads(Path(run.require("label")["report"]).read_text(encoding="utf-8"))
     new, old = _elo(result, PRIMARY), _elo(result, PREVIOUS_CHAMPION)
-    promoted, version = _promoted(cfg, ctx, run.require("ppo")["model_dir"])
+    promoted, version, decision = _promoted(cfg, ctx, run.require("ppo")["model_dir"])
     row = {
         "round": number, "run": run.run_id, "champion_before": champion.version, "new_version": version,
-        "promoted": promoted, "elo_new": new["rating"], "elo_new_ci_low": new["ci_low"], "elo_new_ci_high": new["ci_high"],
+        "promoted": promoted, "decision": decision, "elo_new": new["rating"], "elo_new_ci_low": new["ci_low"], "elo_new_ci_high": new["ci_high"],
         "elo_champion": old["rating"], "elo_champion_ci_low": old["ci_low"], "elo_champion_ci_high": old["ci_high"],
         "gold_delta": result["metrics"].get("eval/gold_delta"), "labels": labels["labels"], "rows_added": labels["rows"],
         "inter_annotator_agreement": labels["inter_annotator_agreement"],
@@ -199,7 +203,7 @@ def round_metrics(row: dict[str, Any]) -> dict[str, float]:
 
 
 def round_markdown(row: dict[str, Any], where: Path) -> str:
-    decision = f"promoted: {row['new_version']} is the champion" if row["promoted"] else f"kept {row['champion_before']}"
+    decision = row["decision"]
     return (f"# Round {row['round']}\n\nFrom {row['champion_before']}; {row['labels']} labels, {row['rows_added']} "
             f"preference rows added.\n\n| policy | Elo [95% CI] |\n|---|---|\n"
             f"| new ({row['new_version'] or 'unregistered'}) | {_rating(row, 'elo_new')} |\n"

@@ -58,6 +58,7 @@ DROP_REASONS = ("unlabelled", "all_tie", "even_split")
 TASK_ID_CHARS = 16  # 64 bits of sha256: collisions are out of reach for any number of tasks a person labels
 _BATCH_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$")  # one safe path component
 LABEL_KEYS = ("task_id", "choice", "annotator", "note")
+SHOWN_PROBLEMS = 5  # a LabelError names the line of the first problem and of up to this many more
 
 
 # ----------------------------------------------------------------------------- tasks
@@ -290,7 +291,9 @@ class LabelError(DataError):
         if len(problems) > 1:
             counts = Counter(p.rule for p in problems[1:])
             listed = ", ".join(f"{n} {rule}" for rule, n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0])))
-            more = f" (and {len(problems) - 1} more: {listed})"
+            lines = ", ".join(f"{p.line} {p.rule}" for p in problems[1:1 + SHOWN_PROBLEMS])
+            etc = ", ..." if len(problems) > 1 + SHOWN_PROBLEMS else ""
+            more = f" (and {len(problems) - 1} more: {listed}; lines {lines}{etc})"
         super().__init__(f"{self.file}:{first.line}: {first.rule}: {first.detail}{more}")
 
 

@@ -61,9 +61,11 @@ def champion_from_registry(cfg: PipelineConfig, ws: Workspace, tracking_uri: str
     try:
         version = MlflowClient(tracking_uri=tracking_uri).get_model_version_by_alias(name, CHAMPION)
     except MlflowException:
+        latest = latest_policy_run(ws)
+        start = f"--from-run {latest} (the latest run with a PPO policy)" if latest else "--from-run RUN_ID"
         raise UserError(f"no champion to iterate on: registered model {name!r} has no '{CHAMPION}' alias in {tracking_uri} "
-                        f"(run `rlhf run` until the evaluation promotes a policy, or start from a run with --from-run RUN_ID)"
-                        ) from None
+                        f"(`rlhf run` promotes one when its evaluation passes the registry rule; or start from a run: "
+                        f"{start})") from None
     stage_dir = version.tags.get("rlhf.stage_dir")
     if not stage_dir or not Path(stage_dir).is_dir():
         raise UserError(f"{name} v{version.version} ({CHAMPION}): its model directory {stage_dir!r} is not in this "
@@ -94,6 +96,14 @@ def base_run(cfg: PipelineConfig, ws: Workspace, champion: Champion) -> str:
     return max(rows, key=lambda r: r["round"])["run"] if rows else champion.source_run
 
 
+def latest_policy_run(ws: Workspace) -> str | None:
+    """The newest run of the workspace whose PPO stage finished (what ``--from-run`` would take)."""
+    if not ws.runs.is_dir():
+        return None
+    runs = sorted((p.name for p in ws.runs.iterdir() if p.is_dir()), reverse=True)
+    return next((r for r in runs if ws.run(r).outputs("ppo") is not None), None)
+
+
 def read_round(run: RunDir) -> dict[str, Any] | None:
     path = run.path / ROUND_FILE
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
@@ -122,19 +132,27 @@ def label_round(cfg: PipelineConfig, ctx: StageContext, champion: Champion, roun
         tracker.set_tags({"rlhf.round": str(round_no), "rlhf.champion": champion.version, "rlhf.labeler": labeler.name})
         outputs = label_stage.run(
             cfg, ctx.run, source, champion, round_no, labeler, tracker,
-            on_progress=_progress_reporter(ctx), on_submitted=lambda batch: _announce(ctx, labeler, batch, round_no),
+            on_progress=_progress_reporter(ctx),
+            on_submitted=lambda batch: _announce(ctx, labeler, batch, round_no, _deadline(cfg.iterate.label_timeout_s)),
         )
         ctx.publish_markdown("labels", f"# Round {round_no}: labels\n\n{outputs.report}", "What the labellers gave back")
     return ctx.run.record_outputs("label", outputs.files)
 
 
-def _announce(ctx: StageContext, labeler: Labeler, batch: str, round_no: int) -> None:
+def _deadline(timeout_s: float) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime(time.time() + timeout_s))
+
+
+def _announce(ctx: StageContext, labeler: Labeler, batch: str, round_no: int, deadline: str) -> None:
     """Say on the Prefect run page where the batch waits to be labelled."""
     from prefect import get_run_logger
 
     place = label_stage.location(labeler, batch)
     text = f"round {round_no}: batch `{batch}` sent to the {labeler.name} labeller" + (f": {place}" if place else "")
     get_run_logger().info(text)
+    text += f". The round waits until every task has a label, at most until {deadline} (iterate.label_timeout_s)."
     ctx.publish_markdown("labelling", f"# Waiting for labels\n\n{text}", "Where this round's comparisons are labelled")
 
 

@@ -157,7 +157,7 @@ def plot_elo_by_round(rounds: list[Mapping[str, Any]], path: str | Path) -> Path
     """Elo (SFT = 1000) of each `rlhf iterate` round's new policy and of the champion it started from,
     with intervals, by round; filled where the round promoted the new one. ``rounds``: the round ledger's rows."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(6, 3.5))
+    fig, ax = plt.subplots(figsize=(6, 4))
     xs = [r["round"] for r in rounds]
     ys = [r["elo_new"] for r in rounds]
     lows = [r["elo_new"] - r["elo_new_ci_low"] for r in rounds]
@@ -175,6 +175,6 @@ def plot_elo_by_round(rounds: list[Mapping[str, Any]], path: str | Path) -> Path
     ax.set_ylabel("Elo (gold head-to-heads)")
     ax.set_xticks(xs)
     ax.set_title("New policy per round (filled: promoted to champion)")
-    ax.legend(loc="best", fontsize=8)
+    ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.2), ncol=2, fontsize=8, frameon=False)
     fig.tight_layout()
     return _save(fig, path)

@@ -59,7 +59,8 @@ def promote_if_better(
     client.set_model_version_tag(name, version, metric, str(score))
     rule = f"{gate_reason}; and {metric} > champion's {metric} + {min_improvement}"
     if not gate:
-        decision, promote = f"kept champion: gate failed ({gate_reason})", False
+        kept = f"kept champion v{current.version}" if current is not None else "not promoted (no champion yet)"
+        decision, promote = f"{kept}: gate failed ({gate_reason})", False
     elif current is None:
         decision, promote = "first champion", True
     else:

@@ -330,11 +330,13 @@ class MlflowTracker:
         import mlflow.data
         from mlflow.entities import DatasetInput, InputTag
 
-        with warnings.catch_warnings():  # MLflow registers the local source class twice
+        # MLflow registers the local source class twice, and hints at integer columns (the schema is
+        # only shown, never enforced here): neither is the user's concern
+        with warnings.catch_warnings():
             warnings.simplefilter("ignore", UserWarning)
             dataset = mlflow.data.from_pandas(frame, source=str(path), name=name)
-        # what mlflow.log_input does, bound to this run instead of the thread's active run
-        entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context or name)])
+            # what mlflow.log_input does, bound to this run instead of the thread's active run
+            entity = DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag("mlflow.data.context", context or name)])
         self.client.log_inputs(self.run_id, datasets=[entity])
 
 

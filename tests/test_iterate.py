@@ -272,3 +272,27 @@ def test_rlhf_iterate_runs_two_rounds_nested_under_one_mlflow_run(rounds, tmp_pa
     assert sorted(r.data.tags["rlhf.round"] for r in nested) == ["3", "4"]
     history = client.get_metric_history(iteration.info.run_id, "round/elo_new")
     assert sorted(m.step for m in history) == [3, 4]
+
+
+def test_replies_are_trimmed_and_those_the_reward_model_cannot_train_on_are_dropped_before_labelling(tmp_path, monkeypatch):
+    """A reply starting with whitespace broke the reward stage after people had labelled it: the chat
+    template re-tokenised the prompt once it was added. Now trimmed (and checked) before labelling."""
+    import rlhf_core.batching as batching
+    from rlhf_core.models import load_tokenizer
+    from tasks.stages.label import trainable_replies
+
+    cfg = _cfg(tmp_path)
+    tokenizer = load_tokenizer(cfg.model, cfg.model_cache)
+    with pytest.raises(DataError, match="not prefix-stable"):
+        batching.prompt_response_ids(tokenizer, "How do I boil an egg?", "\n       krillochastic egg", "chat")
+    prompts = pd.DataFrame({"prompt": ["How do I boil an egg?"], "prompt_messages": [None]})
+    kept, dropped = trainable_replies(cfg, prompts, [["\n       krillochastic egg", " Boil it.  ", "Boil it for 9 min."]])
+    assert kept == [["krillochastic egg", "Boil it.", "Boil it for 9 min."]] and dropped == 0
+
+    def refuse_b(tok, prompt, reply, fmt, context=None):
+        if reply == "b":
+            raise DataError("row: chat template is not prefix-stable")
+        return [], []
+
+    monkeypatch.setattr(batching, "prompt_response_ids", refuse_b)
+    assert trainable_replies(cfg, prompts, [["a", "b", "c"]]) == ([["a", "c"]], 1)  # counted, not silently lost

@@ -255,7 +255,8 @@ def test_every_bad_line_is_counted(tmp_path: Path) -> None:
         labeler.collect("b")
     assert [(p.line, p.rule) for p in info.value.problems] == [
         (1, "unknown_task"), (2, "invalid_choice"), (4, "malformed_line"), (5, "unknown_task")]
-    assert str(info.value).endswith("(and 3 more: 1 invalid_choice, 1 malformed_line, 1 unknown_task)")
+    assert str(info.value).endswith("(and 3 more: 1 invalid_choice, 1 malformed_line, 1 unknown_task; "
+                                    "lines 2 invalid_choice, 4 malformed_line, 5 unknown_task)")
 
 
 def test_a_line_being_written_is_waited_for_not_imported(tmp_path: Path) -> None:

@@ -47,7 +47,15 @@ class Champion:
 
 
 class LabelTimeout(UserError):
-    """The batch was not fully labelled in time; what was labelled is kept by the labeller."""
+    """The batch was not fully labelled in time; what was labelled is kept by the labeller.
+    ``resume_run``: the round to resume (set once the flow knows it)."""
+
+    def __init__(self, message: str, resume_run: str | None = None) -> None:
+        super().__init__(message)
+        self.resume_run = resume_run
+
+    def __reduce__(self):  # Prefect may copy an exception across a flow boundary: keep ``resume_run``
+        return (type(self), (str(self), self.resume_run))
 
 
 def fresh_prompts(rl_prompts: pd.DataFrame, preferences: pd.DataFrame, n: int, seed: int) -> pd.DataFrame:
@@ -79,6 +87,30 @@ def sample_replies(cfg: PipelineConfig, champion: Champion, sft_dir: str, prompt
     samples = sample_responses(policy, tokenizer, ids, n=cfg.iterate.replies_per_prompt,
                                max_new_tokens=cfg.ppo.max_new_tokens, temperature=cfg.ppo.temperature, seed=seed)
     return samples.grouped()
+
+
+def trainable_replies(cfg: PipelineConfig, prompts: pd.DataFrame, replies: list[list[str]]) -> tuple[list[list[str]], int]:
+    """The replies with their edge whitespace trimmed (not content: a person does not see it), less
+    those the reward model cannot be trained on (the chat template re-tokenises the prompt when the
+    reply is added): checked before anyone labels them, not after. Returns (kept, how many dropped)."""
+    from rlhf_core.batching import prompt_response_ids, resolve_format
+    from rlhf_core.conversation import row_context
+    from rlhf_core.models import load_tokenizer
+
+    tokenizer = load_tokenizer(cfg.model, cfg.model_cache)
+    fmt = resolve_format(tokenizer, cfg.reward.prompt_format)
+    kept, dropped = [], 0
+    for i, (row, texts) in enumerate(zip(prompts.to_dict(orient="records"), replies, strict=True)):
+        context = row_context(row, f"rl_prompts[{i}]")
+        ok = []
+        for text in (t.strip() for t in texts):
+            try:
+                prompt_response_ids(tokenizer, row["prompt"], text, fmt, context=context)
+                ok.append(text)
+            except DataError:
+                dropped += 1
+        kept.append(ok)
+    return kept, dropped
 
 
 def location(labeler: Labeler, batch: str) -> str | None:
@@ -126,9 +158,12 @@ def round_tasks(cfg: PipelineConfig, run: RunDir, source: RunDir, champion: Cham
     seed = cfg.seed * 1000 + round_no
     prompts = fresh_prompts(pd.read_parquet(data["rl_prompts"]), pd.read_parquet(data["preferences"]),
                             cfg.iterate.prompts_per_round, seed)
-    replies = sample_replies(cfg, champion, source.require("sft")["model_dir"], prompts, seed)
+    replies, unrenderable = trainable_replies(cfg, prompts, sample_replies(cfg, champion, source.require("sft")["model_dir"],
+                                                                           prompts, seed))
     tasks, accounting = make_tasks(prompts.to_dict(orient="records"), replies, round=round_no,
                                    policy_version=champion.version, pairs_per_prompt=cfg.iterate.pairs_per_prompt, seed=seed)
+    accounting["replies"] += unrenderable
+    accounting["skipped_replies"]["not_trainable"] = unrenderable
     if not tasks:
         raise DataError(f"round {round_no}: the champion's {accounting['replies']} replies gave no pair to label "
                         f"(skipped: {accounting['skipped_replies']})")
