@@ -68,8 +68,23 @@ def open_round(config: PipelineConfig, ws: Workspace, tracking_uri: str, from_ru
     champion = champion_from_run(ws, from_run) if from_run else champion_from_registry(config, ws, tracking_uri)
     base = base_run(config, ws, champion)
     number = round_number(ws, base)
+    if (unfinished := unfinished_round(ws, base)) is not None:
+        raise UserError(f"round {number} on run {base} is unfinished in {unfinished} (the labels given there are kept): "
+                        f"carry it on with `rlhf iterate --resume {unfinished}`, or delete {ws.runs / unfinished} "
+                        "to start the round afresh")
     run = ws.new_run(f"{config.name}-round{number}")
     return run, write_round(run, number, champion, base)
+
+
+def unfinished_round(ws: Workspace, base: str) -> str | None:
+    """A round on ``base`` whose evaluation never finished (a timeout, a crash): resume it, not a second one."""
+    if not ws.runs.is_dir():
+        return None
+    for path in sorted(ws.runs.iterdir(), reverse=True):
+        info = read_round(RunDir(path)) if path.is_dir() else None
+        if info is not None and info.get("base_run") == base and RunDir(path).outputs("eval") is None:
+            return path.name
+    return None
 
 
 def _tag_round(ctx: StageContext, number: int, champion: Champion, iteration_run_id: str | None) -> None:

@@ -63,6 +63,9 @@ def rounds(tmp_path_factory):
             out["timeout"] = str(timeout.value)
             run_id = out["timeout"].rsplit("--resume ", 1)[1]
             out["round2_id"] = run_id
+            with pytest.raises(UserError) as twice:  # a second round 2 beside the unfinished one
+                rlhf_iterate(file_cfg)
+            out["second_round2"] = str(twice.value)
             labels = workspace / "labels" / run_id / "labels.jsonl"
             tasks = [json.loads(x) for x in (labels.parent / "tasks.jsonl").read_text().splitlines()]
             out["tasks"] = tasks
@@ -159,6 +162,8 @@ def test_a_half_labelled_batch_times_out_clearly_and_resumes_importing_each_labe
     assert f"rlhf iterate --resume {run_id}" in rounds["timeout"]
     assert f"{n // 2} of {n} tasks labelled" in rounds["timeout_again"] and f"the {n // 2} label(s) given are kept" in rounds["timeout_again"]
     assert "unknown_task" in rounds["bad_label"] and "labels.jsonl" in rounds["bad_label"]
+    assert f"round 2 on run {_run(rounds, 'round1').name} is unfinished in {run_id}" in rounds["second_round2"]
+    assert f"rlhf iterate --resume {run_id}" in rounds["second_round2"]
     run = _run(rounds, "round2")
     assert run.name == run_id
     report = json.loads((run / "label" / "report.json").read_text())
