@@ -104,7 +104,8 @@ def test_export_problems_name_the_project_the_task_and_the_rule():
         read_export(exported, {1: "ann@example.com"}, "Label Studio project 'rlhf r1' task")
     message = str(err.value)
     assert message.startswith("Label Studio project 'rlhf r1' task:10: bad_choice: annotation 1 by ann@example.com")
-    assert "'maybe'" in message and "(and 2 more: 1 no_choice, 1 unknown_task)" in message
+    assert "'maybe'" in message and (
+        "(and 2 more: 1 no_choice, 1 unknown_task; lines 10 no_choice, 11 unknown_task)" in message)
     assert [p.line for p in err.value.problems] == [10, 10, 11]
 
 
@@ -403,7 +404,14 @@ def _annotate(labeler: LabelStudioLabeler, ls_task: int, result: list[dict], can
     labeler.client.call("POST", f"/api/tasks/{ls_task}/annotations/", {"result": result, "was_cancelled": cancelled})
 
 
-def test_bad_credentials_name_the_variable_and_never_show_the_secret(server, api_key):
+def _three_task_batch(labeler: LabelStudioLabeler, batch: str) -> str:
+    """A batch of its own, so that a test stands alone (run with -k or in any order)."""
+    labeler.submit([_task(i, f"reply {i} first", f"reply {i} second") for i in range(3)], batch)
+    return batch
+
+
+def test_bad_credentials_name_the_variable_and_never_show_the_secret(server, api_key, labeler):
+    batch = _three_task_batch(labeler, "credentials-1")
     forged = api_key[:-6] + ("AAAAAA" if not api_key.endswith("AAAAAA") else "BBBBBB")
     cases = [
         ({KEY_ENV: forged}, KEY_ENV, forged, "Token is invalid"),
@@ -413,23 +421,24 @@ def test_bad_credentials_name_the_variable_and_never_show_the_secret(server, api
     ]
     for env, named, secret, said in cases:
         with pytest.raises(LabelStudioError) as err:
-            LabelStudioLabeler.from_env({URL_ENV: server.url, **env}).progress("batch-1")
+            LabelStudioLabeler.from_env({URL_ENV: server.url, **env}).progress(batch)
         message = str(err.value)
         assert named in message and said in message and server.url in message, message
         assert secret not in message and "\n" not in message, message
     by_password = LabelStudioLabeler.from_env({URL_ENV: server.url, USERNAME_ENV: USERNAME, PASSWORD_ENV: PASSWORD})
-    assert by_password.progress("batch-1").total_tasks == 3  # the login the web page uses works too ...
+    assert by_password.progress(batch).total_tasks == 3  # the login the web page uses works too ...
     by_password.submit([_task(30, "yes", "no")], "password-1")  # ... for writes as well (Django's CSRF token)
     assert by_password.progress("password-1").total_tasks == 1
 
 
 def test_an_expired_access_token_is_renewed_from_the_personal_access_token(labeler):
+    batch = _three_task_batch(labeler, "expiry-1")
     auth = labeler.client.auth
     auth.access = auth.access[:-4] + "AAAA"  # as Label Studio sees an expired one: 401
-    assert labeler.progress("batch-1").total_tasks == 3
+    assert labeler.progress(batch).total_tasks == 3
     renewed = auth.access
     auth.fetched_at -= 3600  # older than an access token lives: renewed before it is used
-    assert labeler.progress("batch-1").total_tasks == 3 and auth.access != renewed
+    assert labeler.progress(batch).total_tasks == 3 and auth.access != renewed
 
 
 def test_credentials_stay_out_of_the_server_log(server, api_key):
