@@ -440,7 +440,7 @@ def main() -> None:
     handle_termination()  # SIGTERM/SIGHUP unwind as Ctrl-C does: states recorded, servers stopped
     try:
         # Outside standalone mode click returns the code of `typer.Exit(code)` instead of exiting.
-        code = _command()(standalone_mode=False)
+        code = app(standalone_mode=False)
     except UserError as exc:
         from rlhf_core.redact import redact_text
 
@@ -472,29 +472,6 @@ def main() -> None:
             sys.exit(1)
         raise
     sys.exit(code if isinstance(code, int) else 0)
-
-
-PLAIN_HELP_BELOW = 100  # columns: under this (a CI log, an 80-column terminal) --help is click's plain text
-
-
-def _command():
-    """The click command for ``app``; its --help in plain text on a terminal under PLAIN_HELP_BELOW columns.
-
-    Typer's help table splits the width between six columns: at 80 it cuts option names
-    (`--label-studio-…`) and environment variable names mid-word. Click's plain layout keeps them whole.
-    """
-    import shutil
-
-    import typer.main
-
-    command = typer.main.get_command(app)
-    if shutil.get_terminal_size().columns < PLAIN_HELP_BELOW:
-        todo = [command]
-        while todo:
-            cmd = todo.pop()
-            cmd.rich_markup_mode = None  # typer's format_help then falls back to click's
-            todo.extend(getattr(cmd, "commands", {}).values())
-    return command
 
 
 def _cli_exception_types() -> tuple[tuple[type, ...], tuple[type, ...], tuple[type, ...]]:
