@@ -93,7 +93,6 @@ def run(
     """
     from flows.pipeline import run_pipeline
     from flows.runtime import Interrupted
-    from rlhf_core.errors import UserError
 
     cfg = _load(config, set_, workspace)
     try:
@@ -102,10 +101,6 @@ def run(
         if exc.run_id:
             exc.resume = _same_command(["run", "--resume", exc.run_id], config, set_, workspace)
         raise _stopped(exc) from None
-    except UserError as exc:
-        if exc.run_id:  # a stage failed: its finished stages and checkpoints are kept
-            exc.resume = _same_command(["run", "--resume", exc.run_id], config, set_, workspace)
-        raise
     console = _console()
     console.print(f"[bold green]pipeline finished[/] in {summary.wall_seconds:.1f} s")
     console.print(f"run directory: [bold]{summary.run_dir}[/]")
@@ -452,8 +447,6 @@ def main() -> None:
             console.print(Text.assemble(("error:", "bold red"), " ", line), soft_wrap=True)
         if exc.log_file:
             console.print(f"full log (with the traceback): {exc.log_file}", soft_wrap=True, markup=False)
-        if exc.resume:
-            console.print(f"finished stages are kept; carry the run on with: {exc.resume}", soft_wrap=True, markup=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:  # outside a command (typer makes one inside a silent exit 130)
         if not isinstance(exc, Interrupted):

@@ -143,7 +143,7 @@ def ui(
         # Commands to copy: one line each, however narrow the terminal (a wrapped one breaks the paste).
         console.print(f"  export PREFECT_API_URL={servers.prefect_api_url}", soft_wrap=True)
         console.print(f"  rlhf deploy --workspace {workspace} --tracking-uri {servers.mlflow_url}", soft_wrap=True)
-        console.print(f"  rlhf run --workspace {workspace} --set tracking.tracking_uri={servers.mlflow_url}", soft_wrap=True)
+        console.print(f"  rlhf run --set tracking.tracking_uri={servers.mlflow_url}", soft_wrap=True)
         watched = [servers.prefect, servers.mlflow]
         if studio_login is not None:
             studio = _start_label_studio(console, workspace, host, label_studio_port, studio_login, timeout)

@@ -62,7 +62,6 @@ def run_pipeline(cfg: PipelineConfig, resume_run: str | None = None) -> RunSumma
                 result = rlhf_pipeline(cfg, resume_run=run.run_id)
             except UserError as exc:
                 exc.log_file = str(log_file)
-                exc.run_id = run.run_id
                 raise
     except KeyboardInterrupt as exc:
         raise _interrupted(exc, run) from None
@@ -80,6 +79,7 @@ def run_pipeline(cfg: PipelineConfig, resume_run: str | None = None) -> RunSumma
         page = tracking.run_url(result["tracking_uri"], result["experiment_id"], result["mlflow_run_id"])
         lines.append(f"its page: {page}")
         lines.append(tracking.ui_note(result["tracking_uri"]) or f"open the UIs: rlhf ui --workspace {cfg.workspace}")
+        lines.append(f"resume this run after a failure: rlhf run --resume {run_dir.name} (same --config/--set)")
     return RunSummary(run_dir, wall, result.get("mlflow_run_id"), result["outputs"], lines)
 
 
@@ -256,7 +256,6 @@ def run_eval(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
                 return eval_flow(cfg, str(run.path))
             except UserError as exc:
                 exc.log_file = str(log_file)
-                exc.run_id = run.run_id
                 raise
     except KeyboardInterrupt as exc:
         raise _interrupted(exc, run) from None

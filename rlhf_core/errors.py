@@ -12,15 +12,11 @@ class UserError(Exception):
     """A problem with the user's input (config, data, paths, checkpoints).
 
     ``log_file``: where the full log (the traceback) went, when the error ended a run whose
-    log has one (`rlhf run` sets it); the CLI names it on a second line. ``run_id``: the run
-    it stopped, and ``resume``: the command that carries that run on (its finished stages
-    kept); the CLI prints it last.
+    log has one (`rlhf run` sets it); the CLI names it on a second line.
     """
 
     exit_code: int = 2
     log_file: str | None = None
-    run_id: str | None = None
-    resume: str | None = None
 
 
 class ConfigError(UserError):

@@ -4,8 +4,8 @@
 that are missing, directories or empty; an input list a stage needs left empty; a model path that
 does not exist, a corrupt GGUF, pickled weights only; a length past the model's context. A resume
 must name a run of this workspace made with this config, checked before anything is written. A
-failure only the run can find (in its data) ends with the one-line error, the log file and the command
-that carries the run on, not Prefect's tracebacks.
+failure only the run can find (in its data) ends with the one-line error and the log file, not
+Prefect's tracebacks.
 """
 
 from __future__ import annotations
@@ -13,7 +13,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -199,15 +198,8 @@ def test_a_stage_that_fails_prints_one_error_line_and_the_log_file_not_traceback
     log = Path(log_line.split(": ", 1)[1])
     assert log.parent.parent == tmp_path / "ws" / "runs" and log.name == "run.log"
     assert "Traceback" in log.read_text() and "over max_length 16" in log.read_text()
-    (resume_line,) = [line for line in text.splitlines() if line.startswith("finished stages are kept; carry the run on with: ")]
-    assert text.rstrip().endswith(f"{log_line}\n{resume_line}")  # nothing after them
+    assert text.rstrip().endswith(log_line)  # nothing after it
     assert "Beginning subflow run" in text  # Prefect's progress lines still show
-    # The printed command, pasted as it is, carries the same run on (same -c/-w/--set): it fails the same way there.
-    argv = shlex.split(resume_line.split(": ", 1)[1])
-    assert argv[:4] == ["rlhf", "run", "--resume", log.parent.name], argv
-    again = _rlhf(*argv[1:], timeout=600)
-    assert again.returncode == 2 and "over max_length 16" in again.stderr + again.stdout
-    assert sorted(p.name for p in (tmp_path / "ws" / "runs").iterdir()) == [log.parent.name]
 
 
 @pytest.mark.slow

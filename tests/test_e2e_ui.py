@@ -214,14 +214,6 @@ def test_deployment_has_a_daily_schedule_that_is_off_on_process_pool(stack, depl
     assert stage["schedules"] == [] and stage["paused"] is False
 
 
-def test_the_commands_ui_prints_to_copy_name_its_workspace_and_servers(stack):
-    """Each `rlhf ...` line `ui` prints is whole on one line and points at this workspace and these servers."""
-    lines = [line.strip() for line in stack["ui"].output().splitlines() if line.strip().startswith("rlhf ")]
-    assert {line.split()[1] for line in lines} >= {"deploy", "run"}, stack["ui"].output()
-    for line in lines:
-        assert f"--workspace {stack['ws']}" in line and stack["mlflow_url"] in line, line
-
-
 def test_a_credential_typed_into_the_form_is_refused_before_a_run_exists(stack, deployment):
     """The form's check (/ui/schemas/validate) and its submit (create_flow_run) both refuse it; nothing is stored."""
     prefect: PrefectAPI = stack["prefect"]
