@@ -123,7 +123,8 @@ def run_engine(config: str, overrides: list[str], engine: str, source_run: Path,
     if proc.returncode != 0:
         raise SystemExit(f"the {engine} stages failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
     out = json.loads(proc.stdout.strip().splitlines()[-1])
-    out = {k: round(v, 1) for k, v in out.items()} | {"engine": engine, "process_wall_s": round(wall, 1)}
+    out = {k: round(v, 1) for k, v in out.items()} | {"engine": engine, "process_wall_s": round(wall, 1),
+                                                      "run_dir": str(run_dir)}
     if engine == "vllm":
         out["engine_start_s"] = engine_starts(proc.stderr + proc.stdout)  # PPO's, then the evaluation's
         out["weight_syncs"] = len(re.findall(r"vllm weight sync \d+:", proc.stderr))
