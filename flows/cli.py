@@ -18,6 +18,17 @@ from flows.cli_reward import register as _register_reward_commands
 from flows.cli_servers import register as _register_server_commands
 from rlhf_core.config.presets import DEFAULT_PRESET, preset_names
 
+
+
+def _help_layout() -> str | None:
+    """typer's rich help, as panels, cuts option names to 15 characters under 100 columns
+    ("--label-studio-…", and a CI log is 80): there, click's plain layout, which wraps the text instead."""
+    import shutil
+
+    return "rich" if shutil.get_terminal_size().columns >= 100 else None
+
+
+HELP_LAYOUT = _help_layout()
 app = typer.Typer(
     name="rlhf",
     help=(
@@ -27,16 +38,20 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
-    rich_markup_mode="rich",
+    rich_markup_mode=HELP_LAYOUT,
 )
-config_app = typer.Typer(help="Inspect and validate pipeline configs.", no_args_is_help=True)
-model_app = typer.Typer(help="Fetch, inspect and try the base model.", no_args_is_help=True)
-data_app = typer.Typer(help="Data contracts and curation: check files, build the demo data.", no_args_is_help=True)
+config_app = typer.Typer(help="Inspect and validate pipeline configs.", no_args_is_help=True, rich_markup_mode=HELP_LAYOUT)
+model_app = typer.Typer(help="Fetch, inspect and try the base model.", no_args_is_help=True, rich_markup_mode=HELP_LAYOUT)
+data_app = typer.Typer(
+    help="Data contracts and curation: check files, build the demo data.", no_args_is_help=True, rich_markup_mode=HELP_LAYOUT
+)
 app.add_typer(config_app, name="config")
 app.add_typer(model_app, name="model")
 app.add_typer(data_app, name="data")
 tracking_app = typer.Typer(
-    help="MLflow tracking: send metrics held back while the tracking server was down.", no_args_is_help=True
+    help="MLflow tracking: send metrics held back while the tracking server was down.",
+    no_args_is_help=True,
+    rich_markup_mode=HELP_LAYOUT,
 )
 app.add_typer(tracking_app, name="tracking")
 _register_server_commands(app)  # rlhf ui, rlhf deploy
@@ -87,12 +102,13 @@ def run(
 ) -> None:
     """Run the pipeline (data -> SFT -> reward model -> PPO) on a config (default: demo) and say where outputs went.
 
-    Resumable: a killed run re-run with --resume skips finished stages and continues training from the last good checkpoint (a corrupt one is set aside).
+    Resumable: a killed run re-run with --resume skips finished stages and continues training from the last good checkpoint (a corrupt one is set aside); an interrupt or a failed stage prints that command whole.
 
     Data-parallel SFT, reward model, DPO and PPO: --set distributed.num_processes=2 (DDP under torchrun; distributed.strategy=fsdp or deepspeed on CUDA for SFT/RM/DPO). PPO rollouts on vLLM: make vllm, then --set ppo.rollout.engine=vllm (the evaluation samples on it too; eval.engine=hf keeps it on the trainer's sampler). An impossible setup is refused before any stage starts.
     """
     from flows.pipeline import run_pipeline
     from flows.runtime import Interrupted
+    from rlhf_core.errors import UserError
 
     cfg = _load(config, set_, workspace)
     try:
@@ -101,6 +117,11 @@ def run(
         if exc.run_id:
             exc.resume = _same_command(["run", "--resume", exc.run_id], config, set_, workspace)
         raise _stopped(exc) from None
+    except UserError as exc:  # a stage failed: its finished stages are kept
+        if exc.run_id:
+            again = _same_command(["run", "--resume", exc.run_id], config, set_, workspace)
+            exc.resume = f"finished stages are kept; a fix outside the config carries the run on with: {again}"
+        raise
     console = _console()
     console.print(f"[bold green]pipeline finished[/] in {summary.wall_seconds:.1f} s")
     console.print(f"run directory: [bold]{summary.run_dir}[/]")
@@ -121,6 +142,7 @@ def eval_(
     """
     from flows.pipeline import run_eval
     from flows.runtime import Interrupted
+    from rlhf_core.errors import UserError
 
     cfg = _load(config, set_, workspace)
     try:
@@ -128,6 +150,10 @@ def eval_(
     except Interrupted as exc:
         exc.resume = _same_command(["eval", run_id], config, set_, workspace)
         raise _stopped(exc) from None
+    except UserError as exc:
+        if exc.run_id:
+            exc.resume = f"once the cause is fixed, evaluate again with: {_same_command(['eval', run_id], config, set_, workspace)}"
+        raise
     console = _console()
     console.print(Path(result["comparison_md"]).read_text(encoding="utf-8"), soft_wrap=True)
     console.print(f"report: [bold]{result['eval_json']}[/]; plot: {result['plot']}", soft_wrap=True)
@@ -447,6 +473,8 @@ def main() -> None:
             console.print(Text.assemble(("error:", "bold red"), " ", line), soft_wrap=True)
         if exc.log_file:
             console.print(f"full log (with the traceback): {exc.log_file}", soft_wrap=True, markup=False)
+        if exc.resume:  # whole on one line to paste, as a run's own config/--set/-w (redacted, as the error)
+            console.print(redact_text(exc.resume), soft_wrap=True, markup=False)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt as exc:  # outside a command (typer makes one inside a silent exit 130)
         if not isinstance(exc, Interrupted):

@@ -203,7 +203,10 @@ def report_json(figures: PairFigures, pairs: PairsRead, settings: ScoreSettings,
 
 def register(app: typer.Typer) -> None:
     """Add the `reward` command group (`rlhf reward eval`) to ``app``."""
-    reward_app = typer.Typer(help="Reward models: measure one on labelled preference pairs.", no_args_is_help=True)
+    reward_app = typer.Typer(
+        help="Reward models: measure one on labelled preference pairs.", no_args_is_help=True,
+        rich_markup_mode=app.rich_markup_mode,  # the parent's help layout (flows.cli._help_layout)
+    )  # fmt: skip
     app.add_typer(reward_app, name="reward")
 
     @reward_app.command("eval")

@@ -9,6 +9,7 @@ on their own (the end-to-end test uses it).
 from __future__ import annotations
 
 import os
+import shlex
 import signal
 import sys
 import time
@@ -140,10 +141,12 @@ def ui(
         # The experiments list in "Model training" mode: MLflow 3 otherwise opens its GenAI view.
         console.print(f"  MLflow UI:   [bold]{servers.mlflow_url}/#/experiments?workflowType=machine_learning[/]", soft_wrap=True)
         console.print("to use them from another shell:")
-        # Commands to copy: one line each, however narrow the terminal (a wrapped one breaks the paste).
+        # Commands to copy: one line each, however narrow the terminal (a wrapped one breaks the paste),
+        # naming this workspace absolutely (the other shell may be elsewhere).
+        here = shlex.quote(str(workspace.resolve()))
         console.print(f"  export PREFECT_API_URL={servers.prefect_api_url}", soft_wrap=True)
-        console.print(f"  rlhf deploy --workspace {workspace} --tracking-uri {servers.mlflow_url}", soft_wrap=True)
-        console.print(f"  rlhf run --set tracking.tracking_uri={servers.mlflow_url}", soft_wrap=True)
+        console.print(f"  rlhf deploy --workspace {here} --tracking-uri {servers.mlflow_url}", soft_wrap=True, markup=False)
+        console.print(f"  rlhf run --workspace {here} --set tracking.tracking_uri={servers.mlflow_url}", soft_wrap=True, markup=False)
         watched = [servers.prefect, servers.mlflow]
         if studio_login is not None:
             studio = _start_label_studio(console, workspace, host, label_studio_port, studio_login, timeout)

@@ -61,7 +61,7 @@ def run_pipeline(cfg: PipelineConfig, resume_run: str | None = None) -> RunSumma
             try:
                 result = rlhf_pipeline(cfg, resume_run=run.run_id)
             except UserError as exc:
-                exc.log_file = str(log_file)
+                exc.log_file, exc.run_id = str(log_file), run.run_id
                 raise
     except KeyboardInterrupt as exc:
         raise _interrupted(exc, run) from None
@@ -255,7 +255,7 @@ def run_eval(cfg: PipelineConfig, run_id: str) -> dict[str, str]:
             try:
                 return eval_flow(cfg, str(run.path))
             except UserError as exc:
-                exc.log_file = str(log_file)
+                exc.log_file, exc.run_id = str(log_file), run.run_id
                 raise
     except KeyboardInterrupt as exc:
         raise _interrupted(exc, run) from None

@@ -13,10 +13,14 @@ class UserError(Exception):
 
     ``log_file``: where the full log (the traceback) went, when the error ended a run whose
     log has one (`rlhf run` sets it); the CLI names it on a second line.
+    ``run_id``: the run a stage failed in (`rlhf run`/`rlhf eval` set it), and ``resume``: the
+    command that carries that run on once the cause is fixed (the CLI sets it, printed last).
     """
 
     exit_code: int = 2
     log_file: str | None = None
+    run_id: str | None = None
+    resume: str | None = None
 
 
 class ConfigError(UserError):

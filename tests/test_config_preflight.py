@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -198,8 +199,20 @@ def test_a_stage_that_fails_prints_one_error_line_and_the_log_file_not_traceback
     log = Path(log_line.split(": ", 1)[1])
     assert log.parent.parent == tmp_path / "ws" / "runs" and log.name == "run.log"
     assert "Traceback" in log.read_text() and "over max_length 16" in log.read_text()
-    assert text.rstrip().endswith(log_line)  # nothing after it
+    # last, whole on one line: the command that carries this run on, with this call's -c/--set/-w
+    *_, before, hint = text.rstrip().splitlines()
+    assert before == log_line, text
+    prefix = "finished stages are kept; a fix outside the config carries the run on with: "
+    assert hint.startswith(prefix), text
+    argv = shlex.split(hint[len(prefix) :])
+    assert argv[:4] == ["rlhf", "run", "--resume", log.parent.name] and argv[argv.index("-w") + 1] == str(tmp_path / "ws")
     assert "Beginning subflow run" in text  # Prefect's progress lines still show
+    # Pasted as printed (the cause not fixed), it resumes that same run, not a new one, and fails the same way.
+    again = _rlhf(*argv[1:], timeout=600)
+    text = again.stdout + again.stderr
+    assert again.returncode == 2 and "over max_length 16" in text and "another config" not in text, text
+    assert [p.name for p in (tmp_path / "ws" / "runs").iterdir()] == [log.parent.name]
+    assert text.rstrip().splitlines()[-1] == hint
 
 
 @pytest.mark.slow

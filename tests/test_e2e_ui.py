@@ -195,6 +195,29 @@ def browser(tmp_path_factory):
         yield driver
 
 
+def test_the_commands_ui_prints_to_copy_work_on_its_workspace(stack):
+    """`rlhf ui` prints the lines to paste into another shell: each is whole on one line and names
+    this workspace and these servers, and `rlhf` parses them (a run elsewhere would land elsewhere)."""
+    import shlex
+
+    import typer
+
+    from flows.cli import app
+
+    lines = stack["ui"].output().splitlines()
+    copy = lines[lines.index("to use them from another shell:") + 1 :][:3]
+    assert copy[0].strip() == f"export PREFECT_API_URL={stack['prefect_url']}/api", copy
+    assert any(f"{stack['mlflow_url']}/#/experiments?workflowType=machine_learning" in line for line in lines), lines
+    ws = str(stack["ws"].resolve())
+    for line, command in zip(copy[1:], ("deploy", "run")):
+        argv = shlex.split(line)
+        assert argv[:2] == ["rlhf", command], line
+        assert argv[argv.index("--workspace") + 1] == ws, line
+        assert stack["mlflow_url"] in line, line
+        # parsed as `rlhf` parses it (nothing runs): an unknown option or a missing value raises
+        typer.main.get_command(app).commands[command].make_context(command, argv[2:])
+
+
 def test_deployment_has_a_daily_schedule_that_is_off_on_process_pool(stack, deployment):
     assert deployment["work_pool_name"] == POOL
     # One switch, shown the same everywhere in the UI: the schedule's own; the deployment is not paused.

@@ -70,3 +70,48 @@ def test_unknown_option_is_a_usage_error_not_a_traceback():
     assert out.returncode == 2, (out.returncode, out.stderr[-2000:])
     assert "No such option" in out.stderr and "--no-such-flag" in out.stderr
     assert "Traceback" not in out.stderr
+
+
+_EVERY_HELP = """
+import json, typer, flows.cli as cli
+def leaves(cmd, path):
+    subs = getattr(cmd, "commands", None)
+    if not subs:
+        yield path, cmd
+    for name, sub in (subs or {}).items():
+        yield from leaves(sub, [*path, name])
+out = {}
+for path, cmd in leaves(typer.main.get_command(cli.app), []):
+    ctx = cmd.make_context(" ".join(["rlhf", *path]), ["--help"], resilient_parsing=True)
+    names = [o for p in cmd.params if p.param_type_name == "option" for o in (*p.opts, *p.secondary_opts)]
+    out[" ".join(path)] = {"help": cmd.get_help(ctx), "options": names}
+print(json.dumps(out))
+"""
+
+
+def test_every_help_page_fits_80_columns_with_every_option_name_whole():
+    """A CI log is 80 columns: typer's rich panels cut option names there ("--label-studio-…"), so the
+    CLI uses click's plain layout under 100 columns. Every command's page, every line, every name."""
+    import os
+
+    env = {**os.environ, "COLUMNS": "80"}
+    out = subprocess.run([sys.executable, "-c", _EVERY_HELP], capture_output=True, text=True, cwd=REPO, env=env)
+    assert out.returncode == 0, out.stderr[-3000:]
+    pages = json.loads(out.stdout.strip().splitlines()[-1])
+    assert {"run", "ui", "deploy", "iterate", "reward eval", "data check"} <= set(pages), sorted(pages)
+    for command, page in pages.items():
+        wide = [line for line in page["help"].splitlines() if len(line) > 80]
+        assert not wide, (command, wide)
+        assert "…" not in page["help"], (command, page["help"])
+        for name in page["options"]:
+            assert name in page["help"], (command, name, page["help"])
+
+
+def test_a_wide_terminal_keeps_the_rich_help_panels():
+    import os
+
+    env = {**os.environ, "COLUMNS": "120"}
+    out = subprocess.run([sys.executable, "-m", "flows.cli", "ui", "--help"], capture_output=True, text=True, cwd=REPO,
+                         env=env)  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert "╭─ Options" in out.stdout and "--label-studio-port" in out.stdout, out.stdout
