@@ -133,6 +133,9 @@ def handle_termination() -> None:
     cleanup. Prefect's flow engine swaps in its own SIGTERM handler while a flow runs and, once
     it has recorded the crash, sends the signal again to the handler set here. A second signal
     while the command unwinds exits at once. Main thread only (signal handlers live there).
+    SIGTERM or SIGHUP ignored at start stays ignored: `nohup rlhf run ... &` must outlive the
+    terminal it was started from, as the user asked. SIGINT is set explicitly, as `rlhf ui` does: a
+    shell that starts a command with `&` leaves it ignored, and then Ctrl-C / `kill -INT` would do nothing.
     """
     seen: list[int] = []
 
@@ -142,14 +145,17 @@ def handle_termination() -> None:
         seen.append(signum)
         raise Interrupted(signum)
 
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     for sig in (signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, on_signal)
+        if signal.getsignal(sig) is not signal.SIG_IGN:
+            signal.signal(sig, on_signal)
 
 
 def exit_hard_on_next_signal(code: int) -> None:
     """After an interrupt was reported: another Ctrl-C/SIGTERM during the clean-up exits at once."""
     for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(sig, lambda *_: os._exit(code))
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # nohup's SIGHUP stays ignored
+            signal.signal(sig, lambda *_: os._exit(code))
 
 
 # --- What the console shows when a run fails -----------------------------------------------

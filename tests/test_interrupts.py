@@ -152,15 +152,21 @@ GONE_WITHIN_S = 15  # from that exit to the last process of the session gone
 class _Run:
     """`rlhf run -c smoke` training SFT for as long as it is let, its output read line by line."""
 
-    def __init__(self, workspace: Path) -> None:
+    def __init__(self, workspace: Path, ignored: tuple[signal.Signals, ...] = ()) -> None:
+        """``ignored``: signals the run starts with ignored, as `cmd &` (SIGINT) or nohup (SIGHUP) leave
+        them; the others start at their defaults, as in a terminal, whatever pytest was started with."""
         argv = [
             sys.executable, "-m", "flows.cli", "run", "-c", "smoke", "-w", str(workspace),
             "--set", f"model.cache_dir={MODEL_CACHE}", "--set", "sft.optim.max_steps=100000",
             "--set", "ppo.enabled=false", "--set", "dpo.enabled=false", "--set", "eval.enabled=false",
         ]  # fmt: skip
         env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}  # its own ephemeral API
+        def dispositions() -> None:  # in the child, before exec (inherited through it)
+            for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+                signal.signal(sig, signal.SIG_IGN if sig in ignored else signal.SIG_DFL)
+
         self.proc = subprocess.Popen(argv, cwd=REPO, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=dispositions)
         self.lines: list[tuple[float, str]] = []
         self.seen: dict[int, psutil.Process] = {}
         threading.Thread(target=self._read, daemon=True).start()
@@ -280,6 +286,45 @@ def test_ctrl_c_stops_the_run_in_seconds_with_one_line_and_leaves_nothing_runnin
     flows, mlflow = _states(tmp_path / "ws")
     assert flows["rlhf-pipeline"] == "CRASHED" and flows["sft"] == "CRASHED" and flows["data"] == "COMPLETED"
     assert mlflow == {run_id: "FAILED", "data": "FINISHED", "sft": "FAILED"}
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_a_run_its_shell_started_with_sigint_ignored(tmp_path):
+    """A shell starts `rlhf run ... &` with SIGINT ignored; Ctrl-C (or `kill -INT`) still stops it, as `rlhf ui`."""
+    run = _Run(tmp_path / "ws", ignored=(signal.SIGINT,))
+    try:
+        run.wait_until_training()
+        sent = run.send(signal.SIGINT, to_group=True)
+        code = run.proc.wait(timeout=STOP_WITHIN_S)
+        time.sleep(0.5)
+        assert code == 130, run.text()[-3000:]
+        assert run.leftovers() == []
+        assert len([line for line in _after(run, sent) if RESUME_LINE.match(line)]) == 1, _after(run, sent)
+    finally:
+        run.kill_everything()
+
+
+@pytest.mark.slow
+def test_a_nohup_run_outlives_the_hangup_and_still_stops_on_sigterm(tmp_path):
+    """`nohup rlhf run ... &`: SIGHUP (the terminal closing) is ignored, as the user asked; SIGTERM stops it cleanly."""
+    run = _Run(tmp_path / "ws", ignored=(signal.SIGHUP,))
+    try:
+        run.wait_until_training()
+        busy = psutil.Process(run.proc.pid).cpu_times()
+        hup = run.send(signal.SIGHUP, to_group=True)
+        time.sleep(8)
+        assert run.proc.poll() is None, run.text()[-3000:]
+        assert not [line for line in _after(run, hup) if "stopped" in line or "interrupted" in line], _after(run, hup)
+        after = psutil.Process(run.proc.pid).cpu_times()
+        assert after.user + after.system - busy.user - busy.system > 2, (busy, after)  # still training, not stuck
+        sent = run.send(signal.SIGTERM, to_group=False)
+        code = run.proc.wait(timeout=STOP_WITHIN_S)
+        time.sleep(0.5)
+        assert code == 143, run.text()[-3000:]
+        assert run.leftovers() == []
+        assert len([line for line in _after(run, sent) if RESUME_LINE.match(line)]) == 1, _after(run, sent)
+    finally:
+        run.kill_everything()
 
 
 @pytest.mark.slow
