@@ -137,6 +137,16 @@ def engine_starts(output: str) -> list[float]:
     return [float(m.group(1)) for line in output.splitlines() if "vllm rollout engine ready" in line and (m := ENGINE_READY.search(line))]
 
 
+def source_run_parser(description: str | None) -> argparse.ArgumentParser:
+    """The arguments of the benches that train the PPO stage again on a finished run's data, SFT and RM."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="demo", help="preset or YAML file (default demo)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
+    p.add_argument("--workspace", type=Path, required=True, help="the workspace of --source-run")
+    p.add_argument("--source-run", type=Path, required=True, help="a finished run of --config (data, sft, reward)")
+    return p
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", default="demo", help="preset or YAML file (default demo)")

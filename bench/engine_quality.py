@@ -19,7 +19,6 @@ and the mean over seeds of the per-seed vllm − hf gold difference. Writes
 
 from __future__ import annotations
 
-import argparse
 import json
 import statistics
 import sys
@@ -28,7 +27,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402  (stdlib-only)
-from demo_engines import ENGINES, REUSED_STAGES, run_engine  # noqa: E402
+from demo_engines import ENGINES, REUSED_STAGES, run_engine, source_run_parser  # noqa: E402
 
 REPO = Path(__file__).resolve().parent.parent
 FIGURES = ("gold_delta", "gold_delta_ci_low", "gold_delta_ci_high", "gold_win_rate_vs_sft", "kl_to_ref", "rm_delta",
@@ -47,11 +46,7 @@ def spread(values: list[float]) -> dict[str, float]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="demo", help="preset or YAML file (default demo)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
-    p.add_argument("--workspace", type=Path, required=True, help="the workspace of --source-run")
-    p.add_argument("--source-run", type=Path, required=True, help="a finished run of --config (data, sft, reward)")
+    p = source_run_parser(__doc__)
     p.add_argument("--seeds", default="0,1,2", help="comma-separated global seeds (default 0,1,2)")
     p.add_argument("--out", type=Path, default=REPO / "bench" / "results" / "engine_quality.json")
     args = p.parse_args(argv)

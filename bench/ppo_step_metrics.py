@@ -13,7 +13,6 @@ stage's model directory is removed afterwards.
 
 from __future__ import annotations
 
-import argparse
 import json
 import shutil
 import sys
@@ -21,15 +20,11 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from demo_engines import ENGINES, REUSED_STAGES  # noqa: E402
+from demo_engines import ENGINES, REUSED_STAGES, source_run_parser  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--config", default="demo", help="preset or YAML file (default demo)")
-    p.add_argument("--set", dest="overrides", action="append", default=[], help="config override (repeatable)")
-    p.add_argument("--workspace", type=Path, required=True, help="the workspace of --source-run")
-    p.add_argument("--source-run", type=Path, required=True, help="a finished run of --config (data, sft, reward)")
+    p = source_run_parser(__doc__)
     p.add_argument("--engine", choices=ENGINES, required=True)
     p.add_argument("--steps", type=int, default=5, help="PPO steps (ppo.optim.max_steps; default 5)")
     p.add_argument("--seed", type=int, default=0, help="the global seed (default 0)")
