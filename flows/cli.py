@@ -19,7 +19,6 @@ from flows.cli_servers import register as _register_server_commands
 from rlhf_core.config.presets import DEFAULT_PRESET, preset_names
 
 
-
 def _help_layout() -> str | None:
     """typer's rich help, as panels, cuts option names to 15 characters under 100 columns
     ("--label-studio-…", and a CI log is 80): there, click's plain layout, which wraps the text instead."""
